@@ -1,0 +1,431 @@
+"""Dask graphs of one NMF step, built from the per-block kernels.
+
+No loop, no I/O and no Client here: each function takes Dask arrays and
+plain parameters and returns new lazy Dask arrays.
+
+Layout. ``X`` is an (m, n) Dask array with blocks ``X[i, j]`` (NumPy or SciPy
+CSR). Both factors are kept tall: ``W`` is (m, k) with X's row chunks and a
+single column chunk; ``Ht = H.T`` is (n, k) with X's column chunks. ``HHt``
+is the (k, k) Gram of H, carried from one step to the next.
+
+One step (``step``) is three stages:
+
+A. one task per row block ``i``: ``XHt_i = sum_j X_ij @ Ht_j``, update
+   ``W_i``, then, with the new ``W_i`` and the blocks of X still in memory,
+   the partial products ``X_ij.T @ W_i`` (n_j, k) and ``W_i.T @ W_i``.
+   Each block of X is read once per iteration, which is what makes
+   out-of-core fitting affordable;
+B. one task per column block ``j``: sum the partial products over ``i``
+   (fixed-order tree) and update ``Ht_j``;
+C. one task: ``HHt = sum_j Ht_j.T @ Ht_j`` and the scalars of the step.
+
+Only (k, k) Grams, (n_j, k) partials and scalars move between tasks; all
+sums run in a fixed order, so a step's result does not depend on where its
+tasks ran. Cost per step: O(nnz * k + (m + n) * k²) flops; communication
+O(n * k * row_blocks) for the partials plus O(k²) per task.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import kernels
+
+#: Fan-in of every tree reduction.
+SPLIT_EVERY = 8
+
+# Layout of the scalar vector a step returns (float64).
+S_VIOLATION = 0  # sum of |projected gradient| over both half-steps (cd)
+S_CROSS_W = 1  # <X Ht_old, W_new>            (loss after the W half-step)
+S_GRAMDOT_W = 2  # <W_new' W_new, HHt_old>
+S_CROSS_H = 3  # <X' W_new, Ht_new>          (loss after the full step)
+S_GRAMDOT_H = 4  # <W_new' W_new, HHt_new>
+S_IN_A = 5  # incoming state: <X Ht, W_old> (beta=2) or beta-divergence (beta!=2)
+S_IN_B = 6  # incoming state: <W_old' W_old, HHt> (beta=2)
+N_SCALARS = 7
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """Everything a step needs besides the arrays; hashable for tokenize."""
+
+    solver: str  # "mu" or "cd"
+    beta: float = 2.0
+    l1_reg_W: float = 0.0
+    l1_reg_H: float = 0.0
+    l2_reg_W: float = 0.0
+    l2_reg_H: float = 0.0
+    update_H: bool = True
+    incoming_loss: bool = False
+    perm_W: tuple[int, ...] | None = None
+    perm_H: tuple[int, ...] | None = None
+    extra: tuple = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------
+# Small task helpers
+# --------------------------------------------------------------------------
+
+
+def _sum_list(parts):
+    """Sum arrays (or tuples of arrays) in the given order."""
+    first = parts[0]
+    if isinstance(first, tuple):
+        return tuple(_sum_list([p[t] for p in parts]) for t in range(len(first)))
+    out = np.array(first, copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def _pick(result, name, j=None):
+    value = result[name]
+    return value if j is None else value[j]
+
+
+def _tree(layer: dict, prefix: str, keys: list, split_every: int = SPLIT_EVERY) -> list:
+    """Add fixed-order partial-sum tasks until at most ``split_every`` keys remain."""
+    level = 0
+    while len(keys) > split_every:
+        new = []
+        for g, start in enumerate(range(0, len(keys), split_every)):
+            key = (f"{prefix}-L{level}", g)
+            layer[key] = (_sum_list, list(keys[start : start + split_every]))
+            new.append(key)
+        keys = new
+        level += 1
+    return list(keys)
+
+
+def _graph(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
+    """One graph: a core layer plus one thin layer per output collection."""
+    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
+    layers = dict(hg.layers)
+    dependencies = dict(hg.dependencies)
+    for name, out_layer in outputs.items():
+        layers[name] = out_layer
+        dependencies[name] = {core}
+    return HighLevelGraph(layers, dependencies)
+
+
+def _meta(dtype) -> np.ndarray:
+    return np.empty((0, 0), dtype=dtype)
+
+
+# --------------------------------------------------------------------------
+# Whole-matrix summaries and products (initialisation, tests, transform)
+# --------------------------------------------------------------------------
+
+
+def stats(X: da.Array) -> da.Array:
+    """Per-block ``kernels.block_stats`` reduced to one (6,) vector.
+
+    ``[min, n_nonfinite, sum, sum_of_squares, nnz, n_entries]``; one pass over X.
+    """
+    token = tokenize("dnmf-stats", X.name)
+    core = f"dnmf-stats-core-{token}"
+    name = f"dnmf-stats-{token}"
+    layer = {}
+    keys = []
+    for i in range(X.numblocks[0]):
+        for j in range(X.numblocks[1]):
+            key = (core, i, j)
+            layer[key] = (kernels.block_stats, (X.name, i, j))
+            keys.append(key)
+    top = _tree(layer, core + "-sum", keys, split_every=64)
+    layer[(core, "agg")] = (_combine_stats, top)
+    out = {(name, 0): (operator.getitem, (core, "agg"), slice(None))}
+    graph = _graph(core, layer, [X], {name: out})
+    return da.Array(graph, name, chunks=((6,),), dtype=np.float64)
+
+
+def _combine_stats(parts):
+    arr = np.stack(parts)
+    out = arr.sum(axis=0)
+    out[0] = arr[:, 0].min()
+    return out
+
+
+def _row_xdot(x_blocks, b_blocks):
+    out = kernels.xdot(x_blocks[0], b_blocks[0])
+    for x, b in zip(x_blocks[1:], b_blocks[1:]):
+        out += kernels.xdot(x, b)
+    return out
+
+
+def xdot(X: da.Array, B: da.Array) -> da.Array:
+    """``X @ B`` for B (n, l) chunked like X's columns, one column chunk.
+
+    One task per row block; the sum over column blocks runs in order.
+    """
+    _check_tall(B, X.chunks[1], "B")
+    token = tokenize("dnmf-xdot", X.name, B.name)
+    name = f"dnmf-xdot-{token}"
+    layer = {
+        (name, i, 0): (
+            _row_xdot,
+            [(X.name, i, j) for j in range(X.numblocks[1])],
+            [(B.name, j, 0) for j in range(X.numblocks[1])],
+        )
+        for i in range(X.numblocks[0])
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[X, B])
+    dtype = np.result_type(X.dtype, B.dtype)
+    return da.Array(graph, name, chunks=(X.chunks[0], B.chunks[1]), meta=_meta(dtype))
+
+
+def xtdot(X: da.Array, A: da.Array) -> da.Array:
+    """``X.T @ A`` for A (m, l) chunked like X's rows: (n, l), X's column chunks.
+
+    Uses the free CSC view of each CSR block (fast, small output), and a
+    fixed-order tree over the row blocks.
+    """
+    _check_tall(A, X.chunks[0], "A")
+    token = tokenize("dnmf-xtdot", X.name, A.name)
+    core = f"dnmf-xtdot-core-{token}"
+    name = f"dnmf-xtdot-{token}"
+    layer = {}
+    out = {}
+    for j in range(X.numblocks[1]):
+        keys = []
+        for i in range(X.numblocks[0]):
+            key = (core, i, j)
+            layer[key] = (kernels.xtdot, (X.name, i, j), (A.name, i, 0))
+            keys.append(key)
+        top = _tree(layer, f"{core}-t{j}", keys)
+        out[(name, j, 0)] = (_sum_list, top)
+    graph = _graph(core, layer, [X, A], {name: out})
+    dtype = np.result_type(X.dtype, A.dtype)
+    return da.Array(graph, name, chunks=(X.chunks[1], A.chunks[1]), meta=_meta(dtype))
+
+
+def gram(A: da.Array) -> da.Array:
+    """``A.T @ A`` (k, k) for a tall A with one column chunk; fixed-order tree."""
+    token = tokenize("dnmf-gram", A.name)
+    core = f"dnmf-gram-core-{token}"
+    name = f"dnmf-gram-{token}"
+    layer = {}
+    keys = []
+    for i in range(A.numblocks[0]):
+        layer[(core, i)] = (kernels.gram, (A.name, i, 0))
+        keys.append((core, i))
+    top = _tree(layer, core, keys)
+    out = {(name, 0, 0): (_sum_list, top)}
+    graph = _graph(core, layer, [A], {name: out})
+    k = A.shape[1]
+    return da.Array(graph, name, chunks=((k,), (k,)), meta=_meta(A.dtype))
+
+
+def _check_tall(A: da.Array, row_chunks: tuple, what: str) -> None:
+    if A.chunks[0] != tuple(row_chunks) or A.numblocks[1] != 1:
+        raise ValueError(
+            f"{what} must be chunked like X along its rows with a single column "
+            f"chunk; got chunks {A.chunks}, expected rows {tuple(row_chunks)}. "
+            f"Rechunk it with .rechunk(({tuple(row_chunks)}, -1))."
+        )
+
+
+# --------------------------------------------------------------------------
+# One iteration
+# --------------------------------------------------------------------------
+
+
+def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams):
+    """Stage A for one row block. Returns a dict of outputs (see module doc)."""
+    s = np.zeros(N_SCALARS)
+    if p.beta == 2:
+        XHt = _row_xdot(x_blocks, ht_blocks)
+        if p.incoming_loss:
+            s[S_IN_A] = float(np.vdot(XHt, W))
+            s[S_IN_B] = float(np.vdot(kernels.gram(W), HHt))
+        if p.solver == "cd":
+            W_new, s[S_VIOLATION] = kernels.cd_update(
+                W, HHt, XHt, p.l1_reg_W, p.l2_reg_W, np.asarray(p.perm_W, dtype=np.intp)
+            )
+        else:
+            den = kernels.mu_frobenius_denominator(W, HHt)
+            W_new = kernels.mu_apply(W, XHt.copy(), den, p.l1_reg_W, p.l2_reg_W)
+        s[S_CROSS_W] = float(np.vdot(XHt, W_new))
+    else:
+        num = den = None
+        loss = 0.0
+        for x, ht in zip(x_blocks, ht_blocks):
+            n_, d_, l_ = kernels.mu_beta_terms(x, W, ht, p.beta, with_loss=True)
+            num = n_ if num is None else num + n_
+            den = d_ if den is None else den + d_
+            loss += l_
+        s[S_IN_A] = loss
+        W_new = kernels.mu_apply(
+            W, num, den, p.l1_reg_W, p.l2_reg_W,
+            gamma=kernels.mu_gamma(p.beta), clip=p.beta < 1,
+        )
+    G = kernels.gram(W_new)
+    s[S_GRAMDOT_W] = float(np.vdot(G, HHt))
+    out = {"W": W_new, "small": (G, s)}
+    if p.update_H:
+        if p.beta == 2:
+            out["P"] = [kernels.xtdot(x, W_new) for x in x_blocks]
+        else:
+            terms = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2]
+                     for x, ht in zip(x_blocks, ht_blocks)]
+            out["P"] = terms
+    return out
+
+
+def _col_task(Ht, total, small, p: StepParams):
+    """Stage B for one column block: update ``Ht_j`` from the summed partials."""
+    G, _ = small
+    s = np.zeros(N_SCALARS)
+    if p.beta == 2:
+        XtW = total
+        if p.solver == "cd":
+            Ht_new, s[S_VIOLATION] = kernels.cd_update(
+                Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, np.asarray(p.perm_H, dtype=np.intp)
+            )
+        else:
+            den = kernels.mu_frobenius_denominator(Ht, G)
+            Ht_new = kernels.mu_apply(Ht, XtW.copy(), den, p.l1_reg_H, p.l2_reg_H)
+        s[S_CROSS_H] = float(np.vdot(XtW, Ht_new))
+    else:
+        num, den = total
+        Ht_new = kernels.mu_apply(
+            Ht, num, den, p.l1_reg_H, p.l2_reg_H,
+            gamma=kernels.mu_gamma(p.beta), clip=p.beta <= 1,
+        )
+    return {"Ht": Ht_new, "small": (kernels.gram(Ht_new), s)}
+
+
+def _finish(row_small, col_small, HHt_old, update_H):
+    """Stage C: the new HHt and the step's scalar vector."""
+    G, s = row_small
+    if update_H:
+        HHt, s_col = col_small
+        s = s + s_col
+        s[S_GRAMDOT_H] = float(np.vdot(G, HHt))
+    else:
+        HHt = HHt_old
+    return {"HHt": HHt, "scalars": s}
+
+
+def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
+    """Build the graph of one iteration.
+
+    Parameters
+    ----------
+    X : dask array (m, n), NumPy or CSR blocks
+    W : dask array (m, k), chunked like X's rows, one column chunk
+    Ht : dask array (n, k), chunked like X's columns, one column chunk
+    HHt : dask array (k, k), one chunk: ``Ht.T @ Ht``
+    p : StepParams
+
+    Returns
+    -------
+    W_new, Ht_new, HHt_new : dask arrays, same layouts as the inputs
+        (``Ht_new`` and ``HHt_new`` are the inputs when ``p.update_H`` is False).
+    scalars : dask array (N_SCALARS,), float64
+        See the ``S_*`` constants.
+    """
+    nI, nJ = X.numblocks
+    token = tokenize("dnmf-step", X.name, W.name, Ht.name, HHt.name, p)
+    core = f"dnmf-step-{token}"
+    w_name, ht_name = f"dnmf-W-{token}", f"dnmf-Ht-{token}"
+    hht_name, s_name = f"dnmf-HHt-{token}", f"dnmf-scalars-{token}"
+    ht_keys = [(Ht.name, j, 0) for j in range(nJ)]
+    hht_key = (HHt.name, 0, 0)
+
+    layer: dict = {}
+    row_small = []
+    for i in range(nI):
+        a = (f"{core}-A", i)
+        layer[a] = (
+            _row_task, [(X.name, i, j) for j in range(nJ)], (W.name, i, 0), ht_keys, hht_key, p,
+        )
+        layer[(f"{core}-As", i)] = (_pick, a, "small")
+        row_small.append((f"{core}-As", i))
+    top = _tree(layer, f"{core}-Asum", row_small)
+    small_key = (f"{core}-small", 0)
+    layer[small_key] = (_sum_list, top)
+
+    outputs = {w_name: {(w_name, i, 0): (_pick, (f"{core}-A", i), "W") for i in range(nI)}}
+    col_small_key = None
+    if p.update_H:
+        col_small = []
+        for j in range(nJ):
+            parts = []
+            for i in range(nI):
+                key = (f"{core}-P", i, j)
+                layer[key] = (_pick, (f"{core}-A", i), "P", j)
+                parts.append(key)
+            parts = _tree(layer, f"{core}-P{j}", parts)
+            b = (f"{core}-B", j)
+            layer[b] = (_col_task, ht_keys[j], (_sum_list, parts), small_key, p)
+            layer[(f"{core}-Bs", j)] = (_pick, b, "small")
+            col_small.append((f"{core}-Bs", j))
+        top = _tree(layer, f"{core}-Bsum", col_small)
+        col_small_key = (f"{core}-colsmall", 0)
+        layer[col_small_key] = (_sum_list, top)
+        outputs[ht_name] = {(ht_name, j, 0): (_pick, (f"{core}-B", j), "Ht") for j in range(nJ)}
+
+    fin = (f"{core}-C", 0)
+    layer[fin] = (_finish, small_key, col_small_key, hht_key, p.update_H)
+    outputs[hht_name] = {(hht_name, 0, 0): (_pick, fin, "HHt")}
+    outputs[s_name] = {(s_name, 0): (_pick, fin, "scalars")}
+
+    graph = _graph(core, layer, [X, W, Ht, HHt], outputs)
+    W_new = da.Array(graph, w_name, chunks=W.chunks, meta=_meta(W.dtype))
+    if p.update_H:
+        Ht_new = da.Array(graph, ht_name, chunks=Ht.chunks, meta=_meta(Ht.dtype))
+        HHt_new = da.Array(graph, hht_name, chunks=HHt.chunks, meta=_meta(HHt.dtype))
+    else:
+        Ht_new, HHt_new = Ht, HHt
+    scalars = da.Array(graph, s_name, chunks=((N_SCALARS,),), dtype=np.float64)
+    return W_new, Ht_new, HHt_new, scalars
+
+
+# --------------------------------------------------------------------------
+# Objective of a given state (used where a step does not give it for free)
+# --------------------------------------------------------------------------
+
+
+def _row_objective(x_blocks, W, ht_blocks, HHt, beta):
+    if beta == 2:
+        XHt = _row_xdot(x_blocks, ht_blocks)
+        return np.array([float(np.vdot(XHt, W)), float(np.vdot(kernels.gram(W), HHt))])
+    total = 0.0
+    for x, ht in zip(x_blocks, ht_blocks):
+        total += kernels.beta_divergence_block(x, W, ht, beta)
+    return np.array([total, 0.0])
+
+
+def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta: float) -> da.Array:
+    """(2,) terms of the objective of (W, H): one pass over X.
+
+    For beta = 2: ``[<X Ht, W>, <W'W, HHt>]`` (combine with ``||X||²`` via
+    ``kernels.frobenius_from_terms``); otherwise ``[divergence, 0]``.
+    """
+    token = tokenize("dnmf-objective", X.name, W.name, Ht.name, HHt.name, beta)
+    core = f"dnmf-objective-core-{token}"
+    name = f"dnmf-objective-{token}"
+    nI, nJ = X.numblocks
+    layer = {}
+    keys = []
+    for i in range(nI):
+        layer[(core, i)] = (
+            _row_objective,
+            [(X.name, i, j) for j in range(nJ)],
+            (W.name, i, 0),
+            [(Ht.name, j, 0) for j in range(nJ)],
+            (HHt.name, 0, 0),
+            beta,
+        )
+        keys.append((core, i))
+    top = _tree(layer, core + "-sum", keys)
+    out = {(name, 0): (_sum_list, top)}
+    graph = _graph(core, layer, [X, W, Ht, HHt], {name: out})
+    return da.Array(graph, name, chunks=((2,),), dtype=np.float64)

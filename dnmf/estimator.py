@@ -1,0 +1,434 @@
+"""The scikit-learn compatible estimator ``dnmf.NMF`` and its function form."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Integral, Real
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import driver, init, inputs, kernels
+
+_BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+
+def _current_client():
+    """The default distributed Client, if one is active."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _from_storage(X: da.Array) -> bool:
+    """Whether a Dask array reads its blocks from storage (then never persisted)."""
+    prefixes = ("dnmf-store", "from-zarr", "zarr-")
+    return any(str(name).startswith(prefixes) for name in X.__dask_graph__().layers)
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Non-negative Matrix Factorization on Dask: ``X ≈ W @ H``.
+
+    Finds non-negative ``W`` (n_samples, n_components) and ``H``
+    (n_components, n_features) minimising the beta-divergence between X and
+    ``W @ H`` plus L1/L2 penalties, with the same objective, parameters,
+    scaling and stopping rules as :class:`sklearn.decomposition.NMF`. X may
+    be a NumPy array, any SciPy sparse matrix, a pydata ``sparse`` array or
+    a Dask array whose blocks are any of those; it is processed block by
+    block, and only (k, k) Grams, k-wide partial products and scalars move
+    between workers.
+
+    Parameters
+    ----------
+    n_components : int or {"auto"} or None, default="auto"
+        Number of components k. "auto"/None: from ``H`` when
+        ``init="custom"``, else n_features.
+    init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
+        None means "nndsvda" when ``k <= min(n_samples, n_features)``, else
+        "random". The NNDSVD variants use a distributed randomized SVD.
+    solver : {"cd", "mu"}, default="cd"
+        "cd": HALS / coordinate descent (scikit-learn's ``solver="cd"``);
+        "mu": multiplicative updates (any ``beta_loss``).
+    beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, default="frobenius"
+        Divergence minimised; anything but Frobenius needs ``solver="mu"``.
+    tol : float, default=1e-4
+        Stopping tolerance (per solver, as scikit-learn defines it).
+    max_iter : int, default=200
+        Maximum number of iterations.
+    random_state : int, RandomState instance or None, default=None
+        Seed for the initialisation (and the coordinate order with
+        ``shuffle``). The same seed gives bit-identical factors for the same
+        blocking, wherever the blocks run.
+    alpha_W, alpha_H, l1_ratio : float
+        Regularisation, with scikit-learn's meaning and scaling
+        (``alpha_H="same"`` uses ``alpha_W``).
+    verbose : int, default=0
+        Log the loss of every iteration on the ``"dnmf"`` logger at INFO.
+    shuffle : bool, default=False
+        Randomise the coordinate order of the "cd" solver.
+    max_time : float or None, default=None
+        Stop after this many seconds of iterations.
+    chunks : "auto", int, pair or chunk tuples, default="auto"
+        Blocking of in-memory inputs (Dask inputs keep their own): "auto"
+        makes row blocks of about 16 MiB; an int is rows per block.
+    client : distributed.Client or None, default=None
+        Cluster to run on; None uses the active default Client if there is
+        one, else the current Dask scheduler (threads).
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        H.
+    n_components_ : int
+    n_iter_ : int
+    reconstruction_err_ : float
+        Frobenius norm of ``X - W @ H`` (or ``sqrt(2 * divergence)``).
+    loss_history_ : ndarray of shape (n_iter_,)
+        The same measure after every iteration.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str (only for inputs with column names)
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left"), None, StrOptions({"auto"})],
+        "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}), None],
+        "solver": [StrOptions({"cd", "mu"})],
+        "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "alpha_W": [Interval(Real, 0, None, closed="left")],
+        "alpha_H": [Interval(Real, 0, None, closed="left"), StrOptions({"same"})],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "verbose": ["verbose"],
+        "shuffle": ["boolean"],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
+        "chunks": "no_validation",
+        "client": "no_validation",
+    }
+
+    def __init__(
+        self,
+        n_components="auto",
+        *,
+        init=None,
+        solver="cd",
+        beta_loss="frobenius",
+        tol=1e-4,
+        max_iter=200,
+        random_state=None,
+        alpha_W=0.0,
+        alpha_H="same",
+        l1_ratio=0.0,
+        verbose=0,
+        shuffle=False,
+        max_time=None,
+        chunks="auto",
+        client=None,
+    ):
+        self.n_components = n_components
+        self.init = init
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.tol = tol
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.verbose = verbose
+        self.shuffle = shuffle
+        self.max_time = max_time
+        self.chunks = chunks
+        self.client = client
+
+    # ------------------------------------------------------------------ API
+
+    def fit(self, X, y=None, W=None, H=None, *, callback=None):
+        """Learn the factorization of X.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Dask array of shape (n_samples, n_features)
+        y : ignored
+        W, H : array-like, optional
+            Starting factors when ``init="custom"``.
+        callback : callable, optional
+            ``callback(iteration, elapsed, loss)`` after each iteration;
+            returning False stops the fit.
+
+        Returns
+        -------
+        self
+        """
+        self.fit_transform(X, W=W, H=H, callback=callback)
+        return self
+
+    def fit_transform(self, X, y=None, W=None, H=None, *, callback=None):
+        """Learn the factorization of X and return W.
+
+        Returns
+        -------
+        W : ndarray of shape (n_samples, n_components), or a Dask array
+            (persisted on the cluster) when X is a Dask array.
+        """
+        self._validate_params()
+        Xd, in_memory, runner, stats = self._prepare(X, reset=True)
+        W_out, Ht, result = self._fit_transform(Xd, stats, runner, W=W, H=H, update_H=True, callback=callback)
+        self.components_ = np.ascontiguousarray(np.asarray(runner.compute(Ht)).T)
+        self.n_components_ = self.components_.shape[0]
+        self.n_iter_ = result.n_iter
+        self.reconstruction_err_ = result.reconstruction_err
+        self.loss_history_ = np.asarray(result.loss_history, dtype=np.float64)
+        return np.asarray(runner.compute(W_out)) if in_memory else W_out
+
+    def transform(self, X):
+        """W for the rows of X with H fixed to ``components_``.
+
+        Each row is solved independently, so new rows can be transformed
+        without refitting. Returns a Dask array for Dask input.
+        """
+        check_is_fitted(self)
+        Xd, in_memory, runner, stats = self._prepare(X, reset=False)
+        W_out, _, _ = self._fit_transform(Xd, stats, runner, H=self.components_, update_H=False)
+        return np.asarray(runner.compute(W_out)) if in_memory else W_out
+
+    def inverse_transform(self, X):
+        """``X @ components_``: data of the original shape from W."""
+        check_is_fitted(self)
+        if isinstance(X, da.Array):
+            return X @ da.from_array(self.components_)
+        return X @ self.components_
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # ------------------------------------------------------------ internals
+
+    def _prepare(self, X, reset: bool):
+        """Block X, validate its values; returns (X, in_memory, runner, stats)."""
+        client = self.client if self.client is not None else _current_client()
+        runner = driver.Runner(client)
+        if isinstance(X, da.Array):
+            Xd = inputs.from_dask(X)
+            if reset:
+                self.n_features_in_ = Xd.shape[1]
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif Xd.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {Xd.shape[1]} features, but {type(self).__name__} is "
+                    f"expecting {self.n_features_in_} features as input."
+                )
+            _check_not_empty(Xd.shape)
+            if not _from_storage(Xd):
+                (Xd,) = runner.persist(Xd)
+            stats = inputs.compute_stats(Xd, runner)
+            inputs.check_values(stats)
+            return Xd, False, runner, stats
+        if inputs.is_pydata_sparse(X):
+            X = X.to_scipy_sparse()
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=("csr", "csc", "coo"),
+            dtype=[np.float64, np.float32],
+            reset=reset,
+        )
+        v = kernels.block_stats(X)
+        stats = inputs.MatrixStats(
+            min=float(v[0]), n_nonfinite=int(v[1]), sum=float(v[2]),
+            sq_norm=float(v[3]), nnz=int(v[4]), n_entries=int(v[5]),
+        )
+        inputs.check_values(stats)
+        Xd = inputs.from_memory(X, self.chunks, client=client)
+        return Xd, True, runner, stats
+
+    def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None):
+        m, n = X.shape
+        beta = _BETA[self.beta_loss] if isinstance(self.beta_loss, str) else float(self.beta_loss)
+        if self.solver != "mu" and beta != 2:
+            raise ValueError(
+                f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
+                f"beta_loss = {self.beta_loss!r}. Use solver='mu' for other divergences."
+            )
+        if beta <= 0 and stats.min == 0:
+            raise ValueError(
+                "When beta_loss <= 0 and X contains zeros, the solver may diverge. "
+                "Please add small values to X, or use a positive beta_loss."
+            )
+        if update_H and self.solver == "mu" and self.init == "nndsvd":
+            warnings.warn(
+                "The multiplicative update ('mu') solver cannot update zeros present in "
+                "the initialization, and so leads to poorer results when used jointly "
+                "with init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
+                UserWarning,
+            )
+        seed = init.seed_from(self.random_state)
+        dtype = X.dtype
+        if update_H:
+            W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner)
+        else:
+            H = np.asarray(H, dtype=dtype)
+            k = H.shape[0]
+            Ht0 = init.as_tall(H.T, X.chunks[1], dtype)
+            fill = math.sqrt(stats.mean / k) if self.solver == "mu" else 0.0
+            W0 = da.full((m, k), fill, dtype=dtype, chunks=(X.chunks[0], k))
+        alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, self.alpha_W, alpha_H, self.l1_ratio)
+        config = driver.LoopConfig(
+            solver=self.solver,
+            beta=beta,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            max_time=self.max_time,
+            l1_reg_W=l1_W,
+            l1_reg_H=l1_H,
+            l2_reg_W=l2_W,
+            l2_reg_H=l2_H,
+            update_H=update_H,
+            sq_norm_x=stats.sq_norm,
+            shuffle=self.shuffle,
+            verbose=self.verbose,
+        )
+        rng = np.random.RandomState(seed) if self.shuffle else None
+        result = driver.run(X, W0, Ht0, config, runner=runner, callback=callback, rng=rng)
+        return result.W, result.Ht, result
+
+    def _initial_factors(self, X, stats, W, H, seed, runner):
+        m, n = X.shape
+        k = self.n_components
+        if self.init == "custom":
+            H = _check_init(H, (None if k in ("auto", None) else k, n), "NMF (input H)", X.dtype)
+            k = H.shape[0]
+            W = _check_init(W, (m, k), "NMF (input W)", X.dtype)
+            return init.as_tall(W, X.chunks[0], X.dtype), init.as_tall(H.T, X.chunks[1], X.dtype), k
+        if W is not None or H is not None:
+            warnings.warn(
+                "When init!='custom', provided W or H are ignored. Set init='custom' "
+                "to use them as initialization.",
+                RuntimeWarning,
+            )
+        if k in ("auto", None):
+            k = n
+        method = self.init
+        if method is None:
+            method = "nndsvda" if k <= min(m, n) else "random"
+        if method != "random" and k > min(m, n):
+            raise ValueError(
+                f"init = '{method}' can only be used when n_components <= "
+                f"min(n_samples, n_features) = {min(m, n)}; got n_components={k}. "
+                "Lower n_components or use init='random'."
+            )
+        if method == "random":
+            W0, Ht0 = init.random_init(X, k, stats.mean, seed)
+        else:
+            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner)
+        return W0, Ht0, k
+
+
+def _check_not_empty(shape):
+    if 0 in shape:
+        raise ValueError(
+            f"Found array with shape {shape}; NMF needs at least one sample and "
+            "one feature. Check how X was built or filtered."
+        )
+
+
+def _check_init(A, shape, whom, dtype):
+    if A is None:
+        raise ValueError(
+            f"init='custom' needs both W and H; {whom} is missing. Pass W= and H= "
+            "to fit, or choose another init."
+        )
+    if isinstance(A, da.Array):
+        A = A.compute()
+    A = np.asarray(A)
+    for axis, (got, want) in enumerate(zip(A.shape, shape)):
+        if want is not None and got != want:
+            raise ValueError(
+                f"Array with wrong {'first' if axis == 0 else 'second'} dimension passed "
+                f"to {whom}. Expected {want}, but got {got}."
+            )
+    if A.ndim != 2:
+        raise ValueError(f"{whom} must be 2-D; got shape {A.shape}.")
+    if A.dtype != dtype:
+        raise TypeError(
+            f"{whom} should have the same dtype as X ({dtype}); got {A.dtype}. "
+            f"Convert it with .astype(X.dtype)."
+        )
+    if not np.all(np.isfinite(A)):
+        raise ValueError(f"{whom} contains NaN or infinity.")
+    if A.size and A.min() < 0:
+        raise ValueError(f"Negative values in data passed to {whom}.")
+    if A.size == 0 or A.max() == 0:
+        raise ValueError(f"Array passed to {whom} is full of zeros.")
+    return A
+
+
+def non_negative_factorization(
+    X,
+    W=None,
+    H=None,
+    n_components="auto",
+    *,
+    init=None,
+    update_H=True,
+    solver="cd",
+    beta_loss="frobenius",
+    tol=1e-4,
+    max_iter=200,
+    alpha_W=0.0,
+    alpha_H="same",
+    l1_ratio=0.0,
+    random_state=None,
+    verbose=0,
+    shuffle=False,
+    max_time=None,
+    chunks="auto",
+    client=None,
+    callback=None,
+):
+    """Function form of :class:`NMF`, like scikit-learn's.
+
+    With ``update_H=False``, ``H`` is fixed and only W is solved for.
+
+    Returns
+    -------
+    W : ndarray (n_samples, n_components), or a Dask array for Dask input
+    H : ndarray (n_components, n_features)
+    n_iter : int
+    """
+    est = NMF(
+        n_components=n_components, init=init, solver=solver, beta_loss=beta_loss, tol=tol,
+        max_iter=max_iter, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
+        l1_ratio=l1_ratio, verbose=verbose, shuffle=shuffle, max_time=max_time,
+        chunks=chunks, client=client,
+    )
+    if update_H:
+        W = est.fit_transform(X, W=W, H=H, callback=callback)
+        return W, est.components_, est.n_iter_
+    est._validate_params()
+    if H is None:
+        raise ValueError("update_H=False needs H: pass the fixed components as H=.")
+    Xd, in_memory, runner, stats = est._prepare(X, reset=True)
+    H = _check_init(H, (None, Xd.shape[1]), "NMF (input H)", Xd.dtype)
+    W_out, _, result = est._fit_transform(Xd, stats, runner, H=H, update_H=False, callback=callback)
+    W_out = np.asarray(runner.compute(W_out)) if in_memory else W_out
+    return W_out, H, result.n_iter

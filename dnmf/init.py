@@ -1,0 +1,203 @@
+"""Initial factors, computed on the cluster.
+
+Random numbers come from fixed panels of ``PANEL_ROWS`` rows, each with its
+own stream derived from the seed, so a factor's values do not depend on how
+X is chunked nor on where blocks run.
+
+The NNDSVD variants (Boutsidis & Gallopoulos 2008, as in scikit-learn) start
+from a randomized SVD (Halko, Martinsson & Tropp 2011) built only from the
+blocked products ``X @ B`` and ``X.T @ A`` and (l, l) Grams, so it works when
+X does not fit in memory: each power iteration costs two passes over X.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import blocked
+
+PANEL_ROWS = 1 << 16
+_TAGS = {"W": 1, "H": 2, "omega": 3, "fillW": 4, "fillH": 5}
+
+
+def seed_from(random_state) -> int:
+    """An int seed from None, an int, or a RandomState/Generator."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    raise ValueError(
+        f"random_state must be None, an int, or a numpy RandomState; got {random_state!r}."
+    )
+
+
+def _normal_rows(seed: int, tag: str, start: int, stop: int, k: int) -> np.ndarray:
+    """Rows [start, stop) of an endless (rows, k) standard-normal matrix."""
+    out = np.empty((stop - start, k))
+    pos = start
+    while pos < stop:
+        panel = pos // PANEL_ROWS
+        p0 = panel * PANEL_ROWS
+        hi = min(stop, p0 + PANEL_ROWS)
+        rng = np.random.default_rng([seed, _TAGS[tag], panel])
+        values = rng.standard_normal((hi - p0, k))
+        out[pos - start : hi - start] = values[pos - p0 :]
+        pos = hi
+    return out
+
+
+def _random_block(seed, tag, start, stop, k, scale, dtype, absolute=True):
+    block = _normal_rows(seed, tag, start, stop, k)
+    if absolute:
+        np.abs(block, out=block)
+    block *= scale
+    return block.astype(dtype, copy=False)
+
+
+def random_tall(
+    chunks: tuple[int, ...], k: int, seed: int, tag: str, scale: float, dtype, absolute: bool = True
+) -> da.Array:
+    """``|scale * N(0, 1)|`` (or signed) of shape (sum(chunks), k), one column chunk."""
+    name = "dnmf-random-" + tokenize(chunks, k, seed, tag, scale, np.dtype(dtype).str, absolute)
+    offsets = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+    layer = {
+        (name, i, 0): (
+            _random_block, seed, tag, int(offsets[i]), int(offsets[i + 1]), k, scale, dtype, absolute
+        )
+        for i in range(len(chunks))
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=(tuple(chunks), (k,)), meta=np.empty((0, 0), dtype=dtype))
+
+
+def random_init(X: da.Array, k: int, mean: float, seed: int):
+    """scikit-learn's scaling: ``|N(0, 1)| * sqrt(mean(X) / k)``."""
+    avg = math.sqrt(mean / k)
+    W = random_tall(X.chunks[0], k, seed, "W", avg, X.dtype)
+    Ht = random_tall(X.chunks[1], k, seed, "H", avg, X.dtype)
+    return W, Ht
+
+
+# --------------------------------------------------------------------------
+# Randomized SVD from blocked products
+# --------------------------------------------------------------------------
+
+
+def _orthonormalize(Y: da.Array, runner) -> da.Array:
+    """An orthonormal basis of Y's range from its (l, l) Gram (twice, for accuracy)."""
+    for _ in range(2):
+        G = np.asarray(runner.compute(blocked.gram(Y)), dtype=np.float64)
+        evals, evecs = np.linalg.eigh(G)
+        keep = evals > evals.max() * 1e-12 if evals.max() > 0 else np.zeros_like(evals, bool)
+        scale = np.zeros_like(evals)
+        scale[keep] = 1.0 / np.sqrt(evals[keep])
+        M = evecs * scale
+        (Y,) = runner.persist(Y.map_blocks(np.dot, M, dtype=np.float64))
+    return Y
+
+
+def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 10, n_iter: int = 4):
+    """Leading ``k`` singular triplets of X: ``U`` (m, k), ``S`` (k,), ``V`` (n, k).
+
+    ``U`` and ``V`` are Dask arrays chunked like X's rows and columns.
+    """
+    m, n = X.shape
+    l = min(k + n_oversamples, m, n)
+    Xf = X if X.dtype == np.float64 else X.map_blocks(lambda b: b.astype(np.float64), dtype=np.float64)
+    omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, np.float64, absolute=False)
+    (Y,) = runner.persist(blocked.xdot(Xf, omega))
+    Q = _orthonormalize(Y, runner)
+    for _ in range(n_iter):
+        Z = _orthonormalize(runner.persist(blocked.xtdot(Xf, Q))[0], runner)
+        Q = _orthonormalize(runner.persist(blocked.xdot(Xf, Z))[0], runner)
+    (Bt,) = runner.persist(blocked.xtdot(Xf, Q))  # (n, l) = (Q' X)'
+    G = np.asarray(runner.compute(blocked.gram(Bt)))  # B B'
+    evals, evecs = np.linalg.eigh(G)
+    order = np.argsort(evals)[::-1][:k]
+    S = np.sqrt(np.clip(evals[order], 0, None))
+    Ub = evecs[:, order]
+    inv = np.where(S > 0, 1.0 / np.where(S > 0, S, 1.0), 0.0)
+    U = Q.map_blocks(np.dot, Ub, dtype=np.float64, chunks=(Q.chunks[0], (k,)))
+    V = Bt.map_blocks(np.dot, Ub * inv, dtype=np.float64, chunks=(Bt.chunks[0], (k,)))
+    return U, S, V
+
+
+# --------------------------------------------------------------------------
+# NNDSVD
+# --------------------------------------------------------------------------
+
+
+def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=None):
+    out = np.maximum(U, 0) * coef_pos + np.maximum(-U, 0) * coef_neg
+    out[out < eps] = 0
+    if fill is not None:
+        zero = out == 0
+        if tag is None:
+            out[zero] = fill
+        else:
+            start, stop = block_info[0]["array-location"][0]
+            noise = _normal_rows(fill_seed, tag, start, stop, U.shape[1])
+            out[zero] = np.abs(fill * noise[zero] / 100)
+    return out
+
+
+def nndsvd_init(X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6):
+    """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise)."""
+    U, S, V = randomized_svd(X, k, seed, runner)
+    U, V = runner.persist(U, V)
+    norms = np.asarray(
+        runner.compute(
+            da.stack(
+                [
+                    da.sqrt((da.maximum(U, 0) ** 2).sum(axis=0)),
+                    da.sqrt((da.maximum(-U, 0) ** 2).sum(axis=0)),
+                    da.sqrt((da.maximum(V, 0) ** 2).sum(axis=0)),
+                    da.sqrt((da.maximum(-V, 0) ** 2).sum(axis=0)),
+                ]
+            )
+        )
+    )
+    xp, xn, yp, yn = norms
+    mp, mn = xp * yp, xn * yn
+    pos = mp > mn
+    lbd = np.sqrt(S * np.where(pos, mp, mn))
+
+    def safe(a, b):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
+
+    cu_pos = np.where(pos, safe(lbd, xp), 0.0)
+    cu_neg = np.where(pos, 0.0, safe(lbd, xn))
+    cv_pos = np.where(pos, safe(lbd, yp), 0.0)
+    cv_neg = np.where(pos, 0.0, safe(lbd, yn))
+    # The leading singular pair is non-negative up to sign: take |u0|, |v0|.
+    cu_pos[0] = cu_neg[0] = cv_pos[0] = cv_neg[0] = math.sqrt(S[0])
+
+    if variant == "nndsvd":
+        fill, tags = None, (None, None)
+    elif variant == "nndsvda":
+        fill, tags = mean, (None, None)
+    else:
+        fill, tags = mean, ("fillW", "fillH")
+    W = U.map_blocks(_nndsvd_block, cu_pos, cu_neg, eps, fill, seed, tags[0], dtype=np.float64)
+    Ht = V.map_blocks(_nndsvd_block, cv_pos, cv_neg, eps, fill, seed, tags[1], dtype=np.float64)
+    if X.dtype != np.float64:
+        W, Ht = W.astype(X.dtype), Ht.astype(X.dtype)
+    return W, Ht
+
+
+def as_tall(A, row_chunks: tuple[int, ...], dtype) -> da.Array:
+    """A user-supplied factor (NumPy or Dask), rechunked to the solver layout."""
+    if isinstance(A, da.Array):
+        A = A.astype(dtype) if A.dtype != dtype else A
+        return A.rechunk((row_chunks, -1))
+    A = np.ascontiguousarray(A, dtype=dtype)
+    return da.from_array(A, chunks=(row_chunks, A.shape[1]), name="dnmf-custom-" + tokenize(A, row_chunks))

@@ -1,0 +1,188 @@
+"""Turning user inputs into the blocked layout the solvers work on.
+
+Every input becomes a Dask array whose blocks are ``numpy.ndarray`` (dense)
+or ``scipy.sparse.csr_matrix`` (sparse): SciPy's CSR products are several
+times faster than pydata-sparse's, and Dask's own ``@`` does not accept SciPy
+chunks, which is why the solvers build their graphs by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.base import tokenize
+
+from . import blocked
+
+#: Target size of one block of an in-memory input, in bytes of data.
+BLOCK_BYTES = 16 * 2**20
+#: Largest number of columns in one column block of an in-memory input.
+MAX_BLOCK_COLS = 2**17
+
+
+def is_pydata_sparse(X) -> bool:
+    return type(X).__module__.split(".")[0] == "sparse" and hasattr(X, "nnz")
+
+
+def to_block(x, dtype=None):
+    """One block as an ndarray or a canonical CSR matrix."""
+    if is_pydata_sparse(x):
+        x = x.to_scipy_sparse()
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        if not x.has_canonical_format:
+            x = x.copy()
+            x.sum_duplicates()
+    else:
+        x = np.asarray(x)
+    if dtype is not None and x.dtype != dtype:
+        x = x.astype(dtype)
+    return x
+
+
+def float_dtype(dtype) -> np.dtype:
+    """float32 and float64 are kept; every other numeric dtype becomes float64."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise TypeError(
+            f"X must hold numbers; got dtype {dtype}. Convert it with "
+            "X.astype(float) after mapping any categories to numbers."
+        )
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def auto_chunks(shape: tuple[int, int], nbytes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Default blocking of an in-memory matrix.
+
+    Depends only on the matrix (never on the cluster), so a given input is
+    always blocked the same way and results are reproducible across
+    clusters. Rows are split into blocks of about ``BLOCK_BYTES``; columns
+    only when wider than ``MAX_BLOCK_COLS``.
+    """
+    m, n = shape
+    n_row = max(1, min(m, math.ceil(nbytes / BLOCK_BYTES)))
+    n_col = max(1, math.ceil(n / MAX_BLOCK_COLS))
+    return _even(m, n_row), _even(n, n_col)
+
+
+def _even(size: int, parts: int) -> tuple[int, ...]:
+    base, extra = divmod(size, parts)
+    return tuple(base + (1 if p < extra else 0) for p in range(parts))
+
+
+def normalize_chunks(chunks, shape, nbytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"auto"``, an int (rows per block), a pair, or explicit chunk tuples."""
+    if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
+        return auto_chunks(shape, nbytes)
+    if isinstance(chunks, (int, np.integer)):
+        chunks = (int(chunks), shape[1])
+    try:
+        normal = da.core.normalize_chunks(chunks, shape=shape)
+    except Exception as exc:
+        raise ValueError(
+            f"The 'chunks' parameter must be 'auto', an int (rows per block), a "
+            f"(rows, cols) pair or explicit chunk tuples for shape {shape}; got "
+            f"{chunks!r} ({exc})."
+        ) from None
+    return tuple(tuple(int(c) for c in axis) for axis in normal)
+
+
+def from_memory(X, chunks="auto", client=None) -> da.Array:
+    """Block an in-memory NumPy or SciPy matrix into a Dask array.
+
+    On a distributed ``client`` the blocks are scattered to the workers
+    first, which keeps them out of the task graph.
+    """
+    X = to_block(X)
+    nbytes = X.data.nbytes + X.indices.nbytes if sp.issparse(X) else X.nbytes
+    rows, cols = normalize_chunks(chunks, X.shape, nbytes)
+    r_off = np.concatenate([[0], np.cumsum(rows)])
+    c_off = np.concatenate([[0], np.cumsum(cols)])
+    blocks = {}
+    for i in range(len(rows)):
+        band = X[r_off[i] : r_off[i + 1]]
+        for j in range(len(cols)):
+            blk = band[:, c_off[j] : c_off[j + 1]] if len(cols) > 1 else band
+            blocks[(i, j)] = to_block(blk)
+    name = "dnmf-X-" + tokenize(X, rows, cols)
+    if client is not None:
+        keys = list(blocks)
+        futures = client.scatter([blocks[k] for k in keys], hash=True)
+        blocks = dict(zip(keys, futures))
+    graph = {(name, i, j): b for (i, j), b in blocks.items()}
+    meta = _meta_of(X)
+    return da.Array(graph, name, chunks=(rows, cols), meta=meta)
+
+
+def _meta_of(x):
+    if sp.issparse(x):
+        return sp.csr_matrix((0, 0), dtype=x.dtype)
+    return np.empty((0, 0), dtype=x.dtype)
+
+
+def from_dask(X: da.Array) -> da.Array:
+    """Make every block of a Dask array an ndarray or CSR of a float dtype."""
+    if X.ndim != 2:
+        raise ValueError(
+            f"X must be a 2-D array (n_samples, n_features); got a {X.ndim}-D "
+            f"Dask array of shape {X.shape}. Reshape it, e.g. X.reshape(-1, 1) "
+            "for a single feature."
+        )
+    if any(math.isnan(s) for s in X.shape):
+        raise ValueError(
+            "X has unknown chunk sizes (NaN in its shape). Compute them first "
+            "with X.compute_chunk_sizes()."
+        )
+    dtype = float_dtype(X.dtype)
+    meta = X._meta
+    sparse_meta = sp.issparse(meta) or is_pydata_sparse(meta)
+    out_meta = sp.csr_matrix((0, 0), dtype=dtype) if sparse_meta else np.empty((0, 0), dtype=dtype)
+    return X.map_blocks(to_block, dtype=dtype, meta=out_meta, name="dnmf-asblock-" + tokenize(X.name, dtype))
+
+
+@dataclass(frozen=True)
+class MatrixStats:
+    """Summary of X from one validation pass."""
+
+    min: float
+    n_nonfinite: int
+    sum: float
+    sq_norm: float
+    nnz: int
+    n_entries: int
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n_entries if self.n_entries else 0.0
+
+
+def compute_stats(X: da.Array, runner) -> MatrixStats:
+    v = np.asarray(runner.compute(blocked.stats(X)))
+    return MatrixStats(
+        min=float(v[0]),
+        n_nonfinite=int(v[1]),
+        sum=float(v[2]),
+        sq_norm=float(v[3]),
+        nnz=int(v[4]),
+        n_entries=int(v[5]),
+    )
+
+
+def check_values(stats: MatrixStats, whom: str = "NMF (input X)") -> None:
+    """Raise the errors scikit-learn raises, with the fix spelled out."""
+    if stats.n_nonfinite:
+        raise ValueError(
+            f"Input X contains NaN or infinity: {stats.n_nonfinite} non-finite "
+            f"value(s) passed to {whom}. NMF needs finite values; replace them "
+            "(e.g. with 0 for unobserved entries) before fitting."
+        )
+    if stats.min < 0:
+        raise ValueError(
+            f"Negative values in data passed to {whom}: the smallest is "
+            f"{stats.min:g}. NMF needs X >= 0; shift or clip the data "
+            "(e.g. X - X.min(), or np.clip(X, 0, None)) before fitting."
+        )
