@@ -71,20 +71,38 @@ class LoopConfig:
 
 
 class Runner:
-    """Persist and compute on the given Client, or on the current scheduler."""
+    """Persist and compute on the given Client, or on the current scheduler.
 
-    def __init__(self, client=None):
+    The step graphs are built minimal, so Dask's graph optimisation (culling,
+    fusion) is skipped: on small problems it costs more than the step.
+    """
+
+    def __init__(self, client=None, single_block: bool = False):
         self.client = client
+        # One block leaves nothing to run in parallel within a step; unless a
+        # scheduler was configured, the synchronous one then saves the thread
+        # pool's hand-offs (same results).
+        self.scheduler = None
+        if client is None and single_block and dask.config.get("scheduler", None) is None:
+            self.scheduler = "sync"
 
     def persist(self, *arrays):
         if self.client is not None:
-            return tuple(self.client.persist(list(arrays)))
-        return dask.persist(*arrays)
+            return tuple(self.client.persist(list(arrays), optimize_graph=False))
+        return dask.persist(*arrays, optimize_graph=False, scheduler=self.scheduler)
 
     def compute(self, array):
         if self.client is not None:
-            return self.client.compute(array, sync=True)
-        return array.compute()
+            return self.client.compute(array, sync=True, optimize_graph=False)
+        return array.compute(optimize_graph=False, scheduler=self.scheduler)
+
+    def fetch(self, persisted: da.Array) -> np.ndarray:
+        """The value of a persisted single-chunk array, with no new graph."""
+        if self.client is None:
+            (value,) = dict(persisted.__dask_graph__()).values()
+            if isinstance(value, np.ndarray):
+                return value
+        return np.asarray(self.compute(persisted))
 
 
 def _permutations(config: LoopConfig, k: int, rng: np.random.RandomState | None):
@@ -167,7 +185,7 @@ def run(
         W_prev, Ht_prev = W, Ht
         W, Ht, HHt, scalars = blocked.step(X, W, Ht, HHt, params)
         W, Ht, HHt, scalars = runner.persist(W, Ht, HHt, scalars)
-        s = np.asarray(runner.compute(scalars))
+        s = runner.fetch(scalars)
 
         if beta == 2:
             if n_iter == 1:

@@ -258,6 +258,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
         inputs.check_values(stats)
         Xd = inputs.from_memory(X, self.chunks, client=client)
+        if Xd.npartitions == 1:
+            runner = driver.Runner(client, single_block=True)
         return Xd, True, runner, stats
 
     def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None):

@@ -9,6 +9,7 @@ chunks, which is why the solvers build their graphs by hand.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 
 import dask.array as da
@@ -108,12 +109,15 @@ def from_memory(X, chunks="auto", client=None) -> da.Array:
         for j in range(len(cols)):
             blk = band[:, c_off[j] : c_off[j + 1]] if len(cols) > 1 else band
             blocks[(i, j)] = to_block(blk)
-    name = "dnmf-X-" + tokenize(X, rows, cols)
     if client is not None:
-        keys = list(blocks)
-        futures = client.scatter([blocks[k] for k in keys], hash=True)
-        blocks = dict(zip(keys, futures))
-    graph = {(name, i, j): b for (i, j), b in blocks.items()}
+        # A fresh name per call: content-hashed keys could be released by an
+        # earlier fit of the same data while this one scatters them again.
+        # The futures' keys are the array's chunk keys, so no alias tasks.
+        name = f"dnmf-X-{uuid.uuid4().hex}"
+        graph = client.scatter({(name, i, j): b for (i, j), b in blocks.items()})
+    else:
+        name = "dnmf-X-" + tokenize(X, rows, cols)
+        graph = {(name, i, j): b for (i, j), b in blocks.items()}
     meta = _meta_of(X)
     return da.Array(graph, name, chunks=(rows, cols), meta=meta)
 
