@@ -27,7 +27,7 @@ CLIP_EPS = float(np.finfo(np.float64).eps)
 
 # Rows processed at once by the coordinate-descent sweep: small enough that a
 # panel of W stays in cache across the k inner passes.
-_CD_PANEL_ROWS = 4096
+_CD_PANEL_ROWS = 16384
 # Non-zeros processed at once when sampling W @ Ht.T at X's non-zeros; bounds
 # the (batch, k) temporaries.
 _SAMPLE_BATCH = 1 << 18
