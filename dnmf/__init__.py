@@ -7,6 +7,16 @@ scheduler.
 """
 
 from ._version import __version__
-from .estimator import NMF, non_negative_factorization
+from .estimator import NMF, load, non_negative_factorization
+from .io import MatrixStore, ingest, open_matrix, write_matrix
 
-__all__ = ["NMF", "non_negative_factorization", "__version__"]
+__all__ = [
+    "NMF",
+    "MatrixStore",
+    "__version__",
+    "ingest",
+    "load",
+    "non_negative_factorization",
+    "open_matrix",
+    "write_matrix",
+]

@@ -35,27 +35,31 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels
+from . import kernels, nnls
 
 #: Fan-in of every tree reduction.
 SPLIT_EVERY = 8
 
 # Layout of the scalar vector a step returns (float64).
-S_VIOLATION = 0  # sum of |projected gradient| over both half-steps (cd)
+S_VIOLATION = 0  # sum of |projected gradient| over both half-steps: met during
+#                  the sweep (cd, as scikit-learn), at the start of each
+#                  half-step (mu, anls-bpp) -- the stationarity measure
 S_CROSS_W = 1  # <X Ht_old, W_new>            (loss after the W half-step)
 S_GRAMDOT_W = 2  # <W_new' W_new, HHt_old>
 S_CROSS_H = 3  # <X' W_new, Ht_new>          (loss after the full step)
 S_GRAMDOT_H = 4  # <W_new' W_new, HHt_new>
 S_IN_A = 5  # incoming state: <X Ht, W_old> (beta=2) or beta-divergence (beta!=2)
 S_IN_B = 6  # incoming state: <W_old' W_old, HHt> (beta=2)
-N_SCALARS = 7
+S_IMPUTED_IN = 7  # with a holdout: sum of squares of the imputed W_old Ht_old at it
+S_IMPUTED = 8  # with a holdout: sum of squares of the imputed W_new Ht_old at it
+N_SCALARS = 9
 
 
 @dataclass(frozen=True)
 class StepParams:
     """Everything a step needs besides the arrays; hashable for tokenize."""
 
-    solver: str  # "mu" or "cd"
+    solver: str  # "mu", "cd" or "anls-bpp"
     beta: float = 2.0
     l1_reg_W: float = 0.0
     l1_reg_H: float = 0.0
@@ -66,6 +70,11 @@ class StepParams:
     perm_W: tuple[int, ...] | None = None
     perm_H: tuple[int, ...] | None = None
     extra: tuple = field(default_factory=tuple)
+    # Accelerated HALS (cd): largest numbers of sweeps per half-step, and
+    # Gillis & Glineur's epsilon (see kernels.cd_update). 1 = plain HALS.
+    inner_W: int = 1
+    inner_H: int = 1
+    inner_tol: float = 0.1
 
 
 # --------------------------------------------------------------------------
@@ -236,20 +245,36 @@ def _check_tall(A: da.Array, row_chunks: tuple, what: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams):
-    """Stage A for one row block. Returns a dict of outputs (see module doc)."""
+def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
+    """Stage A for one row block. Returns a dict of outputs (see module doc).
+
+    ``m_blocks`` (optional): this row's held-out masks (CSR coordinates, see
+    ``kernels.holdout_mask``). X's blocks then have zeros there, and the
+    model's values are imputed before each half-step (``holdout_values``).
+    """
     s = np.zeros(N_SCALARS)
     if p.beta == 2:
         XHt = _row_xdot(x_blocks, ht_blocks)
+        if m_blocks is not None:
+            for m, ht in zip(m_blocks, ht_blocks):
+                fill = kernels.holdout_values(m, W, ht)
+                XHt += kernels.xdot(fill, ht)
+                s[S_IMPUTED_IN] += kernels.squared_norm(fill)
         if p.incoming_loss:
             s[S_IN_A] = float(np.vdot(XHt, W))
             s[S_IN_B] = float(np.vdot(kernels.gram(W), HHt))
         if p.solver == "cd":
             W_new, s[S_VIOLATION] = kernels.cd_update(
-                W, HHt, XHt, p.l1_reg_W, p.l2_reg_W, np.asarray(p.perm_W, dtype=np.intp)
+                W, HHt, XHt, p.l1_reg_W, p.l2_reg_W, np.asarray(p.perm_W, dtype=np.intp),
+                n_inner=p.inner_W, inner_tol=p.inner_tol,
             )
+        elif p.solver == "anls-bpp":
+            W_new, s[S_VIOLATION] = nnls.anls_update(W, HHt, XHt, p.l1_reg_W, p.l2_reg_W)
         else:
             den = kernels.mu_frobenius_denominator(W, HHt)
+            s[S_VIOLATION] = kernels.projected_gradient_l1(
+                W, kernels.regularized_gradient(W, den, XHt, p.l1_reg_W, p.l2_reg_W)
+            )
             W_new = kernels.mu_apply(W, XHt.copy(), den, p.l1_reg_W, p.l2_reg_W)
         s[S_CROSS_W] = float(np.vdot(XHt, W_new))
     else:
@@ -261,6 +286,9 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams):
             den = d_ if den is None else den + d_
             loss += l_
         s[S_IN_A] = loss
+        s[S_VIOLATION] = kernels.projected_gradient_l1(
+            W, kernels.regularized_gradient(W, den, num, p.l1_reg_W, p.l2_reg_W)
+        )
         W_new = kernels.mu_apply(
             W, num, den, p.l1_reg_W, p.l2_reg_W,
             gamma=kernels.mu_gamma(p.beta), clip=p.beta < 1,
@@ -271,6 +299,11 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams):
     if p.update_H:
         if p.beta == 2:
             out["P"] = [kernels.xtdot(x, W_new) for x in x_blocks]
+            if m_blocks is not None:
+                for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks)):
+                    fill = kernels.holdout_values(m, W_new, ht)
+                    out["P"][j] += kernels.xtdot(fill, W_new)
+                    s[S_IMPUTED] += kernels.squared_norm(fill)
         else:
             terms = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2]
                      for x, ht in zip(x_blocks, ht_blocks)]
@@ -286,14 +319,23 @@ def _col_task(Ht, total, small, p: StepParams):
         XtW = total
         if p.solver == "cd":
             Ht_new, s[S_VIOLATION] = kernels.cd_update(
-                Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, np.asarray(p.perm_H, dtype=np.intp)
+                Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, np.asarray(p.perm_H, dtype=np.intp),
+                n_inner=p.inner_H, inner_tol=p.inner_tol,
             )
+        elif p.solver == "anls-bpp":
+            Ht_new, s[S_VIOLATION] = nnls.anls_update(Ht, G, XtW, p.l1_reg_H, p.l2_reg_H)
         else:
             den = kernels.mu_frobenius_denominator(Ht, G)
+            s[S_VIOLATION] = kernels.projected_gradient_l1(
+                Ht, kernels.regularized_gradient(Ht, den, XtW, p.l1_reg_H, p.l2_reg_H)
+            )
             Ht_new = kernels.mu_apply(Ht, XtW.copy(), den, p.l1_reg_H, p.l2_reg_H)
         s[S_CROSS_H] = float(np.vdot(XtW, Ht_new))
     else:
         num, den = total
+        s[S_VIOLATION] = kernels.projected_gradient_l1(
+            Ht, kernels.regularized_gradient(Ht, den, num, p.l1_reg_H, p.l2_reg_H)
+        )
         Ht_new = kernels.mu_apply(
             Ht, num, den, p.l1_reg_H, p.l2_reg_H,
             gamma=kernels.mu_gamma(p.beta), clip=p.beta <= 1,
@@ -313,7 +355,7 @@ def _finish(row_small, col_small, HHt_old, update_H):
     return {"HHt": HHt, "scalars": s}
 
 
-def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
+def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, holdout: da.Array | None = None):
     """Build the graph of one iteration.
 
     Parameters
@@ -323,6 +365,11 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
     Ht : dask array (n, k), chunked like X's columns, one column chunk
     HHt : dask array (k, k), one chunk: ``Ht.T @ Ht``
     p : StepParams
+    holdout : dask array (m, n) of CSR blocks, optional
+        Held-out coordinates per block of X (Frobenius only), which X must
+        hold as zeros: the step then minimises the loss on the other
+        entries (masked fit, for rank selection), with the extra cost
+        O(|holdout| · k).
 
     Returns
     -------
@@ -332,7 +379,12 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
         See the ``S_*`` constants.
     """
     nI, nJ = X.numblocks
-    token = tokenize("dnmf-step", X.name, W.name, Ht.name, HHt.name, p)
+    if holdout is not None and (holdout.chunks != X.chunks or p.beta != 2):
+        raise ValueError(
+            "A holdout mask must be chunked like X and needs the Frobenius loss; got "
+            f"chunks {holdout.chunks} for X's {X.chunks} and beta={p.beta}."
+        )
+    token = tokenize("dnmf-step", X.name, W.name, Ht.name, HHt.name, p, None if holdout is None else holdout.name)
     core = f"dnmf-step-{token}"
     w_name, ht_name = f"dnmf-W-{token}", f"dnmf-Ht-{token}"
     hht_name, s_name = f"dnmf-HHt-{token}", f"dnmf-scalars-{token}"
@@ -346,6 +398,8 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
         layer[a] = (
             _row_task, [(X.name, i, j) for j in range(nJ)], (W.name, i, 0), ht_keys, hht_key, p,
         )
+        if holdout is not None:
+            layer[a] = layer[a] + ([(holdout.name, i, j) for j in range(nJ)],)
         layer[(f"{core}-As", i)] = (_pick, a, "small")
         row_small.append((f"{core}-As", i))
     top = _tree(layer, f"{core}-Asum", row_small)
@@ -377,7 +431,8 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams):
     outputs[hht_name] = {(hht_name, 0, 0): (_pick, fin, "HHt")}
     outputs[s_name] = {(s_name, 0): (_pick, fin, "scalars")}
 
-    graph = _graph(core, layer, [X, W, Ht, HHt], outputs)
+    deps = [X, W, Ht, HHt] + ([holdout] if holdout is not None else [])
+    graph = _graph(core, layer, deps, outputs)
     W_new = da.Array(graph, w_name, chunks=W.chunks, meta=_meta(W.dtype))
     if p.update_H:
         Ht_new = da.Array(graph, ht_name, chunks=Ht.chunks, meta=_meta(Ht.dtype))
@@ -429,3 +484,25 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
     out = {(name, 0): (_sum_list, top)}
     graph = _graph(core, layer, [X, W, Ht, HHt], {name: out})
     return da.Array(graph, name, chunks=((2,),), dtype=np.float64)
+
+
+def holdout_error(X: da.Array, holdout: da.Array, W: da.Array, Ht: da.Array) -> da.Array:
+    """(3,) ``[Σ (X - W H)², Σ X², count]`` over the held-out coordinates.
+
+    ``X`` holds the true values (not the zeroed training blocks); one task
+    per block, then a fixed-order tree. O(|holdout| · k).
+    """
+    token = tokenize("dnmf-holdout-error", X.name, holdout.name, W.name, Ht.name)
+    core = f"dnmf-holdout-error-core-{token}"
+    name = f"dnmf-holdout-error-{token}"
+    layer = {}
+    keys = []
+    for i in range(X.numblocks[0]):
+        for j in range(X.numblocks[1]):
+            key = (core, i, j)
+            layer[key] = (kernels.holdout_error, (X.name, i, j), (holdout.name, i, j), (W.name, i, 0), (Ht.name, j, 0))
+            keys.append(key)
+    top = _tree(layer, core + "-sum", keys)
+    out = {(name, 0): (_sum_list, top)}
+    graph = _graph(core, layer, [X, holdout, W, Ht], {name: out})
+    return da.Array(graph, name, chunks=((3,),), dtype=np.float64)

@@ -5,12 +5,20 @@ Each iteration builds one step graph (``blocked.step``), persists the new
 vector. Persisting releases the previous state, so the task graph does not
 grow with the number of iterations.
 
-Stopping rules follow scikit-learn for each solver, so ``n_iter_`` agrees:
+Stopping rules follow scikit-learn for each solver, so ``n_iter_`` agrees
+(``stopping="auto"``):
 
 - ``cd``: the summed projected-gradient violation of the iteration divided
   by that of the first iteration falls to ``tol`` or below;
 - ``mu``: every 10 iterations, the decrease of the error since the last
-  check divided by the error at initialisation falls below ``tol``.
+  check divided by the error at initialisation falls below ``tol``;
+- ``anls-bpp``: as ``cd``, with the projected gradient at the start of each
+  half-step.
+
+``stopping="stationarity"`` applies the first rule and ``stopping="loss"``
+the second to any solver. The stationarity measure (``S_VIOLATION``) comes
+with every step at no extra pass over X, and its ratio to the first
+iteration's is kept in ``FitResult.stationarity_history``.
 
 For beta-divergences other than Frobenius the error of an iteration's
 result is measured during the next iteration (it needs ``W @ H`` at X's
@@ -51,6 +59,7 @@ class FitResult:
     reconstruction_err: float = math.nan
     converged: bool = False
     elapsed: float = 0.0
+    stationarity_history: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,10 @@ class LoopConfig:
     sq_norm_x: float
     shuffle: bool = False
     verbose: int = 0
+    stopping: str = "auto"  # "auto", "loss" or "stationarity" (see module doc)
+    inner_W: int = 1  # accelerated HALS: largest sweeps per half-step (cd)
+    inner_H: int = 1
+    inner_tol: float = 0.1
 
 
 class Runner:
@@ -108,10 +121,20 @@ class Runner:
 def _permutations(config: LoopConfig, k: int, rng: np.random.RandomState | None):
     if config.solver != "cd":
         return None, None
-    if config.shuffle and rng is not None:
-        return tuple(int(t) for t in rng.permutation(k)), tuple(int(t) for t in rng.permutation(k))
     identity = tuple(range(k))
+    if config.shuffle and rng is not None:
+        # scikit-learn draws W's permutation, then H's only when H is updated.
+        perm_W = tuple(int(t) for t in rng.permutation(k))
+        perm_H = tuple(int(t) for t in rng.permutation(k)) if config.update_H else identity
+        return perm_W, perm_H
     return identity, identity
+
+
+def stopping_rule(config: LoopConfig) -> str:
+    """The rule ``config.stopping`` names: "auto" picks scikit-learn's per solver."""
+    if config.stopping != "auto":
+        return config.stopping
+    return "loss" if config.solver == "mu" else "stationarity"
 
 
 def run(
@@ -123,6 +146,7 @@ def run(
     runner: Runner | None = None,
     callback: Callback | None = None,
     rng: np.random.RandomState | None = None,
+    holdout: da.Array | None = None,
 ) -> FitResult:
     """Run the solver from (W, Ht) until a stopping rule holds.
 
@@ -140,6 +164,10 @@ def run(
         ``False`` stops the fit.
     rng : RandomState, optional
         Used for the coordinate order when ``config.shuffle``.
+    holdout : dask array (m, n) of CSR blocks, optional
+        Held-out coordinates (X must be zero there): fit the entries outside
+        them only (Frobenius; see ``blocked.step``). The loss reported is
+        then the imputation majoriser of the loss on the kept entries.
     """
     runner = runner or Runner()
     beta = config.beta
@@ -151,6 +179,8 @@ def run(
     history: list[float] = []
     error_at_init = previous_error = None
     violation_init = None
+    stationarity: list[float] = []
+    rule = stopping_rule(config)
     converged = False
     stop_requested = False
     n_iter = 0
@@ -181,20 +211,23 @@ def run(
             incoming_loss=(n_iter == 1),
             perm_W=perm_W,
             perm_H=perm_H,
+            inner_W=config.inner_W,
+            inner_H=config.inner_H,
+            inner_tol=config.inner_tol,
         )
         W_prev, Ht_prev = W, Ht
-        W, Ht, HHt, scalars = blocked.step(X, W, Ht, HHt, params)
+        W, Ht, HHt, scalars = blocked.step(X, W, Ht, HHt, params, holdout=holdout)
         W, Ht, HHt, scalars = runner.persist(W, Ht, HHt, scalars)
         s = runner.fetch(scalars)
 
         if beta == 2:
             if n_iter == 1:
                 error_at_init = previous_error = kernels.frobenius_from_terms(
-                    config.sq_norm_x, s[blocked.S_IN_A], s[blocked.S_IN_B]
+                    config.sq_norm_x + s[blocked.S_IMPUTED_IN], s[blocked.S_IN_A], s[blocked.S_IN_B]
                 )
             if config.update_H:
                 error = kernels.frobenius_from_terms(
-                    config.sq_norm_x, s[blocked.S_CROSS_H], s[blocked.S_GRAMDOT_H]
+                    config.sq_norm_x + s[blocked.S_IMPUTED], s[blocked.S_CROSS_H], s[blocked.S_GRAMDOT_H]
                 )
             else:
                 error = kernels.frobenius_from_terms(
@@ -211,7 +244,7 @@ def run(
                 t = n_iter - 1
                 if not report(t, lagged):
                     stop_requested = True
-                if config.solver == "mu" and config.tol > 0 and t % 10 == 0:
+                if rule == "loss" and config.tol > 0 and t % 10 == 0:
                     if (previous_error - lagged) / error_at_init < config.tol:
                         W, Ht = W_prev, Ht_prev
                         n_iter = t
@@ -219,17 +252,18 @@ def run(
                         break
                     previous_error = lagged
 
-        if config.solver == "cd":
-            violation = s[blocked.S_VIOLATION]
-            if n_iter == 1:
-                violation_init = violation
+        violation = s[blocked.S_VIOLATION]
+        if n_iter == 1:
+            violation_init = violation
+        stationarity.append(violation / violation_init if violation_init else 0.0)
+        if rule == "stationarity":
             if violation_init == 0:
                 converged = True
                 break
             if violation / violation_init <= config.tol:
                 converged = True
                 break
-        elif beta == 2 and config.tol > 0 and n_iter % 10 == 0:
+        elif beta == 2 and rule == "loss" and config.tol > 0 and n_iter % 10 == 0:
             if (previous_error - error) / error_at_init < config.tol:
                 converged = True
                 break
@@ -266,4 +300,5 @@ def run(
         reconstruction_err=final_error,
         converged=converged,
         elapsed=time.perf_counter() - start,
+        stationarity_history=stationarity[:n_iter],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -54,8 +55,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         None means "nndsvda" when ``k <= min(n_samples, n_features)``, else
         "random". The NNDSVD variants use a distributed randomized SVD.
-    solver : {"cd", "mu"}, default="cd"
+    solver : {"cd", "mu", "anls-bpp"}, default="cd"
         "cd": HALS / coordinate descent (scikit-learn's ``solver="cd"``);
+        "anls-bpp": alternating non-negative least squares, each half-step
+        solved exactly by block principal pivoting (Kim & Park 2011; Frobenius
+        only) — fewer iterations, same communication;
         "mu": multiplicative updates (any ``beta_loss``).
     beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, default="frobenius"
         Divergence minimised; anything but Frobenius needs ``solver="mu"``.
@@ -73,7 +77,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     verbose : int, default=0
         Log the loss of every iteration on the ``"dnmf"`` logger at INFO.
     shuffle : bool, default=False
-        Randomise the coordinate order of the "cd" solver.
+        Randomise the coordinate order of the "cd" solver. For an int
+        ``random_state`` the orders are scikit-learn's (the same
+        ``RandomState(random_state).permutation`` stream).
     max_time : float or None, default=None
         Stop after this many seconds of iterations.
     chunks : "auto", int, pair or chunk tuples, default="auto"
@@ -82,6 +88,19 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     client : distributed.Client or None, default=None
         Cluster to run on; None uses the active default Client if there is
         one, else the current Dask scheduler (threads).
+    inner_iter : int >= 1 or "auto", default=1
+        Sweeps per half-step of the "cd" solver, reusing the same ``X Hᵀ``
+        and ``H Hᵀ``. 1 is scikit-learn's HALS; more (or "auto": Gillis &
+        Glineur's accelerated HALS, which chooses the largest count from the
+        relative costs and stops each row's sweeps once they no longer pay
+        off) usually reaches a given loss in fewer passes over X.
+    stopping : {"auto", "loss", "stationarity"}, default="auto"
+        Stopping rule. "stationarity": the projected-gradient measure
+        (``stationarity_history_``) falls to ``tol`` relative to the first
+        iteration; "loss": every 10 iterations, the loss decreased by less
+        than ``tol`` times the initial loss. "auto" is scikit-learn's rule
+        for the solver: "stationarity" for "cd" (and "anls-bpp"), "loss"
+        for "mu".
 
     Attributes
     ----------
@@ -93,6 +112,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Frobenius norm of ``X - W @ H`` (or ``sqrt(2 * divergence)``).
     loss_history_ : ndarray of shape (n_iter_,)
         The same measure after every iteration.
+    stationarity_history_ : ndarray of shape (n_iter_,)
+        Σ|projected gradient| of every iteration relative to the first one's
+        (scikit-learn's coordinate-descent "violation" ratio for "cd"; for
+        the other solvers measured at the start of each half-step), from the
+        products the step computes anyway — no extra pass over X.
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only for inputs with column names)
     """
@@ -100,7 +124,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left"), None, StrOptions({"auto"})],
         "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}), None],
-        "solver": [StrOptions({"cd", "mu"})],
+        "solver": [StrOptions({"cd", "mu", "anls-bpp"})],
         "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -113,6 +137,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "chunks": "no_validation",
         "client": "no_validation",
+        "inner_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "stopping": [StrOptions({"auto", "loss", "stationarity"})],
     }
 
     def __init__(
@@ -133,6 +159,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         max_time=None,
         chunks="auto",
         client=None,
+        inner_iter=1,
+        stopping="auto",
     ):
         self.n_components = n_components
         self.init = init
@@ -149,6 +177,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.max_time = max_time
         self.chunks = chunks
         self.client = client
+        self.inner_iter = inner_iter
+        self.stopping = stopping
 
     # ------------------------------------------------------------------ API
 
@@ -157,7 +187,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, sparse matrix or Dask array of shape (n_samples, n_features)
+        X : array-like, sparse matrix, Dask array, or path of a matrix store
+            Shape (n_samples, n_features). A store path (or an opened
+            ``dnmf.io.MatrixStore``) is streamed: its blocks are read from
+            storage on every iteration and X is never held in memory whole;
+            ``feature_ids_`` then holds the store's column IDs.
         y : ignored
         W, H : array-like, optional
             Starting factors when ``init="custom"``.
@@ -188,7 +222,44 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.reconstruction_err_ = result.reconstruction_err
         self.loss_history_ = np.asarray(result.loss_history, dtype=np.float64)
-        return np.asarray(runner.compute(W_out)) if in_memory else W_out
+        self.stationarity_history_ = np.asarray(result.stationarity_history, dtype=np.float64)
+        # Kept for save(): NumPy for in-memory X, else persisted on the cluster.
+        self._W = np.asarray(runner.compute(W_out)) if in_memory else W_out
+        self._runner = runner
+        return self._W
+
+    def save(self, path, *, W=None) -> None:
+        """Save the fitted model to a Zarr store at ``path``, atomically.
+
+        Stores H, W (the last fit's, or the ``W`` given), the parameters,
+        loss history, feature IDs and the library version; no pickle. A
+        distributed W is written block by block by the workers that hold it.
+        Saving over an existing model replaces it in one step: a crash
+        mid-save leaves the old model loadable.
+        """
+        check_is_fitted(self)
+        from . import io
+        from ._version import __version__
+
+        W = self.__dict__.get("_W") if W is None else W
+        arrays = {"H": self.components_}
+        if W is not None:
+            arrays["W"] = W
+        attrs = {
+            "library": "dnmf",
+            "library_version": __version__,
+            "estimator": type(self).__name__,
+            "params": _jsonable_params(self.get_params(deep=False)),
+            "n_iter": int(self.n_iter_),
+            "reconstruction_err": float(self.reconstruction_err_),
+            "loss_history": [float(v) for v in self.loss_history_],
+            "n_features_in": int(self.n_features_in_),
+        }
+        ids = getattr(self, "feature_ids_", None)
+        if ids is not None and not isinstance(ids, __import__("pandas").RangeIndex):
+            attrs["feature_ids"] = [v.item() if hasattr(v, "item") else v for v in ids]
+        runner = self.__dict__.get("_runner")
+        io.save_factors(path, arrays, attrs, client=runner.client if runner else None)
 
     def transform(self, X):
         """W for the rows of X with H fixed to ``components_``.
@@ -225,6 +296,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Block X, validate its values; returns (X, in_memory, runner, stats)."""
         client = self.client if self.client is not None else _current_client()
         runner = driver.Runner(client)
+        if isinstance(X, (str, os.PathLike)):
+            from . import io
+
+            X = io.open_matrix(X)
+        if type(X).__name__ == "MatrixStore":
+            # A store: its blocks are re-read every iteration, never persisted.
+            if reset:
+                self.feature_ids_ = X.col_ids
+            X = X.data
+        elif reset and hasattr(self, "feature_ids_"):
+            del self.feature_ids_
         if isinstance(X, da.Array):
             Xd = inputs.from_dask(X)
             if reset:
@@ -294,6 +376,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             W0 = da.full((m, k), fill, dtype=dtype, chunks=(X.chunks[0], k))
         alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
         l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, self.alpha_W, alpha_H, self.l1_ratio)
+        inner_W, inner_H = self._inner_sweeps(X, stats, k)
         config = driver.LoopConfig(
             solver=self.solver,
             beta=beta,
@@ -308,10 +391,29 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             sq_norm_x=stats.sq_norm,
             shuffle=self.shuffle,
             verbose=self.verbose,
+            stopping=self.stopping,
+            inner_W=inner_W,
+            inner_H=inner_H,
         )
         rng = np.random.RandomState(seed) if self.shuffle else None
         result = driver.run(X, W0, Ht0, config, runner=runner, callback=callback, rng=rng)
         return result.W, result.Ht, result
+
+    def _inner_sweeps(self, X, stats, k):
+        """Largest sweeps per half-step for W and H (accelerated HALS)."""
+        if self.inner_iter == 1:
+            return 1, 1
+        if self.solver != "cd":
+            raise ValueError(
+                f"inner_iter={self.inner_iter!r} applies to solver='cd' only; got "
+                f"solver={self.solver!r}. Leave inner_iter=1 or use solver='cd'."
+            )
+        if self.inner_iter == "auto":
+            m, n = X.shape
+            # A dense block costs m*n per product whatever its zeros.
+            cost = stats.nnz if sp.issparse(X._meta) else stats.n_entries
+            return kernels.hals_inner_limits(m, n, cost, k)
+        return int(self.inner_iter), int(self.inner_iter)
 
     def _initial_factors(self, X, stats, W, H, seed, runner):
         m, n = X.shape
@@ -343,6 +445,54 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         else:
             W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner)
         return W0, Ht0, k
+
+
+def _jsonable_params(params: dict) -> dict:
+    out = {}
+    for name, value in params.items():
+        if name in ("client",):
+            continue
+        if isinstance(value, np.random.RandomState):
+            value = None  # a RandomState's stream cannot be stored faithfully
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[name] = value
+    return out
+
+
+def load(path) -> NMF:
+    """Load a model saved with :meth:`NMF.save`.
+
+    W (when saved) comes back as a Dask array that reads its blocks lazily;
+    ``transform``, ``inverse_transform`` and ``save`` work at once.
+    """
+    from . import io
+
+    arrays, attrs = io.load_factors(path)
+    if attrs.get("library") != "dnmf" or "params" not in attrs:
+        raise io.StoreError(
+            f"{path} is a model store but not a dnmf NMF model (attributes "
+            f"{sorted(attrs)}). Load it with dnmf.io.load_factors instead."
+        )
+    params = dict(attrs["params"])
+    if isinstance(params.get("chunks"), list):
+        params["chunks"] = tuple(tuple(c) if isinstance(c, list) else c for c in params["chunks"])
+    model = NMF(**params)
+    model.components_ = np.asarray(arrays["H"].compute())
+    model.n_components_ = model.components_.shape[0]
+    model.n_iter_ = attrs["n_iter"]
+    model.reconstruction_err_ = attrs["reconstruction_err"]
+    model.loss_history_ = np.asarray(attrs["loss_history"], dtype=np.float64)
+    model.n_features_in_ = attrs["n_features_in"]
+    if "feature_ids" in attrs:
+        import pandas as pd
+
+        model.feature_ids_ = pd.Index(attrs["feature_ids"])
+    if "W" in arrays:
+        model._W = arrays["W"]
+    return model
 
 
 def _check_not_empty(shape):
@@ -406,6 +556,8 @@ def non_negative_factorization(
     chunks="auto",
     client=None,
     callback=None,
+    inner_iter=1,
+    stopping="auto",
 ):
     """Function form of :class:`NMF`, like scikit-learn's.
 
@@ -421,7 +573,7 @@ def non_negative_factorization(
         n_components=n_components, init=init, solver=solver, beta_loss=beta_loss, tol=tol,
         max_iter=max_iter, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
         l1_ratio=l1_ratio, verbose=verbose, shuffle=shuffle, max_time=max_time,
-        chunks=chunks, client=client,
+        chunks=chunks, client=client, inner_iter=inner_iter, stopping=stopping,
     )
     if update_H:
         W = est.fit_transform(X, W=W, H=H, callback=callback)

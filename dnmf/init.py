@@ -150,9 +150,19 @@ def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=N
     return out
 
 
-def nndsvd_init(X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6):
-    """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise)."""
-    U, S, V = randomized_svd(X, k, seed, runner)
+def nndsvd_init(
+    X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6, svd=None
+):
+    """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise).
+
+    ``svd``: optional ``(U, S, V)`` from ``randomized_svd`` with at least k
+    components, reused (truncated) instead of a new SVD — e.g. across the
+    ranks tried by rank selection.
+    """
+    if svd is None:
+        U, S, V = randomized_svd(X, k, seed, runner)
+    else:
+        U, S, V = svd[0][:, :k], np.asarray(svd[1])[:k], svd[2][:, :k]
     U, V = runner.persist(U, V)
     norms = np.asarray(
         runner.compute(

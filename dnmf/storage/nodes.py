@@ -1,0 +1,181 @@
+"""Opening and creating Zarr nodes, with dnmf's error messages.
+
+Every read goes through :func:`open_readonly` / :func:`open_array_readonly`,
+which open stores in Zarr's read-only mode: a reader cannot write to a store
+even by mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import locations
+from .codecs import ARRAY_CONFIG, numeric_compressors, string_compressors
+from .errors import StoreError
+
+_NOT_ZARR_FIX = (
+    "Point at a store written by dnmf.io.write_matrix or dnmf.io.ingest, or at a 2-D Zarr array."
+)
+_CORRUPT_FIX = (
+    "The store is damaged; rewrite it with dnmf.io.write_matrix or dnmf.io.ingest "
+    "(dnmf never repairs a store in place)."
+)
+
+
+def zarr_kwargs(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``storage_options`` for Zarr, which accepts them only with URLs."""
+    if storage_options and locations.is_url(path):
+        return {"storage_options": dict(storage_options)}
+    return {}
+
+
+def open_readonly(path: str, storage_options: Mapping[str, Any] | None = None):
+    """The Zarr group or array at ``path``, opened read-only.
+
+    Raises
+    ------
+    StoreError
+        If nothing exists there, it is not a Zarr node, or its metadata is
+        unreadable.
+    """
+    if not locations.exists(path, storage_options):
+        raise StoreError(path, "nothing exists at this path", "Check the path. " + _NOT_ZARR_FIX)
+    try:
+        return zarr.open(store=path, mode="r", **zarr_kwargs(path, storage_options))
+    except FileNotFoundError:  # Zarr's NodeNotFoundError is one
+        raise StoreError(
+            path,
+            "no Zarr metadata (zarr.json) found, so this is not a Zarr store",
+            _NOT_ZARR_FIX,
+        ) from None
+    except Exception as exc:
+        raise StoreError(
+            path, f"its Zarr metadata cannot be read ({type(exc).__name__}: {exc})", _CORRUPT_FIX
+        ) from None
+
+
+def open_array_readonly(
+    root: str, subpath: str, storage_options: Mapping[str, Any] | None = None
+) -> zarr.Array:
+    """The Zarr v3 array ``subpath`` inside the store ``root``, read-only."""
+    where = locations.join(root, subpath)
+    try:
+        return zarr.open_array(
+            store=root, path=subpath, mode="r", zarr_format=3, **zarr_kwargs(root, storage_options)
+        )
+    except Exception as exc:
+        problem = (
+            "the array is missing"
+            if isinstance(exc, FileNotFoundError)
+            else f"the array's metadata cannot be read ({type(exc).__name__}: {exc})"
+        )
+        raise StoreError(where, problem, _CORRUPT_FIX) from None
+
+
+def chunk_exists(
+    root: str, array_path: str, coords: tuple[int, ...], storage_options: Mapping[str, Any] | None
+) -> bool:
+    """Whether chunk ``coords`` of an array dnmf wrote is present.
+
+    Zarr reads a missing chunk as the fill value, which would turn a deleted
+    file into silent zeros; dnmf writes every chunk (``write_empty_chunks``)
+    so absence always means damage. Assumes Zarr's default ``c/i/j`` keys,
+    which dnmf always uses.
+    """
+    key = "/".join(["c", *map(str, coords)])
+    return locations.exists(locations.join(root, array_path, key), storage_options)
+
+
+def read_whole(array: zarr.Array, where: str) -> np.ndarray:
+    """All of ``array``, turning decode failures into :class:`StoreError`."""
+    try:
+        return np.asarray(array[...])
+    except Exception as exc:
+        raise StoreError(
+            where,
+            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
+            _CORRUPT_FIX,
+        ) from None
+
+
+def read_region(array: zarr.Array, region: tuple[slice, ...], where: str) -> np.ndarray:
+    """``array[region]``, turning decode failures into :class:`StoreError`."""
+    try:
+        return np.asarray(array[region])
+    except Exception as exc:
+        raise StoreError(
+            where,
+            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
+            _CORRUPT_FIX,
+        ) from None
+
+
+def write_1d(
+    root: str,
+    name: str,
+    values: np.ndarray,
+    storage_options: Mapping[str, Any] | None,
+    chunk: int | None = None,
+) -> None:
+    """Create (or replace) the 1-D array ``name`` in ``root`` holding ``values``.
+
+    One chunk by default: a block's arrays are read whole, and a single
+    compressed chunk wastes no space whatever its length.
+    """
+    n = len(values)
+    chunk = max(1, n if chunk is None else min(chunk, n))
+    if values.dtype.kind in "OUT":
+        dtype: Any = str
+        compressors = string_compressors()
+    else:
+        dtype = values.dtype
+        compressors = numeric_compressors(values.dtype, chunk)
+    arr = zarr.create_array(
+        store=root,
+        name=name,
+        shape=(n,),
+        chunks=(chunk,),
+        dtype=dtype,
+        compressors=compressors,
+        fill_value="" if dtype is str else 0,
+        config=ARRAY_CONFIG,
+        overwrite=True,
+        **zarr_kwargs(root, storage_options),
+    )
+    if n:
+        arr[...] = values
+
+
+def open_for_writing(
+    root: str, subpath: str = "", storage_options: Mapping[str, Any] | None = None
+) -> zarr.Array:
+    """An existing array opened to write blocks into, writing every chunk.
+
+    ``write_empty_chunks`` is runtime configuration, not stored metadata,
+    so it must be set again on every opening.
+    """
+    arr = zarr.open_array(
+        store=root, path=subpath, mode="r+", zarr_format=3, **zarr_kwargs(root, storage_options)
+    )
+    return arr.with_config(ARRAY_CONFIG)
+
+
+def create_root(path: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """A fresh, empty group at ``path`` (whatever was there is removed)."""
+    return zarr.open_group(
+        store=path, mode="w", zarr_format=3, **zarr_kwargs(path, storage_options)
+    )
+
+
+def set_root_attrs(
+    path: str, attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None
+) -> None:
+    """Replace the root group's attributes: the commit of a store."""
+    group = zarr.open_group(
+        store=path, mode="r+", zarr_format=3, **zarr_kwargs(path, storage_options)
+    )
+    group.attrs.put(dict(attrs))
