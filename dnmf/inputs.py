@@ -143,9 +143,15 @@ def from_dask(X: da.Array) -> da.Array:
         )
     dtype = float_dtype(X.dtype)
     meta = X._meta
+    if _store_backed(X) and dtype == X.dtype:
+        return X  # dnmf stores already hold float NumPy or CSR blocks
     sparse_meta = sp.issparse(meta) or is_pydata_sparse(meta)
     out_meta = sp.csr_matrix((0, 0), dtype=dtype) if sparse_meta else np.empty((0, 0), dtype=dtype)
     return X.map_blocks(to_block, dtype=dtype, meta=out_meta, name="dnmf-asblock-" + tokenize(X.name, dtype))
+
+
+def _store_backed(X: da.Array) -> bool:
+    return all(str(name).startswith("dnmf-store") for name in X.__dask_graph__().layers)
 
 
 @dataclass(frozen=True)

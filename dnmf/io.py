@@ -36,6 +36,7 @@ from .storage import chunking, ids as _ids, locations
 from .storage.ingestion import ingest as _ingest_impl
 from .storage.dense import read_dense_block, warn_chunk_fit, write_dense_block
 from .storage.errors import StoreError
+from .storage import tasks as _tasks
 from .storage.layout import DENSE_ARRAY, MatrixInfo
 from .storage.matrix import (
     commit_matrix_store,
@@ -173,27 +174,6 @@ class MatrixStore:
 # Module-level functions with positional arguments: what Dask tasks call.
 
 
-def _read_sparse_task(path, i, j, shape, dtype, nnz, storage_options):
-    return read_sparse_block(
-        path, i, j, shape=shape, dtype=dtype, nnz=nnz, storage_options=storage_options
-    )
-
-
-def _read_dense_task(path, array_path, bounds, chunk, storage_options):
-    return read_dense_block(path, array_path, bounds, chunk=chunk, storage_options=storage_options)
-
-
-def _write_sparse_task(path, i, j, block, shape, dtype, storage_options) -> int:
-    return write_sparse_block(
-        path, i, j, block, shape=shape, dtype=dtype, storage_options=storage_options
-    )
-
-
-def _write_dense_task(path, bounds, block, storage_options) -> int:
-    write_dense_block(path, DENSE_ARRAY, bounds, block, storage_options=storage_options)
-    return 0
-
-
 def _collect(*values):
     return list(values)
 
@@ -268,7 +248,7 @@ def _open(path: str, storage_options, *, verify: bool, warn: bool) -> MatrixStor
             if info.kind == "sparse":
                 assert info.nnz_per_block is not None
                 task = (
-                    _read_sparse_task,
+                    _tasks.read_sparse_task,
                     path,
                     i,
                     j,
@@ -285,7 +265,7 @@ def _open(path: str, storage_options, *, verify: bool, warn: bool) -> MatrixStor
                     int(col_starts[j + 1]),
                 )
                 chunk = (i, j) if info.array_path else None
-                task = (_read_dense_task, path, info.array_path, bounds, chunk, so)
+                task = (_tasks.read_dense_task, path, info.array_path, bounds, chunk, so)
             dsk[(name, i, j)] = task
     meta = (
         sp.csr_matrix((0, 0), dtype=info.dtype)
@@ -520,7 +500,7 @@ def _write_blocks(Xd: da.Array, info: MatrixInfo, client, scheduler) -> list[int
             key = (name, i, j)
             if info.kind == "sparse":
                 dsk[key] = (
-                    _write_sparse_task,
+                    _tasks.write_sparse_task,
                     info.path,
                     i,
                     j,
@@ -536,7 +516,7 @@ def _write_blocks(Xd: da.Array, info: MatrixInfo, client, scheduler) -> list[int
                     int(col_starts[j]),
                     int(col_starts[j + 1]),
                 )
-                dsk[key] = (_write_dense_task, info.path, bounds, (Xd.name, i, j), so)
+                dsk[key] = (_tasks.write_dense_task, info.path, bounds, (Xd.name, i, j), so)
             keys.append(key)
     final = ("dnmf-written-" + tokenize(name),)
     dsk[final] = (_collect, *keys)

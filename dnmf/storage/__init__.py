@@ -9,8 +9,6 @@ calls into Dask arrays and graphs. Layouts are described in
 from .chunking import auto_chunks, normalize_chunks
 from .dense import read_dense_block, write_dense_block
 from .errors import StoreError
-from .ids import read_ids, write_ids
-from .ingestion import ingest
 from .layout import DENSE_FORMAT, MATRIX_VERSION, SPARSE_FORMAT, MatrixInfo
 from .matrix import (
     begin_matrix_store,
@@ -31,6 +29,21 @@ from .models import (
     write_model_block,
 )
 from .sparse import read_sparse_block, to_csr, write_sparse_block
+
+
+
+def __getattr__(name: str):
+    # ingestion and ID maps need pandas/pyarrow; workers reading blocks do not.
+    if name == "ingest":
+        from .ingestion import ingest
+
+        return ingest
+    if name in ("read_ids", "write_ids"):
+        from . import ids
+
+        return getattr(ids, name)
+    raise AttributeError(f"module 'dnmf.storage' has no attribute {name!r}")
+
 
 __all__ = [
     "DENSE_FORMAT",

@@ -23,7 +23,6 @@ import zarr
 
 from .._version import __version__
 from . import dense, locations, nodes, sparse
-from .ids import read_ids
 from .chunking import regular
 from .errors import StoreError
 from .layout import (
@@ -232,6 +231,8 @@ def verify_matrix(path: str, storage_options: Mapping[str, Any] | None = None) -
     for i in range(len(info.row_chunks)):
         for j in range(len(info.col_chunks)):
             read_block(info, i, j)
+    from .ids import read_ids  # pandas: only when ID maps are checked
+
     if info.row_ids:
         read_ids(path, "rows", info.shape[0], storage_options)
     if info.col_ids:
