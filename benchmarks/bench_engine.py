@@ -52,7 +52,7 @@ import scipy.sparse as sp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     blas_threads,
     format_machine,
     log,

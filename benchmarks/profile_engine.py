@@ -34,8 +34,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import blas_threads, log, make_zipf_csr, median, seconds, time_call  # noqa: E402
-from benchmarks.bench_engine import dnmf_row_chunks, shared_init  # noqa: E402
+from benchmarks._common import blas_threads, log, make_zipf_csr, median, seconds, time_call
+from benchmarks.bench_engine import dnmf_row_chunks, shared_init
 
 
 class Recorder:

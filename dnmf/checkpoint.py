@@ -127,6 +127,7 @@ class Checkpointer:
         runner.compute(done)
         record = dict(self.meta)
         record.update(
+            iteration=state.iteration,
             state=state.to_json(),
             W_chunks=list(W.chunks[0]),
             Ht_chunks=list(Ht.chunks[0]),

@@ -14,7 +14,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import checkpoint as checkpoint_mod
 from . import driver, init, inputs, kernels
+from .storage import checkpoints as checkpoint_store
 
 _BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -137,6 +139,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "chunks": "no_validation",
         "client": "no_validation",
+        "checkpoint": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
+        "checkpoint_seconds": [Interval(Real, 0, None, closed="neither"), None],
+        "keep_checkpoints": [Interval(Integral, 1, None, closed="left")],
+        "max_retries": [Interval(Integral, 0, None, closed="left")],
+        "storage_options": [dict, None],
         "inner_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "stopping": [StrOptions({"auto", "loss", "stationarity"})],
     }
@@ -159,6 +167,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         max_time=None,
         chunks="auto",
         client=None,
+        checkpoint=None,
+        checkpoint_every=10,
+        checkpoint_seconds=None,
+        keep_checkpoints=2,
+        max_retries=3,
+        storage_options=None,
         inner_iter=1,
         stopping="auto",
     ):
@@ -177,12 +191,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.max_time = max_time
         self.chunks = chunks
         self.client = client
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.keep_checkpoints = keep_checkpoints
+        self.max_retries = max_retries
+        self.storage_options = storage_options
         self.inner_iter = inner_iter
         self.stopping = stopping
 
     # ------------------------------------------------------------------ API
 
-    def fit(self, X, y=None, W=None, H=None, *, callback=None):
+    def fit(self, X, y=None, W=None, H=None, *, callback=None, resume=None):
         """Learn the factorization of X.
 
         Parameters
@@ -203,10 +223,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         -------
         self
         """
-        self.fit_transform(X, W=W, H=H, callback=callback)
+        self.fit_transform(X, W=W, H=H, callback=callback, resume=resume)
         return self
 
-    def fit_transform(self, X, y=None, W=None, H=None, *, callback=None):
+    def fit_transform(self, X, y=None, W=None, H=None, *, callback=None, resume=None):
         """Learn the factorization of X and return W.
 
         Returns
@@ -216,7 +236,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         Xd, in_memory, runner, stats = self._prepare(X, reset=True)
-        W_out, Ht, result = self._fit_transform(Xd, stats, runner, W=W, H=H, update_H=True, callback=callback)
+        W_out, Ht, result = self._fit_transform(
+            Xd, stats, runner, W=W, H=H, update_H=True, callback=callback, resume=resume
+        )
         self.components_ = np.ascontiguousarray(np.asarray(runner.compute(Ht)).T)
         self.n_components_ = self.components_.shape[0]
         self.n_iter_ = result.n_iter
@@ -321,6 +343,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             _check_not_empty(Xd.shape)
             if not _from_storage(Xd):
                 (Xd,) = runner.persist(Xd)
+                source = X
+                self._reload_X = lambda: runner.persist(inputs.from_dask(source))[0]
             stats = inputs.compute_stats(Xd, runner)
             inputs.check_values(stats)
             return Xd, False, runner, stats
@@ -340,11 +364,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
         inputs.check_values(stats)
         Xd = inputs.from_memory(X, self.chunks, client=client)
+        self._reload_X = lambda: inputs.from_memory(X, self.chunks, client=client)
         if Xd.npartitions == 1:
             runner = driver.Runner(client, single_block=True)
         return Xd, True, runner, stats
 
-    def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None):
+    def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None, resume=None):
         m, n = X.shape
         beta = _BETA[self.beta_loss] if isinstance(self.beta_loss, str) else float(self.beta_loss)
         if self.solver != "mu" and beta != 2:
@@ -366,7 +391,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             )
         seed = init.seed_from(self.random_state)
         dtype = X.dtype
-        if update_H:
+        state = None
+        if update_H and resume is not None:
+            record, W0, Ht0, state = self._resume_from(resume, X, stats)
+            k = W0.shape[1]
+        elif update_H:
             W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner)
         else:
             H = np.asarray(H, dtype=dtype)
@@ -396,8 +425,71 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             inner_H=inner_H,
         )
         rng = np.random.RandomState(seed) if self.shuffle else None
-        result = driver.run(X, W0, Ht0, config, runner=runner, callback=callback, rng=rng)
+        checkpointer = None
+        path = self.checkpoint if self.checkpoint is not None else resume
+        if update_H and path is not None:
+            checkpointer = checkpoint_mod.Checkpointer(
+                path,
+                every=self.checkpoint_every,
+                seconds=self.checkpoint_seconds,
+                keep_last=self.keep_checkpoints,
+                meta={"params": self._resume_params(), "fingerprint": _fingerprint(X, stats)},
+                storage_options=self.storage_options,
+            )
+        reload_X = self.__dict__.pop("_reload_X", None)
+
+        def recover():
+            Xn = reload_X() if reload_X is not None else X
+            if checkpointer is not None and checkpoint_store.exists(checkpointer.path, self.storage_options):
+                _, Wr, Hr, st = self._resume_from(checkpointer.path, Xn, stats)
+                return Xn, Wr, Hr, st
+            if update_H:
+                Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner)
+            else:
+                Wr, Hr = W0, Ht0
+            return Xn, Wr, Hr, driver.LoopState()
+
+        result = driver.run(
+            X, W0, Ht0, config, runner=runner, callback=callback, rng=rng, state=state,
+            checkpointer=checkpointer, recover=recover if runner.client is not None else None,
+            max_retries=self.max_retries,
+        )
         return result.W, result.Ht, result
+
+    _RESUMABLE = ("max_iter", "tol", "max_time", "verbose", "client", "checkpoint", "checkpoint_every",
+                  "checkpoint_seconds", "keep_checkpoints", "max_retries", "storage_options", "chunks")
+
+    def _resume_params(self) -> dict:
+        params = _jsonable_params(self.get_params(deep=False))
+        return {k: v for k, v in params.items() if k not in self._RESUMABLE}
+
+    def _resume_from(self, path, X, stats):
+        """Load the current checkpoint at ``path`` after checking it fits X and self."""
+        info, record, W0, Ht0 = checkpoint_mod.load(path, self.storage_options)
+        where = info.path
+        saved = record.get("params", {})
+        for name, value in self._resume_params().items():
+            if name in saved and saved[name] != value:
+                raise ValueError(
+                    f"Cannot resume from {where}: parameter {name!r} differs (checkpoint: "
+                    f"{saved[name]!r}, now: {value!r}). Use the checkpoint's parameters, or fit "
+                    "afresh without resume= (only max_iter, tol, max_time, verbose and the "
+                    "checkpoint settings may change on resume)."
+                )
+        want = _fingerprint(X, stats)
+        have = record.get("fingerprint", {})
+        for name, value in want.items():
+            old = have.get(name)
+            same = (math.isclose(old, value, rel_tol=1e-9, abs_tol=1e-12)
+                    if isinstance(value, float) and isinstance(old, (int, float)) else old == value)
+            if not same:
+                raise ValueError(
+                    f"Cannot resume from {where}: X differs from the checkpoint's in {name!r} "
+                    f"(checkpoint: {old!r}, now: {value!r}). Resume with the same matrix and "
+                    "blocking, or fit afresh without resume=."
+                )
+        state = driver.LoopState.from_json(record["state"])
+        return record, W0, Ht0, state
 
     def _inner_sweeps(self, X, stats, k):
         """Largest sweeps per half-step for W and H (accelerated HALS)."""
@@ -445,6 +537,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         else:
             W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner)
         return W0, Ht0, k
+
+
+def _fingerprint(X, stats) -> dict:
+    """Cheap identity of X: shape, blocking, and its one-pass statistics."""
+    return {
+        "shape": [int(v) for v in X.shape],
+        "chunks": [[int(c) for c in axis] for axis in X.chunks],
+        "dtype": str(X.dtype),
+        "nnz": int(stats.nnz),
+        "sum": float(stats.sum),
+        "sq_norm": float(stats.sq_norm),
+    }
 
 
 def _jsonable_params(params: dict) -> dict:

@@ -19,7 +19,12 @@ error" rule of Breiman et al.).
 NMFk): each k is fitted from several random starts, every row is assigned to
 its largest component, and the cophenetic correlation of the consensus
 matrix (how often two rows share a cluster) says how reproducible the
-clustering is; the chosen k is the largest one before that stability drops.
+clustering is. As NMFk does, stability is weighed with the fit: among the
+stable ranks (cophenetic correlation within ``cophenetic_tol`` of the best),
+the chosen k is the smallest whose mean reconstruction error is within 5% of
+the error range (over all k) of the lowest among them — extra components
+that never win a row's argmax leave the clustering "stable" but do not
+improve the fit.
 
 Fits of different k (and repeats) are independent graphs; with a
 distributed Client they are submitted from several threads at once so the
@@ -134,7 +139,7 @@ def select_rank(
     client=None,
     n_jobs=None,
     max_rows=2000,
-    cophenetic_tol=0.02,
+    cophenetic_tol=0.005,
 ):
     """Choose the number of components k of an NMF of X.
 
@@ -171,9 +176,9 @@ def select_rank(
     max_rows : int, default=2000
         "consensus": rows used for the (rows × rows) consensus matrix, a
         seeded sample when X has more.
-    cophenetic_tol : float, default=0.02
-        "consensus": how far below the best cophenetic correlation a larger
-        k may fall and still count as stable.
+    cophenetic_tol : float, default=0.005
+        "consensus": how far below the best cophenetic correlation a k may
+        fall and still count as stable.
 
     Returns
     -------
@@ -387,7 +392,7 @@ def _consensus(fitter: _Fitter, ks, n_repeats, base, n_jobs, max_rows, tol) -> R
     n_iter = np.array([o[2] for o in out]).reshape(len(ks), n_repeats)
     converged = np.array([o[3] for o in out]).reshape(len(ks), n_repeats)
     _warn_unconverged(converged, fitter.est.max_iter)
-    chosen = stable_rank(ks, coph, tol)
+    chosen = stable_rank(ks, coph, errors.mean(axis=1), tol)
     return RankSelection(
         method="consensus", ks=ks, chosen_k=chosen, scores=errors, mean=coph,
         std=np.zeros(len(ks)), cophenetic=coph, n_iter=n_iter, converged=converged,
@@ -419,10 +424,21 @@ def cophenetic_correlation(C: np.ndarray, linkage=None, cophenet=None, squarefor
     return float(cophenet(linkage(D, method="average"), D)[0])
 
 
-def stable_rank(ks, coph, tol) -> int:
-    """The largest k of the run of stable ranks that starts at the most stable one."""
-    best = int(np.argmax(coph))
-    a = best
-    while a + 1 < len(ks) and coph[a + 1] >= coph[best] - tol:
-        a += 1
-    return int(ks[a])
+#: A stable k whose reconstruction error is within this fraction of the error
+#: range of the best stable one's is as good a fit (see the module doc).
+_CONSENSUS_ERROR_RTOL = 0.05
+
+
+def stable_rank(ks, coph, errors, tol) -> int:
+    """The smallest stable k that fits about as well as any stable k.
+
+    Stable: cophenetic correlation >= max - ``tol``. About as well: mean
+    reconstruction error <= the lowest among the stable ones plus 5% of the
+    range of the errors over all k (an elbow criterion).
+    """
+    coph = np.asarray(coph, dtype=float)
+    errors = np.asarray(errors, dtype=float)
+    stable = coph >= coph.max() - tol
+    best = errors[stable].min()
+    limit = best + _CONSENSUS_ERROR_RTOL * (errors.max() - best)
+    return int(next(k for k, s, e in zip(ks, stable, errors) if s and e <= limit))

@@ -97,8 +97,8 @@ def read_block(root: str, name: str, factor: str, index: int,
         return np.asarray(zarr.open_array(url, mode="r", storage_options=storage_options or None)[...])
     except Exception as exc:  # zarr raises many types for damaged data
         raise StoreError(
-            f"Checkpoint block {url} cannot be read ({type(exc).__name__}: {exc}). "
-            "The checkpoint is damaged: resume from an earlier one, or start afresh."
+            url, f"the checkpoint block cannot be read ({type(exc).__name__}: {exc})",
+            "The checkpoint is damaged: resume from an earlier one, or start afresh.",
         ) from None
 
 
@@ -162,19 +162,22 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
     shown = f"{str(root).rstrip('/')}/{POINTER}"
     if not fs.exists(pointer_path):
         raise StoreError(
-            f"No checkpoint at {root}: {POINTER} is missing. Check the path, or fit "
-            "with checkpoint=... to write checkpoints."
+            str(root), f"No checkpoint at {root}: {POINTER} is missing",
+            "Check the path, or fit with checkpoint=... to write checkpoints.",
         )
     try:
         pointer = json.loads(fs.cat_file(pointer_path))
         name = pointer["current"]
         fmt, version = pointer["dnmf_format"], pointer["version"]
     except Exception as exc:
-        raise StoreError(f"Checkpoint pointer {shown} is damaged ({exc}); it is not a dnmf checkpoint record.") from None
+        raise StoreError(
+            shown, f"{POINTER} is damaged ({exc}); it is not a dnmf checkpoint record",
+            "Resume from another checkpoint directory, or start afresh.",
+        ) from None
     if fmt != POINTER_FORMAT or version != VERSION or not _NAME.match(str(name)):
         raise StoreError(
-            f"Checkpoint pointer {shown} has format {fmt!r} version {version!r}; this dnmf "
-            f"reads {POINTER_FORMAT!r} version {VERSION}."
+            shown, f"the pointer has format {fmt!r} version {version!r}; this dnmf reads "
+            f"{POINTER_FORMAT!r} version {VERSION}", "Use the dnmf version that wrote it.",
         )
     group_url = f"{str(root).rstrip('/')}/{name}"
     try:
@@ -183,9 +186,12 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
         ok = attrs.get("dnmf_format") == CHECKPOINT_FORMAT and attrs.get("version") == VERSION
     except Exception as exc:
         raise StoreError(
-            f"Checkpoint {group_url}/zarr.json is missing or damaged ({type(exc).__name__}: {exc}). "
-            "Resume from an earlier checkpoint, or start afresh."
+            f"{group_url}/zarr.json", f"the checkpoint record is missing or damaged ({type(exc).__name__}: {exc})",
+            "Resume from an earlier checkpoint, or start afresh.",
         ) from None
     if not ok:
-        raise StoreError(f"{group_url} is not a dnmf checkpoint (format {attrs.get('dnmf_format')!r}).")
+        raise StoreError(
+            group_url, f"not a dnmf checkpoint (format {attrs.get('dnmf_format')!r})",
+            "Point resume= at a directory written with checkpoint=.",
+        )
     return CheckpointInfo(str(root), name, state)

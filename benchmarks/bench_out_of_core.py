@@ -1,0 +1,675 @@
+"""Benchmark: fitting stores larger than the cluster's memory (out of core).
+
+For each size in ``--sizes`` (the CSR size of X as a multiple of the total
+worker memory limit, ``--workers`` x ``--memory-limit``), one run:
+
+1. generates a sparse float64 store block by block (``--nnz-per-block``
+   non-zeros per row block, power-law (``--columns zipf``) or uniform
+   column choice, uniform values), never holding X in memory;
+2. reads the whole store once per pass, one block at a time, in this
+   process (a), after a raw pass over its files (bytes on disk, no decoding);
+3. starts ``LocalCluster(n_workers=W, threads_per_worker=1, processes=True,
+   memory_limit=L)``, reads the store once on the cluster (b): a sum of every
+   block's nnz, each block read by one task;
+4. fits ``dnmf.NMF(k, solver="mu", init="random", tol=0)`` on the store path
+   for ``--iters`` iterations (c) while sampling every worker's RSS, status
+   (paused?), process id (restarted?) and spilled keys every 0.1 s.
+
+Reported per size: CSR bytes and multiple of the memory limit, bytes on disk
+(compression ratio), read throughput (a), (b) and the fit's effective read
+rate (c) = CSR bytes / per-iteration time (a mu iteration reads X once),
+with (b)/(a) and (c)/(a); the fit's setup (before the first iteration: one
+statistics pass over X plus the initialisation) and per-iteration time
+(median of the callback deltas); peak worker RSS; pauses / restarts;
+spilled keys, split into X's blocks (keys named ``dnmf-store...``, which
+must never spill) and others (the factors); and whether the fit completed.
+
+Throughput is in MB/s (10^6 bytes) of in-memory CSR bytes (values +
+int32 column indices + int32 row pointers). The store was just written, so
+its files are usually in the page cache: the rates measure decoding and
+Zarr's overhead more than the disk.
+
+    python benchmarks/bench_out_of_core.py --quick        # < 2 minutes (1 worker x 400MiB, 3x)
+    python benchmarks/bench_out_of_core.py                # sizes 1,3,5 x 2 workers x 512 MiB
+    python benchmarks/bench_out_of_core.py --sizes 8 --workers 2 --memory-limit 512MiB --dir /data/tmp
+
+Writes ``out_of_core.md`` and ``out_of_core.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import format_machine, log, machine_info, markdown_table, median, write_results
+
+MB = 1e6
+MiB = 2**20
+
+# --------------------------------------------------------------------------
+# Data: a sparse store generated block by block (as in tests/test_out_of_core.py)
+# --------------------------------------------------------------------------
+
+
+def _uniform_block(rng, rows, n_cols, nnz):
+    """CSR rows with nnz // rows distinct sorted columns each, one per stride window."""
+    per_row = max(1, min(n_cols, nnz // rows))
+    stride = n_cols // per_row
+    cols = rng.integers(0, stride, size=(rows, per_row)) + np.arange(per_row) * stride
+    indptr = np.arange(rows + 1, dtype=np.int64) * per_row
+    return cols.ravel().astype(np.int32), indptr
+
+
+def _sorted_unique(a):
+    s = np.sort(a)
+    keep = np.empty(s.size, dtype=bool)
+    keep[:1] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def _zipf_block(rng, labels, exponent, rows, n_cols, nnz):
+    """Exactly ``nnz`` distinct entries: rows uniform, columns ~ rank^-exponent.
+
+    Column popularity ranks map to columns through ``labels``, the same
+    permutation for every block (popular columns are popular everywhere).
+    """
+    nnz = min(nnz, rows * n_cols)
+    e = 1.0 - exponent
+    lin = np.empty(0, dtype=np.int64)
+    want = nnz
+    for _ in range(50):
+        batch = int(want * 1.2) + 1024
+        u = rng.random(batch)
+        x = np.exp(u * np.log(n_cols + 1.0)) if abs(e) < 1e-12 else (1.0 + u * ((n_cols + 1.0) ** e - 1.0)) ** (1.0 / e)
+        ranks = np.clip(x.astype(np.int64) - 1, 0, n_cols - 1)
+        new = rng.integers(0, rows, size=batch, dtype=np.int64) * n_cols + labels[ranks]
+        lin = _sorted_unique(np.concatenate([lin, new]))
+        if lin.size >= nnz:
+            break
+        want = int((nnz - lin.size) * max(1.0, batch / max(1, lin.size)))
+    else:  # pragma: no cover - only for absurd exponents
+        raise RuntimeError("could not draw enough distinct entries; lower --col-exponent")
+    if lin.size > nnz:
+        lin = lin[np.sort(rng.choice(lin.size, nnz, replace=False))]
+    r = lin // n_cols
+    cols = (lin - r * n_cols).astype(np.int32)
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
+    return cols, indptr
+
+
+def _block(seed, n_cols, nnz, columns, exponent, block_info=None):
+    """Row block of X starting at row r0, deterministic in (seed, r0)."""
+    (r0, r1), _ = block_info[None]["array-location"]
+    rows = r1 - r0
+    rng = np.random.default_rng([seed, r0])
+    if columns == "uniform":
+        cols, indptr = _uniform_block(rng, rows, n_cols, nnz)
+    else:
+        labels = np.random.default_rng([seed, 2**31]).permutation(n_cols).astype(np.int64)
+        cols, indptr = _zipf_block(rng, labels, exponent, rows, n_cols, nnz)
+    data = rng.random(cols.size) + 0.1
+    X = sp.csr_matrix((data, cols, indptr), shape=(rows, n_cols))
+    X.has_sorted_indices = True
+    return X
+
+
+def generated(n_blocks, rows_per_block, n_cols, nnz, columns, exponent, seed=0):
+    import dask.array as da
+
+    chunks = ((rows_per_block,) * n_blocks, (n_cols,))
+    meta = sp.csr_matrix((0, 0))
+    return da.map_blocks(_block, seed, n_cols, nnz, columns, exponent, chunks=chunks, dtype=np.float64, meta=meta)
+
+
+def csr_bytes_of(info) -> int:
+    """In-memory bytes of X's blocks as the readers return them."""
+    value = np.dtype(info.dtype).itemsize
+    total = 0
+    for i, h in enumerate(info.row_chunks):
+        for j, w in enumerate(info.col_chunks):
+            nnz = info.nnz_per_block[i][j]
+            idx = 4 if max(w, nnz) <= np.iinfo(np.int32).max else 8
+            total += nnz * (value + idx) + (h + 1) * idx
+    return total
+
+
+def disk_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+# --------------------------------------------------------------------------
+# Reads
+# --------------------------------------------------------------------------
+
+
+def raw_pass(path: str) -> float:
+    """Seconds to read every file of the store's blocks (no decoding)."""
+    t = time.perf_counter()
+    for root, _, files in os.walk(os.path.join(path, "blocks")):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                while fh.read(16 * MiB):
+                    pass
+    return time.perf_counter() - t
+
+
+def sequential_pass(info) -> tuple[float, int]:
+    """Seconds to read every block once, one at a time, in this process."""
+    from dnmf.storage import read_sparse_block
+
+    nnz = 0
+    t = time.perf_counter()
+    for i, h in enumerate(info.row_chunks):
+        for j, w in enumerate(info.col_chunks):
+            block = read_sparse_block(
+                info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j]
+            )
+            nnz += block.nnz
+            del block
+    return time.perf_counter() - t, nnz
+
+
+def _nnz_of(block):
+    return np.array([[block.nnz]], dtype=np.int64)
+
+
+def cluster_pass(client, X) -> tuple[float, int]:
+    """Seconds for the cluster to read every block once (sum of the blocks' nnz)."""
+    counts = X.map_blocks(
+        _nnz_of,
+        chunks=((1,) * X.numblocks[0], (1,) * X.numblocks[1]),
+        dtype=np.int64,
+        meta=np.empty((0, 0), dtype=np.int64),
+    )
+    t = time.perf_counter()
+    total = int(client.compute(counts.sum()).result())
+    return time.perf_counter() - t, total
+
+
+# --------------------------------------------------------------------------
+# Worker monitoring (as in tests/test_out_of_core.py)
+# --------------------------------------------------------------------------
+
+
+def _probe(dask_worker):
+    import os
+
+    import psutil
+
+    slow = getattr(dask_worker.data, "slow", None)
+    spilled = [] if slow is None else [str(k) for k in slow.keys()]
+    spilled_bytes = getattr(dask_worker.data, "spilled_total", (0, 0))[0] if slow is not None else 0
+    return os.getpid(), psutil.Process().memory_info().rss, str(dask_worker.status), spilled, spilled_bytes
+
+
+def _key_name(key: str) -> str:
+    """The array name of a stringified Dask key: "('dnmf-W-abc', 3, 0)" -> "dnmf-W-abc"."""
+    return key[2:].split("'", 1)[0] if key.startswith("('") else key
+
+
+class Watcher:
+    """Samples every worker's (pid, RSS, status, spilled keys) in a thread."""
+
+    def __init__(self, client, interval: float = 0.1):
+        self.client, self.interval = client, interval
+        self.samples: list[tuple] = []
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                t = time.perf_counter() - self.t0
+                for addr, sample in self.client.run(_probe).items():
+                    self.samples.append((t, addr) + tuple(sample))
+            except Exception:  # noqa: BLE001 - the cluster is closing or a worker died
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, probes: dict) -> None:
+        t = time.perf_counter() - self.t0
+        for addr, sample in probes.items():
+            self.samples.append((t, addr) + tuple(sample))
+
+    def summary(self, limit: int) -> dict:
+        peaks: dict[str, int] = {}
+        pids = set()
+        first_seen: dict[str, float] = {}
+        paused, spilled_peak = 0, 0
+        for t, addr, pid, rss, status, keys, spilled_bytes in self.samples:
+            peaks[addr] = max(peaks.get(addr, 0), rss)
+            pids.add(pid)
+            paused += status == "Status.paused"
+            spilled_peak = max(spilled_peak, spilled_bytes)
+            for k in keys:
+                first_seen.setdefault(k, t)
+        peak = max(peaks.values()) if peaks else None
+        return {
+            "samples": len(self.samples),
+            "peak_rss": peak,
+            "peak_rss_fraction": None if peak is None else peak / limit,
+            "peak_rss_per_worker": peaks,
+            "paused_samples": paused,
+            "pids_seen": sorted(pids),
+            "spilled_keys_first_seen_s": first_seen,
+            "spilled_bytes_peak": spilled_peak,
+        }
+
+
+def _spill_split(keys) -> tuple[list[str], list[str]]:
+    x = [k for k in keys if _key_name(k).startswith("dnmf-store")]
+    return x, [k for k in keys if not _key_name(k).startswith("dnmf-store")]
+
+
+_LOG_PATTERNS = ("paus", "spill", "memory use is high", "unmanaged memory", "restart", "killed", "memory limit")
+
+
+def memory_log_lines(client) -> list[str]:
+    """Worker and scheduler log lines about memory pressure, pauses and restarts."""
+    lines = []
+    try:
+        logs = dict(client.get_worker_logs())
+        logs["scheduler"] = client.get_scheduler_logs()
+    except Exception:  # noqa: BLE001
+        return lines
+    for who, entries in logs.items():
+        for level, msg in entries:
+            if any(p in msg.lower() for p in _LOG_PATTERNS):
+                lines.append(f"{who}: {level}: {msg.splitlines()[0][:200]}")
+    return lines
+
+
+# --------------------------------------------------------------------------
+# One size
+# --------------------------------------------------------------------------
+
+
+def run_size(mult: float, args, base_dir: str) -> dict:
+    import dnmf
+
+    total_limit = args.workers * args.memory_limit
+    per_block_csr = args.nnz_per_block * 12 + (args.rows_per_block + 1) * 4
+    n_blocks = max(1, math.ceil(mult * total_limit / per_block_csr))
+    n_rows = n_blocks * args.rows_per_block
+    res: dict = {"size": mult, "blocks": n_blocks, "shape": [n_rows, args.cols]}
+    path = os.path.join(base_dir, f"x-{mult:g}.zarr")
+    log(f"\n== {mult:g}x: {n_blocks} blocks of {args.rows_per_block} x {args.cols}, "
+        f"~{n_blocks * per_block_csr / MiB:.0f} MiB CSR vs {total_limit / MiB:.0f} MiB of worker memory")
+    try:
+        t = time.perf_counter()
+        store = dnmf.write_matrix(
+            generated(n_blocks, args.rows_per_block, args.cols, args.nnz_per_block, args.columns,
+                      args.col_exponent, args.seed),
+            path, scheduler="threads",
+        )
+        res["generate_s"] = time.perf_counter() - t
+        info = store.info
+        res["nnz"] = int(store.nnz)
+        res["csr_bytes"] = csr = csr_bytes_of(info)
+        res["multiple_of_limit"] = csr / total_limit
+        res["disk_bytes"] = disk = disk_bytes(path)
+        res["compression_ratio"] = csr / disk
+        res["W_bytes"] = n_rows * args.k * 8
+        log(f"generated {csr / MiB:.0f} MiB CSR ({csr / total_limit:.2f}x), {disk / MiB:.0f} MiB on disk "
+            f"(ratio {csr / disk:.2f}) in {res['generate_s']:.1f} s")
+
+        # (a) this process, one block at a time (after reading one block to warm imports)
+        from dnmf.storage import read_sparse_block
+
+        h, w = info.row_chunks[0], info.col_chunks[0]
+        read_sparse_block(info.path, 0, 0, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[0][0])
+        raw, seq = [], []
+        for _ in range(args.read_repeat):
+            raw.append(raw_pass(path))
+            s, nnz = sequential_pass(info)
+            assert nnz == store.nnz, (nnz, store.nnz)
+            seq.append(s)
+        res["raw_read_s"], res["seq_read_s"] = raw, seq
+        res["raw_read_mbps_disk"] = disk / median(raw) / MB
+        res["seq_read_mbps"] = a = csr / median(seq) / MB
+        log(f"(a) sequential read {a:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in seq)} s); "
+            f"raw files {res['raw_read_mbps_disk']:.0f} MB/s on disk")
+
+        res.update(run_cluster(path, store, args))
+        per_iter = res.get("per_iter_s")
+        res["fit_read_mbps"] = c = csr / per_iter / MB if per_iter else None
+        b = res.get("cluster_read_mbps")
+        res["cluster_vs_seq"] = b / a if b else None
+        res["fit_vs_seq"] = c / a if c else None
+    except Exception as exc:  # noqa: BLE001 - record and go on with the next size
+        res.setdefault("error", f"{type(exc).__name__}: {exc}")
+        res["completed"] = False
+        log(f"FAILED: {res['error']}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(path, ignore_errors=True)
+    return res
+
+
+def run_cluster(path: str, store, args) -> dict:
+    import dask
+    import dnmf
+    from distributed import Client, LocalCluster
+    from sklearn.exceptions import ConvergenceWarning
+
+    res: dict = {"completed": False}
+    env = dict(kv.split("=", 1) for kv in args.worker_env)
+    with warnings.catch_warnings(), dask.config.set(
+        {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
+    ):
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit=args.memory_limit,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+
+        # (b) one pass on the cluster (after one block per worker, to warm the workers' imports)
+        cluster_pass(client, store.data[: args.workers * store.chunks[0][0]])
+        times = []
+        with Watcher(client, args.sample_interval) as w_read:
+            for _ in range(args.read_repeat):
+                s, nnz = cluster_pass(client, store.data)
+                assert nnz == store.nnz, (nnz, store.nnz)
+                times.append(s)
+        res["cluster_read_s"] = times
+        res["cluster_read_mbps"] = store_mbps = csr_bytes_of(store.info) / median(times) / MB
+        res["read_watch"] = w_read.summary(args.memory_limit)
+        log(f"(b) cluster read {store_mbps:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in times)} s), "
+            f"peak RSS {res['read_watch']['peak_rss'] / MiB:.0f} MiB")
+
+        # (c) the fit
+        calls: list[tuple[float, int, float, float]] = []
+
+        def callback(it, elapsed, loss):
+            calls.append((time.perf_counter(), it, elapsed, loss))
+            log(f"  iteration {it}: {elapsed:.2f} s, loss {loss:.6g}")
+
+        timed_out = threading.Event()
+
+        def on_timeout():
+            timed_out.set()
+            log(f"fit timed out after {args.fit_timeout:.0f} s: closing the client")
+            client.close()
+
+        timer = threading.Timer(args.fit_timeout, on_timeout)
+        t0 = time.perf_counter()
+        with Watcher(client, args.sample_interval) as w_fit:
+            timer.start()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    model = dnmf.NMF(
+                        args.k, solver="mu", init="random", random_state=0, max_iter=args.iters, tol=0, client=client
+                    )
+                    model.fit(path, callback=callback)
+                res["completed"] = len(calls) == args.iters
+            except Exception as exc:  # noqa: BLE001
+                res["error"] = "fit timed out" if timed_out.is_set() else f"{type(exc).__name__}: {exc}"
+            finally:
+                timer.cancel()
+        res["fit_wall_s"] = time.perf_counter() - t0
+        watch = w_fit.summary(args.memory_limit)
+        if not timed_out.is_set():
+            try:
+                w_fit.add(client.run(_probe))
+                watch = w_fit.summary(args.memory_limit)
+                res["restarted"] = client.run(os.getpid) != pids or len(watch["pids_seen"]) > len(pids)
+            except Exception as exc:  # noqa: BLE001
+                res["restarted"] = True
+                res.setdefault("error", f"after the fit: {type(exc).__name__}: {exc}")
+            res["memory_log"] = memory_log_lines(client)
+        else:
+            res["restarted"] = len(watch["pids_seen"]) > len(pids)
+        res["fit_watch"] = watch
+        res["paused"] = watch["paused_samples"] > 0 or any("pausing worker" in m.lower() for m in res.get("memory_log", []))
+        res["spilled_x"], res["spilled_other"] = _spill_split(sorted(watch["spilled_keys_first_seen_s"]))
+        res["iterations"] = [{"iteration": it, "elapsed_s": el, "loss": loss} for _, it, el, loss in calls]
+        if calls:
+            el = [c[2] for c in calls]
+            deltas = [el[0]] + [b - a for a, b in zip(el, el[1:])]
+            res["iter_s"] = deltas
+            res["per_iter_s"] = median(deltas)
+            res["setup_s"] = calls[0][0] - t0 - el[0]
+            # when the first iteration started, on the watcher's clock (which starts with the fit)
+            res["iter1_start_s"] = calls[0][0] - el[0] - w_fit.t0
+        first = watch["spilled_keys_first_seen_s"]
+        res["spilled_x_first_seen_s"] = min((first[k] for k in res["spilled_x"]), default=None)
+        log(f"(c) fit: setup {res.get('setup_s', float('nan')):.1f} s, per iteration "
+            f"{res.get('per_iter_s', float('nan')):.2f} s, peak RSS "
+            f"{(watch['peak_rss'] or 0) / MiB:.0f} MiB, paused {res['paused']}, restarted {res['restarted']}, "
+            f"spilled {len(res['spilled_x'])} X / {len(res['spilled_other'])} other keys, "
+            f"completed {res['completed']}")
+    return res
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+
+def _f(v, spec, unit=""):
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:{spec}}{unit}"
+
+
+def _yn(v):
+    return "–" if v is None else ("yes" if v else "no")
+
+
+def render(results: dict) -> str:
+    cfg = results["config"]
+    total = cfg["workers"] * cfg["memory_limit"]
+    lines = [
+        "# dnmf out-of-core benchmark",
+        "",
+        "```",
+        format_machine(results["machine"]),
+        f"command: {results['command']}",
+        "```",
+        "",
+        f"LocalCluster({cfg['workers']} workers x 1 thread, processes, memory_limit "
+        f"{cfg['memory_limit'] / MiB:.0f} MiB = {total / MiB:.0f} MiB in all); "
+        f"NMF(k={cfg['k']}, solver='mu', init='random', tol=0), {cfg['iters']} iterations on the store path. "
+        f"X: float64, {cfg['rows_per_block']:,} x {cfg['cols']:,} row blocks of {cfg['nnz_per_block']:,} "
+        f"non-zeros, {cfg['columns']} column choice"
+        + (f" (exponent {cfg['col_exponent']})" if cfg["columns"] == "zipf" else "")
+        + ", uniform values; store: Blosc-zstd(3)+shuffle, one Zarr chunk per CSR array. Worker memory "
+        f"thresholds (fractions of the limit): {results['worker_memory']}; worker environment: "
+        f"{results['worker_environ']}.",
+        "",
+        "Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
+        "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
+        "random init). Peak RSS: the largest worker RSS sampled every "
+        f"{cfg['sample_interval']:g} s during the fit (% of its limit). Spilled: distinct keys seen in a "
+        "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others.",
+        "",
+    ]
+    rows = []
+    for r in results["sizes"]:
+        watch = r.get("fit_watch") or {}
+        peak = watch.get("peak_rss")
+        rows.append([
+            f"{r['size']:g}x",
+            _f(r.get("csr_bytes") and r["csr_bytes"] / MiB, ",.0f", " MiB"),
+            _f(r.get("multiple_of_limit"), ".2f", "x"),
+            f"{r['blocks']:,}",
+            _f(r.get("disk_bytes") and r["disk_bytes"] / MiB, ",.0f", " MiB"),
+            _f(r.get("compression_ratio"), ".2f"),
+            _f(r.get("W_bytes") and r["W_bytes"] / MiB, ",.0f", " MiB"),
+            _f(r.get("setup_s"), ".1f", " s"),
+            _f(r.get("per_iter_s"), ".2f", " s"),
+            "–" if peak is None else f"{peak / MiB:.0f} MiB ({100 * watch['peak_rss_fraction']:.0f}%)",
+            f"{_yn(r.get('paused'))} / {_yn(r.get('restarted'))}",
+            "–" if "spilled_x" not in r else f"{len(r['spilled_x'])} / {len(r['spilled_other'])}",
+            _yn(r.get("completed")),
+        ])
+    lines += ["## Fit", "", markdown_table(
+        ["size", "CSR", "x limit", "blocks", "on disk", "CSR/disk", "W (m x k)", "setup", "per iter",
+         "peak worker RSS", "paused / restarted", "spilled X / other", "completed"], rows,
+        align="lrrrrrrrrrccc")]
+
+    rows = []
+    for r in results["sizes"]:
+        rows.append([
+            f"{r['size']:g}x",
+            _f(r.get("raw_read_mbps_disk"), ",.0f"),
+            _f(r.get("seq_read_mbps"), ",.0f"),
+            _f(r.get("cluster_read_mbps"), ",.0f"),
+            _f(r.get("fit_read_mbps"), ",.0f"),
+            _f(r.get("cluster_vs_seq"), ".2f", "x"),
+            _f(r.get("fit_vs_seq"), ".2f", "x"),
+            _f((r.get("read_watch") or {}).get("peak_rss") and r["read_watch"]["peak_rss"] / MiB, ".0f", " MiB"),
+        ])
+    lines += ["", "## Read throughput (MB/s of CSR bytes, medians)", "",
+              f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
+              "raw: the store's block files read without decoding, MB/s of bytes on disk); (b) the cluster "
+              "reads every block once (a sum of the blocks' nnz); (c) inside the fit: CSR bytes / per-iteration "
+              "time (a mu iteration reads X once).", "",
+              markdown_table(["size", "raw files (disk MB/s)", "(a) sequential", "(b) cluster", "(c) in fit",
+                              "(b)/(a)", "(c)/(a)", "peak RSS in (b)"], rows)]
+
+    notes = []
+    for r in results["sizes"]:
+        if r.get("error"):
+            notes.append(f"- {r['size']:g}x: {r['error']}")
+        if r.get("spilled_x"):
+            notes.append(f"- {r['size']:g}x: {len(r['spilled_x'])} X block(s) spilled, first seen "
+                         f"{r['spilled_x_first_seen_s']:.1f} s into the fit (iteration 1 started at "
+                         f"{_f(r.get('iter1_start_s'), '.1f', ' s')})")
+        if r.get("spilled_other"):
+            kinds: dict[str, int] = {}
+            for k in r["spilled_other"]:
+                name = _key_name(k)
+                kind = "-".join(p for p in name.split("-") if not (len(p) == 32 and all(c in "0123456789abcdef" for c in p)))
+                kinds[kind] = kinds.get(kind, 0) + 1
+            notes.append(f"- {r['size']:g}x: other spilled keys by name: "
+                         + ", ".join(f"{n} ({c})" for n, c in sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
+                         + f"; peak spilled {r['fit_watch']['spilled_bytes_peak'] / MiB:.0f} MiB")
+        for m in (r.get("memory_log") or [])[:5]:
+            notes.append(f"- {r['size']:g}x log: {m}")
+    if notes:
+        lines += ["", "Notes:", ""] + notes
+    lines += ["", f"Total wall time {results['wall_s']:.0f} s."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    from dask.utils import parse_bytes
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="< 2 minutes: 1 worker x 400MiB, size 3x, uniform columns, 2 iterations, 1 read pass "
+                        "(explicit options win)")
+    p.add_argument("--sizes", default=None, help="CSR size / total worker memory limit, comma-separated (default 1,3,5)")
+    p.add_argument("--workers", type=int, default=None, help="workers W (default 2)")
+    p.add_argument("--memory-limit", default=None, help="memory limit L per worker (default 512MiB)")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--iters", type=int, default=None, help="iterations (default 3; quick 2)")
+    p.add_argument("--cols", type=int, default=20_000)
+    p.add_argument("--rows-per-block", type=int, default=4_000)
+    p.add_argument("--nnz-per-block", type=int, default=1_000_000)
+    p.add_argument("--columns", choices=("zipf", "uniform"), default=None,
+                   help="column choice: power law or uniform (default zipf; quick uniform, faster to generate)")
+    p.add_argument("--col-exponent", type=float, default=0.9, help="power-law exponent of column popularity")
+    p.add_argument("--read-repeat", type=int, default=None, help="read passes (a), (b) (default 3; quick 1)")
+    p.add_argument("--sample-interval", type=float, default=0.1, help="seconds between worker samples")
+    p.add_argument("--fit-timeout", type=float, default=1200, help="give up a fit after this many seconds")
+    p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the worker processes (distributed.nanny.pre-spawn-environ), "
+                        "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dir", default=None, help="where to write the stores (default: a new temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the stores")
+    p.add_argument("--out", default="bench-results", help="output directory (out_of_core.md, .json)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.sizes = [float(s) for s in (args.sizes or ("3" if q else "1,3,5")).split(",") if s.strip()]
+    args.workers = args.workers or (1 if q else 2)
+    args.memory_limit = parse_bytes(args.memory_limit or ("400MiB" if q else "512MiB"))
+    args.read_repeat = args.read_repeat or (1 if q else 3)
+    args.iters = args.iters or (2 if q else 3)
+    args.columns = args.columns or ("uniform" if q else "zipf")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import numcodecs.blosc
+
+    numcodecs.blosc.use_threads = False  # (a) decodes on one thread, like a worker
+    info = machine_info()
+    t_start = time.perf_counter()
+    log(format_machine(info))
+    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if argv is None else " ".join(argv)
+    results: dict = {
+        "benchmark": "out_of_core",
+        "machine": info,
+        "command": command,
+        "config": {k: v for k, v in vars(args).items()},
+        "sizes": [],
+    }
+    import dask
+    import distributed  # noqa: F401 - loads the distributed config
+
+    mem = dask.config.get("distributed.worker.memory")
+    results["worker_memory"] = {k: mem[k] for k in ("target", "spill", "pause", "terminate")}
+    results["worker_environ"] = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ"),
+        **dict(kv.split("=", 1) for kv in args.worker_env),
+    }
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+    base = tempfile.mkdtemp(prefix="dnmf-ooc-", dir=args.dir)
+    try:
+        for mult in args.sizes:
+            results["sizes"].append(run_size(mult, args, base))
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    results["wall_s"] = time.perf_counter() - t_start
+    results["loadavg_at_end"] = os.getloadavg()
+    md = render(results)
+    paths = write_results(args.out, "out_of_core", md, results)
+    print(md)
+    print(f"\nwrote {paths[0]} and {paths[1]} ({results['wall_s']:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
