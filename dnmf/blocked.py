@@ -123,6 +123,23 @@ def _graph(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
     return HighLevelGraph(layers, dependencies)
 
 
+def _x_blocks(X: da.Array):
+    """How tasks refer to X's blocks: ``(ref(i, j), dependencies)``.
+
+    For an X read from a dnmf store the block's read task itself is inlined
+    into each task that uses the block: the block then lives only inside that
+    task, never as a result in a worker's managed memory, so it cannot be held
+    between tasks or spilled to disk. Other arrays are referenced by key.
+    """
+    layers = X.__dask_graph__().layers
+    layer = layers.get(X.name)
+    if len(layers) == 1 and str(X.name).startswith("dnmf-store") and layer is not None:
+        tasks = dict(layer)
+        if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
+            return (lambda i, j: tasks[(X.name, i, j)]), []
+    return (lambda i, j: (X.name, i, j)), [X]
+
+
 def _meta(dtype) -> np.ndarray:
     return np.empty((0, 0), dtype=dtype)
 
@@ -137,6 +154,7 @@ def stats(X: da.Array) -> da.Array:
 
     ``[min, n_nonfinite, sum, sum_of_squares, nnz, n_entries]``; one pass over X.
     """
+    xref, xdeps = _x_blocks(X)
     token = tokenize("dnmf-stats", X.name)
     core = f"dnmf-stats-core-{token}"
     name = f"dnmf-stats-{token}"
@@ -145,12 +163,12 @@ def stats(X: da.Array) -> da.Array:
     for i in range(X.numblocks[0]):
         for j in range(X.numblocks[1]):
             key = (core, i, j)
-            layer[key] = (kernels.block_stats, (X.name, i, j))
+            layer[key] = (kernels.block_stats, xref(i, j))
             keys.append(key)
     top = _tree(layer, core + "-sum", keys, split_every=64)
     layer[(core, "agg")] = (_combine_stats, top)
     out = {(name, 0): (operator.getitem, (core, "agg"), slice(None))}
-    graph = _graph(core, layer, [X], {name: out})
+    graph = _graph(core, layer, xdeps, {name: out})
     return da.Array(graph, name, chunks=((6,),), dtype=np.float64)
 
 
@@ -173,18 +191,19 @@ def xdot(X: da.Array, B: da.Array) -> da.Array:
 
     One task per row block; the sum over column blocks runs in order.
     """
+    xref, xdeps = _x_blocks(X)
     _check_tall(B, X.chunks[1], "B")
     token = tokenize("dnmf-xdot", X.name, B.name)
     name = f"dnmf-xdot-{token}"
     layer = {
         (name, i, 0): (
             _row_xdot,
-            [(X.name, i, j) for j in range(X.numblocks[1])],
+            [xref(i, j) for j in range(X.numblocks[1])],
             [(B.name, j, 0) for j in range(X.numblocks[1])],
         )
         for i in range(X.numblocks[0])
     }
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[X, B])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[*xdeps, B])
     dtype = np.result_type(X.dtype, B.dtype)
     return da.Array(graph, name, chunks=(X.chunks[0], B.chunks[1]), meta=_meta(dtype))
 
@@ -195,6 +214,7 @@ def xtdot(X: da.Array, A: da.Array) -> da.Array:
     Uses the free CSC view of each CSR block (fast, small output), and a
     fixed-order tree over the row blocks.
     """
+    xref, xdeps = _x_blocks(X)
     _check_tall(A, X.chunks[0], "A")
     token = tokenize("dnmf-xtdot", X.name, A.name)
     core = f"dnmf-xtdot-core-{token}"
@@ -205,11 +225,11 @@ def xtdot(X: da.Array, A: da.Array) -> da.Array:
         keys = []
         for i in range(X.numblocks[0]):
             key = (core, i, j)
-            layer[key] = (kernels.xtdot, (X.name, i, j), (A.name, i, 0))
+            layer[key] = (kernels.xtdot, xref(i, j), (A.name, i, 0))
             keys.append(key)
         top = _tree(layer, f"{core}-t{j}", keys)
         out[(name, j, 0)] = (_sum_list, top)
-    graph = _graph(core, layer, [X, A], {name: out})
+    graph = _graph(core, layer, [*xdeps, A], {name: out})
     dtype = np.result_type(X.dtype, A.dtype)
     return da.Array(graph, name, chunks=(X.chunks[1], A.chunks[1]), meta=_meta(dtype))
 
@@ -378,6 +398,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     scalars : dask array (N_SCALARS,), float64
         See the ``S_*`` constants.
     """
+    xref, xdeps = _x_blocks(X)
     nI, nJ = X.numblocks
     if holdout is not None and (holdout.chunks != X.chunks or p.beta != 2):
         raise ValueError(
@@ -396,7 +417,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     for i in range(nI):
         a = (f"{core}-A", i)
         layer[a] = (
-            _row_task, [(X.name, i, j) for j in range(nJ)], (W.name, i, 0), ht_keys, hht_key, p,
+            _row_task, [xref(i, j) for j in range(nJ)], (W.name, i, 0), ht_keys, hht_key, p,
         )
         if holdout is not None:
             layer[a] = layer[a] + ([(holdout.name, i, j) for j in range(nJ)],)
@@ -431,7 +452,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     outputs[hht_name] = {(hht_name, 0, 0): (_pick, fin, "HHt")}
     outputs[s_name] = {(s_name, 0): (_pick, fin, "scalars")}
 
-    deps = [X, W, Ht, HHt] + ([holdout] if holdout is not None else [])
+    deps = [*xdeps, W, Ht, HHt] + ([holdout] if holdout is not None else [])
     graph = _graph(core, layer, deps, outputs)
     W_new = da.Array(graph, w_name, chunks=W.chunks, meta=_meta(W.dtype))
     if p.update_H:
@@ -464,6 +485,7 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
     For beta = 2: ``[<X Ht, W>, <W'W, HHt>]`` (combine with ``||X||²`` via
     ``kernels.frobenius_from_terms``); otherwise ``[divergence, 0]``.
     """
+    xref, xdeps = _x_blocks(X)
     token = tokenize("dnmf-objective", X.name, W.name, Ht.name, HHt.name, beta)
     core = f"dnmf-objective-core-{token}"
     name = f"dnmf-objective-{token}"
@@ -473,7 +495,7 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
     for i in range(nI):
         layer[(core, i)] = (
             _row_objective,
-            [(X.name, i, j) for j in range(nJ)],
+            [xref(i, j) for j in range(nJ)],
             (W.name, i, 0),
             [(Ht.name, j, 0) for j in range(nJ)],
             (HHt.name, 0, 0),
@@ -482,7 +504,7 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
         keys.append((core, i))
     top = _tree(layer, core + "-sum", keys)
     out = {(name, 0): (_sum_list, top)}
-    graph = _graph(core, layer, [X, W, Ht, HHt], {name: out})
+    graph = _graph(core, layer, [*xdeps, W, Ht, HHt], {name: out})
     return da.Array(graph, name, chunks=((2,),), dtype=np.float64)
 
 
@@ -492,6 +514,7 @@ def holdout_error(X: da.Array, holdout: da.Array, W: da.Array, Ht: da.Array) -> 
     ``X`` holds the true values (not the zeroed training blocks); one task
     per block, then a fixed-order tree. O(|holdout| · k).
     """
+    xref, xdeps = _x_blocks(X)
     token = tokenize("dnmf-holdout-error", X.name, holdout.name, W.name, Ht.name)
     core = f"dnmf-holdout-error-core-{token}"
     name = f"dnmf-holdout-error-{token}"
@@ -500,9 +523,9 @@ def holdout_error(X: da.Array, holdout: da.Array, W: da.Array, Ht: da.Array) -> 
     for i in range(X.numblocks[0]):
         for j in range(X.numblocks[1]):
             key = (core, i, j)
-            layer[key] = (kernels.holdout_error, (X.name, i, j), (holdout.name, i, j), (W.name, i, 0), (Ht.name, j, 0))
+            layer[key] = (kernels.holdout_error, xref(i, j), (holdout.name, i, j), (W.name, i, 0), (Ht.name, j, 0))
             keys.append(key)
     top = _tree(layer, core + "-sum", keys)
     out = {(name, 0): (_sum_list, top)}
-    graph = _graph(core, layer, [X, holdout, W, Ht], {name: out})
+    graph = _graph(core, layer, [*xdeps, holdout, W, Ht], {name: out})
     return da.Array(graph, name, chunks=((3,),), dtype=np.float64)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from .kernels import projected_gradient_l1
+
 # Rows whose passive set is shared by at least this many rows are solved with
 # one Cholesky factorisation per set; the others are bucketed by system size
 # and solved by batched LAPACK calls (see ``_solve_small``), which avoids a
@@ -371,12 +373,7 @@ def anls_update(
     if l1_reg != 0.0:
         D -= l1_reg
     W64 = np.asarray(W, dtype=np.float64)
-    violation = _pg_l1(W64, W64 @ C - D)
+    violation = projected_gradient_l1(W64, W64 @ C - D)
     W_new = nnls_bpp(C, D, passive=W64 > 0)
     return W_new.astype(W.dtype, copy=False), violation
 
-
-def _pg_l1(W: np.ndarray, grad: np.ndarray) -> float:
-    """``Σ |projected gradient|``: the gradient where ``W > 0``, its negative part at 0."""
-    pg = np.where(W > 0, grad, np.minimum(grad, 0.0))
-    return float(np.abs(pg).sum())
