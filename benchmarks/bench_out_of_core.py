@@ -55,7 +55,16 @@ import scipy.sparse as sp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import format_machine, log, machine_info, markdown_table, median, write_results
+import itertools
+
+from benchmarks._common import (
+    format_machine,
+    log,
+    machine_info,
+    markdown_table,
+    median,
+    write_results,
+)
 
 MB = 1e6
 MiB = 2**20
@@ -217,7 +226,7 @@ def _probe(dask_worker):
     import psutil
 
     slow = getattr(dask_worker.data, "slow", None)
-    spilled = [] if slow is None else [str(k) for k in slow.keys()]
+    spilled = [] if slow is None else [str(k) for k in slow]
     spilled_bytes = getattr(dask_worker.data, "spilled_total", (0, 0))[0] if slow is not None else 0
     return os.getpid(), psutil.Process().memory_info().rss, str(dask_worker.status), spilled, spilled_bytes
 
@@ -243,7 +252,7 @@ class Watcher:
                 t = time.perf_counter() - self.t0
                 for addr, sample in self.client.run(_probe).items():
                     self.samples.append((t, addr) + tuple(sample))
-            except Exception:  # noqa: BLE001 - the cluster is closing or a worker died
+            except Exception:  # noqa: BLE001, S110 - the cluster is closing or a worker died
                 pass
             self._stop.wait(self.interval)
 
@@ -378,9 +387,10 @@ def run_size(mult: float, args, base_dir: str) -> dict:
 
 def run_cluster(path: str, store, args) -> dict:
     import dask
-    import dnmf
     from distributed import Client, LocalCluster
     from sklearn.exceptions import ConvergenceWarning
+
+    import dnmf
 
     res: dict = {"completed": False}
     env = dict(kv.split("=", 1) for kv in args.worker_env)
@@ -458,7 +468,7 @@ def run_cluster(path: str, store, args) -> dict:
         res["iterations"] = [{"iteration": it, "elapsed_s": el, "loss": loss} for _, it, el, loss in calls]
         if calls:
             el = [c[2] for c in calls]
-            deltas = [el[0]] + [b - a for a, b in zip(el, el[1:])]
+            deltas = [el[0]] + [b - a for a, b in itertools.pairwise(el)]
             res["iter_s"] = deltas
             res["per_iter_s"] = median(deltas)
             res["setup_s"] = calls[0][0] - t0 - el[0]
@@ -508,11 +518,11 @@ def render(results: dict) -> str:
         f"thresholds (fractions of the limit): {results['worker_memory']}; worker environment: "
         f"{results['worker_environ']}.",
         "",
-        "Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
+        ("Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
         "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
         "random init). Peak RSS: the largest worker RSS sampled every "
         f"{cfg['sample_interval']:g} s during the fit (% of its limit). Spilled: distinct keys seen in a "
-        "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others.",
+        "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others."),
         "",
     ]
     rows = []
@@ -552,10 +562,10 @@ def render(results: dict) -> str:
             _f((r.get("read_watch") or {}).get("peak_rss") and r["read_watch"]["peak_rss"] / MiB, ".0f", " MiB"),
         ])
     lines += ["", "## Read throughput (MB/s of CSR bytes, medians)", "",
-              f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
+              (f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
               "raw: the store's block files read without decoding, MB/s of bytes on disk); (b) the cluster "
               "reads every block once (a sum of the blocks' nnz); (c) inside the fit: CSR bytes / per-iteration "
-              "time (a mu iteration reads X once).", "",
+              "time (a mu iteration reads X once)."), "",
               markdown_table(["size", "raw files (disk MB/s)", "(a) sequential", "(b) cluster", "(c) in fit",
                               "(b)/(a)", "(c)/(a)", "peak RSS in (b)"], rows)]
 

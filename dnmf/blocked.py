@@ -265,6 +265,23 @@ def _check_tall(A: da.Array, row_chunks: tuple, what: str) -> None:
 # --------------------------------------------------------------------------
 
 
+def _frobenius_update(solver, A, G, AX, l1, l2, perm, n_inner, inner_tol):
+    """One Frobenius half-step for a tall factor block ``A`` (W, or Ht by transposition).
+
+    ``G`` is the other factor's Gram and ``AX`` the matching product (``X Ht``
+    for W, ``X' W`` for Ht). Returns the new block and its stationarity violation.
+    """
+    if solver == "cd":
+        return kernels.cd_update(
+            A, G, AX, l1, l2, np.asarray(perm, dtype=np.intp), n_inner=n_inner, inner_tol=inner_tol
+        )
+    if solver == "anls-bpp":
+        return nnls.anls_update(A, G, AX, l1, l2)
+    den = kernels.mu_frobenius_denominator(A, G)
+    violation = kernels.projected_gradient_l1(A, kernels.regularized_gradient(A, den, AX, l1, l2))
+    return kernels.mu_apply(A, AX.copy(), den, l1, l2), violation
+
+
 def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     """Stage A for one row block. Returns a dict of outputs (see module doc).
 
@@ -283,19 +300,9 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
         if p.incoming_loss:
             s[S_IN_A] = float(np.vdot(XHt, W))
             s[S_IN_B] = float(np.vdot(kernels.gram(W), HHt))
-        if p.solver == "cd":
-            W_new, s[S_VIOLATION] = kernels.cd_update(
-                W, HHt, XHt, p.l1_reg_W, p.l2_reg_W, np.asarray(p.perm_W, dtype=np.intp),
-                n_inner=p.inner_W, inner_tol=p.inner_tol,
-            )
-        elif p.solver == "anls-bpp":
-            W_new, s[S_VIOLATION] = nnls.anls_update(W, HHt, XHt, p.l1_reg_W, p.l2_reg_W)
-        else:
-            den = kernels.mu_frobenius_denominator(W, HHt)
-            s[S_VIOLATION] = kernels.projected_gradient_l1(
-                W, kernels.regularized_gradient(W, den, XHt, p.l1_reg_W, p.l2_reg_W)
-            )
-            W_new = kernels.mu_apply(W, XHt.copy(), den, p.l1_reg_W, p.l2_reg_W)
+        W_new, s[S_VIOLATION] = _frobenius_update(
+            p.solver, W, HHt, XHt, p.l1_reg_W, p.l2_reg_W, p.perm_W, p.inner_W, p.inner_tol
+        )
         s[S_CROSS_W] = float(np.vdot(XHt, W_new))
     else:
         num = den = None
@@ -337,19 +344,9 @@ def _col_task(Ht, total, small, p: StepParams):
     s = np.zeros(N_SCALARS)
     if p.beta == 2:
         XtW = total
-        if p.solver == "cd":
-            Ht_new, s[S_VIOLATION] = kernels.cd_update(
-                Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, np.asarray(p.perm_H, dtype=np.intp),
-                n_inner=p.inner_H, inner_tol=p.inner_tol,
-            )
-        elif p.solver == "anls-bpp":
-            Ht_new, s[S_VIOLATION] = nnls.anls_update(Ht, G, XtW, p.l1_reg_H, p.l2_reg_H)
-        else:
-            den = kernels.mu_frobenius_denominator(Ht, G)
-            s[S_VIOLATION] = kernels.projected_gradient_l1(
-                Ht, kernels.regularized_gradient(Ht, den, XtW, p.l1_reg_H, p.l2_reg_H)
-            )
-            Ht_new = kernels.mu_apply(Ht, XtW.copy(), den, p.l1_reg_H, p.l2_reg_H)
+        Ht_new, s[S_VIOLATION] = _frobenius_update(
+            p.solver, Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, p.perm_H, p.inner_H, p.inner_tol
+        )
         s[S_CROSS_H] = float(np.vdot(XtW, Ht_new))
     else:
         num, den = total
