@@ -247,7 +247,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.stationarity_history_ = np.asarray(result.stationarity_history, dtype=np.float64)
         # Kept for save(): NumPy for in-memory X, else persisted on the cluster.
         self._W = np.asarray(runner.compute(W_out)) if in_memory else W_out
-        self._runner = runner
         return self._W
 
     def save(self, path, *, W=None) -> None:
@@ -280,8 +279,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ids = getattr(self, "feature_ids_", None)
         if ids is not None and not isinstance(ids, __import__("pandas").RangeIndex):
             attrs["feature_ids"] = [v.item() if hasattr(v, "item") else v for v in ids]
-        runner = self.__dict__.get("_runner")
-        io.save_factors(path, arrays, attrs, client=runner.client if runner else None)
+        client = self.client if self.client is not None else _current_client()
+        io.save_factors(path, arrays, attrs, client=client)
 
     def transform(self, X):
         """W for the rows of X with H fixed to ``components_``.

@@ -262,3 +262,16 @@ def test_transform_checks_features():
         m.transform(X[:, :5])
     with pytest.raises(ValueError, match="8 features"):
         m.transform(da.from_array(X[:, :5]))
+
+
+def test_fitted_model_pickles_and_clones():
+    import pickle
+
+    X, _, _ = make_data(60, 20, density=0.3)
+    m = dnmf.NMF(3, max_iter=5, random_state=0, chunks=(20, 20))  # several blocks: thread pool
+    W = fit_quiet(m, X)
+    again = pickle.loads(pickle.dumps(m))
+    np.testing.assert_array_equal(again.components_, m.components_)
+    np.testing.assert_allclose(again.transform(X), m.transform(X))
+    assert clone(m).get_params() == m.get_params()
+    assert W.shape == (60, 3)
