@@ -4,7 +4,7 @@ Problems (planted non-negative rank k*, then noise):
 
 (a) dense  1,500 x 800, k* = 12, |Gaussian| noise at 5% of X's spread;
 (b) sparse 20,000 x 3,000, k* = 10: every row mixes 2 of the k* "topics",
-    every topic covers 4% of the columns (so X = W H is sparse, ~2.3M
+    every topic covers 4% of the columns (so X = W H is sparse, ~4.7M
     non-zeros), each non-zero multiplied by (1 + 5% noise).
 
 For each, ``select_rank(method="cv")`` over ks around k* (3 repeats, 10% of
@@ -12,7 +12,7 @@ the entries held out, 5% of the non-zeros and as many zeros for (b)), and on
 (a) also ``method="consensus"`` (6 restarts per k). Reported: the chosen k,
 the per-k table and the wall time, over ``--seeds`` independent problems.
 
-    python benchmarks/bench_rank.py            # full run (~15 min on 2 cores)
+    python benchmarks/bench_rank.py            # full run (~20 min on 2 cores)
     python benchmarks/bench_rank.py --quick    # small sizes, < 1 min
 
 Writes ``rank.md`` and ``rank.json`` under ``--out`` (bench-results/).
