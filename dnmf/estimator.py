@@ -356,11 +356,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             dtype=[np.float64, np.float32],
             reset=reset,
         )
-        v = kernels.block_stats(X)
-        stats = inputs.MatrixStats(
-            min=float(v[0]), n_nonfinite=int(v[1]), sum=float(v[2]),
-            sq_norm=float(v[3]), nnz=int(v[4]), n_entries=int(v[5]),
-        )
+        stats = inputs.MatrixStats.from_vector(kernels.block_stats(X))
         inputs.check_values(stats)
         Xd = inputs.from_memory(X, self.chunks, client=client)
         self._reload_X = lambda: inputs.from_memory(X, self.chunks, client=client)

@@ -165,21 +165,19 @@ class MatrixStats:
     nnz: int
     n_entries: int
 
+    @classmethod
+    def from_vector(cls, v) -> "MatrixStats":
+        """From ``kernels.block_stats`` / ``blocked.stats`` output."""
+        return cls(min=float(v[0]), n_nonfinite=int(v[1]), sum=float(v[2]),
+                   sq_norm=float(v[3]), nnz=int(v[4]), n_entries=int(v[5]))
+
     @property
     def mean(self) -> float:
         return self.sum / self.n_entries if self.n_entries else 0.0
 
 
 def compute_stats(X: da.Array, runner) -> MatrixStats:
-    v = np.asarray(runner.compute(blocked.stats(X)))
-    return MatrixStats(
-        min=float(v[0]),
-        n_nonfinite=int(v[1]),
-        sum=float(v[2]),
-        sq_norm=float(v[3]),
-        nnz=int(v[4]),
-        n_entries=int(v[5]),
-    )
+    return MatrixStats.from_vector(np.asarray(runner.compute(blocked.stats(X))))
 
 
 def check_values(stats: MatrixStats, whom: str = "NMF (input X)") -> None:
