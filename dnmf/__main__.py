@@ -1,5 +1,5 @@
-import sys
+"""``python -m dnmf`` is the ``dnmf`` command line."""
 
-from .demo import main
+from .cli import main
 
-sys.exit(main())
+main()

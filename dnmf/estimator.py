@@ -121,6 +121,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         products the step computes anyway — no extra pass over X.
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only for inputs with column names)
+    feature_ids_, sample_ids_ : pandas.Index (only when fitted from a matrix store with ID maps)
+        The store's column (item) and row (user) IDs; saved with the model
+        (``sample_ids_`` only together with W).
     """
 
     _parameter_constraints: dict = {
@@ -276,9 +279,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             "loss_history": [float(v) for v in self.loss_history_],
             "n_features_in": int(self.n_features_in_),
         }
-        ids = getattr(self, "feature_ids_", None)
-        if ids is not None and not isinstance(ids, __import__("pandas").RangeIndex):
-            attrs["feature_ids"] = [v.item() if hasattr(v, "item") else v for v in ids]
+        import pandas as pd
+
+        for attr, key in (("feature_ids_", "feature_ids"), ("sample_ids_", "sample_ids")):
+            ids = getattr(self, attr, None)
+            # The IDs of a store's rows belong to the W saved with them only.
+            if key == "sample_ids" and (W is None or ids is None or len(ids) != W.shape[0]):
+                continue
+            if ids is not None and not isinstance(ids, pd.RangeIndex):
+                attrs[key] = [v.item() if hasattr(v, "item") else v for v in ids]
         client = self.client if self.client is not None else _current_client()
         io.save_factors(path, arrays, attrs, client=client)
 
@@ -320,14 +329,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if isinstance(X, (str, os.PathLike)):
             from . import io
 
-            X = io.open_matrix(X)
+            X = io.open_matrix(X, storage_options=self.storage_options)
         if type(X).__name__ == "MatrixStore":
             # A store: its blocks are re-read every iteration, never persisted.
             if reset:
                 self.feature_ids_ = X.col_ids
+                self.sample_ids_ = X.row_ids
             X = X.data
-        elif reset and hasattr(self, "feature_ids_"):
-            del self.feature_ids_
+        elif reset:
+            for name in ("feature_ids_", "sample_ids_"):
+                self.__dict__.pop(name, None)
         if isinstance(X, da.Array):
             Xd = inputs.from_dask(X)
             if reset:
@@ -570,6 +581,10 @@ def load(path) -> NMF:
     from . import io
 
     arrays, attrs = io.load_factors(path)
+    if attrs.get("library") == "dnmf" and attrs.get("estimator") == "RatingsNMF":
+        from .ratings import load as load_ratings  # masked models have their own loader
+
+        return load_ratings(path)
     if attrs.get("library") != "dnmf" or "params" not in attrs:
         raise io.StoreError(
             f"{path} is a model store but not a dnmf NMF model (attributes "
@@ -585,10 +600,12 @@ def load(path) -> NMF:
     model.reconstruction_err_ = attrs["reconstruction_err"]
     model.loss_history_ = np.asarray(attrs["loss_history"], dtype=np.float64)
     model.n_features_in_ = attrs["n_features_in"]
-    if "feature_ids" in attrs:
-        import pandas as pd
+    import pandas as pd
 
+    if "feature_ids" in attrs:
         model.feature_ids_ = pd.Index(attrs["feature_ids"])
+    if "sample_ids" in attrs:
+        model.sample_ids_ = pd.Index(attrs["sample_ids"])
     if "W" in arrays:
         model._W = arrays["W"]
     return model

@@ -738,3 +738,68 @@ def load_factors(path: str | os.PathLike[str]) -> tuple[dict[str, da.Array], dic
             meta=np.empty((0,) * len(shape), dtype=spec["dtype"]),
         )
     return out, dict(info.attrs)
+
+
+# --------------------------------------------------------------------------- what a path holds
+
+
+def identify(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> str:
+    """What dnmf keeps at ``path``: ``"job"``, ``"model"`` or ``"matrix"``.
+
+    Reads metadata only.
+
+    Raises
+    ------
+    StoreError
+        If ``path`` holds none of them (naming what is there instead).
+    """
+    from .storage import jobs as _jobs
+
+    path = locations.normalize(path)
+    if not locations.exists(path, storage_options):
+        raise StoreError(path, "nothing exists at this path", "Check the path.")
+    if _jobs.is_job_dir(path, storage_options):
+        return "job"
+    if not locations.is_url(path):
+        try:
+            read_model_info(path)
+            return "model"
+        except StoreError:
+            pass
+    try:
+        read_matrix_info(path, storage_options, warn=False)
+        return "matrix"
+    except StoreError as exc:
+        raise StoreError(
+            path, f"it is neither a dnmf matrix store, a model nor a job directory ({exc.problem})",
+            "Give a store made by `dnmf ingest`, a model saved by `dnmf fit`, or a job directory.",
+        ) from None
+
+
+def align_columns(store: MatrixStore, col_ids: pd.Index) -> tuple[sp.csr_matrix, int, int]:
+    """The rows of a (small) store as CSR with columns in ``col_ids``' order.
+
+    For new rows to be transformed with a fitted model: the store's columns
+    are matched to the model's by ID; entries of columns the model does not
+    know are dropped and counted.
+
+    Returns
+    -------
+    X : csr_matrix of shape (store rows, len(col_ids))
+    dropped_entries : int
+        Non-zeros in columns unknown to the model.
+    unknown_columns : int
+    """
+    import dask
+
+    grid = store.data.to_delayed()
+    blocks = dask.compute(*grid.ravel().tolist())
+    X = sp.bmat(np.array([sp.csr_matrix(b) for b in blocks], dtype=object).reshape(grid.shape),
+                format="csr")
+    src = store.col_ids
+    pos = pd.Index(col_ids).get_indexer(src)
+    known = pos >= 0
+    X = X.tocoo()
+    keep = known[X.col]
+    out = sp.csr_matrix((X.data[keep], (X.row[keep], pos[X.col[keep]])), shape=(X.shape[0], len(col_ids)))
+    return out, int((~keep).sum()), int((~known).sum())

@@ -1,0 +1,124 @@
+"""The ``dnmf`` command line: ingest, fit or submit, watch, resume, inspect, export.
+
+Built on click. This layer parses options, starts or connects to a cluster
+and prints; the work is done by :mod:`dnmf.io`, :mod:`dnmf.jobs` and the
+estimator.
+
+Exit codes: 0 success; 1 the job failed (or another unexpected error);
+2 usage error or bad input (a wrong option, a missing file, invalid data,
+an unreachable scheduler). Errors are one line on standard error; the
+traceback only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+
+import click
+
+from .._version import __version__
+
+logger = logging.getLogger("dnmf")
+
+#: Exceptions that mean "your input or options are wrong", exit code 2.
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+    PermissionError, ConnectionError, KeyError,
+)
+
+
+class InputError(click.ClickException):
+    """Bad input or options: exit code 2."""
+
+    exit_code = 2
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class JobFailed(click.ClickException):
+    """The job (or the command) failed: exit code 1."""
+
+    exit_code = 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = str(exc.args[0])
+    return " ".join(text.split())
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """dnmf's logger on standard error; Dask's own messages only with --verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dnmf")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    for name in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if quiet:
+            return
+        print(f"warning: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+class _Group(click.Group):
+    """Turns exceptions into one readable line and the documented exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if ctx.meta.get("dnmf.verbose"):
+                traceback.print_exc()
+            message = _one_line(exc)
+            if isinstance(exc, _INPUT_ERRORS):
+                raise InputError(message) from None
+            raise JobFailed(f"job failed: {type(exc).__name__}: {message}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dnmf")
+def cli() -> None:
+    """Distributed non-negative matrix factorization on Dask.
+
+    \b
+    Typical use:
+      dnmf ingest ratings.csv -o ratings.zarr --user-col userId --item-col movieId
+      dnmf fit ratings.zarr -k 32 -o model.zarr --checkpoint run1/
+      dnmf info model.zarr
+      dnmf export model.zarr --format parquet -o factors/
+    On a cluster:
+      dnmf submit ratings.zarr -k 32 -o model.zarr --scheduler tcp://host:8786
+      dnmf status model.zarr.job ; dnmf cancel model.zarr.job ; dnmf resume model.zarr.job
+    """
+
+
+def _register() -> None:
+    from . import data, fitting
+
+    for command in (data.ingest, fitting.fit, fitting.submit, fitting.status, fitting.cancel,
+                    fitting.resume, data.info, data.transform, data.export, fitting.demo):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``dnmf`` executable."""
+    cli.main(args=argv, prog_name="dnmf")
