@@ -220,8 +220,10 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         return model
     except BaseException as exc:
         if record is not None:
+            # Ctrl-C is a stop asked for, like `dnmf cancel` (the last checkpoint stays).
+            state = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
             try:
-                mark("failed", error=f"{type(exc).__name__}: {exc}", failed=_now())
+                mark(state, error=f"{type(exc).__name__}: {exc}", failed=_now())
             except Exception:  # the record's storage may be what failed
                 logger.exception("could not record the failure of job %s", record.get("id"))
         raise

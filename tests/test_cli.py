@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
-SUBCOMMANDS = ["ingest", "fit", "submit", "status", "cancel", "resume", "info", "transform", "export", "demo"]
+SUBCOMMANDS = ["ingest", "fit", "submit", "status", "cancel", "resume", "info", "transform", "export",
+               "select-rank", "demo"]
 
 
 def dnmf(*args, check=True, timeout=300, env=None, **kw):
@@ -105,7 +106,7 @@ def test_config_file_and_log_json(tmp_path):
     write_ratings(tmp_path / "r.csv", n=1500)
     (tmp_path / "fit.toml").write_text('k = 2\nmax-iter = 50\nsolver = "mu"\ntol = 0.0\n')
     out = dnmf("fit", tmp_path / "r.csv", "-o", tmp_path / "m", "--config", tmp_path / "fit.toml",
-               "--max-iter", 4, "--log-json")
+               "--max-iter", 4, "--log-json", "--report", tmp_path / "report.html")
     records = [json.loads(line) for line in out.stdout.splitlines()]
     its = [r for r in records if r["event"] == "iteration"]
     # the command line (4) overrides the file (50); the file's k and solver hold
@@ -113,6 +114,9 @@ def test_config_file_and_log_json(tmp_path):
     assert records[-1]["event"] == "finished" and records[-1]["n_iter"] == 4
     info = json.loads(dnmf("info", tmp_path / "m", "--json").stdout)
     assert info["n_components"] == 2 and info["params"]["solver"] == "mu"
+    html = (tmp_path / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in html
+    assert "kullback" not in html and "mu" in html and "open input" in html and "embedded" in html
     (tmp_path / "bad.yaml").write_text("max_iter: 5\nmax_itter: 3\n")
     bad = dnmf("fit", tmp_path / "r.csv", "-k", 2, "-o", tmp_path / "m2", "--config", tmp_path / "bad.yaml",
                check=False)
@@ -273,3 +277,15 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
                "--checkpoint-every", 5, "--scheduler", real_cluster)
     assert "model saved" in ref.stdout
     np.testing.assert_array_equal(load(tmp_path / "ref").components_, m2.components_)
+
+
+def test_select_rank_finds_a_planted_rank(tmp_path):
+    import scipy.sparse as sp
+
+    from dnmf.demo import planted_sparse
+
+    sp.save_npz(tmp_path / "x.npz", planted_sparse(1500, 150, 0.08, 4, seed=3))
+    out = dnmf("select-rank", tmp_path / "x.npz", "--ks", "2:6:2", "--repeats", 1, "--max-iter", 50, "--json")
+    result = json.loads(out.stdout)
+    assert [r["k"] for r in result["scores"]] == [2, 4, 6]
+    assert result["chosen_k"] == 4, result

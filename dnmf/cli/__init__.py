@@ -112,7 +112,7 @@ def _register() -> None:
     from . import data, fitting
 
     for command in (data.ingest, fitting.fit, fitting.submit, fitting.status, fitting.cancel,
-                    fitting.resume, data.info, data.transform, data.export, fitting.demo):
+                    fitting.resume, data.info, data.transform, data.export, fitting.select_rank, fitting.demo):
         cli.add_command(command)
 
 

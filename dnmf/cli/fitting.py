@@ -462,3 +462,66 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
             model.fit(X, callback=show)
     rel = model.reconstruction_err_ / np.sqrt((X.data.astype(np.float64) ** 2).sum())
     click.echo(f"done: {model.n_iter_} iterations, relative error {rel:.4f}")
+
+
+def _ks(ctx, param, value: str):
+    try:
+        if ":" in value:  # start:stop[:step], stop inclusive
+            parts = [int(p) for p in value.split(":")]
+            start, stop, step = (parts + [1])[:3]
+            ks = list(range(start, stop + 1, step))
+        else:
+            ks = [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give ranks as 2,4,8 or a range 2:12[:2].") from None
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"{value!r}: give at least one rank, every rank >= 1.")
+    return ks
+
+
+@click.command("select-rank")
+@click.argument("input", metavar="INPUT")
+@click.option("--ks", required=True, callback=_ks, help="Candidate ranks: 2,4,8 or a range 2:12[:2].")
+@click.option("--method", type=click.Choice(["cv", "consensus"]), default="cv", show_default=True,
+              help="cv: error on held-out entries; consensus: stability over restarts (cophenetic).")
+@click.option("--repeats", "n_repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0, 0.5, min_open=True), default=0.1, show_default=True)
+@click.option("--solver", type=click.Choice(["anls-bpp", "cd", "mu"]), default="anls-bpp", show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--plot", default=None, help="Also save the error-vs-k curve as a PNG (matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@o.ingest_options
+@o.cluster_options
+@o.config_option
+def select_rank(input: str, ks: list[int], method: str, n_repeats: int, holdout: float, solver: str,
+                max_iter: int, seed: int, plot: str | None, as_json: bool, **kw: Any) -> None:
+    """Choose the number of components k for INPUT (a store or a file to ingest)."""
+    from .. import io
+    from ..rank import select_rank as select
+    from . import setup_logging
+
+    setup_logging(False, True)
+    copts = o.cluster_from(kw)
+    ingest_kw = o.ingest_kwargs(kw)
+    _check_input(input)
+    with tempfile.TemporaryDirectory(prefix="dnmf-rank-") as tmp, _cluster(copts, Progress(0, "quiet")) as (
+            client, _):
+        store = io.open_matrix(_resolve_input(input, ingest_kw, tmp, Progress(0, "quiet"), None))
+        result = select(store.data, ks, method=method, n_repeats=n_repeats, holdout=holdout,
+                        random_state=seed, solver=solver, max_iter=max_iter, client=client)
+    if plot:
+        from ..plot import rank_curve
+
+        rank_curve(result, path=plot)
+    rows = [{"k": int(k), "mean": float(m), "std": float(s)} for k, m, s in
+            zip(result.ks, result.mean, result.std)]
+    if as_json:
+        click.echo(json.dumps({"method": method, "chosen_k": int(result.chosen_k), "scores": rows}))
+        return
+    what = "held-out relative error" if method == "cv" else "cophenetic correlation"
+    click.echo(f"{'k':>4}  {what}")
+    for r in rows:
+        mark = "  <- chosen" if r["k"] == result.chosen_k else ""
+        click.echo(f"{r['k']:>4}  {r['mean']:.4f} ± {r['std']:.4f}{mark}")
+    click.echo(f"chosen k = {result.chosen_k}")
