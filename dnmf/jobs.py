@@ -49,9 +49,22 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: The estimators a job can fit, by the name its record stores.
+ESTIMATORS = {"NMF": ("dnmf.estimator", "NMF"), "RatingsNMF": ("dnmf.ratings", "RatingsNMF")}
+
+
+def _estimator(name: str):
+    import importlib
+
+    if name not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator {name!r} in the job record; known: {', '.join(ESTIMATORS)}.")
+    module, attr = ESTIMATORS[name]
+    return getattr(importlib.import_module(module), attr)
+
+
 def create(job_dir: str, *, input: str, model: str, params: Mapping[str, Any],
            storage_options: Mapping[str, Any] | None = None, report: str | None = None,
-           state: str = "submitted", job_id: str | None = None,
+           state: str = "submitted", job_id: str | None = None, estimator: str = "NMF",
            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write a new job record into ``job_dir`` and return it.
 
@@ -64,8 +77,11 @@ def create(job_dir: str, *, input: str, model: str, params: Mapping[str, Any],
     model : str
         Where the fitted model is saved when the job finishes.
     params : mapping
-        :class:`dnmf.NMF` parameters (JSON values; no ``client``/``checkpoint``).
+        The estimator's parameters (JSON values; no ``client``/``checkpoint``).
+    estimator : {"NMF", "RatingsNMF"}
+        :class:`dnmf.NMF`, or :class:`dnmf.RatingsNMF` (masked / implicit).
     """
+    _estimator(estimator)
     job_dir = locations.normalize(job_dir)
     record = {
         "id": job_id or new_job_id(),
@@ -75,6 +91,7 @@ def create(job_dir: str, *, input: str, model: str, params: Mapping[str, Any],
         "spec": {
             "input": locations.normalize(input),
             "model": locations.normalize(model),
+            "estimator": estimator,
             "params": dict(params),
             "storage_options": dict(storage_options) if storage_options else None,
             "report": locations.normalize(report) if report else None,
@@ -140,7 +157,7 @@ class _Progress:
 
 def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=None,
         callback: Callback | None = None, cluster_info: Mapping[str, Any] | None = None):
-    """Run (or continue) a job and return the fitted :class:`dnmf.NMF`.
+    """Run (or continue) a job and return the fitted estimator.
 
     Parameters
     ----------
@@ -160,11 +177,10 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
 
     Returns
     -------
-    model : dnmf.NMF
+    model : dnmf.NMF or dnmf.RatingsNMF
         Fitted; ``model.job_state_`` is "finished" or "cancelled".
     """
     from . import io
-    from .estimator import NMF
 
     so = None
     record = None
@@ -193,7 +209,8 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         t0 = time.perf_counter()
         X = io.open_matrix(spec["input"], storage_options=so)
         timings["open input"] = time.perf_counter() - t0
-        model = NMF(**_job_params(spec), client=client, checkpoint=ckpt, storage_options=so)
+        Estimator = _estimator(spec.get("estimator", "NMF"))
+        model = Estimator(**_job_params(spec), client=client, checkpoint=ckpt, storage_options=so)
         from .storage import checkpoints as ckpt_store
 
         resume = ckpt if ckpt is not None and ckpt_store.exists(ckpt, so) else None
@@ -215,7 +232,7 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         model.job_state_ = "finished"
         mark("finished", iteration=int(model.n_iter_), loss=_last(model),
              history=[float(v) for v in model.loss_history_],
-             reconstruction_err=float(model.reconstruction_err_),
+             reconstruction_err=_float(getattr(model, "reconstruction_err_", None)),
              converged=bool(model.n_iter_ < model.max_iter), timings=timings, finished=_now())
         return model
     except BaseException as exc:
@@ -227,6 +244,10 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
             except Exception:  # the record's storage may be what failed
                 logger.exception("could not record the failure of job %s", record.get("id"))
         raise
+
+
+def _float(v) -> float | None:
+    return None if v is None else float(v)
 
 
 def _last(model) -> float | None:

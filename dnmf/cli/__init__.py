@@ -109,10 +109,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import data, fitting
+    from . import data, fitting, recommending
 
-    for command in (data.ingest, fitting.fit, fitting.submit, fitting.status, fitting.cancel,
-                    fitting.resume, data.info, data.transform, data.export, fitting.select_rank, fitting.demo):
+    for command in (data.ingest, fitting.fit, fitting.fit_ratings, fitting.submit, fitting.status,
+                    fitting.cancel, fitting.resume, data.info, data.transform, data.export,
+                    recommending.split, recommending.recommend, recommending.recommend_all,
+                    recommending.evaluate, fitting.select_rank, fitting.demo):
         cli.add_command(command)
 
 

@@ -69,9 +69,10 @@ def _summary(model, model_path: str, progress: Progress, quiet: bool) -> None:
     hist = model.loss_history_
     loss = float(hist[-1]) if len(hist) else math.nan
     converged = model.n_iter_ < model.max_iter
+    err = getattr(model, "reconstruction_err_", None)
     if progress.mode == "json":
         progress.event(state, model=model_path, n_iter=int(model.n_iter_), loss=loss,
-                       reconstruction_err=float(model.reconstruction_err_), converged=converged,
+                       reconstruction_err=None if err is None else float(err), converged=converged,
                        timings=getattr(model, "job_timings_", {}))
         return
     if state == "cancelled":
@@ -79,8 +80,8 @@ def _summary(model, model_path: str, progress: Progress, quiet: bool) -> None:
                    "checkpoint is kept: `dnmf resume` continues it")
         return
     how = "converged" if converged else "max_iter reached"
-    click.echo(f"model saved to {model_path}: {model.n_iter_} iterations ({how}), loss {loss:.6g}, "
-               f"reconstruction error {model.reconstruction_err_:.6g}")
+    tail = "" if err is None else f", reconstruction error {err:.6g}"
+    click.echo(f"model saved to {model_path}: {model.n_iter_} iterations ({how}), loss {loss:.6g}{tail}")
 
 
 def _blas_limit(in_process: bool):
@@ -140,17 +141,23 @@ def fit(input: str, output: str, job_dir: str | None, report: str | None, quiet:
     reads (csv, parquet, mtx, npz, npy), ingested on the fly. Without
     --scheduler the fit runs on an embedded local cluster on this machine.
     """
-    from .. import jobs
     from . import setup_logging
 
     setup_logging(verbose, quiet)
     params = o.model_params(kw)
+    _fit(input, output, job_dir, report, params, "NMF", quiet=quiet, log_json=log_json, kw=kw)
+
+
+def _fit(input: str, output: str, job_dir: str | None, report: str | None, params: dict, estimator: str,
+         *, quiet: bool, log_json: bool, kw: dict) -> None:
+    """The foreground fit shared by `dnmf fit` and `dnmf fit-ratings`."""
+    from .. import jobs
+    from ..storage import jobs as job_store
+
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     so = kw.pop("storage_options", None)
     progress = Progress.choose(params["max_iter"], quiet=quiet, log_json=log_json)
-    from ..storage import jobs as job_store
-
     if job_dir is not None and job_store.is_job_dir(job_dir, so):
         raise click.UsageError(f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, "
                                "or give another --checkpoint directory.")
@@ -166,15 +173,44 @@ def fit(input: str, output: str, job_dir: str | None, report: str | None, quiet:
         store = _resolve_input(input, ingest_kw, workdir, progress, so)
         if job_dir is not None:
             record = jobs.create(job_dir, input=store, model=output, params=params, storage_options=so,
-                                 report=report, state="running")
+                                 report=report, state="running", estimator=estimator)
             job_store.register(record["id"], job_dir)
             progress.note(f"job {record['id']}: checkpoints in {job_dir}")
             spec = None
         else:
             spec = {"input": store, "model": os.path.abspath(output), "params": params,
-                    "storage_options": so, "report": report}
+                    "storage_options": so, "report": report, "estimator": estimator}
         model = _run(job_dir, spec, client, info, progress)
     _summary(model, output, progress, quiet)
+
+
+@click.command("fit-ratings")
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", "output", required=True, help="Where to save the fitted model (a directory).")
+@o.ratings_options
+@click.option("--checkpoint", "job_dir", default=None,
+              help="Job directory: checkpoints and the job record; `dnmf resume DIR` continues it.")
+@click.option("--report", default=None, help="Also write a single-file HTML report.")
+@o.ingest_options
+@o.cluster_options
+@o.output_options
+@o.config_option
+def fit_ratings(input: str, output: str, job_dir: str | None, report: str | None, quiet: bool, verbose: bool,
+                log_json: bool, **kw: Any) -> None:
+    """Fit a recommender (dnmf.RatingsNMF) to a ratings matrix and save it.
+
+    \b
+    --feedback explicit: only observed ratings count (missing = unknown),
+        with user/item biases; predicts ratings (RMSE).
+    --feedback implicit: every item counts, observed ones with confidence
+        1 + alpha * x; ranks top-n lists (precision@k) far better.
+    Then: `dnmf recommend MODEL --user ID`, `dnmf recommend-all`, `dnmf evaluate`.
+    """
+    from . import setup_logging
+
+    setup_logging(verbose, quiet)
+    params = o.ratings_params(kw)
+    _fit(input, output, job_dir, report, params, "RatingsNMF", quiet=quiet, log_json=log_json, kw=kw)
 
 
 @click.command()

@@ -304,3 +304,60 @@ def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
         "keep_checkpoints": v["keep_checkpoints"], "max_retries": v["max_retries"],
     }
     return params
+
+
+# ---------------------------------------------------------------- the ratings estimator
+
+ratings_options = _stack(
+    click.option("-k", "--n-components", "n_components", type=click.IntRange(min=1), default=20,
+                 show_default=True, help="Number of factors k."),
+    click.option("--feedback", type=click.Choice(["explicit", "implicit"]), default="explicit",
+                 show_default=True,
+                 help="explicit: fit the observed ratings only (predicts ratings); implicit: confidence-"
+                      "weighted preferences over all items (ranks top-n lists far better)."),
+    click.option("--solver", type=click.Choice(["als", "ccd"]), default="als", show_default=True,
+                 help="als: exact non-negative least squares per user/item; ccd: coordinate descent."),
+    click.option("--biases/--no-biases", default=None,
+                 help="User/item biases and a global mean (default: on for explicit, off for implicit)."),
+    click.option("--alpha", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                 help="Penalty weight of the factors."),
+    click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True),
+    click.option("--alpha-bias", default="same", show_default=True,
+                 help="L2 weight of the biases, or 'same' as --alpha."),
+    click.option("--reg-scaling", type=click.Choice(["auto", "count", "none"]), default="auto",
+                 show_default=True, help="count: ALS-WR (penalty times each user's/item's count)."),
+    click.option("--confidence", type=click.FloatRange(min=0), default=40.0, show_default=True,
+                 help="implicit: alpha in c = 1 + alpha * x."),
+    click.option("--max-iter", type=click.IntRange(min=1), default=50, show_default=True),
+    click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True),
+    click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="ccd: coordinate sweeps per half-step."),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--checkpoint-seconds", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option("--keep-checkpoints", type=click.IntRange(min=1), default=2, show_default=True),
+    click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True),
+    click.option("--storage-options", callback=_storage_options, default=None,
+                 help="JSON object of fsspec options for s3:// and other URLs."),
+)
+
+RATINGS_KEYS = ("n_components", "feedback", "solver", "biases", "alpha", "l1_ratio", "alpha_bias",
+                "reg_scaling", "confidence", "max_iter", "tol", "max_time", "sweeps", "seed",
+                "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "max_retries")
+
+
+def ratings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the ratings options into :class:`dnmf.RatingsNMF` parameters (JSON values)."""
+    v = {k: kwargs.pop(k) for k in RATINGS_KEYS}
+    alpha_bias = v["alpha_bias"]
+    if alpha_bias != "same":
+        try:
+            alpha_bias = float(alpha_bias)
+        except (TypeError, ValueError):
+            raise click.BadParameter(f"{alpha_bias!r} is neither 'same' nor a number.",
+                                     param_hint="'--alpha-bias'") from None
+    v["alpha_bias"] = alpha_bias
+    v["biases"] = "auto" if v["biases"] is None else bool(v["biases"])
+    v["random_state"] = v.pop("seed")
+    return v

@@ -128,3 +128,55 @@ def read_table(path: str) -> tuple[np.ndarray, list | None]:
     values = np.column_stack([table.column(n).to_numpy() for n in table.column_names if n != "id"]) \
         if table.num_columns > (ids is not None) else np.empty((table.num_rows, 0))
     return values, ids
+
+
+def write_ranked(path: str, blocks: Iterable[dict], *, format: str) -> int:
+    """Write a long table (e.g. user, rank, item, score) given as blocks of columns.
+
+    Parameters
+    ----------
+    path : str
+        Local file to create (replaced if it exists), written atomically.
+    blocks : iterable of dict of str to 1-D array
+        Consecutive blocks of rows, every block with the same columns.
+    format : {"csv", "parquet"}
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    import pyarrow as pa
+
+    if format not in ("csv", "parquet"):
+        raise ValueError(f"Unknown table format {format!r}; use csv or parquet.")
+    tmp = _tmp_for(path)
+    rows = 0
+    writer = None
+    try:
+        for block in blocks:
+            batch = pa.record_batch([pa.array(np.asarray(v).tolist() if np.asarray(v).dtype == object
+                                              else np.asarray(v)) for v in block.values()],
+                                    names=list(block))
+            if writer is None:
+                if format == "parquet":
+                    import pyarrow.parquet as pq
+
+                    writer = pq.ParquetWriter(tmp, batch.schema)
+                else:
+                    import pyarrow.csv as pcsv
+
+                    writer = pcsv.CSVWriter(tmp, batch.schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return rows
