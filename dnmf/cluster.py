@@ -139,6 +139,14 @@ def _tls_config_fields(path: str) -> dict[str, Any]:
             continue
         if field in _FILE_FIELDS:
             value = os.path.join(base, os.path.expanduser(str(value)))
+        elif field in ("tls_min_version", "tls_max_version"):
+            # The config file says 1.2 / 1.3; Security's keyword arguments take ssl.TLSVersion.
+            import ssl
+
+            versions = {1.2: ssl.TLSVersion.TLSv1_2, 1.3: ssl.TLSVersion.TLSv1_3}
+            if value not in versions:
+                raise ValueError(f"{key} in {path!r} is {value!r}; Dask supports 1.2 or 1.3. Fix the file.")
+            value = versions[value]
         fields[field] = value
     return fields
 
