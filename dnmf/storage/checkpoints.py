@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import fsspec
 import numpy as np
 import zarr
 
+from . import locations
 from .errors import StoreError
 
 CHECKPOINT_FORMAT = "dnmf-checkpoint"
@@ -118,26 +118,10 @@ def commit(root: str, name: str, state: dict[str, Any], *, keep_last: int = 2,
 
 def _write_pointer(root: str, data: bytes, storage_options) -> None:
     fs, path = _fs(root, storage_options)
-    target = f"{path.rstrip('/')}/{POINTER}"
     if _is_local(fs):
-        fd, tmp = tempfile.mkstemp(prefix=".LATEST.", dir=path)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        locations.write_atomic(f"{path.rstrip('/')}/{POINTER}", data)
     else:
-        fs.pipe_file(target, data)  # one PUT: atomic on object stores
+        fs.pipe_file(f"{path.rstrip('/')}/{POINTER}", data)  # one PUT: atomic on object stores
 
 
 def _prune(root: str, current: str, keep_last: int, storage_options) -> None:

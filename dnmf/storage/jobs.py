@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 from . import locations
@@ -34,26 +33,6 @@ INPUT = "input"
 STATES = ("submitted", "running", "finished", "failed", "cancelled")
 
 
-def _write_bytes(path: str, data: bytes, storage_options: locations.StorageOptions) -> None:
-    if locations.is_url(path):
-        fs, fspath = locations._fs(path, storage_options)
-        fs.pipe_file(fspath, data)  # one PUT: readers see the old or the new object
-        return
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".job.", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def is_job_dir(job_dir: str, storage_options: locations.StorageOptions = None) -> bool:
     """Whether ``job_dir`` holds a job record."""
     return locations.is_file(locations.join(job_dir, RECORD), storage_options)
@@ -64,7 +43,7 @@ def write_record(job_dir: str, record: dict[str, Any],
     """Replace the job record in one step (JSON only; fails loudly otherwise)."""
     body = dict(record, dnmf_format=JOB_FORMAT, version=JOB_VERSION)
     data = json.dumps(body, indent=1, allow_nan=True).encode()
-    _write_bytes(locations.join(job_dir, RECORD), data, storage_options)
+    locations.write_atomic(locations.join(job_dir, RECORD), data, storage_options)
 
 
 def read_record(job_dir: str, storage_options: locations.StorageOptions = None) -> dict[str, Any]:
@@ -99,7 +78,7 @@ def read_record(job_dir: str, storage_options: locations.StorageOptions = None) 
 
 def request_cancel(job_dir: str, storage_options: locations.StorageOptions = None) -> None:
     """Ask the job to stop after its next checkpoint."""
-    _write_bytes(locations.join(job_dir, CANCEL), b"cancel requested\n", storage_options)
+    locations.write_atomic(locations.join(job_dir, CANCEL), b"cancel requested\n", storage_options)
 
 
 def cancel_requested(job_dir: str, storage_options: locations.StorageOptions = None) -> bool:
@@ -129,7 +108,7 @@ def _registry() -> str:
 def register(job_id: str, job_dir: str) -> None:
     """Remember where job ``job_id`` keeps its directory (best effort)."""
     try:
-        _write_bytes(os.path.join(_registry(), f"{job_id}.json"),
+        locations.write_atomic(os.path.join(_registry(), f"{job_id}.json"),
                      json.dumps({"id": job_id, "dir": job_dir}).encode(), None)
     except OSError:
         pass  # the directory printed at submission still works

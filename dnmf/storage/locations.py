@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,3 +82,34 @@ def remove(path: str, storage_options: StorageOptions = None) -> None:
     fs, fspath = _fs(path, storage_options)
     if fs.exists(fspath):
         fs.rm(fspath, recursive=True)
+
+
+def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Replace the file at ``path`` with ``data`` in one step.
+
+    Locally: a temporary file in the same directory, fsynced, then
+    ``os.replace`` and an fsync of the directory, so a crash leaves the old
+    file or the new one. On object stores: one PUT, which is atomic.
+    """
+    if is_url(path):
+        fs, fspath = _fs(path, storage_options)
+        fs.pipe_file(fspath, data)
+        return
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -70,6 +70,17 @@ def write_table(path: str, blocks: Iterable[np.ndarray], shape: tuple[int, int],
     return path
 
 
+def _writer(path: str, schema, format: str):
+    """A pyarrow batch writer of CSV or Parquet."""
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetWriter(path, schema)
+    import pyarrow.csv as pcsv
+
+    return pcsv.CSVWriter(path, schema)
+
+
 def _write_columns(tmp: str, blocks, shape, format: str, ids) -> None:
     import pyarrow as pa
 
@@ -85,15 +96,7 @@ def _write_columns(tmp: str, blocks, shape, format: str, ids) -> None:
                 col_names.insert(0, "id")
             start += b.shape[0]
             batch = pa.record_batch(cols, names=col_names)
-            if writer is None:
-                if format == "parquet":
-                    import pyarrow.parquet as pq
-
-                    writer = pq.ParquetWriter(tmp, batch.schema)
-                else:
-                    import pyarrow.csv as pcsv
-
-                    writer = pcsv.CSVWriter(tmp, batch.schema)
+            writer = writer or _writer(tmp, batch.schema, format)
             writer.write_batch(batch)
         if writer is None:  # no rows: still a valid, empty table with its header
             fields = ([pa.field("id", pa.string())] if ids is not None else []) + [
@@ -158,15 +161,7 @@ def write_ranked(path: str, blocks: Iterable[dict], *, format: str) -> int:
             batch = pa.record_batch([pa.array(np.asarray(v).tolist() if np.asarray(v).dtype == object
                                               else np.asarray(v)) for v in block.values()],
                                     names=list(block))
-            if writer is None:
-                if format == "parquet":
-                    import pyarrow.parquet as pq
-
-                    writer = pq.ParquetWriter(tmp, batch.schema)
-                else:
-                    import pyarrow.csv as pcsv
-
-                    writer = pcsv.CSVWriter(tmp, batch.schema)
+            writer = writer or _writer(tmp, batch.schema, format)
             writer.write_batch(batch)
             rows += batch.num_rows
         if writer is not None:
