@@ -27,12 +27,17 @@ _LAZY = {
     "write_matrix": "io",
     "RankSelection": "rank",
     "select_rank": "rank",
+    "RatingsNMF": "ratings",
+    "evaluate": "evaluation",
+    "train_test_split": "evaluation",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .estimator import NMF, load, non_negative_factorization
     from .io import MatrixStore, ingest, open_matrix, write_matrix
     from .rank import RankSelection, select_rank
+    from .ratings import RatingsNMF
+    from .evaluation import evaluate, train_test_split
 
 
 def __getattr__(name: str):
@@ -50,11 +55,14 @@ __all__ = [
     "NMF",
     "MatrixStore",
     "RankSelection",
+    "RatingsNMF",
     "__version__",
+    "evaluate",
     "ingest",
     "load",
     "non_negative_factorization",
     "open_matrix",
     "select_rank",
+    "train_test_split",
     "write_matrix",
 ]

@@ -1,0 +1,664 @@
+"""Per-block kernels of masked (weighted) NMF: explicit ratings and implicit feedback.
+
+Pure NumPy/SciPy, no Dask: the graphs of :mod:`dnmf.masked_graph` call these
+functions on one *band* of rows at a time (a CSR matrix holding whole rows).
+
+Model. ``score(i, j) = mu + b_i + c_j + w_i · h_j`` with ``w_i, h_j >= 0``;
+the biases ``b, c`` (optional) are free in sign and ``mu`` is a constant (the
+mean of the observed ratings when biases are used, else 0).
+
+Orientation. Both factors are kept *tall*, augmented with their bias: the
+"own" side of a band is ``U`` (rows, q) and the "other" side ``V`` (n, q),
+with ``q = k + 1`` when biases are fitted (column ``k`` is the bias) and
+``q = k`` otherwise. Updating ``W`` uses the row bands of X with ``V = [Hᵀ, c]``;
+updating ``H`` is the same call on the column bands (rows of Xᵀ) with
+``V = [W, b]``.
+
+Objectives, per row ``i`` with observed set Ω_i, ``s_ij = u_i · φ_j`` where
+``φ_j = [v_j, 1]`` (the 1 multiplies the row's own bias):
+
+- explicit: ``Σ_Ω (t_ij − s_ij)² + r_i``, ``t_ij = x_ij − mu − c_j``
+  (missing entries have no term at all);
+- implicit (Hu, Koren & Volinsky 2008): ``Σ_all j c_ij (p_ij − s_ij)² + r_i``
+  with ``p = 1, c = 1 + confidence·x`` on Ω and ``p = 0, c = 1`` elsewhere;
+  ``Σ_all`` is never formed: it is ``uᵀ(VᵀV)u + Σ_Ω[(c−1)s² − 2cs + c]``
+  (the Gram trick), so a row costs O(|Ω_i|·q²) whatever n;
+- ``r_i = s_i·(l2·||w_i||² + l1·Σ w_i + l2_bias·b_i²)`` with ``s_i = |Ω_i|``
+  when the penalty is scaled by counts (ALS-WR, Zhou et al. 2008), else 1.
+
+Both are ``½uᵀC_iu − d_iᵀu`` (times 2, plus a constant) with
+``C_i = G + Σ_Ω a_ij φ_jφ_jᵀ + diag(l2_i)`` and ``d_i = Σ_Ω b_ij φ_j − l1_i/2``,
+where explicit: ``G = 0, a = 1, b = t``; implicit: ``G = VᵀV, a = c − 1, b = c``.
+Two solvers minimise it over the row's ``u`` (non-negative, biases free):
+
+- ``"als"``: exact, by block principal pivoting with one Gram per row
+  (:func:`nnls_rows`, Kim & Park 2011): O(|Ω|·q² + rows·q³) per half-step;
+- ``"ccd"``: coordinate descent on the residuals at Ω, coordinate by
+  coordinate as in CCD++ (Yu et al. 2012), ``sweeps`` passes per half-step:
+  O(|Ω|·q) per sweep, no q² or q³ term.
+
+Determinism. Every row is computed from its own entries only, by code whose
+order of operations depends on the row alone (never on which other rows
+share its band), so a factor's bits do not depend on the blocking. Sums that
+span rows (the loss, the mean) are exact (:func:`exact_sum`), hence
+independent of any summation order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import nnls
+
+#: Bytes of temporaries per batch of rows (gathered features and their
+#: pairwise products); bounds a task's memory whatever the band's size.
+BATCH_BYTES = 32 * 2**20
+#: Rows per batch at most (bounds the (rows, q, q) Gram stack).
+BATCH_ROWS = 4096
+#: Largest table of pairwise feature products (the band's distinct columns ×
+#: q²) that "als" precomputes; the per-row Grams are then one SciPy CSR ×
+#: dense product. Bigger tables are replaced by per-entry products, in
+#: batches: the same numbers added in the same order.
+TABLE_BYTES = 256 * 2**20
+# Relative tolerance of the sign tests of the pivoting (as nnls.nnls_bpp).
+_SIGN_RTOL = 1e-11
+
+
+@dataclass(frozen=True)
+class MaskedParams:
+    """Everything a masked half-step needs besides the arrays (hashable).
+
+    ``l2``, ``l1`` weigh the factor entries and ``l2_bias`` the bias, all per
+    observation when ``count_scaled`` (ALS-WR); ``confidence`` is the
+    implicit model's α in ``c = 1 + α·x``.
+    """
+
+    k: int
+    feedback: str = "explicit"  # or "implicit"
+    solver: str = "als"  # or "ccd"
+    biases: bool = False
+    l2: float = 0.0
+    l1: float = 0.0
+    l2_bias: float = 0.0
+    count_scaled: bool = False
+    confidence: float = 1.0
+    global_mean: float = 0.0
+    sweeps: int = 1
+
+    @property
+    def q(self) -> int:
+        """Width of the augmented factors: k, plus one bias column."""
+        return self.k + (1 if self.biases else 0)
+
+
+# --------------------------------------------------------------------------
+# Exact sums: order-independent totals
+# --------------------------------------------------------------------------
+
+#: An exact sum ``N * 2**E`` as the pair of Python ints ``(N, E)``.
+ExactSum = tuple
+ZERO: ExactSum = (0, 0)
+_EXACT_CHUNK = 1 << 22
+
+
+def exact_sum(values) -> ExactSum:
+    """The exact sum of float values, as ``(N, E)`` meaning ``N * 2**E``.
+
+    Each float is ``M·2^(e−53)`` with an integer ``M`` of at most 53 bits
+    (``np.frexp``); the ``M`` of equal exponent are added in integer
+    arithmetic (split in 26/27-bit halves so that float64 bin counts stay
+    exact), then combined as Python ints. O(len) vectorised work; the result
+    does not depend on the order of ``values``, so partial sums of any split
+    combine (:func:`exact_add`) to the same total.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[v != 0.0]
+    if v.size == 0:
+        return ZERO
+    if not np.isfinite(v).all():
+        raise ValueError("exact_sum needs finite values; got NaN or infinity.")
+    mant, expo = np.frexp(v)
+    M = (mant * 2.0**53).astype(np.int64)
+    e0 = int(expo.min())
+    shift = (expo - e0).astype(np.intp)
+    hi = (M >> 26).astype(np.float64)
+    lo = (M & ((1 << 26) - 1)).astype(np.float64)
+    total = 0
+    for start in range(0, v.size, _EXACT_CHUNK):
+        sl = slice(start, start + _EXACT_CHUNK)
+        sh = shift[sl]
+        bins = int(sh.max()) + 1
+        hs = np.bincount(sh, weights=hi[sl], minlength=bins)
+        ls = np.bincount(sh, weights=lo[sl], minlength=bins)
+        for s in np.flatnonzero((hs != 0) | (ls != 0)):
+            total += ((int(hs[s]) << 26) + int(ls[s])) << int(s)
+    return (total, e0 - 53)
+
+
+def exact_add(*parts: ExactSum) -> ExactSum:
+    """The exact total of exact sums (associative and commutative)."""
+    parts = [p for p in parts if p[0] != 0]
+    if not parts:
+        return ZERO
+    e = min(p[1] for p in parts)
+    return (sum(n << (pe - e) for n, pe in parts), e)
+
+
+def exact_value(s: ExactSum, divisor: int = 1) -> float:
+    """``s / divisor`` correctly rounded to a float."""
+    n, e = s
+    value = Fraction(n) * (Fraction(2) ** e) / divisor
+    return float(value)
+
+
+# --------------------------------------------------------------------------
+# Observed entries and bands
+# --------------------------------------------------------------------------
+
+
+def observed(block) -> sp.csr_matrix:
+    """The observed entries of one block of X as a canonical CSR matrix.
+
+    Sparse blocks: every *stored* entry is observed (an explicit 0 is a 0
+    rating); absent entries are missing. Dense blocks: every non-NaN entry is
+    observed. Values keep their dtype.
+    """
+    if type(block).__module__.split(".")[0] == "sparse" and hasattr(block, "to_scipy_sparse"):
+        block = block.to_scipy_sparse()
+    if sp.issparse(block):
+        out = sp.csr_matrix(block)
+        if not out.has_canonical_format:
+            out = out.copy()
+            out.sum_duplicates()
+        return out
+    a = np.asarray(block)
+    if a.ndim != 2:
+        raise ValueError(f"A block of X must be 2-D; got shape {a.shape}.")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold numbers; got dtype {a.dtype}.")
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
+    rows, cols = np.nonzero(~np.isnan(a))
+    return sp.csr_matrix((a[rows, cols], (rows, cols)), shape=a.shape)
+
+
+def row_band(blocks) -> sp.csr_matrix:
+    """One CSR band of whole rows from the blocks ``X[i, 0], X[i, 1], ...``."""
+    parts = [observed(b) for b in blocks]
+    if len(parts) == 1:
+        return parts[0]
+    out = sp.hstack(parts, format="csr")
+    out.sort_indices()
+    return out
+
+
+def col_band(blocks) -> sp.csr_matrix:
+    """The rows of ``Xᵀ`` for one column block, from ``X[0, j], X[1, j], ...``.
+
+    Costs one CSR→CSC conversion (O(nnz + rows)) of the stacked blocks.
+    """
+    parts = [observed(b) for b in blocks]
+    stacked = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+    out = sp.csr_matrix(stacked.T)
+    out.sort_indices()
+    return out
+
+
+def block_summary(block) -> tuple:
+    """Validation summary of one block's observed entries.
+
+    Returns ``(exact_sum, nnz, min, max, n_nonfinite)`` (min/max over the
+    finite observed values; ±inf when there are none).
+    """
+    x = observed(block).data
+    finite = np.isfinite(x)
+    n_bad = int(x.size - np.count_nonzero(finite))
+    good = x[finite].astype(np.float64, copy=False) if n_bad else x.astype(np.float64, copy=False)
+    if good.size:
+        return exact_sum(good), int(x.size), float(good.min()), float(good.max()), n_bad
+    return ZERO, int(x.size), math.inf, -math.inf, n_bad
+
+
+def combine_summaries(parts) -> tuple:
+    """Combine :func:`block_summary` results (in any order: exact)."""
+    return (
+        exact_add(*(p[0] for p in parts)),
+        sum(p[1] for p in parts),
+        min(p[2] for p in parts),
+        max(p[3] for p in parts),
+        sum(p[4] for p in parts),
+    )
+
+
+# --------------------------------------------------------------------------
+# Row batches: bounded temporaries, per-row determinism
+# --------------------------------------------------------------------------
+
+
+def _budget(width: int) -> int:
+    """Entries per batch so that (entries, width) float64 temporaries fit BATCH_BYTES."""
+    return max(1, BATCH_BYTES // (8 * max(1, width)))
+
+
+def _row_batches(indptr: np.ndarray, budget: int):
+    """Consecutive row ranges ``[r0, r1)`` of at most ``budget`` entries and
+    ``BATCH_ROWS`` rows; a row longer than ``budget`` is a batch alone."""
+    r = len(indptr) - 1
+    r0 = 0
+    while r0 < r:
+        r1 = int(np.searchsorted(indptr, indptr[r0] + budget, side="right")) - 1
+        r1 = min(max(r1, r0 + 1), r, r0 + BATCH_ROWS)
+        yield r0, r1
+        r0 = r1
+
+
+def _indicator(starts: np.ndarray, e: int) -> sp.csr_matrix:
+    """(rows, e) CSR of ones: row r holds entries ``starts[r]`` to the next start."""
+    return sp.csr_matrix((np.ones(e), np.arange(e), np.append(starts, e)), shape=(len(starts), e))
+
+
+def _segment_sum(Z: np.ndarray, starts: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """Per-row sums of the entry rows of ``Z`` (segments start at ``starts``).
+
+    Each row's entries are added one after the other, in order (SciPy's
+    CSR × dense kernel on an indicator matrix, which may be passed instead
+    of ``starts``), so a row's sum depends on that row's entries alone.
+    (``np.add.reduceat`` does not promise an order.) ``Z`` may be 1-D (one
+    value per entry) or 2-D.
+    """
+    ind = starts if sp.issparse(starts) else _indicator(starts, Z.shape[0])
+    return np.asarray(ind @ Z)
+
+
+# --------------------------------------------------------------------------
+# Features and weights of one batch
+# --------------------------------------------------------------------------
+
+
+def _features(V: np.ndarray, idx: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """``φ_j`` for the entries' columns: (entries, q) float64."""
+    Phi = V[idx]
+    if p.biases:
+        Phi[:, p.k] = 1.0
+    return Phi
+
+
+def _weights(x: np.ndarray, V: np.ndarray, idx: np.ndarray, p: MaskedParams):
+    """``(a, b)`` of the quadratic at the entries (``a`` None means all ones)."""
+    x = x.astype(np.float64, copy=False)
+    if p.feedback == "implicit":
+        a = p.confidence * x
+        return a, 1.0 + a
+    b = x - p.global_mean
+    if p.biases:
+        b = b - V[idx, p.k]
+    return None, b
+
+
+def _free(p: MaskedParams) -> np.ndarray:
+    free = np.zeros(p.q, dtype=bool)
+    if p.biases:
+        free[p.k] = True
+    return free
+
+
+def _penalty_weights(counts: np.ndarray, p: MaskedParams):
+    """Per-row (rows, q) L2 and L1 weights."""
+    scale = counts.astype(np.float64) if p.count_scaled else np.ones(counts.size)
+    l2 = np.empty((counts.size, p.q))
+    l2[:, : p.k] = p.l2 * scale[:, None]
+    l1 = np.zeros((counts.size, p.q))
+    l1[:, : p.k] = p.l1 * scale[:, None]
+    if p.biases:
+        l2[:, p.k] = p.l2_bias * scale
+    return l2, l1
+
+
+# --------------------------------------------------------------------------
+# The half-step
+# --------------------------------------------------------------------------
+
+
+def update(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams,
+           G: np.ndarray | None = None, *, solver: str | None = None) -> np.ndarray:
+    """Minimise every row's objective over its ``u`` with the other side fixed.
+
+    Parameters
+    ----------
+    band : CSR matrix of shape (r, n)
+        The observed entries of these rows (see :func:`observed`).
+    U : ndarray of shape (r, q)
+        The rows' current factors (and bias): the warm start of "als", the
+        starting point of "ccd".
+    V : ndarray of shape (n, q)
+        The other side's factors (columns ``:k``) and bias (column ``k``).
+    p : MaskedParams
+    G : ndarray of shape (k, k), optional
+        ``V[:, :k]ᵀ V[:, :k]`` over *all* of the other side (implicit only).
+    solver : {"als", "ccd"}, optional
+        Overrides ``p.solver`` ("als" gives the exact minimiser: fold-in).
+
+    Returns
+    -------
+    U_new : ndarray of shape (r, q), float64
+        Rows without observations get 0 (their minimiser).
+    """
+    solver = solver or p.solver
+    if solver not in ("als", "ccd"):
+        raise ValueError(f"Unknown masked solver {solver!r}; use 'als' or 'ccd'.")
+    r = band.shape[0]
+    q = p.q
+    if U.shape != (r, q) or V.shape != (band.shape[1], q):
+        raise ValueError(
+            f"Shapes do not match: band {band.shape}, U {U.shape}, V {V.shape}; expected U "
+            f"({r}, {q}) and V ({band.shape[1]}, {q})."
+        )
+    if p.feedback == "implicit" and G is None:
+        raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
+    indptr = band.indptr
+    counts = np.diff(indptr)
+    l2, l1 = _penalty_weights(counts, p)
+    free = _free(p)
+    Gq = None
+    if G is not None:
+        Gq = np.zeros((q, q))
+        Gq[: p.k, : p.k] = G
+    out = np.zeros((r, q))
+    width = q * q if solver == "als" else q
+    budget = _budget(width)
+    U = np.asarray(U, dtype=np.float64)
+    table = weights = VT = None
+    if solver == "als" and band.nnz:
+        present = np.flatnonzero(np.bincount(band.indices, minlength=V.shape[0]))
+        if present.size * width * 8 <= TABLE_BYTES:
+            Phi_u = _features(V, present, p)
+            table = (Phi_u[:, :, None] * Phi_u[:, None, :]).reshape(present.size, width)
+            where = np.zeros(V.shape[0], dtype=np.int64)
+            where[present] = np.arange(present.size)
+            a_all, _ = _weights(band.data, V, band.indices, p)
+            data = np.ones(band.nnz) if a_all is None else a_all
+            weights = sp.csr_matrix((data, where[band.indices], indptr), shape=(r, present.size))
+            budget = _budget(q)  # per-entry temporaries are now only (entries, q)
+    for r0, r1 in _row_batches(indptr, budget):
+        rows = np.arange(r0, r1)[counts[r0:r1] > 0]
+        if rows.size == 0:
+            continue
+        e0, e1 = int(indptr[r0]), int(indptr[r1])
+        idx = band.indices[e0:e1]
+        a, b = _weights(band.data[e0:e1], V, idx, p)
+        starts = (indptr[rows] - e0).astype(np.intp)
+        if solver == "ccd":
+            if VT is None:
+                VT = np.ascontiguousarray(V.T)
+            PhiT = VT[:, idx]
+            if p.biases:
+                PhiT[p.k] = 1.0
+            local = np.repeat(np.arange(rows.size), counts[rows])
+            out[rows] = _ccd_rows(U[rows], PhiT, a, b, _indicator(starts, e1 - e0), local, Gq, l2[rows],
+                                  l1[rows], free, p.sweeps)
+            continue
+        Phi = _features(V, idx, p)
+        if table is not None:
+            C = np.asarray(weights[rows] @ table).reshape(rows.size, q, q)
+            if Gq is not None:
+                C += Gq
+        else:
+            C = _row_grams(Phi, a, starts, budget, Gq)
+        C[:, np.arange(q), np.arange(q)] += l2[rows]
+        D = _segment_sum(b[:, None] * Phi, starts) - 0.5 * l1[rows]
+        out[rows] = nnls_rows(C, D, free=free, passive=U[rows] > 0)
+    return out
+
+
+def _row_grams(Phi, a, starts, budget, Gq):
+    """``G + Σ_Ω a φφᵀ`` per row: (rows, q, q).
+
+    A row longer than ``budget`` entries (then alone in its batch) is done in
+    pieces, each piece's sum starting from the previous one's, which adds the
+    same numbers in the same order as one pass.
+    """
+    q = Phi.shape[1]
+
+    def products(sl):
+        P = Phi[sl]
+        Z = (P[:, :, None] * P[:, None, :]).reshape(P.shape[0], q * q)
+        if a is not None:
+            Z *= a[sl][:, None]
+        return Z
+
+    if len(starts) == 1 and Phi.shape[0] > budget:
+        S = None
+        for s0 in range(0, Phi.shape[0], budget):
+            Z = products(slice(s0, s0 + budget))
+            S = _segment_sum(Z if S is None else np.vstack([S, Z]), np.zeros(1, dtype=np.intp))
+    else:
+        S = _segment_sum(products(slice(None)), starts)
+    C = S.reshape(S.shape[0], q, q)
+    if Gq is not None:
+        C += Gq
+    return C
+
+
+def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
+    """Coordinate descent over each row's q coordinates, residuals at Ω kept current.
+
+    ``PhiT`` (q, entries) holds the features by coordinate (contiguous) and
+    ``ind`` the (rows, entries) indicator of the rows' entries.
+    """
+    UT = np.ascontiguousarray(U.T)
+    s = np.einsum("je,je->e", UT[:, local], PhiT)
+    sq = PhiT * PhiT if a is None else PhiT * PhiT * a
+    hess = np.asarray(ind @ np.ascontiguousarray(sq.T)).T + l2.T
+    gT = None
+    if Gq is not None:
+        hess += np.diag(Gq)[:, None]
+        gT = Gq @ UT
+    hess = np.where(hess > 0, hess, np.inf)  # a zero curvature: leave that coordinate
+    l2T, l1T = np.ascontiguousarray(l2.T), np.ascontiguousarray(l1.T)
+    for _ in range(sweeps):
+        for t in range(UT.shape[0]):
+            phi = PhiT[t]
+            resid = (s - b) if a is None else (a * s - b)
+            resid *= phi
+            grad = ind @ resid
+            grad += l2T[t] * UT[t] + 0.5 * l1T[t]
+            if gT is not None:
+                grad += gT[t]
+            new = UT[t] - grad / hess[t]
+            if not free[t]:
+                np.maximum(new, 0.0, out=new)
+            delta = new - UT[t]
+            UT[t] = new
+            s += delta[local] * phi
+            if gT is not None:
+                gT += Gq[:, t : t + 1] * delta
+    return UT.T
+
+
+# --------------------------------------------------------------------------
+# Non-negative least squares, one Gram per row
+# --------------------------------------------------------------------------
+
+
+def nnls_rows(C: np.ndarray, D: np.ndarray, *, free: np.ndarray | None = None,
+              passive: np.ndarray | None = None, max_iter: int | None = None) -> np.ndarray:
+    """Solve ``min ½ xᵀC_r x − d_rᵀx`` subject to ``x[~free] >= 0``, for every row r.
+
+    Block principal pivoting (Kim & Park 2011) as :func:`dnmf.nnls.nnls_bpp`,
+    but every row has its own Gram ``C_r`` (a masked problem) and the
+    ``free`` coordinates (biases) are always passive. Each round solves the
+    rows still infeasible with one batched LAPACK call on the systems
+    ``C_r[F, F] x_F = d_r[F]`` (embedded in q×q with an identity outside F);
+    rows that cycle past ``max_iter`` are finished by Lawson–Hanson
+    (:func:`dnmf.nnls.nnls_active_set`) after eliminating the free
+    coordinates. Every row's result depends on its own data only.
+
+    Parameters
+    ----------
+    C : ndarray of shape (r, q, q)
+        Symmetric positive semi-definite Grams (definite on ``free``).
+    D : ndarray of shape (r, q)
+    free : ndarray of bool, shape (q,), optional
+        Unconstrained coordinates.
+    passive : ndarray of bool, shape (r, q), optional
+        Warm start of the passive sets (e.g. ``U_old > 0``).
+    max_iter : int, optional
+        Pivoting rounds (default ``5 q + 20``).
+
+    Returns
+    -------
+    X : ndarray of shape (r, q), float64; ``X[:, ~free] >= 0``.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    r, q = D.shape
+    free = np.zeros(q, dtype=bool) if free is None else np.asarray(free, dtype=bool)
+    max_iter = 5 * q + 20 if max_iter is None else max_iter
+    P = np.zeros((r, q), dtype=bool) if passive is None else np.array(passive, dtype=bool)
+    P[:, free] = True
+    X = np.zeros((r, q))
+    Y = np.zeros((r, q))
+    if r == 0:
+        return X
+    dscale = np.maximum(np.abs(D).max(axis=1), np.finfo(float).tiny)
+    cmax = np.maximum(np.einsum("rii->ri", C).max(axis=1), np.finfo(float).tiny)
+    ytol = (_SIGN_RTOL * dscale)[:, None]
+    xtol = ytol / cmax[:, None]
+    rows = np.arange(r)
+    _solve_masked(C, D, P, rows, X, Y)
+    alpha = np.full(r, 3, dtype=np.int64)
+    beta = np.full(r, q + 1, dtype=np.int64)
+    for _ in range(max_iter):
+        infeasible = (P[rows] & (X[rows] < -xtol[rows])) | (~P[rows] & (Y[rows] < -ytol[rows]))
+        infeasible[:, free] = False
+        count = infeasible.sum(axis=1)
+        keep = count > 0
+        rows, infeasible, count = rows[keep], infeasible[keep], count[keep]
+        if rows.size == 0:
+            break
+        fewer = count < beta[rows]
+        full = fewer | (alpha[rows] >= 1)
+        beta[rows[fewer]] = count[fewer]
+        alpha[rows[fewer]] = 3
+        alpha[rows[full & ~fewer]] -= 1
+        flip = infeasible
+        backup = ~full
+        if backup.any():
+            # Murty's rule: exchange only the largest infeasible index.
+            last = q - 1 - np.argmax(infeasible[backup][:, ::-1], axis=1)
+            single = np.zeros((int(backup.sum()), q), dtype=bool)
+            single[np.arange(single.shape[0]), last] = True
+            flip[backup] = single
+        P[rows] ^= flip
+        _solve_masked(C, D, P, rows, X, Y)
+    else:
+        infeasible = (P[rows] & (X[rows] < -xtol[rows])) | (~P[rows] & (Y[rows] < -ytol[rows]))
+        infeasible[:, free] = False
+        for t in rows[infeasible.any(axis=1)]:
+            X[t] = _nnls_one(C[t], D[t], free)
+    X[:, ~free] = np.maximum(X[:, ~free], 0.0)
+    return X
+
+
+def _solve_masked(C, D, P, rows, X, Y) -> None:
+    """x_F = C[F,F]⁻¹ d_F (0 elsewhere) and y = C x − d (0 on F) for ``rows``."""
+    Pr = P[rows]
+    Cr = C[rows]
+    A = Cr * (Pr[:, :, None] & Pr[:, None, :])
+    diag = np.arange(Pr.shape[1])
+    A[:, diag, diag] += ~Pr
+    rhs = (D[rows] * Pr)[:, :, None]
+    try:
+        x = np.linalg.solve(A, rhs)[:, :, 0]
+    except np.linalg.LinAlgError:
+        # A singular system somewhere (no L2 and too few ratings): solve the
+        # rows one at a time, the singular ones by least squares.
+        x = np.empty(rhs.shape[:2])
+        for t in range(A.shape[0]):
+            try:
+                x[t] = np.linalg.solve(A[t : t + 1], rhs[t : t + 1])[0, :, 0]
+            except np.linalg.LinAlgError:
+                x[t] = np.linalg.lstsq(A[t], rhs[t, :, 0], rcond=None)[0]
+    x *= Pr
+    y = np.matmul(Cr, x[:, :, None])[:, :, 0] - D[rows]
+    y *= ~Pr
+    X[rows] = x
+    Y[rows] = y
+
+
+def _nnls_one(C: np.ndarray, d: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """One row by Lawson–Hanson, the free coordinates eliminated (Schur complement)."""
+    if not free.any():
+        return nnls.nnls_active_set(C, d)
+    f, c = free, ~free
+    Cff_inv = np.linalg.pinv(C[np.ix_(f, f)])
+    Ccf = C[np.ix_(c, f)]
+    reduced = C[np.ix_(c, c)] - Ccf @ Cff_inv @ Ccf.T
+    x = np.zeros(d.size)
+    x[c] = nnls.nnls_active_set(reduced, d[c] - Ccf @ Cff_inv @ d[f])
+    x[f] = Cff_inv @ (d[f] - Ccf.T @ x[c])
+    return x
+
+
+# --------------------------------------------------------------------------
+# Loss terms
+# --------------------------------------------------------------------------
+
+
+def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams) -> ExactSum:
+    """The data term of the loss at the band's observed entries, exactly summed.
+
+    Explicit: ``Σ_Ω (x − score)²``. Implicit: ``Σ_Ω [(c−1)s² − 2cs + c]``
+    (add ``<UᵀU, VᵀV>`` over all rows for the whole loss).
+    """
+    counts = np.diff(band.indptr)
+    total = ZERO
+    budget = _budget(p.q)
+    for r0, r1 in _row_batches(band.indptr, budget):
+        e0, e1 = int(band.indptr[r0]), int(band.indptr[r1])
+        if e1 == e0:
+            continue
+        idx = band.indices[e0:e1]
+        local = np.repeat(np.arange(r0, r1), counts[r0:r1])
+        s = np.einsum("ij,ij->i", U[local, : p.k], V[idx, : p.k])
+        x = band.data[e0:e1].astype(np.float64, copy=False)
+        if p.feedback == "implicit":
+            a = p.confidence * x
+            terms = a * s * s - 2.0 * (1.0 + a) * s + (1.0 + a)
+        else:
+            pred = s + p.global_mean
+            if p.biases:
+                pred = pred + U[local, p.k] + V[idx, p.k]
+            terms = (x - pred) ** 2
+        total = exact_add(total, exact_sum(terms))
+    return total
+
+
+def penalty(U: np.ndarray, counts: np.ndarray, p: MaskedParams) -> ExactSum:
+    """``Σ_i s_i (l2·||w_i||² + l1·Σw_i + l2_bias·b_i²)``, exactly summed."""
+    W = U[:, : p.k]
+    per_row = p.l2 * np.einsum("ij,ij->i", W, W) + p.l1 * W.sum(axis=1)
+    if p.biases:
+        per_row = per_row + p.l2_bias * U[:, p.k] ** 2
+    if p.count_scaled:
+        per_row = per_row * counts
+    return exact_sum(per_row)
+
+
+def gram(U: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """``U[:, :k]ᵀ U[:, :k]`` (k, k) of one block."""
+    W = U[:, : p.k]
+    return W.T @ W
+
+
+def predict(U_rows: np.ndarray, V_cols: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """Scores of (row, column) pairs from their gathered state rows (pairs, q)."""
+    s = np.einsum("ij,ij->i", U_rows[:, : p.k], V_cols[:, : p.k]) + p.global_mean
+    if p.biases:
+        s = s + U_rows[:, p.k] + V_cols[:, p.k]
+    return s

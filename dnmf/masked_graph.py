@@ -1,0 +1,428 @@
+"""Dask graphs of one masked NMF step (ratings, implicit feedback) and of fold-in.
+
+No loop, no I/O and no Client here; the kernels are in :mod:`dnmf.masked`.
+
+Layout. X is (m, n) with blocks ``X[i, j]`` (CSR: stored entries observed;
+NumPy: non-NaN entries observed). The state is kept tall and augmented with
+the biases: ``U = [W, b]`` (m, q) chunked like X's rows and ``V = [Hᵀ, c]``
+(n, q) chunked like X's columns (``q = k + 1`` with biases, else ``k``).
+
+A masked half-step needs every observed entry of a row together (each row
+has its own Gram), so the tasks work on *bands*: a row band is the blocks
+``X[i, :]`` side by side (CSR, m_i × n) and a column band the blocks
+``X[:, j]`` stacked and transposed (CSR of Xᵀ, n_j × m). :class:`Bands`
+says where a task gets them:
+
+- in-memory X (:func:`bands_from_memory`, :func:`persist_bands`): both
+  orientations are built once and kept on the workers: twice X's memory,
+  one O(nnz) transposition per fit;
+- store-backed X (:func:`bands_from_store`): each task reads its blocks
+  itself (twice per iteration: once per orientation) and the column tasks
+  transpose theirs (one CSR→CSC conversion, O(nnz), per block per
+  iteration); nothing of X is ever held between tasks.
+
+One step (:func:`step`) is three stages:
+
+A. one task per row band ``i``: update ``U_i`` with all of ``V`` (and, for
+   the implicit model, ``VᵀV``); return its penalty and Gram;
+B. one task per column band ``j``: update ``V_j`` with all of the new ``U``
+   (every A task's output: O(m·q) numbers per column task); return its
+   penalty, Gram and the loss at its observed entries (new U, new V);
+C. one task: the loss of the step and the new ``VᵀV``.
+
+Loss terms are exact sums (:func:`dnmf.masked.exact_sum`), so they do not
+depend on the blocking; Grams (implicit only) are summed by fixed-order
+trees. Cost per step: O(nnz·q² + (m+n)·q³) ("als") or O(nnz·q·sweeps)
+("ccd"), plus the implicit model's O((m+n)·q²) Grams.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import blocked, init, masked
+
+#: Fan-in of the tree reductions.
+SPLIT_EVERY = 8
+
+# Layout of a step's scalar vector.
+S_LOSS = 0  # objective after the step: data term + penalties
+S_DATA = 1  # data term (explicit: Σ_Ω squared error)
+S_PENALTY = 2  # penalties of both sides
+N_SCALARS = 3
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Where step tasks find the row and column bands of X.
+
+    ``row_ref(i)`` / ``col_ref(j)`` give a task argument (a key, or an
+    inlined task that reads and assembles the blocks); ``deps`` are the
+    collections those refer to; ``token`` identifies X in task names.
+    """
+
+    shape: tuple[int, int]
+    row_chunks: tuple[int, ...]
+    col_chunks: tuple[int, ...]
+    row_ref: Callable[[int], Any]
+    col_ref: Callable[[int], Any]
+    deps: tuple
+    token: str
+
+
+def _meta(dtype=np.float64) -> np.ndarray:
+    return np.empty((0, 0), dtype=dtype)
+
+
+def _csr_meta() -> sp.csr_matrix:
+    return sp.csr_matrix((0, 0))
+
+
+def _offsets(chunks) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(chunks)]).astype(np.int64)
+
+
+def bands_from_memory(X: sp.csr_matrix, row_chunks, col_chunks, client=None) -> tuple[Bands, da.Array, da.Array]:
+    """Bands of an in-memory CSR X (its observed entries), built once.
+
+    Returns the Bands and the two band arrays (row bands (m, n) chunked
+    ``(row_chunks, (n,))``, column bands (n, m) chunked ``(col_chunks, (m,))``);
+    on a distributed ``client`` they are scattered to the workers.
+    """
+    X = masked.observed(X)
+    m, n = X.shape
+    r_off, c_off = _offsets(row_chunks), _offsets(col_chunks)
+    rows = {i: X[r_off[i] : r_off[i + 1]] for i in range(len(row_chunks))}
+    Xt = sp.csr_matrix(X.T)
+    cols = {j: Xt[c_off[j] : c_off[j + 1]] for j in range(len(col_chunks))}
+    token = tokenize("dnmf-masked-bands", X, tuple(row_chunks), tuple(col_chunks))
+    if client is not None:
+        import uuid
+
+        token = uuid.uuid4().hex  # fresh keys: see dnmf.inputs.from_memory
+    rname, cname = f"dnmf-rowbands-{token}", f"dnmf-colbands-{token}"
+    rgraph = {(rname, i, 0): b for i, b in rows.items()}
+    cgraph = {(cname, j, 0): b for j, b in cols.items()}
+    if client is not None:
+        rgraph = client.scatter(rgraph)
+        cgraph = client.scatter(cgraph)
+    R = da.Array(rgraph, rname, chunks=(tuple(row_chunks), (n,)), meta=_csr_meta())
+    Cb = da.Array(cgraph, cname, chunks=(tuple(col_chunks), (m,)), meta=_csr_meta())
+    return _bands_of(R, Cb, token), R, Cb
+
+
+def _bands_of(R: da.Array, Cb: da.Array, token: str) -> Bands:
+    return Bands(
+        shape=(R.shape[0], R.shape[1]),
+        row_chunks=R.chunks[0],
+        col_chunks=Cb.chunks[0],
+        row_ref=lambda i: (R.name, i, 0),
+        col_ref=lambda j: (Cb.name, j, 0),
+        deps=(R, Cb),
+        token=token,
+    )
+
+
+def band_arrays(X: da.Array) -> tuple[da.Array, da.Array]:
+    """Lazy row-band and column-band arrays of a Dask X (to persist once)."""
+    xref, xdeps = blocked._x_blocks(X)
+    nI, nJ = X.numblocks
+    token = tokenize("dnmf-masked-bands", X.name)
+    rname, cname = f"dnmf-rowbands-{token}", f"dnmf-colbands-{token}"
+    rlayer = {(rname, i, 0): (masked.row_band, [xref(i, j) for j in range(nJ)]) for i in range(nI)}
+    clayer = {(cname, j, 0): (masked.col_band, [xref(i, j) for i in range(nI)]) for j in range(nJ)}
+    m, n = X.shape
+    R = da.Array(HighLevelGraph.from_collections(rname, rlayer, dependencies=xdeps), rname,
+                 chunks=(X.chunks[0], (n,)), meta=_csr_meta())
+    Cb = da.Array(HighLevelGraph.from_collections(cname, clayer, dependencies=xdeps), cname,
+                  chunks=(X.chunks[1], (m,)), meta=_csr_meta())
+    return R, Cb
+
+
+def persist_bands(X: da.Array, runner) -> tuple[Bands, da.Array, da.Array]:
+    """Build both orientations of a Dask X once and keep them on the workers."""
+    R, Cb = runner.persist(*band_arrays(X))
+    return _bands_of(R, Cb, tokenize("dnmf-masked-bands", X.name)), R, Cb
+
+
+def bands_from_store(X: da.Array) -> Bands:
+    """Bands read from storage by the tasks that use them (never held)."""
+    xref, xdeps = blocked._x_blocks(X)
+    nI, nJ = X.numblocks
+    return Bands(
+        shape=X.shape,
+        row_chunks=X.chunks[0],
+        col_chunks=X.chunks[1],
+        row_ref=lambda i: (masked.row_band, [xref(i, j) for j in range(nJ)]),
+        col_ref=lambda j: (masked.col_band, [xref(i, j) for i in range(nI)]),
+        deps=tuple(xdeps),
+        token=tokenize("dnmf-masked-store", X.name),
+    )
+
+
+# --------------------------------------------------------------------------
+# Small task helpers
+# --------------------------------------------------------------------------
+
+
+def _tree(layer: dict, prefix: str, keys: list, fn) -> Any:
+    """Fixed-order reduction of ``keys`` with ``fn(list)``; returns the top key."""
+    level = 0
+    while len(keys) > SPLIT_EVERY:
+        new = []
+        for g, start in enumerate(range(0, len(keys), SPLIT_EVERY)):
+            key = (f"{prefix}-L{level}", g)
+            layer[key] = (fn, list(keys[start : start + SPLIT_EVERY]))
+            new.append(key)
+        keys = new
+        level += 1
+    top = (f"{prefix}-top", 0)
+    layer[top] = (fn, list(keys))
+    return top
+
+
+def _exact_list(parts):
+    return masked.exact_add(*parts)
+
+
+def _summary_list(parts):
+    return masked.combine_summaries(parts)
+
+
+def _graph(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
+    return blocked._graph(core, layer, deps, outputs)
+
+
+def _concat(blocks):
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+# --------------------------------------------------------------------------
+# Validation pass and initial state
+# --------------------------------------------------------------------------
+
+
+def summary(X: da.Array) -> da.Array:
+    """One pass over X's blocks: a 1-element object array holding
+    ``masked.combine_summaries`` of every block (exact, order-free)."""
+    xref, xdeps = blocked._x_blocks(X)
+    token = tokenize("dnmf-masked-summary", X.name)
+    core = f"dnmf-masked-summary-core-{token}"
+    name = f"dnmf-masked-summary-{token}"
+    layer: dict = {}
+    keys = []
+    for i in range(X.numblocks[0]):
+        for j in range(X.numblocks[1]):
+            layer[(core, i, j)] = (masked.block_summary, xref(i, j))
+            keys.append((core, i, j))
+    top = _tree(layer, core + "-sum", keys, _summary_list)
+    out = {(name, 0): (_boxed, top)}
+    graph = _graph(core, layer, xdeps, {name: out})
+    return da.Array(graph, name, chunks=((1,),), dtype=object)
+
+
+def _boxed(value):
+    out = np.empty(1, dtype=object)
+    out[0] = value
+    return out
+
+
+def _init_block(seed, tag, start, stop, k, scale, biases):
+    W = init._random_block(seed, tag, start, stop, k, scale, np.float64)
+    if not biases:
+        return W
+    return np.hstack([W, np.zeros((stop - start, 1))])
+
+
+def initial_state(chunks: tuple[int, ...], p: masked.MaskedParams, seed: int, tag: str, scale: float) -> da.Array:
+    """``|scale·N(0, 1)|`` factors (bias column 0): (sum(chunks), q), one column chunk.
+
+    The random numbers come from :mod:`dnmf.init`'s fixed panels, so they do
+    not depend on the blocking.
+    """
+    name = "dnmf-masked-init-" + tokenize(chunks, p.k, seed, tag, scale, p.biases)
+    off = _offsets(chunks)
+    layer = {
+        (name, i, 0): (_init_block, seed, tag, int(off[i]), int(off[i + 1]), p.k, scale, p.biases)
+        for i in range(len(chunks))
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=(tuple(chunks), (p.q,)), meta=_meta())
+
+
+def factor_gram(A: da.Array, p: masked.MaskedParams) -> da.Array:
+    """(k, k) Gram of the factor columns of a tall state array (fixed-order tree)."""
+    token = tokenize("dnmf-masked-gram", A.name, p.k)
+    core = f"dnmf-masked-gram-core-{token}"
+    name = f"dnmf-masked-gram-{token}"
+    layer: dict = {}
+    keys = []
+    for i in range(A.numblocks[0]):
+        layer[(core, i)] = (masked.gram, (A.name, i, 0), p)
+        keys.append((core, i))
+    top = _tree(layer, core, keys, blocked._sum_list)
+    out = {(name, 0, 0): (operator.getitem, top, slice(None))}
+    graph = _graph(core, layer, [A], {name: out})
+    return da.Array(graph, name, chunks=((p.k,), (p.k,)), meta=_meta())
+
+
+# --------------------------------------------------------------------------
+# One iteration
+# --------------------------------------------------------------------------
+
+
+def _row_task(band, U, v_blocks, G, p: masked.MaskedParams):
+    V = _concat(v_blocks)
+    U_new = masked.update(band, U, V, p, G)
+    out = {"U": U_new, "pen": masked.penalty(U_new, np.diff(band.indptr), p)}
+    if p.feedback == "implicit":
+        out["gram"] = masked.gram(U_new, p)
+    return out
+
+
+def _col_task(band, V, u_blocks, G, p: masked.MaskedParams):
+    U = _concat(u_blocks)
+    V_new = masked.update(band, V, U, p, G)
+    out = {
+        "V": V_new,
+        "pen": masked.penalty(V_new, np.diff(band.indptr), p),
+        "loss": masked.band_loss(band, V_new, U, p),
+    }
+    if p.feedback == "implicit":
+        out["gram"] = masked.gram(V_new, p)
+    return out
+
+
+def _pick(result, name):
+    return result[name]
+
+
+def _finish(data, pen, GU, GV, p: masked.MaskedParams):
+    data_v = masked.exact_value(data)
+    if p.feedback == "implicit":
+        data_v += float(np.vdot(GU, GV))
+    pen_v = masked.exact_value(pen)
+    loss = masked.exact_value(masked.exact_add(data, pen))
+    if p.feedback == "implicit":
+        loss = data_v + pen_v
+    return {"scalars": np.array([loss, data_v, pen_v]), "GV": GV}
+
+
+def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.MaskedParams):
+    """Build the graph of one alternating step (U then V).
+
+    Parameters
+    ----------
+    bands : Bands
+    U : dask array (m, q), chunked like X's rows, one column chunk
+    V : dask array (n, q), chunked like X's columns, one column chunk
+    GV : dask array (k, k) or None
+        ``V[:, :k]ᵀ V[:, :k]`` (implicit model only).
+    p : dnmf.masked.MaskedParams
+
+    Returns
+    -------
+    U_new, V_new : dask arrays, same layouts
+    GV_new : dask array (k, k) or None
+    scalars : dask array (N_SCALARS,), float64 (see ``S_*``)
+    """
+    implicit = p.feedback == "implicit"
+    if implicit and GV is None:
+        raise ValueError("The implicit model's step needs GV, the Gram of V's factors.")
+    nI, nJ = len(bands.row_chunks), len(bands.col_chunks)
+    token = tokenize("dnmf-masked-step", bands.token, U.name, V.name, None if GV is None else GV.name, p)
+    core = f"dnmf-masked-step-{token}"
+    u_name, v_name = f"dnmf-masked-U-{token}", f"dnmf-masked-V-{token}"
+    g_name, s_name = f"dnmf-masked-GV-{token}", f"dnmf-masked-scalars-{token}"
+    gv_key = (GV.name, 0, 0) if implicit else None
+    v_keys = [(V.name, j, 0) for j in range(nJ)]
+
+    layer: dict = {}
+    for i in range(nI):
+        layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_keys, gv_key, p)
+        layer[(f"{core}-U", i)] = (_pick, (f"{core}-A", i), "U")
+    u_keys = [(f"{core}-U", i) for i in range(nI)]
+    row_pen = []
+    for i in range(nI):
+        layer[(f"{core}-Ap", i)] = (_pick, (f"{core}-A", i), "pen")
+        row_pen.append((f"{core}-Ap", i))
+    gu_key = None
+    if implicit:
+        grams = []
+        for i in range(nI):
+            layer[(f"{core}-Ag", i)] = (_pick, (f"{core}-A", i), "gram")
+            grams.append((f"{core}-Ag", i))
+        gu_key = _tree(layer, f"{core}-GU", grams, blocked._sum_list)
+
+    col_parts, col_pen, col_grams = [], [], []
+    for j in range(nJ):
+        layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p)
+        for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
+            layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
+            bucket.append((f"{core}-B{part}", j))
+    data_key = _tree(layer, f"{core}-data", col_parts, _exact_list)
+    pen_key = _tree(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
+    gv_new_key = _tree(layer, f"{core}-GV", col_grams, blocked._sum_list) if implicit else None
+    fin = (f"{core}-C", 0)
+    layer[fin] = (_finish, data_key, pen_key, gu_key, gv_new_key, p)
+
+    outputs = {
+        u_name: {(u_name, i, 0): (_pick, (f"{core}-A", i), "U") for i in range(nI)},
+        v_name: {(v_name, j, 0): (_pick, (f"{core}-B", j), "V") for j in range(nJ)},
+        s_name: {(s_name, 0): (_pick, fin, "scalars")},
+    }
+    if implicit:
+        outputs[g_name] = {(g_name, 0, 0): (_pick, fin, "GV")}
+    deps = [*bands.deps, U, V] + ([GV] if implicit else [])
+    graph = _graph(core, layer, deps, outputs)
+    U_new = da.Array(graph, u_name, chunks=U.chunks, meta=_meta())
+    V_new = da.Array(graph, v_name, chunks=V.chunks, meta=_meta())
+    GV_new = da.Array(graph, g_name, chunks=((p.k,), (p.k,)), meta=_meta()) if implicit else None
+    scalars = da.Array(graph, s_name, chunks=((N_SCALARS,),), dtype=np.float64)
+    return U_new, V_new, GV_new, scalars
+
+
+def _band_counts(band):
+    return np.diff(band.indptr).astype(np.int64)
+
+
+def col_counts(bands: Bands) -> da.Array:
+    """Observed entries per column of X (n,), one task per column band."""
+    name = "dnmf-masked-colcounts-" + tokenize(bands.token)
+    layer = {(name, j): (_band_counts, bands.col_ref(j)) for j in range(len(bands.col_chunks))}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=list(bands.deps))
+    return da.Array(graph, name, chunks=(tuple(bands.col_chunks),), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------
+# Fold-in: new rows with the other side fixed
+# --------------------------------------------------------------------------
+
+
+def _fold_task(band, V, G, p):
+    U0 = np.zeros((band.shape[0], p.q))
+    return masked.update(band, U0, V, p, G, solver="als")
+
+
+def fold_in(bands: Bands, V: np.ndarray, G: np.ndarray | None, p: masked.MaskedParams) -> da.Array:
+    """Exact per-row minimisers for the rows of ``bands`` with ``V`` fixed: (m, q).
+
+    One task per row band; ``V`` (n, q) and ``G`` enter the graph once.
+    """
+    token = tokenize("dnmf-masked-fold", bands.token, V, G, p)
+    name = f"dnmf-masked-fold-{token}"
+    vkey, gkey = (f"dnmf-masked-foldV-{token}",), (f"dnmf-masked-foldG-{token}",)
+    layer: dict = {vkey: V, gkey: G}
+    out = {(name, i, 0): (_fold_task, bands.row_ref(i), vkey, gkey, p) for i in range(len(bands.row_chunks))}
+    layer.update(out)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=list(bands.deps))
+    return da.Array(graph, name, chunks=(tuple(bands.row_chunks), (p.q,)), meta=_meta())

@@ -1,0 +1,703 @@
+"""Top-n recommendation, pair scores and similar items from fitted factors.
+
+Every function works on a :class:`Factors`: the prediction model is
+
+    score(i, j) = global_mean + user_bias[i] + item_bias[j] + W[i] @ H[:, j]
+
+with rows of ``W`` (m, k) the users and columns of ``H`` (k, n) the items
+(absent biases and mean count as 0). ``W`` may be a NumPy array or a Dask
+array chunked by rows; ``H`` is NumPy.
+
+- :func:`recommend`: top-n lists for a few users, in this process.
+- :func:`recommend_all`: top-n lists for every user, block-wise on the
+  cluster: one task per (user block, item block) computes that block's
+  scores a slab at a time and keeps its top-n; a fixed-order tree merges
+  the item blocks' lists. The full ``W @ H`` is never formed.
+- :func:`similar_items`: cosine similarity between H's columns.
+- :func:`item_popularity`, :func:`popular_items`, :func:`popularity_baseline`:
+  the popularity fallback for unknown users and the baseline to beat.
+
+Ranking ties are broken by the smaller item index, so every result is
+deterministic and does not depend on the blocking. Lists with fewer than n
+eligible items are padded with item ``-1`` and score ``-inf``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import topn
+from .blocked import SPLIT_EVERY
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "Factors",
+    "UnknownIDError",
+    "item_popularity",
+    "popular_items",
+    "popularity_baseline",
+    "recommend",
+    "recommend_all",
+    "similar_items",
+]
+
+#: Users per row block when ``W`` is in memory (``recommend_all``, evaluation).
+USER_BLOCK = 65536
+
+
+class UnknownIDError(KeyError):
+    """IDs that the model does not know (a ``KeyError``).
+
+    Attributes
+    ----------
+    unknown : list
+        Every unknown ID, in the order given.
+    positions : ndarray of int
+        Their positions in the IDs given.
+    """
+
+    def __init__(self, message: str, unknown: list, positions: np.ndarray) -> None:
+        super().__init__(message)
+        self.unknown = unknown
+        self.positions = positions
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _current_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+@dataclass
+class Factors:
+    """A fitted factor model: what recommendation and evaluation need.
+
+    Parameters
+    ----------
+    W : ndarray or dask.array.Array of shape (n_users, k)
+        User factors (a Dask array chunked by rows, one column chunk, stays
+        distributed).
+    H : ndarray of shape (k, n_items)
+        Item factors.
+    user_bias : ndarray or dask array of shape (n_users,), optional
+    item_bias : ndarray of shape (n_items,), optional
+    global_mean : float, default=0.0
+    row_ids, col_ids : pandas.Index, optional
+        External user and item IDs by position (a store's ID maps). None:
+        the IDs are the positions.
+    """
+
+    W: Any
+    H: np.ndarray
+    user_bias: Any = None
+    item_bias: np.ndarray | None = None
+    global_mean: float = 0.0
+    row_ids: pd.Index | None = None
+    col_ids: pd.Index | None = None
+
+    def __post_init__(self) -> None:
+        self.H = np.asarray(self.H)
+        if self.H.ndim != 2:
+            raise ValueError(f"H must be 2-D (k, n_items); got shape {self.H.shape}.")
+        if not isinstance(self.W, da.Array):
+            self.W = np.asarray(self.W)
+        if self.W.ndim != 2 or self.W.shape[1] != self.H.shape[0]:
+            raise ValueError(
+                f"W must be (n_users, k) with k = H.shape[0] = {self.H.shape[0]}; got W of "
+                f"shape {self.W.shape}. Pass W and H of the same fit (H is components_)."
+            )
+        m, n = self.W.shape[0], self.H.shape[1]
+        if self.user_bias is not None:
+            if not isinstance(self.user_bias, da.Array):
+                self.user_bias = np.asarray(self.user_bias, dtype=np.float64)
+            if self.user_bias.shape != (m,):
+                raise ValueError(f"user_bias must have shape ({m},) like W's rows; got {self.user_bias.shape}.")
+        if self.item_bias is not None:
+            self.item_bias = np.asarray(self.item_bias, dtype=np.float64)
+            if self.item_bias.shape != (n,):
+                raise ValueError(f"item_bias must have shape ({n},) like H's columns; got {self.item_bias.shape}.")
+        self.global_mean = float(self.global_mean)
+        for name, ids, size in (("row_ids", self.row_ids, m), ("col_ids", self.col_ids, n)):
+            if ids is not None and len(ids) != size:
+                raise ValueError(f"{name} has {len(ids)} IDs for {size} positions; pass the ID map of the same matrix.")
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_model(cls, model: Any, W: Any = None) -> Factors:
+        """The factors of a fitted model.
+
+        Parameters
+        ----------
+        model : Factors, an object with ``factors_`` (e.g. ``dnmf.RatingsNMF``), or a ``dnmf.NMF``
+            A ``dnmf.NMF`` gives plain NMF scores (missing entries were fitted
+            as zeros): ``H = components_``, no biases, item IDs from
+            ``feature_ids_`` when fitted on a store.
+        W : array of shape (n_users, k), optional
+            User factors of a ``dnmf.NMF`` (e.g. ``model.fit_transform(X)``);
+            by default the W its last fit (or ``dnmf.load``) kept.
+
+        Returns
+        -------
+        Factors
+        """
+        if isinstance(model, Factors):
+            return model if W is None else replace(model, W=W)
+        factors = getattr(model, "factors_", None)
+        if factors is not None:
+            return factors if W is None else replace(factors, W=W)
+        H = getattr(model, "components_", None)
+        if H is None:
+            raise TypeError(
+                f"Cannot take factors from a {type(model).__name__}: it has neither factors_ nor "
+                "components_. Pass a fitted dnmf.RatingsNMF or dnmf.NMF, or build Factors(W, H)."
+            )
+        if W is None:
+            W = model.__dict__.get("_W")
+        if W is None:
+            raise ValueError(
+                f"{type(model).__name__} has no user factors W: pass them, e.g. "
+                "Factors.from_model(model, W=model.fit_transform(X))."
+            )
+        return cls(W=W, H=H, col_ids=getattr(model, "feature_ids_", None))
+
+    # ------------------------------------------------------------ sizes
+
+    @property
+    def n_users(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.H.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.H.shape[0])
+
+    # ------------------------------------------------------------ IDs
+
+    def row_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """Positions of user IDs.
+
+        Parameters
+        ----------
+        ids : scalar or array-like of shape (u,)
+        strict : bool, default=True
+            Raise :class:`UnknownIDError` for unknown IDs; False gives -1 for them.
+
+        Returns
+        -------
+        ndarray of shape (u,), int64
+        """
+        return _index(self.row_ids, ids, self.n_users, "user", strict)
+
+    def col_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """Positions of item IDs; as :meth:`row_index`."""
+        return _index(self.col_ids, ids, self.n_items, "item", strict)
+
+    # ------------------------------------------------------------ scores
+
+    def user_factors(self, rows: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(W[rows], user_bias[rows] or None)`` as NumPy arrays (gathers a Dask W)."""
+        rows = _positions(rows, self.n_users, "user")
+        uniq, inv = np.unique(rows, return_inverse=True)
+        W, ub = self.W, self.user_bias
+        if isinstance(W, da.Array) or isinstance(ub, da.Array):
+            import dask
+
+            W, ub = dask.compute(W[uniq], None if ub is None else ub[uniq])
+        else:
+            W, ub = W[uniq], None if ub is None else ub[uniq]
+        return np.asarray(W)[inv], None if ub is None else np.asarray(ub)[inv]
+
+    def predict(self, rows: Any, cols: Any) -> np.ndarray:
+        """Scores of (user, item) pairs.
+
+        Parameters
+        ----------
+        rows, cols : array-like of int, broadcastable to shape (p,)
+            User and item positions (see :meth:`row_index`, :meth:`col_index`).
+
+        Returns
+        -------
+        ndarray of shape (p,)
+            ``global_mean + user_bias + item_bias + W[rows] @ H[:, cols]``.
+        """
+        rows, cols = np.broadcast_arrays(np.atleast_1d(rows), np.atleast_1d(cols))
+        cols = _positions(cols, self.n_items, "item")
+        W, ub = self.user_factors(rows.ravel())
+        local = np.arange(W.shape[0])
+        return topn.pair_scores(W, ub, self.global_mean, self.H, self.item_bias, local, cols.ravel())
+
+
+def _positions(values: Any, size: int, what: str) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"{what} positions must be integers; got dtype {arr.dtype}. Map external IDs "
+            f"with Factors.{'row' if what == 'user' else 'col'}_index first."
+        )
+    arr = arr.astype(np.int64).ravel()
+    bad = (arr < 0) | (arr >= size)
+    if bad.any():
+        raise IndexError(
+            f"{what} positions must lie in [0, {size}); got {arr[bad][:5].tolist()}"
+            f"{' ...' if bad.sum() > 5 else ''}. Map external IDs with row_index/col_index."
+        )
+    return arr
+
+
+def _index(index, ids: Any, size: int, what: str, strict: bool) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(ids, dtype=object if isinstance(ids, str) else None))
+    if index is None:
+        if arr.dtype.kind in "iu":
+            pos = arr.astype(np.int64)
+            pos[(pos < 0) | (pos >= size)] = -1
+        else:
+            pos = np.full(arr.size, -1, dtype=np.int64)
+        hint = f"This model has no {what} ID map: its IDs are the positions 0..{size - 1}."
+    else:
+        pos = np.asarray(index.get_indexer(arr), dtype=np.int64)
+        sample = ", ".join(repr(v) for v in index[:3].tolist())
+        hint = f"Known {what} IDs look like {sample}, ... (dtype {index.dtype})."
+        if arr.size and index.dtype.kind != arr.dtype.kind and index.dtype.kind in "iuf" and arr.dtype.kind in "OUS":
+            hint += " The IDs given are strings; convert them, e.g. [int(v) for v in ids]."
+    missing = np.flatnonzero(pos < 0)
+    if strict and missing.size:
+        unknown = arr[missing].tolist()
+        shown = ", ".join(repr(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UnknownIDError(
+            f"{len(unknown)} of {arr.size} {what} IDs are unknown to the model: {shown}. {hint} "
+            f"New users can be folded in (transform) or handled with a cold_start fallback.",
+            unknown,
+            missing,
+        )
+    return pos
+
+
+# --------------------------------------------------------------------------
+# A few users, in this process
+# --------------------------------------------------------------------------
+
+
+def _candidates(items: Any, n_items: int) -> np.ndarray | None:
+    if items is None:
+        return None
+    return np.unique(_positions(items, n_items, "item"))
+
+
+def _check_n(n: Any) -> int:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer (list length); got {n!r}.")
+    return int(n)
+
+
+def _exclude_rows(exclude: Any, u: int, n_items: int):
+    if exclude is None:
+        return None
+    if isinstance(exclude, da.Array):
+        exclude = exclude.compute()
+    ex = topn.as_block(exclude)
+    if ex.shape != (u, n_items):
+        raise ValueError(
+            f"exclude must have one row per requested user and one column per item, shape "
+            f"({u}, {n_items}); got {ex.shape}. Select the users' rows, e.g. X[rows]."
+        )
+    return ex
+
+
+def recommend(
+    factors: Factors,
+    rows: Any,
+    n: int = 10,
+    *,
+    exclude: Any = None,
+    items: Any = None,
+    item_block: int = topn.ITEM_BLOCK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n items for some users, computed in this process.
+
+    Parameters
+    ----------
+    factors : Factors
+    rows : array-like of int of shape (u,)
+        User positions (see :meth:`Factors.row_index`).
+    n : int, default=10
+    exclude : sparse matrix or ndarray of shape (u, n_items), optional
+        Items to leave out per user (e.g. the training ratings ``X[rows]``):
+        stored entries of a sparse matrix, non-zeros of a dense one.
+    items : array-like of int, optional
+        Candidate item positions; default every item.
+    item_block : int
+        Items scored at once (memory O(u * item_block)).
+
+    Returns
+    -------
+    item_idx : ndarray of shape (u, n), int64
+        Item positions by decreasing score, ties by smaller position; -1 pads.
+    scores : ndarray of shape (u, n)
+        Their scores; -inf pads.
+    """
+    n = _check_n(n)
+    rows = _positions(rows, factors.n_users, "user")
+    W, ub = factors.user_factors(rows)
+    ex = _exclude_rows(exclude, rows.size, factors.n_items)
+    return topn.topn_rows(
+        W, ub, factors.global_mean, factors.H, factors.item_bias, n,
+        exclude=ex, items=_candidates(items, factors.n_items), item_block_size=int(item_block),
+    )
+
+
+def similar_items(factors: Factors, items: Any, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Most similar items by the cosine of H's columns.
+
+    Parameters
+    ----------
+    factors : Factors
+    items : int or array-like of int of shape (q,)
+        Item positions (see :meth:`Factors.col_index`).
+    n : int, default=10
+
+    Returns
+    -------
+    item_idx : ndarray of shape (q, n), int64
+        The other items by decreasing similarity (an item is never its own
+        neighbour), ties by smaller position.
+    similarity : ndarray of shape (q, n)
+        Cosines in [0, 1] for non-negative factors; items with an all-zero
+        column have similarity 0 to every item.
+    """
+    n = _check_n(n)
+    q = _positions(items, factors.n_items, "item")
+    H = np.asarray(factors.H, dtype=np.float64)
+    norm = np.linalg.norm(H, axis=0)
+    Hn = H / np.where(norm > 0, norm, 1.0)
+    self_ex = sp.csr_matrix((np.ones(q.size), (np.arange(q.size), q)), shape=(q.size, H.shape[1]))
+    return topn.topn_rows(Hn[:, q].T, None, 0.0, Hn, None, n, exclude=self_ex)
+
+
+# --------------------------------------------------------------------------
+# Popularity
+# --------------------------------------------------------------------------
+
+
+def item_popularity(X: Any) -> np.ndarray:
+    """Number of stored entries (ratings, interactions) per item.
+
+    Parameters
+    ----------
+    X : sparse matrix, ndarray or dask array of shape (n_users, n_items)
+        Stored entries of sparse blocks count, non-zeros of dense ones.
+
+    Returns
+    -------
+    ndarray of shape (n_items,), float64
+    """
+    X = _unwrap(X)
+    if not isinstance(X, da.Array):
+        return topn.count_columns(X, X.shape[1])
+    token = tokenize("dnmf-popularity", X.name)
+    core, name = f"dnmf-popularity-core-{token}", f"dnmf-popularity-{token}"
+    offsets = np.concatenate([[0], np.cumsum(X.chunks[1])])
+    layer: dict = {}
+    keys = []
+    for i in range(X.numblocks[0]):
+        for j in range(X.numblocks[1]):
+            layer[(core, i, j)] = (topn.count_columns, (X.name, i, j), X.chunks[1][j])
+            keys.append((core, i, j))
+    cols = []
+    for j in range(X.numblocks[1]):
+        layer[(core, "col", j)] = (topn.sum_parts, [(core, i, j) for i in range(X.numblocks[0])])
+        cols.append((core, "col", j))
+    layer[(name, 0)] = (np.concatenate, cols)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[X])
+    out = da.Array(graph, name, chunks=((int(offsets[-1]),),), dtype=np.float64)
+    return np.asarray(out.compute())
+
+
+def popular_items(
+    popularity: Any, n: int = 10, *, n_rows: int = 1, exclude: Any = None, items: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` most popular items, for ``n_rows`` users.
+
+    Parameters
+    ----------
+    popularity : array-like of shape (n_items,)
+        E.g. :func:`item_popularity` of the training matrix.
+    n : int, default=10
+    n_rows : int, default=1
+    exclude : sparse matrix or ndarray of shape (n_rows, n_items), optional
+    items : array-like of int, optional
+        Candidate item positions.
+
+    Returns
+    -------
+    item_idx : ndarray of shape (n_rows, n), int64
+    popularity : ndarray of shape (n_rows, n)
+    """
+    pop = np.asarray(popularity, dtype=np.float64)
+    base = Factors(W=np.ones((int(n_rows), 1)), H=pop[None, :])
+    return recommend(base, np.arange(int(n_rows)), n, exclude=exclude, items=items)
+
+
+def popularity_baseline(X: Any, *, row_ids=None, col_ids=None) -> Factors:
+    """Factors whose scores are the items' popularity in X (the same for every user).
+
+    Evaluate it next to a model: a recommender that does not beat it on
+    precision@k does not personalise.
+    """
+    X = _unwrap(X)
+    pop = item_popularity(X)
+    m = X.shape[0]
+    if isinstance(X, da.Array):
+        W = da.ones((m, 1), chunks=(X.chunks[0], 1))
+    else:
+        W = np.ones((m, 1))
+    return Factors(W=W, H=pop[None, :], row_ids=row_ids, col_ids=col_ids)
+
+
+def _unwrap(X: Any) -> Any:
+    """A matrix store (or its path) as its Dask array; anything else as is."""
+    import os
+
+    if isinstance(X, (str, os.PathLike)):
+        from . import io
+
+        X = io.open_matrix(X)
+    if type(X).__name__ == "MatrixStore":
+        return X.data
+    if isinstance(X, da.Array):
+        return X
+    if sp.issparse(X):
+        return sp.csr_matrix(X)
+    return topn.as_block(X)
+
+
+# --------------------------------------------------------------------------
+# Every user, block-wise on the cluster
+# --------------------------------------------------------------------------
+
+
+def _even_chunks(size: int, block: int) -> tuple[int, ...]:
+    parts = max(1, math.ceil(size / block))
+    base, extra = divmod(size, parts)
+    return tuple(base + (1 if p < extra else 0) for p in range(parts))
+
+
+def _tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.Array:
+    """An array (NumPy, SciPy sparse or Dask) as a Dask array with the given row chunks.
+
+    One chunk along the other axes. In-memory blocks are scattered to the
+    cluster when there is a client (large graphs are slow to send).
+    """
+    if isinstance(A, da.Array):
+        want = (tuple(row_chunks or A.chunks[0]),) + tuple((s,) for s in A.shape[1:])
+        return A if A.chunks == want else A.rechunk(want)
+    if not sp.issparse(A):
+        A = np.asarray(A)
+    rows = tuple(row_chunks or _even_chunks(A.shape[0], USER_BLOCK))
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+    rest = (0,) * (A.ndim - 1)
+    blocks = {(i,) + rest: A[offsets[i] : offsets[i + 1]] for i in range(len(rows))}
+    chunks = (rows,) + tuple((s,) for s in A.shape[1:])
+    meta = sp.csr_matrix((0, 0), dtype=A.dtype) if sp.issparse(A) else None
+    if client is not None:
+        # A fresh name: scattered keys must not collide with a released earlier scatter.
+        name = f"dnmf-{what}-{uuid.uuid4().hex}"
+        graph = client.scatter({(name,) + k: b for k, b in blocks.items()})
+    else:
+        name = f"dnmf-{what}-" + tokenize(A, rows)
+        graph = {(name,) + k: b for k, b in blocks.items()}
+    if meta is not None:
+        return da.Array(graph, name, chunks=chunks, meta=meta)
+    return da.Array(graph, name, chunks=chunks, dtype=A.dtype)
+
+
+def _small(value: Any, client, what: str) -> tuple[Any, list]:
+    """A graph reference to an in-memory array in one block: ``(key, deps)``."""
+    if value is None:
+        return None, []
+    arr = _tall(np.asarray(value), (np.shape(value)[0],), client, what)
+    return (arr.name,) + (0,) * arr.ndim, [arr]
+
+
+def row_parts(X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str) -> list:
+    """References to X's rows re-blocked to ``row_chunks``, all columns in one block.
+
+    Adds an assembling task per target block to ``layer`` unless X already
+    has those row chunks and one column chunk.
+    """
+    row_chunks = tuple(int(c) for c in row_chunks)
+    if tuple(X.chunks[0]) == row_chunks and X.numblocks[1] == 1:
+        return [(X.name, i, 0) for i in range(X.numblocks[0])]
+    src = np.concatenate([[0], np.cumsum(X.chunks[0])])
+    dst = np.concatenate([[0], np.cumsum(row_chunks)])
+    refs = []
+    for i in range(len(row_chunks)):
+        a, b = int(dst[i]), int(dst[i + 1])
+        pieces = []
+        for s in range(X.numblocks[0]):
+            lo, hi = max(a, int(src[s])), min(b, int(src[s + 1]))
+            if lo < hi or (a == b and s == 0):
+                pieces.append([[(X.name, s, j) for j in range(X.numblocks[1])],
+                               lo - int(src[s]), hi - int(src[s])])
+        layer[(prefix, i)] = (topn.assemble, pieces)
+        refs.append((prefix, i))
+    return refs
+
+
+def _tree(layer: dict, prefix: str, keys: list, func, *args) -> Any:
+    """Fixed-order tree of ``func(parts, *args)`` down to one key."""
+    level = 0
+    while len(keys) > 1:
+        new = []
+        for g, start in enumerate(range(0, len(keys), SPLIT_EVERY)):
+            group = keys[start : start + SPLIT_EVERY]
+            if len(group) == 1:
+                new.append(group[0])
+                continue
+            key = (f"{prefix}-L{level}", g)
+            layer[key] = (func, list(group), *args)
+            new.append(key)
+        keys = new
+        level += 1
+    return keys[0]
+
+
+def _check_exclude_shape(exclude, m: int, n_items: int) -> None:
+    if tuple(exclude.shape) != (m, n_items):
+        raise ValueError(
+            f"exclude must have the shape of the ratings matrix, ({m}, {n_items}) (users x items); "
+            f"got {tuple(exclude.shape)}. Pass the training matrix the model was fitted on."
+        )
+
+
+def recommend_all(
+    factors: Factors,
+    n: int = 10,
+    *,
+    exclude: Any = None,
+    items: Any = None,
+    item_block: int | None = None,
+    client: Any = None,
+) -> tuple[da.Array, da.Array]:
+    """Top-n items for every user, block-wise on the cluster (lazy).
+
+    Parameters
+    ----------
+    factors : Factors
+        ``W`` a Dask array stays where it is (its row chunks are the user
+        blocks); a NumPy ``W`` is split into blocks of ``USER_BLOCK`` rows
+        (scattered to the cluster when there is a client).
+    n : int, default=10
+    exclude : dask array, sparse matrix or ndarray of shape (n_users, n_items), optional
+        Items to leave out per user, typically the training matrix (a
+        store's ``X``): stored entries of sparse blocks, non-zeros of dense
+        ones. Any blocking; it is re-blocked to W's rows if needed.
+    items : array-like of int, optional
+        Candidate item positions; default every item.
+    item_block : int, optional
+        Most items per item block (default ``topn.ITEM_BLOCK``; the items are
+        split into blocks of even sizes). Each task scores
+        its user block against one item block, ``topn.SLAB_ENTRIES`` scores
+        at a time, so its memory is O(slab + users x n) whatever the sizes.
+    client : distributed.Client, optional
+        Where in-memory inputs are scattered to; default the active client.
+        Compute the results as usual (``dask.compute``, ``.to_zarr``).
+
+    Returns
+    -------
+    item_idx : dask array of shape (n_users, n), int64
+        Chunked like W's rows; -1 pads.
+    scores : dask array of shape (n_users, n)
+        -inf pads.
+
+    Notes
+    -----
+    Cost: O(n_users * n_items * k) flops in tasks of one (user block, item
+    block) each; the lists are merged over item blocks by a fixed-order tree
+    of fan-in 8, O(n_users * n) data moved per tree level. Results are
+    identical for any user or item blocking (ties by item index).
+    """
+    n = _check_n(n)
+    client = client if client is not None else _current_client()
+    cand = _candidates(items, factors.n_items)
+    cand = np.arange(factors.n_items, dtype=np.int64) if cand is None else cand
+    size = int(item_block or topn.ITEM_BLOCK)
+    if size < 1:
+        raise ValueError(f"item_block must be a positive number of items; got {item_block!r}.")
+    # Even blocks of at most ``size`` items: no small straggler block.
+    blocks = np.array_split(cand, max(1, math.ceil(cand.size / size)))
+
+    W = _tall(factors.W, None, client, "W")
+    if W.numblocks[1] != 1:
+        W = W.rechunk((W.chunks[0], -1))
+    rows = W.chunks[0]
+    deps: list = [W]
+    ub = None
+    if factors.user_bias is not None:
+        ub = _tall(factors.user_bias, rows, client, "user-bias")
+        deps.append(ub)
+    H_ref, H_deps = _small(factors.H, client, "H")
+    ib_ref, ib_deps = _small(factors.item_bias, client, "item-bias")
+    deps += H_deps + ib_deps
+
+    ex = None
+    if exclude is not None:
+        ex = _unwrap(exclude)
+        _check_exclude_shape(ex, factors.n_users, factors.n_items)
+        if not isinstance(ex, da.Array):
+            ex = _tall(ex, rows, client, "exclude")
+        deps.append(ex)
+    token = tokenize("dnmf-recommend-all", W.name, None if ub is None else ub.name, H_ref, ib_ref,
+                     factors.global_mean, n, cand, size, None if ex is None else ex.name)
+    core = f"dnmf-recommend-all-{token}"
+    idx_name, sc_name = f"dnmf-topn-idx-{token}", f"dnmf-topn-scores-{token}"
+    layer: dict = {}
+    ex_refs = [None] * len(rows) if ex is None else row_parts(ex, rows, layer, f"{core}-exclude")
+
+    for j, cols in enumerate(blocks):
+        layer[(f"{core}-items", j)] = (topn.item_block, H_ref, ib_ref, cols)
+    dtype = np.result_type(W.dtype, factors.H.dtype, np.float32 if factors.item_bias is None else np.float64)
+    idx_layer, sc_layer = {}, {}
+    for i in range(len(rows)):
+        parts = []
+        for j in range(len(blocks)):
+            key = (f"{core}-part", i, j)
+            layer[key] = (topn.topn_block, (W.name, i, 0), None, 0.0, (f"{core}-items", j), ex_refs[i], n)
+            parts.append(key)
+        top = _tree(layer, f"{core}-merge-{i}", parts, topn.merge_list, n)
+        fin = (f"{core}-final", i)
+        layer[fin] = (topn.add_row_offset, top, None if ub is None else (ub.name, i), factors.global_mean)
+        idx_layer[(idx_name, i, 0)] = (topn.split_pick, fin, 0)
+        sc_layer[(sc_name, i, 0)] = (topn.split_pick, fin, 1)
+
+    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
+    layers, dependencies = dict(hg.layers), dict(hg.dependencies)
+    for name, out in ((idx_name, idx_layer), (sc_name, sc_layer)):
+        layers[name] = out
+        dependencies[name] = {core}
+    graph = HighLevelGraph(layers, dependencies)
+    chunks = (rows, (n,))
+    return (
+        da.Array(graph, idx_name, chunks=chunks, dtype=np.int64),
+        da.Array(graph, sc_name, chunks=chunks, dtype=dtype),
+    )

@@ -1,0 +1,314 @@
+"""Top-n recommendation: kernels, in-process and cluster paths against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnmf import recommend as rec
+from dnmf import topn
+from dnmf.recommend import Factors, UnknownIDError
+
+# --------------------------------------------------------------------------
+# Naive references
+# --------------------------------------------------------------------------
+
+
+def naive_topn(S, n, cols=None):
+    """Per row: items by (-score, index), excluded (-inf) left out, padded with (-1, -inf)."""
+    r, c = S.shape
+    cols = np.arange(c) if cols is None else np.asarray(cols)
+    idx = np.full((r, n), -1, dtype=np.int64)
+    sc = np.full((r, n), -np.inf)
+    for i in range(r):
+        order = sorted((p for p in range(c) if S[i, p] != -np.inf), key=lambda p: (-S[i, p], cols[p]))[:n]
+        idx[i, : len(order)] = cols[order]
+        sc[i, : len(order)] = S[i, order]
+    return idx, sc
+
+
+def dense_scores(W, H, ub=None, ib=None, gm=0.0):
+    S = np.asarray(W) @ H + gm
+    if ub is not None:
+        S = S + np.asarray(ub)[:, None]
+    if ib is not None:
+        S = S + ib[None, :]
+    return S
+
+
+def brute_force(W, H, n, *, ub=None, ib=None, gm=0.0, exclude=None, items=None):
+    S = dense_scores(W, H, ub, ib, gm)
+    if exclude is not None:
+        S[sp.csr_matrix(exclude).nonzero()] = -np.inf
+    if items is not None:
+        keep = np.zeros(S.shape[1], dtype=bool)
+        keep[items] = True
+        S[:, ~keep] = -np.inf
+    return naive_topn(S, n)
+
+
+def problem(m=120, n=900, k=4, seed=0, integer=False, biases=True):
+    rng = np.random.default_rng(seed)
+    if integer:  # exact products: many exact ties
+        W, H = rng.integers(0, 3, (m, k)).astype(float), rng.integers(0, 3, (k, n)).astype(float)
+    else:
+        W, H = rng.random((m, k)), rng.random((k, n))
+    ub = rng.normal(size=m) if biases else None
+    ib = rng.normal(size=n) if biases else None
+    gm = 3.5 if biases else 0.0
+    seen = sp.random(m, n, density=0.05, format="csr", random_state=seed + 1)
+    return W, H, ub, ib, gm, seen
+
+
+# --------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------
+
+scores_st = st.integers(1, 5).flatmap(
+    lambda r: st.sampled_from([1, 7, 40, 1030, 2600]).flatmap(
+        lambda c: st.tuples(
+            st.just((r, c)),
+            st.integers(0, 2**32 - 1),
+            st.sampled_from([1, 3, 10, 50]),
+            st.sampled_from(["ties", "continuous", "flat", "mostly-excluded"]),
+        )
+    )
+)
+
+
+def _scores(shape, seed, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        S = rng.integers(0, 4, shape).astype(float)
+    elif kind == "flat":
+        S = np.ones(shape)
+    else:
+        S = rng.random(shape)
+    p_ex = 0.98 if kind == "mostly-excluded" else 0.2
+    S[rng.random(shape) < p_ex] = -np.inf
+    return S
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores_st)
+def test_select_equals_naive_sort(case):
+    shape, seed, n, kind = case
+    S = _scores(shape, seed, kind)
+    cols = np.sort(np.random.default_rng(seed).choice(10**6, shape[1], replace=False))
+    idx, sc = topn.select(S.copy(), n, cols)
+    ref_idx, ref_sc = naive_topn(S, n, cols)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sc, ref_sc)
+
+
+@settings(max_examples=30, deadline=None)
+@given(scores_st, st.integers(0, 2**32 - 1))
+def test_merging_item_blocks_in_any_order_gives_the_whole_top_n(case, seed):
+    shape, s_seed, n, kind = case
+    S = _scores(shape, s_seed, kind)
+    rng = np.random.default_rng(seed)
+    cuts = np.unique(np.concatenate([[0, shape[1]], rng.integers(0, shape[1] + 1, 3)]))
+    parts = [topn.select(S[:, a:b], n, np.arange(a, b)) for a, b in itertools.pairwise(cuts)]
+    parts = [parts[i] for i in rng.permutation(len(parts))]
+    idx, sc = topn.merge(parts, n)
+    ref_idx, ref_sc = naive_topn(S, n)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sc, ref_sc)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1030, 1500, 2600]), st.sampled_from([1, 10, 60]),
+       st.sampled_from(["continuous", "ties", "near-ties"]), st.integers(0, 2**32 - 1))
+def test_float32_screening_ranks_exactly_like_float64(r, c, n, kind, seed):
+    rng = np.random.default_rng(seed)
+    k = 6
+    if kind == "ties":
+        W, H = rng.integers(0, 3, (r, k)).astype(float), rng.integers(0, 3, (k, c)).astype(float)
+    else:
+        W, H = rng.random((r, k)), rng.random((k, c))
+    if kind == "near-ties":  # a crowded top for row 0: float32 cannot order it, float64 can
+        crowd = rng.choice(c, 3 * n, replace=False)
+        w = W[0]
+        target = (w @ H).max() * (1.01 + rng.uniform(0, 1e-8, crowd.size))
+        H[:, crowd] += np.outer(w, target - w @ H[:, crowd]) / (w @ w)
+    excluded = rng.random((r, c)) < 0.1
+    S = W @ H
+    S[excluded] = -np.inf
+    S32 = W.astype(np.float32) @ H.astype(np.float32)
+    S32[excluded] = -np.inf
+    cols = np.arange(c)
+    idx, sc = topn.select_refined(S32, n, cols, W, H, topn.score_error_bound(W, H))
+    ref_idx, ref_sc = topn.select(S, n, cols)
+    np.testing.assert_array_equal(idx, naive_topn(S, n)[0])
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sc, ref_sc, rtol=1e-14)
+
+
+def test_slab_size_does_not_change_a_block():
+    W, H, ub, ib, gm, seen = problem(m=50, n=300, seed=3)
+    item = topn.item_block(H, ib, np.arange(300))
+    ref = topn.topn_block(W, ub, gm, item, seen, 5)
+    small = topn.topn_block(W, ub, gm, item, seen, 5, slab_entries=300 * 3)  # 3 rows at a time
+    np.testing.assert_array_equal(small[0], ref[0])
+    np.testing.assert_array_equal(small[1], ref[1])
+
+
+# --------------------------------------------------------------------------
+# In-process recommend
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_recommend_matches_brute_force_with_exclusion_and_candidates(integer):
+    W, H, ub, ib, gm, seen = problem(integer=integer, biases=not integer)
+    f = Factors(W, H, ub, ib, gm)
+    rows = np.array([5, 0, 77, 5])
+    items = np.random.default_rng(0).choice(900, 400, replace=False)
+    idx, sc = rec.recommend(f, rows, 8, exclude=seen[rows], items=items, item_block=150)
+    ref_idx, ref_sc = brute_force(W[rows], H, 8, ub=None if ub is None else ub[rows], ib=ib, gm=gm,
+                                  exclude=seen[rows], items=items)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sc, ref_sc, rtol=1e-12)
+    assert np.isin(idx, items).all() and not seen[rows][np.arange(4)[:, None], idx].toarray().any()
+
+
+def test_users_with_fewer_eligible_items_get_padded_lists():
+    W, H, *_ = problem(m=3, n=10, biases=False)
+    seen = sp.csr_matrix(np.array([[1] * 10, [1] * 7 + [0] * 3, [0] * 10]))
+    idx, sc = rec.recommend(Factors(W, H), [0, 1, 2], 5, exclude=seen)
+    assert (idx[0] == -1).all() and np.isneginf(sc[0]).all()
+    assert sorted(idx[1][:3]) == [7, 8, 9] and (idx[1][3:] == -1).all() and np.isneginf(sc[1][3:]).all()
+    assert (idx[2] >= 0).all()
+
+
+def test_predict_and_similar_items_match_naive():
+    W, H, ub, ib, gm, _ = problem(m=30, n=60, seed=4)
+    H[:, 7] = 0.0  # an item without factors: similarity 0 to everything
+    f = Factors(W, H, ub, ib, gm)
+    rows, cols = np.array([0, 3, 3, 29]), np.array([5, 0, 59, 7])
+    np.testing.assert_allclose(f.predict(rows, cols), dense_scores(W, H, ub, ib, gm)[rows, cols], rtol=1e-12)
+    q = np.array([0, 7, 42])
+    idx, sim = rec.similar_items(f, q, n=5)
+    for t, j in enumerate(q):
+        norm = np.linalg.norm(H, axis=0)
+        cos = [(H[:, j] @ H[:, i]) / (norm[i] * norm[j]) if norm[i] * norm[j] > 0 else 0.0 for i in range(60)]
+        order = sorted((i for i in range(60) if i != j), key=lambda i: (-cos[i], i))[:5]
+        assert idx[t].tolist() == order
+        np.testing.assert_allclose(sim[t], [cos[i] for i in order], atol=1e-12)
+    assert (sim[1] == 0).all() and idx[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_ids_map_to_positions_and_unknown_ids_are_named():
+    W, H, *_ = problem(m=5, n=4, biases=False)
+    f = Factors(W, H, row_ids=pd.Index([10, 20, 30, 40, 50]), col_ids=pd.Index(list("abcd")))
+    assert f.row_index([30, 10]).tolist() == [2, 0] and f.col_index("c").tolist() == [2]
+    with pytest.raises(KeyError, match=r"2 of 3 user IDs are unknown.*99, 7") as err:
+        f.row_index([10, 99, 7])
+    assert isinstance(err.value, UnknownIDError) and err.value.unknown == [99, 7]
+    assert err.value.positions.tolist() == [1, 2]
+    with pytest.raises(UnknownIDError, match="strings; convert them"):
+        f.row_index(["10"])
+    assert f.row_index([20, 99], strict=False).tolist() == [1, -1]
+    with pytest.raises(UnknownIDError, match="no item ID map"):
+        Factors(W, H).col_index([4])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_factors_from_models():
+    from dnmf import NMF
+
+    X = np.random.default_rng(0).random((40, 12))
+    nmf = NMF(3, random_state=0, max_iter=5).fit(X)
+    f = Factors.from_model(nmf)
+    W = nmf.fit_transform(X)
+    np.testing.assert_allclose(f.predict([0, 39], [1, 11]), (W @ nmf.components_)[[0, 39], [1, 11]])
+    W2 = np.ones((40, 3))
+    assert Factors.from_model(nmf, W=W2).W is not W and (Factors.from_model(nmf, W=W2).W == 1).all()
+
+    class Fitted:
+        factors_ = f
+
+    assert Factors.from_model(Fitted()) is f and Factors.from_model(f) is f
+    bare = type("Bare", (), {})()
+    bare.components_ = nmf.components_  # an NMF-like model without a kept W
+    with pytest.raises(ValueError, match="Bare has no user factors W"):
+        Factors.from_model(bare)
+    with pytest.raises(TypeError, match="neither factors_ nor components_"):
+        Factors.from_model(object())
+
+
+def test_bad_arguments_are_explained():
+    W, H, *_ = problem(m=5, n=4, biases=False)
+    f = Factors(W, H)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        rec.recommend(f, [0], 0)
+    with pytest.raises(IndexError, match=r"user positions must lie in \[0, 5\)"):
+        rec.recommend(f, [5], 2)
+    with pytest.raises(ValueError, match="exclude must have one row per requested user"):
+        rec.recommend(f, [0, 1], 2, exclude=sp.csr_matrix((1, 4)))
+    with pytest.raises(ValueError, match="exclude must have the shape of the ratings matrix"):
+        rec.recommend_all(f, 2, exclude=sp.csr_matrix((5, 3)))
+    with pytest.raises(ValueError, match="W must be"):
+        Factors(np.ones((5, 2)), H)
+
+
+def test_popularity_helpers():
+    X = sp.csr_matrix(np.array([[1, 0, 2, 0], [3, 0, 0, 0], [0, 0, 1, 5], [1, 1, 0, 0]], dtype=float))
+    pop = rec.item_popularity(X)
+    assert pop.tolist() == [3, 1, 2, 1]
+    Xd = da.from_array(X, chunks=(3, 2), asarray=False)
+    assert rec.item_popularity(Xd).tolist() == [3, 1, 2, 1]
+    idx, sc = rec.popular_items(pop, 3, n_rows=2, exclude=X[:2])
+    assert idx.tolist() == [[1, 3, -1], [2, 1, 3]] and sc[1].tolist() == [2, 1, 1]
+    base = rec.popularity_baseline(X)
+    assert base.predict([0, 3], [0, 2]).tolist() == [3, 2]
+
+
+# --------------------------------------------------------------------------
+# Every user, on a real cluster
+# --------------------------------------------------------------------------
+
+
+def test_recommend_all_on_a_local_cluster_is_exact_and_blocking_independent(dist_client):
+    W, H, ub, ib, gm, seen = problem(m=400, n=2300, k=5, seed=7)
+    ref_idx, ref_sc = brute_force(W, H, 10, ub=ub, ib=ib, gm=gm, exclude=seen)
+    Wd = da.from_array(W, chunks=(150, 5))
+    seen_d = da.from_array(seen, chunks=(90, 1000), asarray=False)  # other blocking than W's
+    f = Factors(Wd, H, ub, ib, gm)
+    idx, sc = rec.recommend_all(f, 10, exclude=seen_d, item_block=600, client=dist_client)
+    assert idx.chunks == ((150, 150, 100), (10,))
+    with dask.config.set(scheduler=dist_client):
+        from distributed import get_task_stream
+
+        with get_task_stream(dist_client) as ts:
+            got_idx, got_sc = dask.compute(idx, sc)
+    np.testing.assert_array_equal(got_idx, ref_idx)
+    np.testing.assert_allclose(got_sc, ref_sc, rtol=1e-12)
+    parts = [t for t in ts.data if "-part'" in str(t["key"])]
+    assert len(parts) == 3 * 4 and len({t["worker"] for t in parts}) == 2
+
+    # Another blocking (in-memory W, its own user blocks; item blocks large
+    # enough to be screened in float32): the same lists.
+    f2 = Factors(W, H, ub, ib, gm)
+    idx2, sc2 = rec.recommend_all(f2, 10, exclude=seen, item_block=1100, client=dist_client)
+    got2 = dist_client.compute([idx2, sc2], sync=True)
+    np.testing.assert_array_equal(got2[0], ref_idx)
+    np.testing.assert_allclose(got2[1], got_sc, rtol=1e-12)
+
+    # Candidate items and exact ties (integer factors), broken by item index.
+    Wi, Hi, *_ = problem(m=400, n=2300, k=3, seed=8, integer=True, biases=False)
+    items = np.arange(0, 2300, 3)
+    idx3, sc3 = rec.recommend_all(Factors(da.from_array(Wi, chunks=(128, 3)), Hi), 7, exclude=seen_d,
+                                  items=items, item_block=256, client=dist_client)
+    got3 = dist_client.compute([idx3, sc3], sync=True)
+    ref3 = brute_force(Wi, Hi, 7, exclude=seen, items=items)
+    np.testing.assert_array_equal(got3[0], ref3[0])
+    np.testing.assert_array_equal(got3[1], ref3[1])
