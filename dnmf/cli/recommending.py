@@ -96,7 +96,7 @@ def split(input: str, train_out: str, test_out: str, method: str, test_size: flo
     training store can be evaluated on the test store directly.
     """
     from .. import io
-    from ..evaluate import train_test_split
+    from ..evaluation import train_test_split
     from .fitting import _check_input
 
     _check_input(input)
@@ -272,7 +272,7 @@ def evaluate(model_path: str, test_path: str, train_path: str | None, k: int, me
     ID; entries of users or items the model does not know are left out and
     counted.
     """
-    from ..evaluate import evaluate as run_evaluate
+    from ..evaluation import evaluate as run_evaluate
 
     model = _load(model_path)
     if type(model).__name__ == "RatingsNMF":
