@@ -169,14 +169,17 @@ class Factors:
                 f"Cannot take factors from a {type(model).__name__}: it has neither factors_ nor "
                 "components_. Pass a fitted dnmf.RatingsNMF or dnmf.NMF, or build Factors(W, H)."
             )
+        kept = model.__dict__.get("_W")
         if W is None:
-            W = model.__dict__.get("_W")
+            W = kept
         if W is None:
             raise ValueError(
                 f"{type(model).__name__} has no user factors W: pass them, e.g. "
                 "Factors.from_model(model, W=model.fit_transform(X))."
             )
-        return cls(W=W, H=H, col_ids=getattr(model, "feature_ids_", None))
+        # The store's user IDs belong to the W fitted (or loaded) with them, not to a W passed in.
+        row_ids = getattr(model, "sample_ids_", None) if W is kept else None
+        return cls(W=W, H=H, row_ids=row_ids, col_ids=getattr(model, "feature_ids_", None))
 
     # ------------------------------------------------------------ sizes
 

@@ -38,12 +38,10 @@ def _load(path: str):
 
 
 def _nmf_factors(model):
-    """Factors of a plain dnmf.NMF model, with its user IDs."""
-    from dataclasses import replace
-
+    """Factors of a plain dnmf.NMF model (with its user IDs when fitted from a store)."""
     from ..recommend import Factors
 
-    return replace(Factors.from_model(model), row_ids=getattr(model, "sample_ids_", None))
+    return Factors.from_model(model)
 
 
 def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict):
