@@ -77,6 +77,8 @@ class FitResult:
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """What the loop needs to know: solver, loss, stopping rule, penalties (already scaled)."""
+
     solver: str
     beta: float
     tol: float
@@ -128,12 +130,14 @@ class Runner:
         return self._blas.limit(limits=1, user_api="blas")
 
     def persist(self, *arrays):
+        """Persist arrays on the cluster (or the local scheduler) and return them."""
         if self.client is not None:
             return tuple(self.client.persist(list(arrays), optimize_graph=False))
         with self._limits():
             return dask.persist(*arrays, optimize_graph=False, scheduler=self.scheduler)
 
     def compute(self, array):
+        """Compute one (small) array and return it as NumPy."""
         if self.client is not None:
             return self.client.compute(array, sync=True, optimize_graph=False)
         with self._limits():

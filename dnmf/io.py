@@ -137,14 +137,17 @@ class MatrixStore:
 
     @property
     def row_ids(self) -> pd.Index:
+        """Row (user) IDs: a pandas Index, or a RangeIndex of positions when the store has none."""
         return self.ids.rows
 
     @property
     def col_ids(self) -> pd.Index:
+        """Column (item) IDs: a pandas Index, or a RangeIndex of positions when the store has none."""
         return self.ids.cols
 
     @property
     def path(self) -> str:
+        """The store's location (absolute local path or URL)."""
         return self.info.path
 
     @property
@@ -154,10 +157,12 @@ class MatrixStore:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the matrix."""
         return self.info.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The value type of the stored matrix."""
         return self.info.dtype
 
     @property
@@ -167,6 +172,7 @@ class MatrixStore:
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The blocking: (row block sizes, column block sizes)."""
         return self.info.chunks
 
 

@@ -89,6 +89,7 @@ class RankSelection:
 
     @property
     def score_name(self) -> str:
+        """What ``scores`` measure, for labels and reports."""
         return "held-out relative error" if self.method == "cv" else "cophenetic correlation"
 
     def table(self):

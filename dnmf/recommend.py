@@ -185,14 +185,17 @@ class Factors:
 
     @property
     def n_users(self) -> int:
+        """Number of users (rows of W)."""
         return int(self.W.shape[0])
 
     @property
     def n_items(self) -> int:
+        """Number of items (columns of H)."""
         return int(self.H.shape[1])
 
     @property
     def n_components(self) -> int:
+        """Number of factors k."""
         return int(self.H.shape[0])
 
     # ------------------------------------------------------------ IDs

@@ -53,6 +53,7 @@ class Progress:
 
     @classmethod
     def choose(cls, total: int, *, quiet: bool, log_json: bool, **kw: Any) -> Progress:
+        """The display for this output: JSON, quiet, a bar in a terminal, else plain lines."""
         if log_json:
             mode = "json"
         elif quiet:
@@ -103,6 +104,7 @@ class Progress:
                       f"{elapsed:.1f} s, ETA <= {eta:.0f} s", file=self.err, flush=True)
 
     def close(self) -> None:
+        """Finish the bar (if any), leaving its last state on screen."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

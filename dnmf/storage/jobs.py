@@ -82,18 +82,22 @@ def request_cancel(job_dir: str, storage_options: locations.StorageOptions = Non
 
 
 def cancel_requested(job_dir: str, storage_options: locations.StorageOptions = None) -> bool:
+    """Whether someone asked the job in ``job_dir`` to stop."""
     return locations.exists(locations.join(job_dir, CANCEL), storage_options)
 
 
 def clear_cancel(job_dir: str, storage_options: locations.StorageOptions = None) -> None:
+    """Withdraw a cancel request (before resuming a cancelled job)."""
     locations.remove(locations.join(job_dir, CANCEL), storage_options)
 
 
 def checkpoints_dir(job_dir: str) -> str:
+    """Where the job's checkpoints live."""
     return locations.join(job_dir, CHECKPOINTS)
 
 
 def input_dir(job_dir: str) -> str:
+    """Where a job keeps the store ingested from a file given as its input."""
     return locations.join(job_dir, INPUT)
 
 
