@@ -564,6 +564,8 @@ def _jsonable_params(params: dict) -> dict:
             continue
         if isinstance(value, np.random.RandomState):
             value = None  # a RandomState's stream cannot be stored faithfully
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
         elif isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
         elif isinstance(value, np.generic):

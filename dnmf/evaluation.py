@@ -38,10 +38,10 @@ from .recommend import (
     Factors,
     _current_client,
     _even_chunks,
-    _small,
     _tall,
     _tree,
     _unwrap,
+    placed_factors,
     row_parts,
 )
 
@@ -361,17 +361,7 @@ def _metrics_graph(factors: Factors, test: Any, train: Any, k: int, threshold, w
     """Delayed results (or None) of the summed ``[sse, sae, count]`` and of ``(ranking sums, item bitmap)``."""
     client = _current_client()
     rows = _row_blocks(factors, test)
-    W = _tall(factors.W, rows, client, "W")
-    if W.numblocks[1] != 1:
-        W = W.rechunk((rows, -1))
-    deps: list = [W]
-    ub = None
-    if factors.user_bias is not None:
-        ub = _tall(factors.user_bias, rows, client, "user-bias")
-        deps.append(ub)
-    H_ref, H_deps = _small(factors.H, client, "H")
-    ib_ref, ib_deps = _small(factors.item_bias, client, "item-bias")
-    deps += H_deps + ib_deps
+    W, ub, H_ref, ib_ref, deps = placed_factors(factors, rows, client)
     shape = (factors.n_users, factors.n_items)
     layer: dict = {}
     token = tokenize("dnmf-eval", W.name, H_ref, ib_ref, None if ub is None else ub.name, factors.global_mean,

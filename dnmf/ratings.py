@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import checkpoint as checkpoint_mod
 from . import driver, init, inputs, masked, masked_graph
+from .estimator import _jsonable_params
 from .storage import checkpoints as checkpoint_store
 
 logger = logging.getLogger("dnmf")
@@ -992,23 +993,6 @@ def _map_ids(block, ids, fill):
 
 def _is_str(x) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and any(isinstance(v, str) for v in x))
-
-
-def _jsonable_params(params: dict) -> dict:
-    out = {}
-    for name, value in params.items():
-        if name == "client":
-            continue
-        if isinstance(value, np.random.RandomState):
-            value = None
-        elif isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        elif isinstance(value, tuple):
-            value = [list(v) if isinstance(v, tuple) else v for v in value]
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[name] = value
-    return out
 
 
 # ---------------------------------------------------------------- loading

@@ -537,6 +537,26 @@ def _tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.A
     return da.Array(graph, name, chunks=chunks, dtype=A.dtype)
 
 
+def placed_factors(factors: Factors, rows: tuple[int, ...] | None, client):
+    """The factors as graph inputs: W (and the user bias) in row blocks, H and the item bias whole.
+
+    Returns ``(W, user_bias, H_ref, item_bias_ref, deps)``: Dask arrays for the
+    per-user parts (one column chunk), keys (or None) for the small ones, and
+    the collections the graph depends on.
+    """
+    W = _tall(factors.W, rows, client, "W")
+    if W.numblocks[1] != 1:
+        W = W.rechunk((W.chunks[0], -1))
+    deps: list = [W]
+    ub = None
+    if factors.user_bias is not None:
+        ub = _tall(factors.user_bias, W.chunks[0], client, "user-bias")
+        deps.append(ub)
+    H_ref, H_deps = _small(factors.H, client, "H")
+    ib_ref, ib_deps = _small(factors.item_bias, client, "item-bias")
+    return W, ub, H_ref, ib_ref, deps + H_deps + ib_deps
+
+
 def _small(value: Any, client, what: str) -> tuple[Any, list]:
     """A graph reference to an in-memory array in one block: ``(key, deps)``."""
     if value is None:
@@ -653,18 +673,8 @@ def recommend_all(
     # Even blocks of at most ``size`` items: no small straggler block.
     blocks = np.array_split(cand, max(1, math.ceil(cand.size / size)))
 
-    W = _tall(factors.W, None, client, "W")
-    if W.numblocks[1] != 1:
-        W = W.rechunk((W.chunks[0], -1))
+    W, ub, H_ref, ib_ref, deps = placed_factors(factors, None, client)
     rows = W.chunks[0]
-    deps: list = [W]
-    ub = None
-    if factors.user_bias is not None:
-        ub = _tall(factors.user_bias, rows, client, "user-bias")
-        deps.append(ub)
-    H_ref, H_deps = _small(factors.H, client, "H")
-    ib_ref, ib_deps = _small(factors.item_bias, client, "item-bias")
-    deps += H_deps + ib_deps
 
     ex = None
     if exclude is not None:
