@@ -1,8 +1,16 @@
+import os
 import warnings
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import settings
+
+# CI draws the same examples every run, so a failure reproduces and nothing flickers;
+# HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
