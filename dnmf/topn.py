@@ -13,11 +13,6 @@ top-n of the blocks' top-n lists merged in any order.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import os
-import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,56 +31,6 @@ SAMPLE_RUNS = 8
 SCREEN_FLOAT32 = True
 
 _LAST = np.iinfo(np.int64).max
-
-
-# --------------------------------------------------------------------------
-# Allocator
-# --------------------------------------------------------------------------
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_alloc_lock = threading.Lock()
-_alloc_users = 0
-
-
-def _libc():
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return lib if hasattr(lib, "mallopt") else None
-    except OSError:  # pragma: no cover - not glibc
-        return None
-
-
-_LIBC = _libc() if "MALLOC_TRIM_THRESHOLD_" in os.environ else None
-
-
-@contextlib.contextmanager
-def heap_temporaries():
-    """Serve the task's large temporaries from the heap while it runs.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which
-    also pins glibc's mmap threshold at 128 KiB: every slab-sized temporary
-    is then mapped, faulted in page by page and unmapped again (measured:
-    1.4x the time of a top-n task). While any such task runs, both thresholds
-    are raised; the last one out restores the environment's values, and the
-    heap is trimmed again on later frees. A no-op elsewhere.
-    """
-    global _alloc_users
-    if _LIBC is None:
-        yield
-        return
-    with _alloc_lock:
-        _alloc_users += 1
-        if _alloc_users == 1:
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-            _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 26)
-    try:
-        yield
-    finally:
-        with _alloc_lock:
-            _alloc_users -= 1
-            if _alloc_users == 0:
-                _LIBC.mallopt(_M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")))
-                _LIBC.mallopt(_M_TRIM_THRESHOLD, int(os.environ["MALLOC_TRIM_THRESHOLD_"]))
 
 
 # --------------------------------------------------------------------------
@@ -478,11 +423,6 @@ def topn_block(W, user_bias, global_mean, item, exclude, n: int, slab_entries: i
     scores : ndarray of shape (r, n)
         ``global_mean + user_bias + item_bias + W @ Hj`` of the items.
     """
-    with heap_temporaries():
-        return _topn_block(W, user_bias, global_mean, item, exclude, n, slab_entries)
-
-
-def _topn_block(W, user_bias, global_mean, item, exclude, n, slab_entries):
     Hj, ib, cols = item
     W = np.asarray(W)
     r = W.shape[0]
