@@ -15,7 +15,7 @@ For a seeded 80/20 random split of the ratings (``dnmf.evaluation.train_test_spl
 Checks the targets: RMSE <= 0.87 with a non-negative model (biases allowed),
 fit < 30 s; fold-in < 10 ms per user; folded-in users' RMSE within 5%.
 
-    python benchmarks/bench_ratings.py --ratings ../shared/data/ml-latest-small/ratings.csv
+    python benchmarks/bench_ratings.py --ratings path/to/ml-latest-small/ratings.csv
 
 The CSV (userId, movieId, rating columns by default) is read with
 ``dnmf.ingest`` into a temporary store; nothing of it is written elsewhere.
