@@ -10,6 +10,7 @@ Dask arrays that read one block per task.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -159,3 +160,33 @@ def load(path, storage_options: dict | None = None):
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
         arrays.append(da.Array(graph, name, chunks=(tuple(chunks), (k,)), meta=np.empty((0, 0), dtype=dtype)))
     return info, record, arrays[0], arrays[1]
+
+
+def check_resumable(where: str, record: dict, params: dict, fingerprint: dict, *,
+                    rel_tol: float = 1e-9) -> None:
+    """Refuse to resume from a checkpoint written for other parameters or another X.
+
+    ``params`` are the estimator's parameters that must not change on resume;
+    ``fingerprint`` is the cheap identity of X (shape, blocking, statistics);
+    floats are compared with ``rel_tol`` (0: exactly, for statistics summed exactly).
+    """
+    saved = record.get("params", {})
+    for name, value in params.items():
+        if name in saved and saved[name] != value:
+            raise ValueError(
+                f"Cannot resume from {where}: parameter {name!r} differs (checkpoint: "
+                f"{saved[name]!r}, now: {value!r}). Use the checkpoint's parameters, or fit "
+                "afresh without resume= (only max_iter, tol, max_time, verbose and the "
+                "checkpoint settings may change on resume)."
+            )
+    have = record.get("fingerprint", {})
+    for name, value in fingerprint.items():
+        old = have.get(name)
+        same = (math.isclose(old, value, rel_tol=rel_tol, abs_tol=1e-12 if rel_tol else 0.0)
+                if isinstance(value, float) and isinstance(old, (int, float)) else old == value)
+        if not same:
+            raise ValueError(
+                f"Cannot resume from {where}: X differs from the checkpoint's in {name!r} "
+                f"(checkpoint: {old!r}, now: {value!r}). Resume with the same matrix and "
+                "blocking, or fit afresh without resume=."
+            )

@@ -37,6 +37,21 @@ def _from_storage(X: da.Array) -> bool:
     return any(str(name).startswith(prefixes) for name in X.__dask_graph__().layers)
 
 
+#: Constraints of the parameters that say where and how long a fit runs and how it
+#: checkpoints; shared by every dnmf estimator.
+RUN_CONSTRAINTS: dict = {
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
+        "chunks": "no_validation",
+        "client": "no_validation",
+        "checkpoint": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
+        "checkpoint_seconds": [Interval(Real, 0, None, closed="neither"), None],
+        "keep_checkpoints": [Interval(Integral, 1, None, closed="left")],
+        "max_retries": [Interval(Integral, 0, None, closed="left")],
+        "storage_options": [dict, None],
+}
+
+
 class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Non-negative Matrix Factorization on Dask: ``X ≈ W @ H``.
 
@@ -139,15 +154,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "l1_ratio": [Interval(Real, 0, 1, closed="both")],
         "verbose": ["verbose"],
         "shuffle": ["boolean"],
-        "max_time": [Interval(Real, 0, None, closed="neither"), None],
-        "chunks": "no_validation",
-        "client": "no_validation",
-        "checkpoint": [str, os.PathLike, None],
-        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
-        "checkpoint_seconds": [Interval(Real, 0, None, closed="neither"), None],
-        "keep_checkpoints": [Interval(Integral, 1, None, closed="left")],
-        "max_retries": [Interval(Integral, 0, None, closed="left")],
-        "storage_options": [dict, None],
+        **RUN_CONSTRAINTS,
         "inner_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "stopping": [StrOptions({"auto", "loss", "stationarity"})],
     }
@@ -473,27 +480,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Load the current checkpoint at ``path`` after checking it fits X and self."""
         info, record, W0, Ht0 = checkpoint_mod.load(path, self.storage_options)
         where = info.path
-        saved = record.get("params", {})
-        for name, value in self._resume_params().items():
-            if name in saved and saved[name] != value:
-                raise ValueError(
-                    f"Cannot resume from {where}: parameter {name!r} differs (checkpoint: "
-                    f"{saved[name]!r}, now: {value!r}). Use the checkpoint's parameters, or fit "
-                    "afresh without resume= (only max_iter, tol, max_time, verbose and the "
-                    "checkpoint settings may change on resume)."
-                )
-        want = _fingerprint(X, stats)
-        have = record.get("fingerprint", {})
-        for name, value in want.items():
-            old = have.get(name)
-            same = (math.isclose(old, value, rel_tol=1e-9, abs_tol=1e-12)
-                    if isinstance(value, float) and isinstance(old, (int, float)) else old == value)
-            if not same:
-                raise ValueError(
-                    f"Cannot resume from {where}: X differs from the checkpoint's in {name!r} "
-                    f"(checkpoint: {old!r}, now: {value!r}). Resume with the same matrix and "
-                    "blocking, or fit afresh without resume=."
-                )
+        checkpoint_mod.check_resumable(where, record, self._resume_params(), _fingerprint(X, stats))
         state = driver.LoopState.from_json(record["state"])
         return record, W0, Ht0, state
 

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 
-from . import blocked
+from . import blocked, kernels
 
 #: Target size of one block of an in-memory input, in bytes of data.
 BLOCK_BYTES = 16 * 2**20
@@ -31,15 +31,7 @@ def is_pydata_sparse(X) -> bool:
 
 def to_block(x, dtype=None):
     """One block as an ndarray or a canonical CSR matrix."""
-    if is_pydata_sparse(x):
-        x = x.to_scipy_sparse()
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        if not x.has_canonical_format:
-            x = x.copy()
-            x.sum_duplicates()
-    else:
-        x = np.asarray(x)
+    x = kernels.as_block(x)
     if dtype is not None and x.dtype != dtype:
         x = x.astype(dtype)
     return x

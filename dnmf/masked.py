@@ -54,6 +54,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import nnls
+from .kernels import as_block
 
 #: Bytes of temporaries per batch of rows (gathered features and their
 #: pairwise products); bounds a task's memory whatever the band's size.
@@ -168,15 +169,9 @@ def observed(block) -> sp.csr_matrix:
     rating); absent entries are missing. Dense blocks: every non-NaN entry is
     observed. Values keep their dtype.
     """
-    if type(block).__module__.split(".")[0] == "sparse" and hasattr(block, "to_scipy_sparse"):
-        block = block.to_scipy_sparse()
-    if sp.issparse(block):
-        out = sp.csr_matrix(block)
-        if not out.has_canonical_format:
-            out = out.copy()
-            out.sum_duplicates()
-        return out
-    a = np.asarray(block)
+    a = as_block(block)
+    if sp.issparse(a):
+        return a
     if a.ndim != 2:
         raise ValueError(f"A block of X must be 2-D; got shape {a.shape}.")
     if a.dtype.kind not in "biuf":

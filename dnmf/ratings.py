@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import checkpoint as checkpoint_mod
 from . import driver, init, inputs, masked, masked_graph
-from .estimator import _jsonable_params
+from .estimator import RUN_CONSTRAINTS, _jsonable_params
 from .storage import checkpoints as checkpoint_store
 
 logger = logging.getLogger("dnmf")
@@ -178,15 +178,7 @@ class RatingsNMF(BaseEstimator):
         "sweeps": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
-        "max_time": [Interval(Real, 0, None, closed="neither"), None],
-        "chunks": "no_validation",
-        "client": "no_validation",
-        "checkpoint": [str, os.PathLike, None],
-        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
-        "checkpoint_seconds": [Interval(Real, 0, None, closed="neither"), None],
-        "keep_checkpoints": [Interval(Integral, 1, None, closed="left")],
-        "max_retries": [Interval(Integral, 0, None, closed="left")],
-        "storage_options": [dict, None],
+        **RUN_CONSTRAINTS,
     }
 
     def __init__(
@@ -366,23 +358,8 @@ class RatingsNMF(BaseEstimator):
                 f"Cannot resume from {where}: it is not a RatingsNMF checkpoint. Resume with the "
                 "estimator that wrote it, or fit afresh without resume=."
             )
-        saved = record.get("params", {})
-        for name, value in self._resume_params().items():
-            if name in saved and saved[name] != value:
-                raise ValueError(
-                    f"Cannot resume from {where}: parameter {name!r} differs (checkpoint: "
-                    f"{saved[name]!r}, now: {value!r}). Use the checkpoint's parameters, or fit "
-                    "afresh without resume= (only max_iter, tol, max_time, verbose and the "
-                    "checkpoint settings may change on resume)."
-                )
-        have = record.get("fingerprint", {})
-        for name, value in fingerprint.items():
-            if have.get(name) != value:
-                raise ValueError(
-                    f"Cannot resume from {where}: X differs from the checkpoint's in {name!r} "
-                    f"(checkpoint: {have.get(name)!r}, now: {value!r}). Resume with the same "
-                    "matrix and blocking, or fit afresh without resume=."
-                )
+        # The sum is computed exactly (order-independent), so it must match exactly.
+        checkpoint_mod.check_resumable(where, record, self._resume_params(), fingerprint, rel_tol=0.0)
         return U0, V0, driver.LoopState.from_json(record["state"])
 
     def _set_fitted(self, p, U, V, history, n_iter, data, runner):
@@ -517,18 +494,23 @@ class RatingsNMF(BaseEstimator):
 
     # ------------------------------------------------------------ recommendations
 
+    def _training_ratings(self):
+        """What ``exclude_seen=True`` leaves out: the fit's ratings, or the path of its store."""
+        source = self.__dict__.get("_seen")
+        if source is None and self.__dict__.get("_train_store"):
+            source = self._train_store
+        if source is None:
+            raise ValueError(
+                "exclude_seen=True needs the ratings the model was fitted on, which this model "
+                "does not have (it was loaded without them). Pass exclude_seen=X (a sparse matrix "
+                "or the path of the training store) or exclude_seen=False."
+            )
+        return source
+
     def _seen_rows(self, rows: np.ndarray, source):
         """CSR (len(rows), n_items) of the entries to exclude for these rows."""
         if source is True:
-            source = self.__dict__.get("_seen")
-            if source is None and self.__dict__.get("_train_store"):
-                source = self._train_store
-            if source is None:
-                raise ValueError(
-                    "exclude_seen=True needs the ratings the model was fitted on, which this model "
-                    "does not have (it was loaded without them). Pass exclude_seen=X (a sparse matrix "
-                    "or the path of the training store) or exclude_seen=False."
-                )
+            source = self._training_ratings()
         if isinstance(source, (str, os.PathLike)):
             from . import io
 
@@ -662,14 +644,7 @@ class RatingsNMF(BaseEstimator):
     def _seen_dask(self, source):
         """The exclusion matrix for ``recommend_all`` (any blocking: it is re-blocked to W's)."""
         if source is True:
-            source = self.__dict__.get("_seen")
-            if source is None and self.__dict__.get("_train_store"):
-                source = self._train_store
-            if source is None:
-                raise ValueError(
-                    "exclude_seen=True needs the training ratings, which this model does not have. "
-                    "Pass exclude_seen=PATH of the training store, a matrix, or False."
-                )
+            source = self._training_ratings()
         if isinstance(source, (str, os.PathLike)):
             from . import io
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .kernels import as_block
+
 #: Items per item block when none is given: a (rows x items) score slab of a
 #: few MiB, and few enough tasks per row block.
 ITEM_BLOCK = 8192
@@ -36,19 +38,6 @@ _LAST = np.iinfo(np.int64).max
 # --------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------
-
-
-def as_block(x):
-    """A block as a canonical CSR matrix or an ndarray."""
-    if type(x).__module__.split(".")[0] == "sparse" and hasattr(x, "to_scipy_sparse"):
-        x = x.to_scipy_sparse()
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        if not x.has_canonical_format:
-            x = x.copy()
-            x.sum_duplicates()
-        return x
-    return np.asarray(x)
 
 
 def assemble(pieces):

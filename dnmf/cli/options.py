@@ -234,6 +234,41 @@ def _storage_options(ctx, param, value):
     return out
 
 
+#: Checkpointing, recovery and storage options, shared by every fitting command.
+run_options = _stack(
+    click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Iterations between checkpoints."),
+    click.option("--checkpoint-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Also checkpoint when this many seconds passed since the last one."),
+    click.option("--keep-checkpoints", type=click.IntRange(min=1), default=2, show_default=True),
+    click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+                 help="Recoveries from lost workers allowed before the job fails."),
+    click.option("--storage-options", callback=_storage_options, default=None,
+                 help="JSON object of fsspec options for s3:// and other URLs, "
+                      "e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://host:9000\"}}'."),
+)
+
+RUN_KEYS = ("checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "max_retries")
+
+
+def _same_or_float(ctx, param, value):
+    if value is None or value == "same" or isinstance(value, float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'same' nor a number.") from None
+
+
+def _auto_or_int(ctx, param, value):
+    if value is None or str(value) == "auto":
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor an integer >= 1.") from None
+
+
 model_options = _stack(
     click.option("-k", "--n-components", "n_components", type=click.IntRange(min=1), required=True,
                  help="Number of components (the rank k)."),
@@ -251,51 +286,28 @@ model_options = _stack(
                  help="Stop after this many seconds of iterations."),
     click.option("--alpha-W", "alpha_W", type=click.FloatRange(min=0), default=0.0, show_default=True,
                  help="Regularisation of W (scikit-learn's scaling)."),
-    click.option("--alpha-H", "alpha_H", default="same", show_default=True,
+    click.option("--alpha-H", "alpha_H", default="same", show_default=True, callback=_same_or_float,
                  help="Regularisation of H, or 'same' as --alpha-W."),
     click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                  help="Share of L1 in the regularisation (0: L2 only)."),
-    click.option("--inner-iter", default="1", show_default=True,
+    click.option("--inner-iter", default="1", show_default=True, callback=_auto_or_int,
                  help="cd: sweeps per half-step (1: scikit-learn's HALS; 'auto': accelerated HALS)."),
     click.option("--stopping", type=click.Choice(["auto", "loss", "stationarity"]), default="auto",
                  show_default=True, help="Stopping rule."),
     click.option("--shuffle", is_flag=True, help="cd: random coordinate order."),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Random seed (initialisation, coordinate order)."),
-    click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True,
-                 help="Iterations between checkpoints."),
-    click.option("--checkpoint-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Also checkpoint when this many seconds passed since the last one."),
-    click.option("--keep-checkpoints", type=click.IntRange(min=1), default=2, show_default=True),
-    click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
-                 help="Recoveries from lost workers allowed before the job fails."),
-    click.option("--storage-options", callback=_storage_options, default=None,
-                 help="JSON object of fsspec options for s3:// and other URLs, "
-                      "e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://host:9000\"}}'."),
+    run_options,
 )
 
 MODEL_KEYS = ("n_components", "solver", "beta_loss", "init", "max_iter", "tol", "max_time", "alpha_W",
-              "alpha_H", "l1_ratio", "inner_iter", "stopping", "shuffle", "seed", "checkpoint_every",
-              "checkpoint_seconds", "keep_checkpoints", "max_retries")
+              "alpha_H", "l1_ratio", "inner_iter", "stopping", "shuffle", "seed") + RUN_KEYS
 
 
 def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the estimator options into :class:`dnmf.NMF` parameters (JSON values)."""
     v = {k: kwargs.pop(k) for k in MODEL_KEYS}
-    alpha_H = v["alpha_H"]
-    if alpha_H != "same":
-        try:
-            alpha_H = float(alpha_H)
-        except (TypeError, ValueError):
-            raise click.BadParameter(f"{alpha_H!r} is neither 'same' nor a number.",
-                                     param_hint="'--alpha-H'") from None
-    inner = v["inner_iter"]
-    if str(inner) != "auto":
-        try:
-            inner = int(inner)
-        except (TypeError, ValueError):
-            raise click.BadParameter(f"{inner!r} is neither 'auto' nor an integer >= 1.",
-                                     param_hint="'--inner-iter'") from None
+    alpha_H, inner = v["alpha_H"], v["inner_iter"]
     params = {
         "n_components": v["n_components"], "solver": v["solver"], "beta_loss": v["beta_loss"],
         "init": v["init"], "max_iter": v["max_iter"], "tol": v["tol"], "max_time": v["max_time"],
@@ -323,7 +335,7 @@ ratings_options = _stack(
     click.option("--alpha", type=click.FloatRange(min=0), default=0.1, show_default=True,
                  help="Penalty weight of the factors."),
     click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True),
-    click.option("--alpha-bias", default="same", show_default=True,
+    click.option("--alpha-bias", default="same", show_default=True, callback=_same_or_float,
                  help="L2 weight of the biases, or 'same' as --alpha."),
     click.option("--reg-scaling", type=click.Choice(["auto", "count", "none"]), default="auto",
                  show_default=True, help="count: ALS-WR (penalty times each user's/item's count)."),
@@ -335,30 +347,16 @@ ratings_options = _stack(
     click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True,
                  help="ccd: coordinate sweeps per half-step."),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-    click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True),
-    click.option("--checkpoint-seconds", type=click.FloatRange(min=0, min_open=True), default=None),
-    click.option("--keep-checkpoints", type=click.IntRange(min=1), default=2, show_default=True),
-    click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True),
-    click.option("--storage-options", callback=_storage_options, default=None,
-                 help="JSON object of fsspec options for s3:// and other URLs."),
+    run_options,
 )
 
 RATINGS_KEYS = ("n_components", "feedback", "solver", "biases", "alpha", "l1_ratio", "alpha_bias",
-                "reg_scaling", "confidence", "max_iter", "tol", "max_time", "sweeps", "seed",
-                "checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "max_retries")
+                "reg_scaling", "confidence", "max_iter", "tol", "max_time", "sweeps", "seed") + RUN_KEYS
 
 
 def ratings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the ratings options into :class:`dnmf.RatingsNMF` parameters (JSON values)."""
     v = {k: kwargs.pop(k) for k in RATINGS_KEYS}
-    alpha_bias = v["alpha_bias"]
-    if alpha_bias != "same":
-        try:
-            alpha_bias = float(alpha_bias)
-        except (TypeError, ValueError):
-            raise click.BadParameter(f"{alpha_bias!r} is neither 'same' nor a number.",
-                                     param_hint="'--alpha-bias'") from None
-    v["alpha_bias"] = alpha_bias
     v["biases"] = "auto" if v["biases"] is None else bool(v["biases"])
     v["random_state"] = v.pop("seed")
     return v

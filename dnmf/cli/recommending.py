@@ -44,10 +44,13 @@ def _nmf_factors(model):
     return Factors.from_model(model)
 
 
-def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict):
-    """A store or ratings file as CSR in the model's (rows, columns) order, matched by ID.
+def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, lazy: bool = False):
+    """A store or ratings file in the model's (rows, columns) order, matched by ID.
 
-    Returns (csr, dropped entries of unknown users/items).
+    Returns (matrix, dropped entries of unknown users/items, stored entries kept). With
+    ``lazy`` and a store whose ID maps are the model's (e.g. from `dnmf split`), the matrix
+    is the store's Dask array, read block by block where it is used; otherwise a CSR matrix
+    built here.
     """
     import pandas as pd
     import scipy.sparse as sp
@@ -60,6 +63,10 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict):
         store = io.ingest(path, os.path.join(tmp, os.path.basename(path) + ".zarr"), **ingest_kw)
     else:
         store = io.open_matrix(path)
+    same_ids = all(ids is None or store_ids.equals(pd.Index(ids))
+                   for ids, store_ids in ((row_ids, store.row_ids), (col_ids, store.col_ids)))
+    if lazy and same_ids and store.nnz is not None:
+        return store.data, 0, int(store.nnz)
     X, _, _ = io.align_columns(store, pd.Index(col_ids) if col_ids is not None else store.col_ids)
     X = X.tocoo()
     if row_ids is None:
@@ -70,7 +77,7 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict):
     n_rows = len(row_ids) if row_ids is not None else store.shape[0]
     out = sp.csr_matrix((X.data[keep], (rows[X.row[keep]], X.col[keep])), shape=(n_rows, X.shape[1]))
     total = store.nnz if store.nnz is not None else X.nnz
-    return out, int(total - out.nnz)
+    return out, int(total - out.nnz), int(out.nnz)
 
 
 @click.command()
@@ -159,7 +166,7 @@ def _recommend_nmf(model, users, n, exclude_path, cold_start):
     exclude = None
     if exclude_path is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            seen, _ = _store_matrix(exclude_path, factors.row_ids, factors.col_ids, tmp, {})
+            seen, _, _ = _store_matrix(exclude_path, factors.row_ids, factors.col_ids, tmp, {})
         exclude = seen[rows]
     idx, scores = rec.recommend(factors, rows, n=n, exclude=exclude)
     item_ids = factors.col_ids if factors.col_ids is not None else pd.RangeIndex(factors.n_items)
@@ -281,14 +288,14 @@ def evaluate(model_path: str, test_path: str, train_path: str | None, k: int, me
         row_ids, col_ids = target.row_ids, target.col_ids
     ingest_kw = o.ingest_kwargs(kw)
     with tempfile.TemporaryDirectory(prefix="dnmf-eval-") as tmp:
-        test, dropped = _store_matrix(test_path, row_ids, col_ids, tmp, ingest_kw)
+        test, dropped, n_test = _store_matrix(test_path, row_ids, col_ids, tmp, ingest_kw, lazy=True)
         train = None
         if train_path is not None:
-            train, _ = _store_matrix(train_path, row_ids, col_ids, tmp, ingest_kw)
-    names = [m.strip() for m in metrics.split(",")] if metrics else None
-    result = run_evaluate(target, test, train=train, k=k, metrics=names, threshold=threshold)
+            train, _, _ = _store_matrix(train_path, row_ids, col_ids, tmp, ingest_kw, lazy=True)
+        names = [m.strip() for m in metrics.split(",")] if metrics else None
+        result = run_evaluate(target, test, train=train, k=k, metrics=names, threshold=threshold)
     result = {name: (int(v) if name == "n_users" else float(v)) for name, v in result.items()}
-    result["test_entries"] = int(test.nnz)
+    result["test_entries"] = n_test
     result["dropped_test_entries"] = dropped
     if as_json:
         click.echo(json.dumps(result))
