@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any
@@ -193,7 +192,6 @@ def transform(model_path: str, input: str, output: str, out_format: str | None, 
 
     from ..cluster import connect
     from ..estimator import load
-    from ..storage import tables
     from . import setup_logging
 
     setup_logging(verbose, quiet)

@@ -39,7 +39,9 @@ def _resolve_input(path: str, ingest_kw: dict, workdir: str | None, progress: Pr
     if workdir is None:
         raise ValueError(f"INPUT {path!r} is a file to ingest, but the job directory is a URL. Ingest it "
                          "first (`dnmf ingest FILE -o URL`) and give the store as INPUT.")
-    target = os.path.join(workdir, "input")
+    from ..storage import jobs as job_store
+
+    target = job_store.input_dir(workdir)
     progress.note(f"ingesting {path} -> {target}")
     t0 = time.perf_counter()
     store = io.ingest(path, target, overwrite=True, **ingest_kw)
@@ -64,7 +66,7 @@ def _cluster_info(client, link: str | None, embedded: bool) -> dict[str, Any]:
         return {"dashboard": link, "embedded": embedded}
 
 
-def _summary(model, model_path: str, progress: Progress, quiet: bool) -> None:
+def _summary(model, model_path: str, progress: Progress) -> None:
     state = getattr(model, "job_state_", "finished")
     hist = model.loss_history_
     loss = float(hist[-1]) if len(hist) else math.nan
@@ -181,7 +183,7 @@ def _fit(input: str, output: str, job_dir: str | None, report: str | None, param
             spec = {"input": store, "model": os.path.abspath(output), "params": params,
                     "storage_options": so, "report": report, "estimator": estimator}
         model = _run(job_dir, spec, client, info, progress)
-    _summary(model, output, progress, quiet)
+    _summary(model, output, progress)
 
 
 @click.command("fit-ratings")
@@ -448,7 +450,7 @@ def resume(job: str, max_iter: int | None, max_time: float | None, detach: bool,
     progress = Progress.choose(int(record["max_iter"]), quiet=quiet, log_json=log_json)
     with _cluster(copts, progress) as (client, info):
         model = _run(job_dir, None, client, info, progress)
-    _summary(model, record["spec"]["model"], progress, quiet)
+    _summary(model, record["spec"]["model"], progress)
 
 
 @click.command()

@@ -30,8 +30,6 @@ CANCEL = "CANCEL"
 CHECKPOINTS = "checkpoints"
 INPUT = "input"
 
-STATES = ("submitted", "running", "finished", "failed", "cancelled")
-
 
 def is_job_dir(job_dir: str, storage_options: locations.StorageOptions = None) -> bool:
     """Whether ``job_dir`` holds a job record."""

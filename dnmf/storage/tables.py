@@ -115,24 +115,6 @@ def _write_columns(tmp: str, blocks, shape, format: str, ids) -> None:
             writer.close()
 
 
-def read_table(path: str) -> tuple[np.ndarray, list | None]:
-    """Read a table written by :func:`write_table`: (values (rows, k), ids or None)."""
-    if path.endswith(".npy"):
-        return np.load(path), None
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-    else:
-        import pyarrow.csv as pcsv
-
-        table = pcsv.read_csv(path)
-    ids = table.column("id").to_pylist() if "id" in table.column_names else None
-    values = np.column_stack([table.column(n).to_numpy() for n in table.column_names if n != "id"]) \
-        if table.num_columns > (ids is not None) else np.empty((table.num_rows, 0))
-    return values, ids
-
-
 def write_ranked(path: str, blocks: Iterable[dict], *, format: str) -> int:
     """Write a long table (e.g. user, rank, item, score) given as blocks of columns.
 
