@@ -128,7 +128,7 @@ def dnmf_row_chunks(X) -> tuple[int, ...]:
     """The row blocking dnmf picks for an in-memory X (chunks="auto")."""
     nbytes = X.data.nbytes + X.indices.nbytes if sp.issparse(X) else X.nbytes
     try:
-        from dnmf import inputs
+        from dnmf.base import inputs
 
         return tuple(inputs.auto_chunks(X.shape, nbytes)[0])
     except Exception:  # noqa: BLE001 - fall back to the documented rule (16 MiB blocks)

@@ -1,7 +1,7 @@
 """Benchmark: out-of-core ingestion of a large ratings CSV with string IDs.
 
 Generates (once) a CSV of ``--rows`` ratings with skewed string user and
-item IDs, then runs :func:`dnmf.io.ingest` in a fresh subprocess and
+item IDs, then runs :func:`dnmf.storage.arrays.ingest` in a fresh subprocess and
 reports wall time and the subprocess's peak resident memory
 (``resource.getrusage``), which must stay under 2 GiB for 20M rows.
 
@@ -44,10 +44,10 @@ def generate(path: str, rows: int, users: int, items: int, seed: int = 0) -> Non
 
 _CHILD = r"""
 import json, resource, sys, time, logging
-import dnmf.io
+import dnmf.storage.arrays
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-m = dnmf.io.ingest(args["csv"], args["out"], overwrite=True, tmp_dir=args["tmp"])
+m = dnmf.storage.arrays.ingest(args["csv"], args["out"], overwrite=True, tmp_dir=args["tmp"])
 elapsed = time.perf_counter() - t0
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak_kib / 1024, "shape": m.shape,

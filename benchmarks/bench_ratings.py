@@ -1,6 +1,6 @@
 """Benchmark: masked (ratings) NMF vs plain NMF vs implicit feedback on a ratings CSV.
 
-For a seeded 80/20 random split of the ratings (``dnmf.evaluation.train_test_split``):
+For a seeded 80/20 random split of the ratings (``dnmf.recommend.evaluation.train_test_split``):
 
 - fits ``dnmf.RatingsNMF`` (explicit, ALS and CCD, with and without biases),
   ``dnmf.RatingsNMF(feedback="implicit")``, plain ``dnmf.NMF`` (missing =
@@ -103,10 +103,10 @@ def main(argv=None):
     ap.add_argument("--out", default="bench-results")
     args = ap.parse_args(argv)
 
-    from dnmf.ratings import RatingsNMF
-    from dnmf.recommend import popularity_baseline
+    from dnmf import RatingsNMF
+    from dnmf.recommend.factors import popularity_baseline
 
-    ev = importlib.import_module("dnmf.evaluation")
+    ev = importlib.import_module("dnmf.recommend.evaluation")
     info = machine_info()
     log(format_machine(info))
     X, _, _ = load_ratings(args.ratings, args.user_col, args.item_col, args.value_col)
@@ -246,7 +246,7 @@ class _PlainNMF:
         return self
 
     def factors(self):
-        from dnmf.recommend import Factors
+        from dnmf.recommend.factors import Factors
 
         return Factors.from_model(self.model, W=self.W)
 

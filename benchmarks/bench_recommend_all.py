@@ -167,7 +167,7 @@ def brute_force(args, H, item_bias, global_mean, user_chunks, users):
 
 def slab_costs(args, H) -> dict:
     """Medians of the steps of one task's slab, float64 factors: the plain and the screened path."""
-    from dnmf import topn
+    from dnmf.recommend import kernels as topn
 
     cols = min(args.item_block, args.items)
     rows = max(1, topn.SLAB_ENTRIES // cols)
@@ -234,8 +234,8 @@ def main(argv=None) -> dict:
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster, wait
 
-    from dnmf import recommend as rec
-    from dnmf import topn
+    from dnmf.recommend import factors as rec
+    from dnmf.recommend import kernels as topn
 
     info = machine_info()
     log(format_machine(info))

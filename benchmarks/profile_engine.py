@@ -71,7 +71,9 @@ class Recorder:
 
 def instrument(rec: Recorder):
     """Patch dnmf's module attributes (this process only); returns an undo list."""
-    from dnmf import blocked, driver, kernels
+    from dnmf.engine import loop as driver
+from dnmf.nmf import graph as blocked
+from dnmf.nmf import kernels
 
     undo = []
 
@@ -161,7 +163,7 @@ def _main(a):
             "W.T@W": time_call(lambda: W0.T @ W0, repeat=3)["median"],
             "Ht.T@Ht": time_call(lambda: Ht.T @ Ht, repeat=3)["median"],
         }
-        from dnmf import kernels
+        from dnmf.nmf import kernels
 
         HHt = Ht.T @ Ht
         XHt = X @ Ht

@@ -1,7 +1,7 @@
 """Suite sections "recommend" and "spark": a ratings CSV, one seeded split,
 several models.
 
-recommend (needs ``--ratings PATH`` and ``dnmf.ratings``): ``dnmf.ingest``
+recommend (needs ``--ratings PATH`` and ``dnmf.RatingsNMF``): ``dnmf.ingest``
 turns the CSV into a matrix store; ``dnmf.train_test_split(method="random",
 test_size=0.2, random_state=0)`` splits its ratings; then
 
@@ -41,7 +41,7 @@ def _split(args, cache: dict) -> dict:
     if cache:
         return cache
     import dnmf
-    from dnmf.evaluation import train_test_split
+    from dnmf.recommend.evaluation import train_test_split
 
     work = tempfile.mkdtemp(prefix="dnmf-bench-ratings-")
     try:
@@ -64,9 +64,9 @@ def run_recommend(args, cache: dict) -> dict:
     if not args.ratings:
         return {"skipped": "skipped: no ratings file given (`--ratings PATH`, e.g. MovieLens' ratings.csv)"}
     try:
-        from dnmf.evaluation import evaluate
-        from dnmf.ratings import RatingsNMF
-        from dnmf.recommend import Factors
+        from dnmf.recommend.evaluation import evaluate
+        from dnmf import RatingsNMF
+        from dnmf.recommend.factors import Factors
     except ImportError as exc:
         return {"skipped": f"skipped: dnmf's recommendation modules are not available ({exc})"}
     import dnmf

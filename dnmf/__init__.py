@@ -13,31 +13,38 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 
+from ._moved import install as _install_moved_modules
+
 # Public names are imported on first use (PEP 562): Dask workers unpickle
-# functions from dnmf.kernels, dnmf.blocked and dnmf.storage, which imports this
-# package; importing scikit-learn, pandas and pyarrow there would add about
+# functions from dnmf.nmf.kernels, dnmf.nmf.graph and dnmf.storage, which import
+# this package; importing scikit-learn, pandas and pyarrow there would add about
 # 150 MiB to every worker process for nothing.
 _LAZY = {
-    "NMF": "estimator",
-    "load": "estimator",
-    "non_negative_factorization": "estimator",
-    "MatrixStore": "io",
-    "ingest": "io",
-    "open_matrix": "io",
-    "write_matrix": "io",
-    "RankSelection": "rank",
-    "select_rank": "rank",
-    "RatingsNMF": "ratings",
-    "evaluate": "evaluation",
-    "train_test_split": "evaluation",
+    "NMF": "nmf.estimator",
+    "non_negative_factorization": "nmf.estimator",
+    "load": "base.estimator",
+    "MatrixStore": "storage.arrays",
+    "ingest": "storage.arrays",
+    "open_matrix": "storage.arrays",
+    "write_matrix": "storage.arrays",
+    "RankSelection": "nmf.selection",
+    "select_rank": "nmf.selection",
+    "RatingsNMF": "masked.estimator",
+    "evaluate": "recommend.evaluation",
+    "train_test_split": "recommend.evaluation",
 }
 
+# Modules that moved when the package was split into layers stay importable
+# under their old paths (dnmf.estimator, dnmf.blocked, ...).
+_install_moved_modules()
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .estimator import NMF, load, non_negative_factorization
-    from .io import MatrixStore, ingest, open_matrix, write_matrix
-    from .rank import RankSelection, select_rank
-    from .ratings import RatingsNMF
-    from .evaluation import evaluate, train_test_split
+    from .base.estimator import load
+    from .masked.estimator import RatingsNMF
+    from .nmf.estimator import NMF, non_negative_factorization
+    from .nmf.selection import RankSelection, select_rank
+    from .recommend.evaluation import evaluate, train_test_split
+    from .storage.arrays import MatrixStore, ingest, open_matrix, write_matrix
 
 
 def __getattr__(name: str):

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dnmf
     from dnmf.plot import component_grid, loss_curve
-    from dnmf.report import cluster_info, write_report
+    from dnmf.cli.report import cluster_info, write_report
 
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dnmf
     from dnmf.plot import loss_curve
-    from dnmf.report import cluster_info, write_report
+    from dnmf.cli.report import cluster_info, write_report
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     work = args.dir or tempfile.mkdtemp(prefix="dnmf-out-of-core-")
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"the driver process ended (exit code {proc.returncode}) before iteration "
                                  f"{args.kill_at}; nothing to resume")
             print(f"killed the driver (pid {proc.pid}, exit code {proc.returncode})")
-            from dnmf.checkpoint import load as load_checkpoint
+            from dnmf.engine.checkpoint import load as load_checkpoint
 
             resumed_from = int(load_checkpoint(ckpt)[1]["state"]["iteration"])
             print(f"last committed checkpoint: iteration {resumed_from} ({ckpt})")

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     k = args.n_components or (8 if args.quick else 20)
 
     import dnmf
-    from dnmf.evaluation import evaluate, train_test_split
-    from dnmf.ratings import RatingsNMF
-    from dnmf.recommend import Factors
+    from dnmf.recommend.evaluation import evaluate, train_test_split
+    from dnmf import RatingsNMF
+    from dnmf.recommend.factors import Factors
 
     warnings.simplefilter("ignore")  # ConvergenceWarnings of the short fits are expected here
     work = args.dir or tempfile.mkdtemp(prefix="dnmf-recommend-")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             factors = Factors.from_model(full, W=np.asarray(W_full.compute()))
             factors.row_ids = full.sample_ids_  # the store's user IDs (item IDs come with from_model)
             user = _as_id(args.user if args.user is not None else store.row_ids[0], store.row_ids)
-            from dnmf.recommend import recommend
+            from dnmf.recommend.factors import recommend
 
             row = int(factors.row_index([user])[0])
             idx, sc = recommend(factors, np.array([row]), n=args.top, exclude=X[[row]])

@@ -282,7 +282,7 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
 def test_select_rank_finds_a_planted_rank(tmp_path):
     import scipy.sparse as sp
 
-    from dnmf.demo import planted_sparse
+    from dnmf.cli.demo import planted_sparse
 
     sp.save_npz(tmp_path / "x.npz", planted_sparse(1500, 150, 0.08, 4, seed=3))
     out = dnmf("select-rank", tmp_path / "x.npz", "--ks", "2:6:2", "--repeats", 1, "--max-iter", 50, "--json")

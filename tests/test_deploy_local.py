@@ -1,4 +1,4 @@
-"""deploy/local and dnmf.cluster.connect against real `dask scheduler` + `dask worker` processes."""
+"""deploy/local and dnmf.cli.cluster.connect against real `dask scheduler` + `dask worker` processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import dnmf
-from dnmf.cluster import ClusterOptions, ConnectError, connect
+from dnmf.cli.cluster import ClusterOptions, ConnectError, connect
 from deploy_support import (
     dask_local, dnmf_executable, free_port, group_pids, planted, recorded_pids, start_cluster, transitions,
 )

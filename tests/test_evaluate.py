@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
-from dnmf import io
-from dnmf.evaluation import evaluate, mae, ranking_metrics, rmse, train_test_split
-from dnmf.recommend import Factors
+from dnmf.storage import arrays as io
+from dnmf.recommend.evaluation import evaluate, mae, ranking_metrics, rmse, train_test_split
+from dnmf.recommend.factors import Factors
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 

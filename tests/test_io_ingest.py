@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnmf import io
+from dnmf.storage import arrays as io
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 

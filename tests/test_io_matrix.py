@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import sparse
 import zarr
 
-from dnmf import io
+from dnmf.storage import arrays as io
 from dnmf.storage import StoreError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import sparse
 
-from dnmf import io
+from dnmf.storage import arrays as io
 from dnmf.storage import read_model
 
 distributed = pytest.importorskip("distributed")

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.decomposition._nmf import _beta_divergence
 
-from dnmf import kernels
+from dnmf.nmf import kernels
 
 
 def naive_cd_sweep(W, HHt, XHt, l1, l2, perm):

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import lsq_linear
 
-from dnmf import masked, masked_graph, nnls
+from dnmf.masked import graph as masked_graph
+from dnmf.masked import kernels as masked
+from dnmf.nmf import nnls
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
-from dnmf import nnls as bpp
+from dnmf.nmf import nnls as bpp
 
 
 def reference(A, B):

@@ -137,8 +137,8 @@ def test_random_init_scale_matches_sklearn():
     m = dnmf.NMF(6, init="random", random_state=0, max_iter=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        from dnmf import init as dinit
-        from dnmf.inputs import from_memory
+        from dnmf.nmf import init as dinit
+        from dnmf.base.inputs import from_memory
 
         W, Ht = dinit.random_init(from_memory(X), 6, X.mean(), 0)
     avg = np.sqrt(X.mean() / 6)
@@ -152,9 +152,9 @@ def test_nndsvd_close_to_sklearn(variant):
     """Randomized SVD on blocks gives NNDSVD factors close to scikit-learn's."""
     from sklearn.decomposition._nmf import _initialize_nmf
 
-    from dnmf import init as dinit
-    from dnmf.driver import Runner
-    from dnmf.inputs import from_memory
+    from dnmf.nmf import init as dinit
+    from dnmf.engine.runner import Runner
+    from dnmf.base.inputs import from_memory
 
     rng = np.random.RandomState(0)
     X = np.abs(rng.rand(120, 5) @ rng.rand(5, 80)) + 0.01 * rng.rand(120, 80)

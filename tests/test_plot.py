@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 import dnmf
 from dnmf import plot
-from dnmf.rank import RankSelection
+from dnmf.nmf.selection import RankSelection
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-from dnmf import blocked
-from dnmf.driver import Runner
-from dnmf.inputs import compute_stats, from_memory
+from dnmf.nmf import graph as blocked
+from dnmf.engine.runner import Runner
+from dnmf.base.inputs import from_memory
+from dnmf.nmf.stats import compute_stats
 
 
 def chunks_for(draw, size):

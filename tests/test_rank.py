@@ -11,8 +11,11 @@ from sklearn.decomposition._nmf import _update_coordinate_descent
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-from dnmf import driver, kernels, rank
-from dnmf.inputs import compute_stats, from_memory
+from dnmf.engine import loop as driver
+from dnmf.nmf import kernels
+from dnmf.nmf import selection as rank
+from dnmf.base.inputs import from_memory
+from dnmf.nmf.stats import compute_stats
 
 
 def planted(seed, m=120, n=80, k=7, noise=0.05):
@@ -130,7 +133,7 @@ def test_masked_loss_never_increases_and_ignores_held_out_values(solver):
 
 
 def test_mask_must_match_blocking():
-    from dnmf import blocked
+    from dnmf.nmf import graph as blocked
 
     Xd = from_memory(np.ones((10, 8)), (5, 8))
     mask, _ = rank.holdout_split(from_memory(np.ones((10, 8)), (4, 8)), 0.1, 0)

@@ -15,8 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 from test_masked import as_csr, naive_half_step, naive_objective, ratings
 
 import dnmf
-from dnmf.ratings import RatingsNMF
-from dnmf.recommend import UnknownIDError
+from dnmf import RatingsNMF
+from dnmf.recommend.factors import UnknownIDError
 
 
 def fit(X, **kw):
@@ -195,7 +195,7 @@ def test_save_and_load_round_trip(store, tmp_path):
     for model, path in ((fit(X, n_components=3, max_iter=3), tmp_path / "mem"),
                         (fit(st, n_components=3, max_iter=3), tmp_path / "store")):
         model.save(str(path))
-        for loaded in (dnmf.load(str(path)), dnmf.ratings.load(str(path))):
+        for loaded in (dnmf.load(str(path)),):
             assert isinstance(loaded, RatingsNMF)
             assert loaded.get_params() == model.get_params() | {"client": None}
             users = model.user_ids_[[1, 4]]
@@ -260,7 +260,7 @@ def test_stopping_rule_and_sklearn_protocol():
     assert clone(model).get_params() == model.get_params()
     from importlib import import_module
 
-    ev = import_module("dnmf.evaluation")
+    ev = import_module("dnmf.recommend.evaluation")
     assert model.score(X) == pytest.approx(-ev.rmse(model, X), rel=1e-12)
 
 

@@ -13,9 +13,9 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnmf import recommend as rec
-from dnmf import topn
-from dnmf.recommend import Factors, UnknownIDError
+from dnmf.recommend import factors as rec
+from dnmf.recommend import kernels as topn
+from dnmf.recommend.factors import Factors, UnknownIDError
 
 # --------------------------------------------------------------------------
 # Naive references

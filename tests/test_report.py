@@ -1,4 +1,4 @@
-"""dnmf.report.write_report: one self-contained HTML file that shows what it claims."""
+"""dnmf.cli.report.write_report: one self-contained HTML file that shows what it claims."""
 
 import base64
 import io
@@ -13,7 +13,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 import dnmf
-from dnmf.report import cluster_info, write_report
+from dnmf.cli.report import cluster_info, write_report
 
 
 class Page(HTMLParser):

@@ -54,7 +54,7 @@ def test_anls_half_steps_are_exact_nnls(sparse):
 def test_anls_with_regularisation_is_exact():
     X, W0, H0 = make_data(30, 20, 3, density=0.5)
     m, W = fit(X, W0, H0, solver="anls-bpp", max_iter=1, chunks=(8, 7), alpha_W=0.01, l1_ratio=0.5)
-    l1_W, l1_H, l2_W, l2_H = dnmf.kernels.regularization(30, 20, 0.01, 0.01, 0.5)
+    l1_W, l1_H, l2_W, l2_H = dnmf.nmf.kernels.regularization(30, 20, 0.01, 0.01, 0.5)
     Xa = X.toarray()
     # The W half-step: KKT of min ½||X − W H0||² + l1·ΣW + ½ l2·||W||².
     grad = W @ (H0 @ H0.T + l2_W * np.eye(3)) - (Xa @ H0.T - l1_W)
@@ -83,7 +83,7 @@ def test_anls_objective_never_increases(m, n, k, seed, sparse, alpha, l1_ratio):
     W0, H0 = rng.rand(m, k) + 0.01, rng.rand(k, n) + 0.01
     chunks = (max(1, m // 3), max(1, n // 2))
     losses = []
-    l1_W, l1_H, l2_W, l2_H = dnmf.kernels.regularization(m, n, alpha, alpha, l1_ratio)
+    l1_W, l1_H, l2_W, l2_H = dnmf.nmf.kernels.regularization(m, n, alpha, alpha, l1_ratio)
     for t in (1, 2, 3, 6):
         mdl, W = fit(X, W0, H0, solver="anls-bpp", max_iter=t, chunks=chunks, alpha_W=alpha, l1_ratio=l1_ratio)
         # Regularisation weights are equal for W and H only when m == n; use each.
@@ -160,17 +160,17 @@ def test_accelerated_cd_passes_to_reach_a_loss():
 
 def test_hals_inner_limits():
     # Dense 1000 x 500, k = 10: rho_W = 1 + (5e5 + 5e3) / (1e3 * 11).
-    iw, ih = dnmf.kernels.hals_inner_limits(1000, 500, 500_000, 10)
+    iw, ih = dnmf.nmf.kernels.hals_inner_limits(1000, 500, 500_000, 10)
     assert iw == int(1 + 0.5 * (1 + 505_000 / 11_000))
     assert ih == int(1 + 0.5 * (1 + 510_000 / 5_500))
-    assert dnmf.kernels.hals_inner_limits(10**6, 10, 10**6, 50) == (1, int(1 + 0.5 * (1 + (10**6 + 5 * 10**7) / 510)))
+    assert dnmf.nmf.kernels.hals_inner_limits(10**6, 10, 10**6, 50) == (1, int(1 + 0.5 * (1 + (10**6 + 5 * 10**7) / 510)))
 
 
 def test_inner_sweeps_are_per_row():
     """The inner stopping rule is applied row by row: a block of rows gives
     the same result as each row on its own (so the blocking does not matter),
     and the extra sweeps lower each row's objective."""
-    from dnmf import kernels
+    from dnmf.nmf import kernels
 
     rng = np.random.default_rng(0)
     Ht = np.abs(rng.standard_normal((30, 4)))
@@ -210,7 +210,7 @@ def test_shuffle_matches_sklearn_for_int_random_state(update_H):
 
 def test_shuffle_permutation_stream_matches_sklearn():
     """The coordinate orders are RandomState(seed).permutation, W then H."""
-    from dnmf import driver
+    from dnmf.engine import loop as driver
 
     cfg = driver.LoopConfig(solver="cd", beta=2, tol=0, max_iter=1, max_time=None, l1_reg_W=0, l1_reg_H=0,
                             l2_reg_W=0, l2_reg_H=0, update_H=True, sq_norm_x=1.0, shuffle=True)

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from dnmf import io
+from dnmf.storage import arrays as io
 from dnmf.storage import StoreError, read_matrix_info, verify_matrix
 from dnmf.storage.layout import MatrixInfo
 from dnmf.storage.matrix import begin_matrix_store

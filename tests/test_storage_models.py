@@ -218,7 +218,7 @@ def test_foreign_and_corrupt_models(tmp_path):
         read_model(tmp_path / "group")
     import scipy.sparse as sp
 
-    from dnmf import io
+    from dnmf.storage import arrays as io
 
     io.write_matrix(sp.eye(3, format="csr"), tmp_path / "matrix.zarr")
     with pytest.raises(StoreError, match="names another layout"):

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dnmf import io
+from dnmf.storage import arrays as io
 from dnmf.storage import read_sparse_block, write_sparse_block
 from dnmf.storage.matrix import begin_matrix_store
 from dnmf.storage.layout import MatrixInfo

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
-from dnmf.cluster import ClusterOptions, ConnectError, connect, security
+from dnmf.cli.cluster import ClusterOptions, ConnectError, connect, security
 from deploy_support import MAKE_CERTS, dask_local, dnmf_executable, planted, start_cluster, transitions
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="deploy/tls/make-certs needs the openssl command")

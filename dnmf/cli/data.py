@@ -29,7 +29,7 @@ def ingest(input: str, output: str, overwrite: bool, storage_options: dict | Non
     user and item IDs are kept as the store's row and column IDs. Files are
     streamed: they never have to fit in memory.
     """
-    from .. import io
+    from ..storage import arrays as io
 
     t0 = time.perf_counter()
     store = io.ingest(input, output, overwrite=overwrite, storage_options=storage_options,
@@ -70,7 +70,7 @@ def _matrix_info(store) -> dict[str, Any]:
 
 
 def _model_info(path: str) -> dict[str, Any]:
-    from ..estimator import load
+    from ..base.estimator import load
 
     model = load(path)
     hist = [float(v) for v in model.loss_history_]
@@ -108,7 +108,7 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
     model:        parameters, iterations, convergence, loss history
     job:          as `dnmf status`
     """
-    from .. import io
+    from ..storage import arrays as io
 
     kind = io.identify(path, storage_options)
     if kind == "job":
@@ -152,7 +152,7 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
 
 def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
     """INPUT as something ``model.transform`` takes, with columns in the model's order."""
-    from .. import io
+    from ..storage import arrays as io
     from .fitting import _exists
 
     if not _exists(input):
@@ -190,8 +190,8 @@ def transform(model_path: str, input: str, output: str, out_format: str | None, 
     """
     import tempfile
 
-    from ..cluster import connect
-    from ..estimator import load
+    from .cluster import connect
+    from ..base.estimator import load
     from . import setup_logging
 
     setup_logging(verbose, quiet)
@@ -256,7 +256,7 @@ def export(model_path: str, fmt: str, output: str) -> None:
                   feature, i.e. H transposed), columns id, c0 .. c{k-1};
                   id holds the store's user/item IDs when the model has them
     """
-    from ..estimator import load
+    from ..base.estimator import load
 
     model = load(model_path)
     os.makedirs(output, exist_ok=True)

@@ -29,7 +29,7 @@ def _check_input(path: str) -> None:
 def _resolve_input(path: str, ingest_kw: dict, workdir: str | None, progress: Progress,
                    storage_options: dict | None) -> str:
     """A matrix store for INPUT: itself, or a store ingested from the file into ``workdir``."""
-    from .. import io
+    from ..storage import arrays as io
 
     _check_input(path)
     is_file_input = os.path.isfile(path) or (
@@ -101,7 +101,7 @@ def _blas_limit(in_process: bool):
 @contextlib.contextmanager
 def _cluster(copts, progress: Progress):
     """Connect (or start the embedded cluster) and say where the job runs."""
-    from ..cluster import connect
+    from .cluster import connect
 
     embedded = copts.scheduler is None and copts.scheduler_file is None
     with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
@@ -114,7 +114,7 @@ def _cluster(copts, progress: Progress):
 
 
 def _run(job_dir: str | None, spec: dict | None, client, info: dict, progress: Progress):
-    from .. import jobs
+    from . import jobs
 
     try:
         return jobs.run(job_dir, spec=spec, client=client, callback=progress, cluster_info=info)
@@ -153,7 +153,7 @@ def fit(input: str, output: str, job_dir: str | None, report: str | None, quiet:
 def _fit(input: str, output: str, job_dir: str | None, report: str | None, params: dict, estimator: str,
          *, quiet: bool, log_json: bool, kw: dict) -> None:
     """The foreground fit shared by `dnmf fit` and `dnmf fit-ratings`."""
-    from .. import jobs
+    from . import jobs
     from ..storage import jobs as job_store
 
     copts = o.cluster_from(kw)
@@ -236,8 +236,8 @@ def submit(input: str, output: str, job_dir: str | None, report: str | None, qui
     its loop runs in a task on a worker. It prints the job id and the job
     directory; `dnmf status`, `dnmf cancel` and `dnmf resume` take either.
     """
-    from .. import jobs
-    from ..cluster import connect
+    from . import jobs
+    from .cluster import connect
     from ..storage import jobs as job_store
     from . import setup_logging
 
@@ -327,7 +327,7 @@ def status(job: str, as_json: bool, storage_options: dict | None) -> None:
 
     Read from the job directory, so it works from any machine that sees it.
     """
-    from .. import jobs
+    from . import jobs
     from ..storage import jobs as job_store
 
     job_dir = _job_dir(job)
@@ -413,8 +413,8 @@ def resume(job: str, max_iter: int | None, max_time: float | None, detach: bool,
     the cluster with --detach. The result is the model an uninterrupted run
     would have produced.
     """
-    from .. import jobs
-    from ..cluster import connect
+    from . import jobs
+    from .cluster import connect
     from ..storage import jobs as job_store
     from . import setup_logging
 
@@ -471,9 +471,9 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
     """
     import numpy as np
 
-    from ..cluster import connect
-    from ..demo import planted_sparse
-    from ..estimator import NMF
+    from .cluster import connect
+    from .demo import planted_sparse
+    from ..nmf.estimator import NMF
     from . import setup_logging
 
     setup_logging(False, True)
@@ -535,8 +535,8 @@ def _ks(ctx, param, value: str):
 def select_rank(input: str, ks: list[int], method: str, n_repeats: int, holdout: float, solver: str,
                 max_iter: int, seed: int, plot: str | None, as_json: bool, **kw: Any) -> None:
     """Choose the number of components k for INPUT (a store or a file to ingest)."""
-    from .. import io
-    from ..rank import select_rank as select
+    from ..storage import arrays as io
+    from ..nmf.selection import select_rank as select
     from . import setup_logging
 
     setup_logging(False, True)

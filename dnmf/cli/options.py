@@ -141,7 +141,7 @@ CLUSTER_KEYS = ("scheduler", "scheduler_file", "n_workers", "threads_per_worker"
 
 def cluster_from(kwargs: dict[str, Any]):
     """Pop the cluster options from a command's keyword arguments into ClusterOptions."""
-    from ..cluster import ClusterOptions
+    from .cluster import ClusterOptions
 
     v = {k: kwargs.pop(k, None) for k in CLUSTER_KEYS}
     processes = v["processes"]

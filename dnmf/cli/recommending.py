@@ -32,14 +32,14 @@ def _ids_like(values: tuple[str, ...], index) -> list:
 
 
 def _load(path: str):
-    from ..estimator import load
+    from ..base.estimator import load
 
     return load(path)
 
 
 def _nmf_factors(model):
     """Factors of a plain dnmf.NMF model (with its user IDs when fitted from a store)."""
-    from ..recommend import Factors
+    from ..recommend.factors import Factors
 
     return Factors.from_model(model)
 
@@ -55,7 +55,7 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
     import pandas as pd
     import scipy.sparse as sp
 
-    from .. import io
+    from ..storage import arrays as io
     from .fitting import _check_input
 
     _check_input(path)
@@ -100,8 +100,8 @@ def split(input: str, train_out: str, test_out: str, method: str, test_size: flo
     Both stores keep INPUT's user and item IDs, so a model fitted on the
     training store can be evaluated on the test store directly.
     """
-    from .. import io
-    from ..evaluation import train_test_split
+    from ..storage import arrays as io
+    from ..recommend.evaluation import train_test_split
     from .fitting import _check_input
 
     _check_input(input)
@@ -151,7 +151,7 @@ def recommend(model_path: str, users: tuple[str, ...], n: int, exclude_seen: str
 def _recommend_nmf(model, users, n, exclude_path, cold_start):
     import pandas as pd
 
-    from .. import recommend as rec
+    from ..recommend import factors as rec
 
     factors = _nmf_factors(model)
     if factors.row_ids is None:
@@ -196,8 +196,8 @@ def recommend_all(model_path: str, output: str, n: int, exclude_seen: str | None
     against one block of items and keeps its top n; the lists are merged
     in a tree. The table is written one block of users at a time.
     """
-    from .. import io
-    from .. import recommend as rec
+    from ..storage import arrays as io
+    from ..recommend import factors as rec
     from ..storage import tables
     from . import setup_logging
     from .fitting import _cluster
@@ -277,7 +277,7 @@ def evaluate(model_path: str, test_path: str, train_path: str | None, k: int, me
     ID; entries of users or items the model does not know are left out and
     counted.
     """
-    from ..evaluation import evaluate as run_evaluate
+    from ..recommend.evaluation import evaluate as run_evaluate
 
     model = _load(model_path)
     if type(model).__name__ == "RatingsNMF":

@@ -23,15 +23,18 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import checkpoint as checkpoint_mod
-from . import driver, init, inputs, masked, masked_graph
-from .estimator import RUN_CONSTRAINTS, _jsonable_params
-from .storage import checkpoints as checkpoint_store
+from ..base import inputs
+from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
+from ..engine import checkpoint as checkpoint_mod
+from ..engine import loop as driver
+from ..nmf import init
+from ..storage import checkpoints as checkpoint_store
+from . import graph as masked_graph
+from . import kernels as masked
 
 logger = logging.getLogger("dnmf")
 
@@ -40,16 +43,7 @@ _ESTIMATOR = "RatingsNMF"
 AUTO_BAND_NNZ = 16384
 
 
-def _current_client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
-class RatingsNMF(BaseEstimator):
+class RatingsNMF(DnmfEstimator):
     """Masked (weighted) NMF of a ratings matrix: fits the observed entries only.
 
     Rows are users, columns items. The model scores a (user, item) pair as
@@ -163,6 +157,8 @@ class RatingsNMF(BaseEstimator):
     (one O(nnz) CSR→CSC conversion per block per iteration).
     """
 
+    _MODEL_KIND = _ESTIMATOR
+
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "feedback": [StrOptions({"explicit", "implicit"})],
@@ -254,7 +250,7 @@ class RatingsNMF(BaseEstimator):
         """
         self._validate_params()
         self._params()  # parameter combinations, before any pass over X
-        client = self.client if self.client is not None else _current_client()
+        client = self._client()
         data = _Data.prepare(X, self.chunks, client)
         runner = driver.Runner(client, single_block=data.single_block)
         summ = data.summary(runner)
@@ -343,13 +339,6 @@ class RatingsNMF(BaseEstimator):
         V0 = masked_graph.initial_state(data.col_chunks, p, seed, "H", scale)
         return U0, V0
 
-    _RESUMABLE = ("max_iter", "tol", "max_time", "verbose", "client", "checkpoint", "checkpoint_every",
-                  "checkpoint_seconds", "keep_checkpoints", "max_retries", "storage_options", "chunks")
-
-    def _resume_params(self) -> dict:
-        params = _jsonable_params(self.get_params(deep=False))
-        return {k: v for k, v in params.items() if k not in self._RESUMABLE}
-
     def _resume_from(self, path, fingerprint):
         info, record, U0, V0 = checkpoint_mod.load(path, self.storage_options)
         where = info.path
@@ -386,7 +375,7 @@ class RatingsNMF(BaseEstimator):
         self.factors_ = self._make_factors(self.user_factors_, self.user_bias_, self.user_ids_)
 
     def _make_factors(self, W, user_bias, row_ids):
-        from .recommend import Factors
+        from ..recommend.factors import Factors
 
         return Factors(W=W, H=self.components_, user_bias=user_bias, item_bias=self.item_bias_,
                        global_mean=self.global_mean_, row_ids=row_ids, col_ids=self.item_ids_)
@@ -512,7 +501,7 @@ class RatingsNMF(BaseEstimator):
         if source is True:
             source = self._training_ratings()
         if isinstance(source, (str, os.PathLike)):
-            from . import io
+            from ..storage import arrays as io
 
             source = io.open_matrix(source).data
         if type(source).__name__ == "MatrixStore":
@@ -552,7 +541,7 @@ class RatingsNMF(BaseEstimator):
             user in the order given (fewer when fewer items are eligible).
         """
         check_is_fitted(self)
-        from . import recommend as rec
+        from ..recommend import factors as rec
 
         if cold_start not in ("raise", "drop", "nan", "popular"):
             raise ValueError(f"cold_start must be 'raise', 'drop', 'nan' or 'popular'; got {cold_start!r}.")
@@ -603,7 +592,7 @@ class RatingsNMF(BaseEstimator):
             Columns ``user``, ``rank``, ``item``, ``score`` (as :meth:`recommend`).
         """
         check_is_fitted(self)
-        from . import recommend as rec
+        from ..recommend import factors as rec
 
         rows = masked.observed(_as_2d(self._new_rows(ratings)))
         f = self.fold_in(rows, user_ids=user_ids)
@@ -627,12 +616,12 @@ class RatingsNMF(BaseEstimator):
         scores : dask array (n_users, n)
         """
         check_is_fitted(self)
-        from . import recommend as rec
+        from ..recommend import factors as rec
 
         exclude = None
         if exclude_seen is not False:
             exclude = self._seen_dask(exclude_seen)
-        client = self.client if self.client is not None else _current_client()
+        client = self._client()
         idx, scores = rec.recommend_all(self.factors_, n, exclude=exclude, item_block=item_block, client=client)
         ids = np.asarray(self.item_ids_)
         if isinstance(self.item_ids_, pd.RangeIndex):
@@ -646,7 +635,7 @@ class RatingsNMF(BaseEstimator):
         if source is True:
             source = self._training_ratings()
         if isinstance(source, (str, os.PathLike)):
-            from . import io
+            from ..storage import arrays as io
 
             source = io.open_matrix(source)
         if type(source).__name__ == "MatrixStore":
@@ -659,7 +648,7 @@ class RatingsNMF(BaseEstimator):
         Returns a DataFrame with columns ``item``, ``rank``, ``similar``, ``score``.
         """
         check_is_fitted(self)
-        from . import recommend as rec
+        from ..recommend import factors as rec
 
         ids = np.atleast_1d(np.asarray(item_id, dtype=object if _is_str(item_id) else None))
         pos = self.factors_.col_index(ids)
@@ -681,21 +670,17 @@ class RatingsNMF(BaseEstimator):
         the biases, the item counts, the ID maps and, for in-memory fits, the
         training ratings' pattern (for ``exclude_seen``); a fit from a store
         records the store's path instead. Load with :func:`dnmf.load` or
-        :func:`dnmf.ratings.load`.
+        :func:`dnmf.load`.
         """
         check_is_fitted(self)
-        from . import io
-        from ._version import __version__
+        from ..storage import arrays as io
 
         arrays = {"W": self.user_factors_, "H": self.components_, "item_counts": self.item_counts_}
         if self.user_bias_ is not None:
             arrays["user_bias"] = self.user_bias_
             arrays["item_bias"] = self.item_bias_
         attrs = {
-            "library": "dnmf",
-            "library_version": __version__,
-            "estimator": _ESTIMATOR,
-            "params": _jsonable_params(self.get_params(deep=False)),
+            **self._model_attrs(),
             "global_mean": self.global_mean_,
             "n_iter": self.n_iter_,
             "loss_history": [float(v) for v in self.loss_history_],
@@ -715,7 +700,7 @@ class RatingsNMF(BaseEstimator):
             arrays["seen_indptr"] = seen.indptr.astype(np.int64)
             if seen.nnz:
                 arrays["seen_indices"] = seen.indices.astype(np.int64)
-        client = self.client if self.client is not None else _current_client()
+        client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
 
 
@@ -733,7 +718,7 @@ def _loop(bands, U, V, p, est, runner, *, callback, state, checkpointer, recover
     st = state if state is not None else driver.LoopState()
     start = time.perf_counter() - st.elapsed
     retries = 0
-    recoverable = driver._recoverable() if runner.client is not None else ()
+    recoverable = driver.recoverable_errors() if runner.client is not None else ()
 
     def settle(U, V):
         U, V = runner.persist(U, V)
@@ -827,7 +812,7 @@ class _Data:
         self = cls()
         self.client = client
         if isinstance(X, (str, os.PathLike)):
-            from . import io
+            from ..storage import arrays as io
 
             X = io.open_matrix(X)
         if type(X).__name__ == "MatrixStore":
@@ -852,8 +837,8 @@ class _Data:
                 # product: split even small inputs (up to 4 bands, a function
                 # of X alone, so results do not depend on the machine).
                 parts = max(1, math.ceil(nbytes / inputs.BLOCK_BYTES), min(4, math.ceil(self.csr.nnz / AUTO_BAND_NNZ)))
-                self.row_chunks = inputs._even(self.shape[0], min(parts, self.shape[0]))
-                self.col_chunks = inputs._even(self.shape[1], min(parts, self.shape[1]))
+                self.row_chunks = inputs.even_split(self.shape[0], min(parts, self.shape[0]))
+                self.col_chunks = inputs.even_split(self.shape[1], min(parts, self.shape[1]))
             else:
                 self.row_chunks, self.col_chunks = inputs.normalize_chunks(chunks, self.shape, nbytes)
         if 0 in self.shape:
@@ -973,24 +958,13 @@ def _is_str(x) -> bool:
 # ---------------------------------------------------------------- loading
 
 
-def load(path) -> RatingsNMF:
-    """Load a model saved with :meth:`RatingsNMF.save`.
+def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
+    """A :class:`RatingsNMF` from a model store's arrays and attributes (see :func:`dnmf.load`).
 
     W comes back as a Dask array that reads its blocks lazily; everything
     else (H, biases, IDs, counts) in memory.
     """
-    from . import io
-
-    arrays, attrs = io.load_factors(path)
-    if attrs.get("library") != "dnmf" or attrs.get("estimator") != _ESTIMATOR:
-        raise io.StoreError(
-            str(path), f"it holds a {attrs.get('estimator', 'non-dnmf')!r} model, not a RatingsNMF",
-            "Load it with dnmf.load, or point at a model saved by RatingsNMF.save.",
-        )
-    params = dict(attrs["params"])
-    if isinstance(params.get("chunks"), list):
-        params["chunks"] = tuple(tuple(c) if isinstance(c, list) else c for c in params["chunks"])
-    model = RatingsNMF(**params)
+    model = RatingsNMF(**params_from_json(attrs["params"]))
     model.components_ = np.asarray(arrays["H"].compute())
     model.n_components_ = model.components_.shape[0]
     model.n_features_in_ = int(attrs["n_features_in"])

@@ -19,7 +19,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import blocked
+from . import graph as blocked
 
 PANEL_ROWS = 1 << 16
 _TAGS = {"W": 1, "H": 2, "omega": 3, "fillW": 4, "fillH": 5}
@@ -55,7 +55,7 @@ def _normal_rows(seed: int, tag: str, start: int, stop: int, k: int) -> np.ndarr
     return out
 
 
-def _random_block(seed, tag, start, stop, k, scale, dtype, absolute=True):
+def random_block(seed, tag, start, stop, k, scale, dtype, absolute=True):
     block = _normal_rows(seed, tag, start, stop, k)
     if absolute:
         np.abs(block, out=block)
@@ -71,7 +71,7 @@ def random_tall(
     offsets = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
     layer = {
         (name, i, 0): (
-            _random_block, seed, tag, int(offsets[i]), int(offsets[i + 1]), k, scale, dtype, absolute
+            random_block, seed, tag, int(offsets[i]), int(offsets[i + 1]), k, scale, dtype, absolute
         )
         for i in range(len(chunks))
     }

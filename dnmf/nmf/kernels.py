@@ -33,23 +33,6 @@ _CD_PANEL_ROWS = 16384
 _SAMPLE_BATCH = 1 << 18
 
 
-def is_sparse(X) -> bool:
-    return sp.issparse(X)
-
-
-def as_block(x):
-    """One block as a canonical CSR matrix (SciPy or pydata ``sparse`` input) or an ndarray."""
-    if type(x).__module__.split(".")[0] == "sparse" and hasattr(x, "to_scipy_sparse"):
-        x = x.to_scipy_sparse()
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        if not x.has_canonical_format:
-            x = x.copy()
-            x.sum_duplicates()
-        return x
-    return np.asarray(x)
-
-
 # --------------------------------------------------------------------------
 # Products and Grams
 # --------------------------------------------------------------------------

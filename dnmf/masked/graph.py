@@ -49,10 +49,11 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import blocked, init, masked
+from ..base import inputs
+from ..engine.graph import SPLIT_EVERY, assemble, sum_list, tree_top, x_block_refs
+from ..nmf import init
+from . import kernels as masked
 
-#: Fan-in of the tree reductions.
-SPLIT_EVERY = 8
 
 # Layout of a step's scalar vector.
 S_LOSS = 0  # objective after the step: data term + penalties
@@ -134,7 +135,7 @@ def _bands_of(R: da.Array, Cb: da.Array, token: str) -> Bands:
 
 def band_arrays(X: da.Array) -> tuple[da.Array, da.Array]:
     """Lazy row-band and column-band arrays of a Dask X (to persist once)."""
-    xref, xdeps = blocked._x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     nI, nJ = X.numblocks
     token = tokenize("dnmf-masked-bands", X.name)
     rname, cname = f"dnmf-rowbands-{token}", f"dnmf-colbands-{token}"
@@ -156,7 +157,7 @@ def persist_bands(X: da.Array, runner) -> tuple[Bands, da.Array, da.Array]:
 
 def bands_from_store(X: da.Array) -> Bands:
     """Bands read from storage by the tasks that use them (never held)."""
-    xref, xdeps = blocked._x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     nI, nJ = X.numblocks
     return Bands(
         shape=X.shape,
@@ -174,32 +175,12 @@ def bands_from_store(X: da.Array) -> Bands:
 # --------------------------------------------------------------------------
 
 
-def _tree(layer: dict, prefix: str, keys: list, fn) -> Any:
-    """Fixed-order reduction of ``keys`` with ``fn(list)``; returns the top key."""
-    level = 0
-    while len(keys) > SPLIT_EVERY:
-        new = []
-        for g, start in enumerate(range(0, len(keys), SPLIT_EVERY)):
-            key = (f"{prefix}-L{level}", g)
-            layer[key] = (fn, list(keys[start : start + SPLIT_EVERY]))
-            new.append(key)
-        keys = new
-        level += 1
-    top = (f"{prefix}-top", 0)
-    layer[top] = (fn, list(keys))
-    return top
-
-
 def _exact_list(parts):
     return masked.exact_add(*parts)
 
 
 def _summary_list(parts):
     return masked.combine_summaries(parts)
-
-
-def _graph(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
-    return blocked._graph(core, layer, deps, outputs)
 
 
 def _concat(blocks):
@@ -214,7 +195,7 @@ def _concat(blocks):
 def summary(X: da.Array) -> da.Array:
     """One pass over X's blocks: a 1-element object array holding
     ``masked.combine_summaries`` of every block (exact, order-free)."""
-    xref, xdeps = blocked._x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-masked-summary", X.name)
     core = f"dnmf-masked-summary-core-{token}"
     name = f"dnmf-masked-summary-{token}"
@@ -224,9 +205,9 @@ def summary(X: da.Array) -> da.Array:
         for j in range(X.numblocks[1]):
             layer[(core, i, j)] = (masked.block_summary, xref(i, j))
             keys.append((core, i, j))
-    top = _tree(layer, core + "-sum", keys, _summary_list)
+    top = tree_top(layer, core + "-sum", keys, _summary_list)
     out = {(name, 0): (_boxed, top)}
-    graph = _graph(core, layer, xdeps, {name: out})
+    graph = assemble(core, layer, xdeps, {name: out})
     return da.Array(graph, name, chunks=((1,),), dtype=object)
 
 
@@ -237,7 +218,7 @@ def _boxed(value):
 
 
 def _init_block(seed, tag, start, stop, k, scale, biases):
-    W = init._random_block(seed, tag, start, stop, k, scale, np.float64)
+    W = init.random_block(seed, tag, start, stop, k, scale, np.float64)
     if not biases:
         return W
     return np.hstack([W, np.zeros((stop - start, 1))])
@@ -269,9 +250,9 @@ def factor_gram(A: da.Array, p: masked.MaskedParams) -> da.Array:
     for i in range(A.numblocks[0]):
         layer[(core, i)] = (masked.gram, (A.name, i, 0), p)
         keys.append((core, i))
-    top = _tree(layer, core, keys, blocked._sum_list)
+    top = tree_top(layer, core, keys, sum_list)
     out = {(name, 0, 0): (operator.getitem, top, slice(None))}
-    graph = _graph(core, layer, [A], {name: out})
+    graph = assemble(core, layer, [A], {name: out})
     return da.Array(graph, name, chunks=((p.k,), (p.k,)), meta=_meta())
 
 
@@ -361,7 +342,7 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
         for i in range(nI):
             layer[(f"{core}-Ag", i)] = (_pick, (f"{core}-A", i), "gram")
             grams.append((f"{core}-Ag", i))
-        gu_key = _tree(layer, f"{core}-GU", grams, blocked._sum_list)
+        gu_key = tree_top(layer, f"{core}-GU", grams, sum_list)
 
     col_parts, col_pen, col_grams = [], [], []
     for j in range(nJ):
@@ -369,9 +350,9 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
             layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
             bucket.append((f"{core}-B{part}", j))
-    data_key = _tree(layer, f"{core}-data", col_parts, _exact_list)
-    pen_key = _tree(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
-    gv_new_key = _tree(layer, f"{core}-GV", col_grams, blocked._sum_list) if implicit else None
+    data_key = tree_top(layer, f"{core}-data", col_parts, _exact_list)
+    pen_key = tree_top(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
+    gv_new_key = tree_top(layer, f"{core}-GV", col_grams, sum_list) if implicit else None
     fin = (f"{core}-C", 0)
     layer[fin] = (_finish, data_key, pen_key, gu_key, gv_new_key, p)
 
@@ -383,7 +364,7 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     if implicit:
         outputs[g_name] = {(g_name, 0, 0): (_pick, fin, "GV")}
     deps = [*bands.deps, U, V] + ([GV] if implicit else [])
-    graph = _graph(core, layer, deps, outputs)
+    graph = assemble(core, layer, deps, outputs)
     U_new = da.Array(graph, u_name, chunks=U.chunks, meta=_meta())
     V_new = da.Array(graph, v_name, chunks=V.chunks, meta=_meta())
     GV_new = da.Array(graph, g_name, chunks=((p.k,), (p.k,)), meta=_meta()) if implicit else None

@@ -32,15 +32,15 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from . import topn
-from .recommend import (
+from . import kernels as topn
+from ..base.estimator import current_client
+from ..engine.graph import assemble, tree_reduce
+from .factors import (
     USER_BLOCK,
     Factors,
-    _current_client,
-    _even_chunks,
-    _tall,
-    _tree,
-    _unwrap,
+    even_chunks,
+    tall,
+    unwrap,
     placed_factors,
     row_parts,
 )
@@ -199,7 +199,7 @@ def train_test_split(
 
 def _unwrap_split(X):
     if isinstance(X, (str, os.PathLike)) or type(X).__name__ == "MatrixStore":
-        return _unwrap(X)
+        return unwrap(X)
     return X
 
 
@@ -234,16 +234,7 @@ def _kth_largest(t: np.ndarray, q: int) -> float:
 def _delayed(core: str, layer: dict, deps: list, key) -> Delayed:
     """A Delayed of ``key`` of a layer (an alias layer names the result)."""
     out = f"{core}-out"
-    return Delayed(out, _block_graph(core, layer, deps, {out: {out: key}}))
-
-
-def _block_graph(name: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
-    hg = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-    layers, dependencies = dict(hg.layers), dict(hg.dependencies)
-    for out, out_layer in outputs.items():
-        layers[out] = out_layer
-        dependencies[out] = {name}
-    return HighLevelGraph(layers, dependencies)
+    return Delayed(out, assemble(core, layer, deps, {out: {out: key}}))
 
 
 def _split_dask(X: da.Array, ts: da.Array | None, method: str, test_size: float, k: int, seed: int):
@@ -281,7 +272,7 @@ def _split_dask(X: da.Array, ts: da.Array | None, method: str, test_size: float,
                     layer[(core, i, j)] = (topn.split_time, (X.name, i, j), (ts.name, i, j), cutoff)
                 for w, name in enumerate((train_name, test_name)):
                     outs[name][(name, i, j)] = (topn.split_pick, (core, i, j), w)
-    graph = _block_graph(core, layer, deps, outs)
+    graph = assemble(core, layer, deps, outs)
     meta = sp.csr_matrix((0, 0), dtype=X.dtype)
     return (da.Array(graph, train_name, chunks=X.chunks, meta=meta),
             da.Array(graph, test_name, chunks=X.chunks, meta=meta))
@@ -297,7 +288,7 @@ def _reduce_blocks(X: da.Array, ts: da.Array, func, combine, *args) -> np.ndarra
         for j in range(X.numblocks[1]):
             layer[(core, i, j)] = (func, (X.name, i, j), (ts.name, i, j), *args)
             keys.append((core, i, j))
-    top = _tree(layer, f"{core}-sum", keys, combine)
+    (top,) = tree_reduce(layer, f"{core}-sum", keys, combine)
     return np.asarray(dask.compute(_delayed(core, layer, [X, ts], top))[0])
 
 
@@ -340,26 +331,26 @@ def _row_blocks(factors: Factors, test: Any) -> tuple[int, ...]:
         return tuple(factors.W.chunks[0])
     if isinstance(test, da.Array):
         return tuple(test.chunks[0])
-    return _even_chunks(factors.n_users, USER_BLOCK)
+    return even_chunks(factors.n_users, USER_BLOCK)
 
 
 def _matrix_refs(A: Any, rows: tuple[int, ...], shape, client, layer: dict, prefix: str, what: str):
     """References to A's row blocks (all columns in one block) and A's dependencies."""
-    A = _unwrap(A)
+    A = unwrap(A)
     if tuple(A.shape) != tuple(shape):
         raise ValueError(
             f"{what} has shape {tuple(A.shape)} but the model scores {shape[0]} users x {shape[1]} "
             f"items; pass the {what} matrix of the data the model was fitted on (same ID maps)."
         )
     if not isinstance(A, da.Array):
-        A = _tall(A if sp.issparse(A) else sp.csr_matrix(A), rows, client, what)
+        A = tall(A if sp.issparse(A) else sp.csr_matrix(A), rows, client, what)
     return row_parts(A, rows, layer, prefix), [A]
 
 
 def _metrics_graph(factors: Factors, test: Any, train: Any, k: int, threshold, want_errors: bool,
                    want_ranking: bool, item_block: int):
     """Delayed results (or None) of the summed ``[sse, sae, count]`` and of ``(ranking sums, item bitmap)``."""
-    client = _current_client()
+    client = current_client()
     rows = _row_blocks(factors, test)
     W, ub, H_ref, ib_ref, deps = placed_factors(factors, rows, client)
     shape = (factors.n_users, factors.n_items)
@@ -385,10 +376,10 @@ def _metrics_graph(factors: Factors, test: Any, train: Any, k: int, threshold, w
             layer[(f"{core}-rank", i)] = (topn.ranking_block, w, u, factors.global_mean, H_ref, ib_ref,
                                           test_refs[i], train_refs[i], k, threshold, item_block)
             rank_keys.append((f"{core}-rank", i))
-    err = _tree(layer, f"{core}-err-sum", err_keys, topn.sum_parts) if err_keys else None
-    rank = _tree(layer, f"{core}-rank-sum", rank_keys, topn.sum_parts) if rank_keys else None
+    err = tree_reduce(layer, f"{core}-err-sum", err_keys, topn.sum_parts)[0] if err_keys else None
+    rank = tree_reduce(layer, f"{core}-rank-sum", rank_keys, topn.sum_parts)[0] if rank_keys else None
     outs = {f"{core}-{what}": key for what, key in (("errors", err), ("ranking", rank)) if key is not None}
-    graph = _block_graph(core, layer, deps, {name: {name: key} for name, key in outs.items()})
+    graph = assemble(core, layer, deps, {name: {name: key} for name, key in outs.items()})
     return tuple(Delayed(f"{core}-{what}", graph) if key is not None else None
                  for what, key in (("errors", err), ("ranking", rank)))
 
@@ -400,8 +391,8 @@ def _check_k(k: Any) -> int:
 
 
 def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item_block):
-    test = _unwrap(test)
-    train = None if train is None else _unwrap(train)
+    test = unwrap(test)
+    train = None if train is None else unwrap(train)
     err, rank = _metrics_graph(factors, test, train, k, threshold, want_errors, want_ranking, item_block)
     # One compute: blocks shared by both (test, W) are read once.
     values = dict(zip(("err", "rank"), dask.compute(err, rank)))

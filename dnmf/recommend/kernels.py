@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .kernels import as_block
+from ..engine.blocks import as_block
 
 #: Items per item block when none is given: a (rows x items) score slab of a
 #: few MiB, and few enough tasks per row block.

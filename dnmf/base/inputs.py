@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 
-from . import blocked, kernels
+from ..engine.blocks import as_block
+from ..engine.graph import is_store_backed
 
 #: Target size of one block of an in-memory input, in bytes of data.
 BLOCK_BYTES = 16 * 2**20
@@ -31,7 +31,7 @@ def is_pydata_sparse(X) -> bool:
 
 def to_block(x, dtype=None):
     """One block as an ndarray or a canonical CSR matrix."""
-    x = kernels.as_block(x)
+    x = as_block(x)
     if dtype is not None and x.dtype != dtype:
         x = x.astype(dtype)
     return x
@@ -59,10 +59,11 @@ def auto_chunks(shape: tuple[int, int], nbytes: int) -> tuple[tuple[int, ...], t
     m, n = shape
     n_row = max(1, min(m, math.ceil(nbytes / BLOCK_BYTES)))
     n_col = max(1, math.ceil(n / MAX_BLOCK_COLS))
-    return _even(m, n_row), _even(n, n_col)
+    return even_split(m, n_row), even_split(n, n_col)
 
 
-def _even(size: int, parts: int) -> tuple[int, ...]:
+def even_split(size: int, parts: int) -> tuple[int, ...]:
+    """``size`` cut into ``parts`` consecutive chunks whose lengths differ by at most one."""
     base, extra = divmod(size, parts)
     return tuple(base + (1 if p < extra else 0) for p in range(parts))
 
@@ -135,7 +136,7 @@ def from_dask(X: da.Array) -> da.Array:
         )
     dtype = float_dtype(X.dtype)
     meta = X._meta
-    if _store_backed(X) and dtype == X.dtype:
+    if is_store_backed(X) and dtype == X.dtype:
         return X  # dnmf stores already hold float NumPy or CSR blocks
     sparse_meta = sp.issparse(meta) or is_pydata_sparse(meta)
     out_meta = sp.csr_matrix((0, 0), dtype=dtype) if sparse_meta else np.empty((0, 0), dtype=dtype)
@@ -144,45 +145,3 @@ def from_dask(X: da.Array) -> da.Array:
 
 def _store_backed(X: da.Array) -> bool:
     return all(str(name).startswith("dnmf-store") for name in X.__dask_graph__().layers)
-
-
-@dataclass(frozen=True)
-class MatrixStats:
-    """Summary of X from one validation pass."""
-
-    min: float
-    n_nonfinite: int
-    sum: float
-    sq_norm: float
-    nnz: int
-    n_entries: int
-
-    @classmethod
-    def from_vector(cls, v) -> "MatrixStats":
-        """From ``kernels.block_stats`` / ``blocked.stats`` output."""
-        return cls(min=float(v[0]), n_nonfinite=int(v[1]), sum=float(v[2]),
-                   sq_norm=float(v[3]), nnz=int(v[4]), n_entries=int(v[5]))
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.n_entries if self.n_entries else 0.0
-
-
-def compute_stats(X: da.Array, runner) -> MatrixStats:
-    return MatrixStats.from_vector(np.asarray(runner.compute(blocked.stats(X))))
-
-
-def check_values(stats: MatrixStats, whom: str = "NMF (input X)") -> None:
-    """Raise the errors scikit-learn raises, with the fix spelled out."""
-    if stats.n_nonfinite:
-        raise ValueError(
-            f"Input X contains NaN or infinity: {stats.n_nonfinite} non-finite "
-            f"value(s) passed to {whom}. NMF needs finite values; replace them "
-            "(e.g. with 0 for unobserved entries) before fitting."
-        )
-    if stats.min < 0:
-        raise ValueError(
-            f"Negative values in data passed to {whom}: the smallest is "
-            f"{stats.min:g}. NMF needs X >= 0; shift or clip the data "
-            "(e.g. X - X.min(), or np.clip(X, 0, None)) before fitting."
-        )

@@ -53,8 +53,8 @@ from fractions import Fraction
 import numpy as np
 import scipy.sparse as sp
 
-from . import nnls
-from .kernels import as_block
+from ..engine.blocks import as_block
+from ..nmf import nnls
 
 #: Bytes of temporaries per batch of rows (gathered features and their
 #: pairwise products); bounds a task's memory whatever the band's size.

@@ -32,20 +32,20 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from .storage import chunking, ids as _ids, locations
-from .storage.ingestion import ingest as _ingest_impl
-from .storage.dense import read_dense_block, warn_chunk_fit, write_dense_block
-from .storage.errors import StoreError
-from .storage import tasks as _tasks
-from .storage.layout import DENSE_ARRAY, MatrixInfo
-from .storage.matrix import (
+from . import chunking, ids as _ids, locations
+from .ingestion import ingest as _ingest_impl
+from .dense import read_dense_block, warn_chunk_fit, write_dense_block
+from .errors import StoreError
+from . import tasks as _tasks
+from .layout import DENSE_ARRAY, MatrixInfo
+from .matrix import (
     commit_matrix_store,
     new_write_id,
     read_matrix_info,
     verify_matrix,
     writing_store,
 )
-from .storage.models import (
+from .models import (
     DeferredArray,
     ModelInfo,
     read_model_block,
@@ -53,7 +53,7 @@ from .storage.models import (
     write_model,
     write_model_block,
 )
-from .storage.sparse import read_sparse_block, write_sparse_block
+from .sparse import read_sparse_block, write_sparse_block
 
 __all__ = [
     "IdMaps",
@@ -759,7 +759,7 @@ def identify(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | 
     StoreError
         If ``path`` holds none of them (naming what is there instead).
     """
-    from .storage import jobs as _jobs
+    from . import jobs as _jobs
 
     path = locations.normalize(path)
     if not locations.exists(path, storage_options):

@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .storage import jobs as store
-from .storage import locations
+from ..storage import jobs as store
+from ..storage import locations
 
 logger = logging.getLogger("dnmf")
 
@@ -180,7 +180,7 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
     model : dnmf.NMF or dnmf.RatingsNMF
         Fitted; ``model.job_state_`` is "finished" or "cancelled".
     """
-    from . import io
+    from ..storage import arrays as io
 
     so = None
     record = None
@@ -211,7 +211,7 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         timings["open input"] = time.perf_counter() - t0
         Estimator = _estimator(spec.get("estimator", "NMF"))
         model = Estimator(**_job_params(spec), client=client, checkpoint=ckpt, storage_options=so)
-        from .storage import checkpoints as ckpt_store
+        from ..storage import checkpoints as ckpt_store
 
         resume = ckpt if ckpt is not None and ckpt_store.exists(ckpt, so) else None
         if resume is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .storage import checkpoints as store
+from ..storage import checkpoints as store
 
 logger = logging.getLogger("dnmf")
 

@@ -35,8 +35,10 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import topn
-from .blocked import SPLIT_EVERY
+from ..base.estimator import current_client
+from ..base.inputs import even_split
+from ..engine.graph import SPLIT_EVERY, tree_reduce
+from . import kernels as topn
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,15 +76,6 @@ class UnknownIDError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-def _current_client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 @dataclass
@@ -417,7 +410,7 @@ def item_popularity(X: Any) -> np.ndarray:
     -------
     ndarray of shape (n_items,), float64
     """
-    X = _unwrap(X)
+    X = unwrap(X)
     if not isinstance(X, da.Array):
         return topn.count_columns(X, X.shape[1])
     token = tokenize("dnmf-popularity", X.name)
@@ -470,7 +463,7 @@ def popularity_baseline(X: Any, *, row_ids=None, col_ids=None) -> Factors:
     Evaluate it next to a model: a recommender that does not beat it on
     precision@k does not personalise.
     """
-    X = _unwrap(X)
+    X = unwrap(X)
     pop = item_popularity(X)
     m = X.shape[0]
     if isinstance(X, da.Array):
@@ -480,12 +473,12 @@ def popularity_baseline(X: Any, *, row_ids=None, col_ids=None) -> Factors:
     return Factors(W=W, H=pop[None, :], row_ids=row_ids, col_ids=col_ids)
 
 
-def _unwrap(X: Any) -> Any:
+def unwrap(X: Any) -> Any:
     """A matrix store (or its path) as its Dask array; anything else as is."""
     import os
 
     if isinstance(X, (str, os.PathLike)):
-        from . import io
+        from ..storage import arrays as io
 
         X = io.open_matrix(X)
     if type(X).__name__ == "MatrixStore":
@@ -502,13 +495,12 @@ def _unwrap(X: Any) -> Any:
 # --------------------------------------------------------------------------
 
 
-def _even_chunks(size: int, block: int) -> tuple[int, ...]:
-    parts = max(1, math.ceil(size / block))
-    base, extra = divmod(size, parts)
-    return tuple(base + (1 if p < extra else 0) for p in range(parts))
+def even_chunks(size: int, block: int) -> tuple[int, ...]:
+    """``size`` cut into even chunks of at most about ``block``."""
+    return even_split(size, max(1, math.ceil(size / block)))
 
 
-def _tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.Array:
+def tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.Array:
     """An array (NumPy, SciPy sparse or Dask) as a Dask array with the given row chunks.
 
     One chunk along the other axes. In-memory blocks are scattered to the
@@ -519,7 +511,7 @@ def _tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.A
         return A if A.chunks == want else A.rechunk(want)
     if not sp.issparse(A):
         A = np.asarray(A)
-    rows = tuple(row_chunks or _even_chunks(A.shape[0], USER_BLOCK))
+    rows = tuple(row_chunks or even_chunks(A.shape[0], USER_BLOCK))
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
     rest = (0,) * (A.ndim - 1)
     blocks = {(i,) + rest: A[offsets[i] : offsets[i + 1]] for i in range(len(rows))}
@@ -544,13 +536,13 @@ def placed_factors(factors: Factors, rows: tuple[int, ...] | None, client):
     per-user parts (one column chunk), keys (or None) for the small ones, and
     the collections the graph depends on.
     """
-    W = _tall(factors.W, rows, client, "W")
+    W = tall(factors.W, rows, client, "W")
     if W.numblocks[1] != 1:
         W = W.rechunk((W.chunks[0], -1))
     deps: list = [W]
     ub = None
     if factors.user_bias is not None:
-        ub = _tall(factors.user_bias, W.chunks[0], client, "user-bias")
+        ub = tall(factors.user_bias, W.chunks[0], client, "user-bias")
         deps.append(ub)
     H_ref, H_deps = _small(factors.H, client, "H")
     ib_ref, ib_deps = _small(factors.item_bias, client, "item-bias")
@@ -561,7 +553,7 @@ def _small(value: Any, client, what: str) -> tuple[Any, list]:
     """A graph reference to an in-memory array in one block: ``(key, deps)``."""
     if value is None:
         return None, []
-    arr = _tall(np.asarray(value), (np.shape(value)[0],), client, what)
+    arr = tall(np.asarray(value), (np.shape(value)[0],), client, what)
     return (arr.name,) + (0,) * arr.ndim, [arr]
 
 
@@ -588,24 +580,6 @@ def row_parts(X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str
         layer[(prefix, i)] = (topn.assemble, pieces)
         refs.append((prefix, i))
     return refs
-
-
-def _tree(layer: dict, prefix: str, keys: list, func, *args) -> Any:
-    """Fixed-order tree of ``func(parts, *args)`` down to one key."""
-    level = 0
-    while len(keys) > 1:
-        new = []
-        for g, start in enumerate(range(0, len(keys), SPLIT_EVERY)):
-            group = keys[start : start + SPLIT_EVERY]
-            if len(group) == 1:
-                new.append(group[0])
-                continue
-            key = (f"{prefix}-L{level}", g)
-            layer[key] = (func, list(group), *args)
-            new.append(key)
-        keys = new
-        level += 1
-    return keys[0]
 
 
 def _check_exclude_shape(exclude, m: int, n_items: int) -> None:
@@ -664,7 +638,7 @@ def recommend_all(
     identical for any user or item blocking (ties by item index).
     """
     n = _check_n(n)
-    client = client if client is not None else _current_client()
+    client = client if client is not None else current_client()
     cand = _candidates(items, factors.n_items)
     cand = np.arange(factors.n_items, dtype=np.int64) if cand is None else cand
     size = int(item_block or topn.ITEM_BLOCK)
@@ -678,10 +652,10 @@ def recommend_all(
 
     ex = None
     if exclude is not None:
-        ex = _unwrap(exclude)
+        ex = unwrap(exclude)
         _check_exclude_shape(ex, factors.n_users, factors.n_items)
         if not isinstance(ex, da.Array):
-            ex = _tall(ex, rows, client, "exclude")
+            ex = tall(ex, rows, client, "exclude")
         deps.append(ex)
     token = tokenize("dnmf-recommend-all", W.name, None if ub is None else ub.name, H_ref, ib_ref,
                      factors.global_mean, n, cand, size, None if ex is None else ex.name)
@@ -700,7 +674,7 @@ def recommend_all(
             key = (f"{core}-part", i, j)
             layer[key] = (topn.topn_block, (W.name, i, 0), None, 0.0, (f"{core}-items", j), ex_refs[i], n)
             parts.append(key)
-        top = _tree(layer, f"{core}-merge-{i}", parts, topn.merge_list, n)
+        (top,) = tree_reduce(layer, f"{core}-merge-{i}", parts, topn.merge_list, n)
         fin = (f"{core}-final", i)
         layer[fin] = (topn.add_row_offset, top, None if ub is None else (ub.name, i), factors.global_mean)
         idx_layer[(idx_name, i, 0)] = (topn.split_pick, fin, 0)

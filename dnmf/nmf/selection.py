@@ -44,7 +44,11 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
-from . import blocked, driver, init, inputs, kernels
+from ..base import inputs
+from ..engine import loop as driver
+from . import graph as blocked
+from . import init, kernels
+from . import stats as stats_mod
 from .estimator import NMF
 
 _METHODS = ("cv", "consensus")
@@ -326,7 +330,7 @@ def _cv(fitter: _Fitter, ks, n_repeats, fraction, base, n_jobs) -> RankSelection
         mask, train = holdout_split(fitter.X, fraction, base, r)
         mask, train = runner.persist(mask, train)
         svd = fitter.svd(train, ks, fitter.est.init, _derive(base, 505, r))
-        splits.append((mask, train, inputs.compute_stats(train, runner), svd))
+        splits.append((mask, train, stats_mod.compute_stats(train, runner), svd))
 
     def one(item):
         r, k = item

@@ -10,25 +10,19 @@ from numbers import Integral, Real
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import checkpoint as checkpoint_mod
-from . import driver, init, inputs, kernels
-from .storage import checkpoints as checkpoint_store
+from ..base import inputs
+from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, load, params_from_json
+from ..engine import checkpoint as checkpoint_mod
+from ..engine import loop as driver
+from ..storage import checkpoints as checkpoint_store
+from . import init, kernels
+from . import stats as stats_mod
 
 _BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
-
-
-def _current_client():
-    """The default distributed Client, if one is active."""
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def _from_storage(X: da.Array) -> bool:
@@ -37,22 +31,7 @@ def _from_storage(X: da.Array) -> bool:
     return any(str(name).startswith(prefixes) for name in X.__dask_graph__().layers)
 
 
-#: Constraints of the parameters that say where and how long a fit runs and how it
-#: checkpoints; shared by every dnmf estimator.
-RUN_CONSTRAINTS: dict = {
-        "max_time": [Interval(Real, 0, None, closed="neither"), None],
-        "chunks": "no_validation",
-        "client": "no_validation",
-        "checkpoint": [str, os.PathLike, None],
-        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
-        "checkpoint_seconds": [Interval(Real, 0, None, closed="neither"), None],
-        "keep_checkpoints": [Interval(Integral, 1, None, closed="left")],
-        "max_retries": [Interval(Integral, 0, None, closed="left")],
-        "storage_options": [dict, None],
-}
-
-
-class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
     """Non-negative Matrix Factorization on Dask: ``X ≈ W @ H``.
 
     Finds non-negative ``W`` (n_samples, n_components) and ``H``
@@ -140,6 +119,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         The store's column (item) and row (user) IDs; saved with the model
         (``sample_ids_`` only together with W).
     """
+
+    _MODEL_KIND = "NMF"
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left"), None, StrOptions({"auto"})],
@@ -269,18 +250,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         mid-save leaves the old model loadable.
         """
         check_is_fitted(self)
-        from . import io
-        from ._version import __version__
+        from ..storage import arrays as io
 
         W = self.__dict__.get("_W") if W is None else W
         arrays = {"H": self.components_}
         if W is not None:
             arrays["W"] = W
         attrs = {
-            "library": "dnmf",
-            "library_version": __version__,
-            "estimator": type(self).__name__,
-            "params": _jsonable_params(self.get_params(deep=False)),
+            **self._model_attrs(),
             "n_iter": int(self.n_iter_),
             "reconstruction_err": float(self.reconstruction_err_),
             "loss_history": [float(v) for v in self.loss_history_],
@@ -295,7 +272,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 continue
             if ids is not None and not isinstance(ids, pd.RangeIndex):
                 attrs[key] = [v.item() if hasattr(v, "item") else v for v in ids]
-        client = self.client if self.client is not None else _current_client()
+        client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
 
     def transform(self, X):
@@ -331,10 +308,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _prepare(self, X, reset: bool):
         """Block X, validate its values; returns (X, in_memory, runner, stats)."""
-        client = self.client if self.client is not None else _current_client()
+        client = self._client()
         runner = driver.Runner(client)
         if isinstance(X, (str, os.PathLike)):
-            from . import io
+            from ..storage import arrays as io
 
             X = io.open_matrix(X, storage_options=self.storage_options)
         if type(X).__name__ == "MatrixStore":
@@ -362,8 +339,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 (Xd,) = runner.persist(Xd)
                 source = X
                 self._reload_X = lambda: runner.persist(inputs.from_dask(source))[0]
-            stats = inputs.compute_stats(Xd, runner)
-            inputs.check_values(stats)
+            stats = stats_mod.compute_stats(Xd, runner)
+            stats_mod.check_values(stats)
             return Xd, False, runner, stats
         if inputs.is_pydata_sparse(X):
             X = X.to_scipy_sparse()
@@ -374,8 +351,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             dtype=[np.float64, np.float32],
             reset=reset,
         )
-        stats = inputs.MatrixStats.from_vector(kernels.block_stats(X))
-        inputs.check_values(stats)
+        stats = stats_mod.MatrixStats.from_vector(kernels.block_stats(X))
+        stats_mod.check_values(stats)
         Xd = inputs.from_memory(X, self.chunks, client=client)
         self._reload_X = lambda: inputs.from_memory(X, self.chunks, client=client)
         if Xd.npartitions == 1:
@@ -469,13 +446,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
         return result.W, result.Ht, result
 
-    _RESUMABLE = ("max_iter", "tol", "max_time", "verbose", "client", "checkpoint", "checkpoint_every",
-                  "checkpoint_seconds", "keep_checkpoints", "max_retries", "storage_options", "chunks")
-
-    def _resume_params(self) -> dict:
-        params = _jsonable_params(self.get_params(deep=False))
-        return {k: v for k, v in params.items() if k not in self._RESUMABLE}
-
     def _resume_from(self, path, X, stats):
         """Load the current checkpoint at ``path`` after checking it fits X and self."""
         info, record, W0, Ht0 = checkpoint_mod.load(path, self.storage_options)
@@ -544,45 +514,9 @@ def _fingerprint(X, stats) -> dict:
     }
 
 
-def _jsonable_params(params: dict) -> dict:
-    out = {}
-    for name, value in params.items():
-        if name in ("client",):
-            continue
-        if isinstance(value, np.random.RandomState):
-            value = None  # a RandomState's stream cannot be stored faithfully
-        elif isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        elif isinstance(value, tuple):
-            value = [list(v) if isinstance(v, tuple) else v for v in value]
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[name] = value
-    return out
-
-
-def load(path) -> NMF:
-    """Load a model saved with :meth:`NMF.save`.
-
-    W (when saved) comes back as a Dask array that reads its blocks lazily;
-    ``transform``, ``inverse_transform`` and ``save`` work at once.
-    """
-    from . import io
-
-    arrays, attrs = io.load_factors(path)
-    if attrs.get("library") == "dnmf" and attrs.get("estimator") == "RatingsNMF":
-        from .ratings import load as load_ratings  # masked models have their own loader
-
-        return load_ratings(path)
-    if attrs.get("library") != "dnmf" or "params" not in attrs:
-        raise io.StoreError(
-            f"{path} is a model store but not a dnmf NMF model (attributes "
-            f"{sorted(attrs)}). Load it with dnmf.io.load_factors instead."
-        )
-    params = dict(attrs["params"])
-    if isinstance(params.get("chunks"), list):
-        params["chunks"] = tuple(tuple(c) if isinstance(c, list) else c for c in params["chunks"])
-    model = NMF(**params)
+def load_model(arrays: dict, attrs: dict, path) -> NMF:
+    """An :class:`NMF` from a model store's arrays and attributes (see :func:`dnmf.load`)."""
+    model = NMF(**params_from_json(attrs["params"]))
     model.components_ = np.asarray(arrays["H"].compute())
     model.n_components_ = model.components_.shape[0]
     model.n_iter_ = attrs["n_iter"]

@@ -195,7 +195,7 @@ def _png_figure(loss: np.ndarray, stat: np.ndarray | None) -> str:
     """The loss (and stationarity) curves as a base64 PNG ``<img>`` element."""
     from matplotlib.figure import Figure
 
-    from .plot import loss_curve
+    from ..plot import loss_curve
 
     # A bare Figure (no pyplot): no global figure registry, safe from any thread.
     ncols = 2 if stat is not None else 1
@@ -416,7 +416,7 @@ def render_report(
 ) -> str:
     """The HTML text that :func:`write_report` writes (see there)."""
     _check_fitted(model)
-    from ._version import __version__
+    from .._version import __version__
 
     title = title or f"dnmf {type(model).__name__} report"
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -35,10 +35,10 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..engine.graph import SPLIT_EVERY, assemble, pick, sum_list, tree_reduce, x_block_refs
+from ..engine.graph import meta as _meta
 from . import kernels, nnls
 
-#: Fan-in of every tree reduction.
-SPLIT_EVERY = 8
 
 # Layout of the scalar vector a step returns (float64).
 S_VIOLATION = 0  # sum of |projected gradient| over both half-steps: met during
@@ -82,68 +82,6 @@ class StepParams:
 # --------------------------------------------------------------------------
 
 
-def _sum_list(parts):
-    """Sum arrays (or tuples of arrays) in the given order."""
-    first = parts[0]
-    if isinstance(first, tuple):
-        return tuple(_sum_list([p[t] for p in parts]) for t in range(len(first)))
-    out = np.array(first, copy=True)
-    for p in parts[1:]:
-        out += p
-    return out
-
-
-def _pick(result, name, j=None):
-    value = result[name]
-    return value if j is None else value[j]
-
-
-def _tree(layer: dict, prefix: str, keys: list, split_every: int = SPLIT_EVERY) -> list:
-    """Add fixed-order partial-sum tasks until at most ``split_every`` keys remain."""
-    level = 0
-    while len(keys) > split_every:
-        new = []
-        for g, start in enumerate(range(0, len(keys), split_every)):
-            key = (f"{prefix}-L{level}", g)
-            layer[key] = (_sum_list, list(keys[start : start + split_every]))
-            new.append(key)
-        keys = new
-        level += 1
-    return list(keys)
-
-
-def _graph(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
-    """One graph: a core layer plus one thin layer per output collection."""
-    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
-    layers = dict(hg.layers)
-    dependencies = dict(hg.dependencies)
-    for name, out_layer in outputs.items():
-        layers[name] = out_layer
-        dependencies[name] = {core}
-    return HighLevelGraph(layers, dependencies)
-
-
-def _x_blocks(X: da.Array):
-    """How tasks refer to X's blocks: ``(ref(i, j), dependencies)``.
-
-    For an X read from a dnmf store the block's read task itself is inlined
-    into each task that uses the block: the block then lives only inside that
-    task, never as a result in a worker's managed memory, so it cannot be held
-    between tasks or spilled to disk. Other arrays are referenced by key.
-    """
-    layers = X.__dask_graph__().layers
-    layer = layers.get(X.name)
-    if len(layers) == 1 and str(X.name).startswith("dnmf-store") and layer is not None:
-        tasks = dict(layer)
-        if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
-            return (lambda i, j: tasks[(X.name, i, j)]), []
-    return (lambda i, j: (X.name, i, j)), [X]
-
-
-def _meta(dtype) -> np.ndarray:
-    return np.empty((0, 0), dtype=dtype)
-
-
 # --------------------------------------------------------------------------
 # Whole-matrix summaries and products (initialisation, tests, transform)
 # --------------------------------------------------------------------------
@@ -154,7 +92,7 @@ def stats(X: da.Array) -> da.Array:
 
     ``[min, n_nonfinite, sum, sum_of_squares, nnz, n_entries]``; one pass over X.
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-stats", X.name)
     core = f"dnmf-stats-core-{token}"
     name = f"dnmf-stats-{token}"
@@ -165,10 +103,10 @@ def stats(X: da.Array) -> da.Array:
             key = (core, i, j)
             layer[key] = (kernels.block_stats, xref(i, j))
             keys.append(key)
-    top = _tree(layer, core + "-sum", keys, split_every=64)
+    top = tree_reduce(layer, core + "-sum", keys, split_every=64, until=64)
     layer[(core, "agg")] = (_combine_stats, top)
     out = {(name, 0): (operator.getitem, (core, "agg"), slice(None))}
-    graph = _graph(core, layer, xdeps, {name: out})
+    graph = assemble(core, layer, xdeps, {name: out})
     return da.Array(graph, name, chunks=((6,),), dtype=np.float64)
 
 
@@ -191,7 +129,7 @@ def xdot(X: da.Array, B: da.Array) -> da.Array:
 
     One task per row block; the sum over column blocks runs in order.
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     _check_tall(B, X.chunks[1], "B")
     token = tokenize("dnmf-xdot", X.name, B.name)
     name = f"dnmf-xdot-{token}"
@@ -214,7 +152,7 @@ def xtdot(X: da.Array, A: da.Array) -> da.Array:
     Uses the free CSC view of each CSR block (fast, small output), and a
     fixed-order tree over the row blocks.
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     _check_tall(A, X.chunks[0], "A")
     token = tokenize("dnmf-xtdot", X.name, A.name)
     core = f"dnmf-xtdot-core-{token}"
@@ -227,9 +165,9 @@ def xtdot(X: da.Array, A: da.Array) -> da.Array:
             key = (core, i, j)
             layer[key] = (kernels.xtdot, xref(i, j), (A.name, i, 0))
             keys.append(key)
-        top = _tree(layer, f"{core}-t{j}", keys)
-        out[(name, j, 0)] = (_sum_list, top)
-    graph = _graph(core, layer, [*xdeps, A], {name: out})
+        top = tree_reduce(layer, f"{core}-t{j}", keys, until=SPLIT_EVERY)
+        out[(name, j, 0)] = (sum_list, top)
+    graph = assemble(core, layer, [*xdeps, A], {name: out})
     dtype = np.result_type(X.dtype, A.dtype)
     return da.Array(graph, name, chunks=(X.chunks[1], A.chunks[1]), meta=_meta(dtype))
 
@@ -244,9 +182,9 @@ def gram(A: da.Array) -> da.Array:
     for i in range(A.numblocks[0]):
         layer[(core, i)] = (kernels.gram, (A.name, i, 0))
         keys.append((core, i))
-    top = _tree(layer, core, keys)
-    out = {(name, 0, 0): (_sum_list, top)}
-    graph = _graph(core, layer, [A], {name: out})
+    top = tree_reduce(layer, core, keys, until=SPLIT_EVERY)
+    out = {(name, 0, 0): (sum_list, top)}
+    graph = assemble(core, layer, [A], {name: out})
     k = A.shape[1]
     return da.Array(graph, name, chunks=((k,), (k,)), meta=_meta(A.dtype))
 
@@ -395,7 +333,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     scalars : dask array (N_SCALARS,), float64
         See the ``S_*`` constants.
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     nI, nJ = X.numblocks
     if holdout is not None and (holdout.chunks != X.chunks or p.beta != 2):
         raise ValueError(
@@ -418,13 +356,13 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
         )
         if holdout is not None:
             layer[a] = layer[a] + ([(holdout.name, i, j) for j in range(nJ)],)
-        layer[(f"{core}-As", i)] = (_pick, a, "small")
+        layer[(f"{core}-As", i)] = (pick, a, "small")
         row_small.append((f"{core}-As", i))
-    top = _tree(layer, f"{core}-Asum", row_small)
+    top = tree_reduce(layer, f"{core}-Asum", row_small, until=SPLIT_EVERY)
     small_key = (f"{core}-small", 0)
-    layer[small_key] = (_sum_list, top)
+    layer[small_key] = (sum_list, top)
 
-    outputs = {w_name: {(w_name, i, 0): (_pick, (f"{core}-A", i), "W") for i in range(nI)}}
+    outputs = {w_name: {(w_name, i, 0): (pick, (f"{core}-A", i), "W") for i in range(nI)}}
     col_small_key = None
     if p.update_H:
         col_small = []
@@ -432,25 +370,25 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
             parts = []
             for i in range(nI):
                 key = (f"{core}-P", i, j)
-                layer[key] = (_pick, (f"{core}-A", i), "P", j)
+                layer[key] = (pick, (f"{core}-A", i), "P", j)
                 parts.append(key)
-            parts = _tree(layer, f"{core}-P{j}", parts)
+            parts = tree_reduce(layer, f"{core}-P{j}", parts, until=SPLIT_EVERY)
             b = (f"{core}-B", j)
-            layer[b] = (_col_task, ht_keys[j], (_sum_list, parts), small_key, p)
-            layer[(f"{core}-Bs", j)] = (_pick, b, "small")
+            layer[b] = (_col_task, ht_keys[j], (sum_list, parts), small_key, p)
+            layer[(f"{core}-Bs", j)] = (pick, b, "small")
             col_small.append((f"{core}-Bs", j))
-        top = _tree(layer, f"{core}-Bsum", col_small)
+        top = tree_reduce(layer, f"{core}-Bsum", col_small, until=SPLIT_EVERY)
         col_small_key = (f"{core}-colsmall", 0)
-        layer[col_small_key] = (_sum_list, top)
-        outputs[ht_name] = {(ht_name, j, 0): (_pick, (f"{core}-B", j), "Ht") for j in range(nJ)}
+        layer[col_small_key] = (sum_list, top)
+        outputs[ht_name] = {(ht_name, j, 0): (pick, (f"{core}-B", j), "Ht") for j in range(nJ)}
 
     fin = (f"{core}-C", 0)
     layer[fin] = (_finish, small_key, col_small_key, hht_key, p.update_H)
-    outputs[hht_name] = {(hht_name, 0, 0): (_pick, fin, "HHt")}
-    outputs[s_name] = {(s_name, 0): (_pick, fin, "scalars")}
+    outputs[hht_name] = {(hht_name, 0, 0): (pick, fin, "HHt")}
+    outputs[s_name] = {(s_name, 0): (pick, fin, "scalars")}
 
     deps = [*xdeps, W, Ht, HHt] + ([holdout] if holdout is not None else [])
-    graph = _graph(core, layer, deps, outputs)
+    graph = assemble(core, layer, deps, outputs)
     W_new = da.Array(graph, w_name, chunks=W.chunks, meta=_meta(W.dtype))
     if p.update_H:
         Ht_new = da.Array(graph, ht_name, chunks=Ht.chunks, meta=_meta(Ht.dtype))
@@ -482,7 +420,7 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
     For beta = 2: ``[<X Ht, W>, <W'W, HHt>]`` (combine with ``||X||²`` via
     ``kernels.frobenius_from_terms``); otherwise ``[divergence, 0]``.
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-objective", X.name, W.name, Ht.name, HHt.name, beta)
     core = f"dnmf-objective-core-{token}"
     name = f"dnmf-objective-{token}"
@@ -499,9 +437,9 @@ def objective_terms(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, beta:
             beta,
         )
         keys.append((core, i))
-    top = _tree(layer, core + "-sum", keys)
-    out = {(name, 0): (_sum_list, top)}
-    graph = _graph(core, layer, [*xdeps, W, Ht, HHt], {name: out})
+    top = tree_reduce(layer, core + "-sum", keys, until=SPLIT_EVERY)
+    out = {(name, 0): (sum_list, top)}
+    graph = assemble(core, layer, [*xdeps, W, Ht, HHt], {name: out})
     return da.Array(graph, name, chunks=((2,),), dtype=np.float64)
 
 
@@ -511,7 +449,7 @@ def holdout_error(X: da.Array, holdout: da.Array, W: da.Array, Ht: da.Array) -> 
     ``X`` holds the true values (not the zeroed training blocks); one task
     per block, then a fixed-order tree. O(|holdout| · k).
     """
-    xref, xdeps = _x_blocks(X)
+    xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-holdout-error", X.name, holdout.name, W.name, Ht.name)
     core = f"dnmf-holdout-error-core-{token}"
     name = f"dnmf-holdout-error-{token}"
@@ -522,7 +460,7 @@ def holdout_error(X: da.Array, holdout: da.Array, W: da.Array, Ht: da.Array) -> 
             key = (core, i, j)
             layer[key] = (kernels.holdout_error, xref(i, j), (holdout.name, i, j), (W.name, i, 0), (Ht.name, j, 0))
             keys.append(key)
-    top = _tree(layer, core + "-sum", keys)
-    out = {(name, 0): (_sum_list, top)}
-    graph = _graph(core, layer, [*xdeps, holdout, W, Ht], {name: out})
+    top = tree_reduce(layer, core + "-sum", keys, until=SPLIT_EVERY)
+    out = {(name, 0): (sum_list, top)}
+    graph = assemble(core, layer, [*xdeps, holdout, W, Ht], {name: out})
     return da.Array(graph, name, chunks=((3,),), dtype=np.float64)

@@ -1,0 +1,114 @@
+"""Graph helpers every model's step graph is built from.
+
+Fixed-order tree reductions (so that a sum does not depend on where its
+parts were computed), the assembly of a hand-built layer into one
+:class:`~dask.highlevelgraph.HighLevelGraph`, and references to the blocks
+of X that inline a store read into the task that uses the block.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+from dask.highlevelgraph import HighLevelGraph
+
+#: Fan-in of every tree reduction.
+SPLIT_EVERY = 8
+
+
+def sum_list(parts):
+    """Sum arrays (or tuples of arrays) in the given order."""
+    first = parts[0]
+    if isinstance(first, tuple):
+        return tuple(sum_list([p[t] for p in parts]) for t in range(len(first)))
+    out = np.array(first, copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def pick(result, name, j=None):
+    """``result[name]`` (or ``result[name][j]``): one output of a task returning a dict."""
+    value = result[name]
+    return value if j is None else value[j]
+
+
+def tree_reduce(
+    layer: dict,
+    prefix: str,
+    keys: list,
+    func: Callable[..., Any] = sum_list,
+    *args: Any,
+    split_every: int = SPLIT_EVERY,
+    until: int = 1,
+) -> list:
+    """Add fixed-order ``func(parts, *args)`` tasks to ``layer`` until at most ``until`` keys remain.
+
+    Consecutive groups of ``split_every`` keys are combined level by level; a
+    group of one key passes through unchanged. The grouping depends only on
+    the number of keys, so the result does not depend on where the parts
+    were computed. Returns the remaining keys, in order.
+    """
+    level = 0
+    keys = list(keys)
+    while len(keys) > max(until, 1):
+        new = []
+        for g, start in enumerate(range(0, len(keys), split_every)):
+            group = keys[start : start + split_every]
+            if len(group) == 1:
+                new.append(group[0])
+                continue
+            key = (f"{prefix}-L{level}", g)
+            layer[key] = (func, list(group), *args)
+            new.append(key)
+        keys = new
+        level += 1
+    return keys
+
+
+def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = sum_list, *args: Any) -> tuple:
+    """A fixed-order reduction of ``keys`` to one task (``(prefix + "-top", 0)``), which it returns."""
+    keys = tree_reduce(layer, prefix, keys, func, *args, until=SPLIT_EVERY)
+    top = (f"{prefix}-top", 0)
+    layer[top] = (func, list(keys), *args)
+    return top
+
+
+def assemble(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
+    """One graph: a core layer plus one thin layer per output collection."""
+    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
+    layers = dict(hg.layers)
+    dependencies = dict(hg.dependencies)
+    for name, out_layer in outputs.items():
+        layers[name] = out_layer
+        dependencies[name] = {core}
+    return HighLevelGraph(layers, dependencies)
+
+
+def x_block_refs(X: da.Array):
+    """How tasks refer to X's blocks: ``(ref(i, j), dependencies)``.
+
+    For an X read from a dnmf store the block's read task itself is inlined
+    into each task that uses the block: the block then lives only inside that
+    task, never as a result in a worker's managed memory, so it cannot be held
+    between tasks or spilled to disk. Other arrays are referenced by key.
+    """
+    layers = X.__dask_graph__().layers
+    layer = layers.get(X.name)
+    if len(layers) == 1 and str(X.name).startswith("dnmf-store") and layer is not None:
+        tasks = dict(layer)
+        if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
+            return (lambda i, j: tasks[(X.name, i, j)]), []
+    return (lambda i, j: (X.name, i, j)), [X]
+
+
+def is_store_backed(X: da.Array) -> bool:
+    """Whether every layer of X reads a dnmf store (its blocks are read where they are used)."""
+    return all(str(name).startswith("dnmf-store") for name in X.__dask_graph__().layers)
+
+
+def meta(dtype) -> np.ndarray:
+    """An empty 2-D ndarray of ``dtype``: the ``meta`` of a factor array."""
+    return np.empty((0, 0), dtype=dtype)
