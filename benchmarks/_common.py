@@ -48,7 +48,7 @@ def versions(names: Iterable[str] = ("numpy", "scipy", "dask", "distributed", "s
         try:
             mod = __import__(name)
             out[name] = getattr(mod, "__version__", "?")
-        except Exception:  # noqa: BLE001 - report, never fail
+        except Exception:
             out[name] = None
     return out
 
@@ -61,7 +61,7 @@ def blas_info() -> list[dict]:
             {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer")}
             for d in threadpool_info()
         ]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return []
 
 
@@ -314,9 +314,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: str 
     def line(r):
         return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)) + " |"
 
-    sep = "|" + "|".join(
-        (":" + "-" * (w + 1)) if a == "l" else ("-" * (w + 1) + ":") for w, a in zip(widths, align)
-    ) + "|"
+    sep = (
+        "|"
+        + "|".join((":" + "-" * (w + 1)) if a == "l" else ("-" * (w + 1) + ":") for w, a in zip(widths, align))
+        + "|"
+    )
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
 
 

@@ -92,7 +92,8 @@ def problem_specs(args) -> list[dict]:
         specs.append(dense)
     if "b" in args.problems:
         sparse.update(
-            name="b", kind="sparse",
+            name="b",
+            kind="sparse",
             title=f"(b) sparse {sparse['m']:,}x{sparse['n']:,}, nnz {sparse['nnz'] / 1e6:g}M",
         )
         specs.append(sparse)
@@ -131,7 +132,7 @@ def dnmf_row_chunks(X) -> tuple[int, ...]:
         from dnmf.base import inputs
 
         return tuple(inputs.auto_chunks(X.shape, nbytes)[0])
-    except Exception:  # noqa: BLE001 - fall back to the documented rule (16 MiB blocks)
+    except Exception:
         parts = max(1, min(X.shape[0], math.ceil(nbytes / (16 * 2**20))))
         base, extra = divmod(X.shape[0], parts)
         return tuple(base + (1 if p < extra else 0) for p in range(parts))
@@ -376,7 +377,9 @@ def parse_args(argv=None):
     p.add_argument("--solvers", default="cd,mu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--blas-threads", type=int, default=None,
+        "--blas-threads",
+        type=int,
+        default=None,
         help="limit BLAS threads for the whole run (default: leave the library defaults)",
     )
     p.add_argument("--kernel-repeats", type=int, default=None, help="repeats of each bare kernel (default 5)")
@@ -404,8 +407,13 @@ def _main(args) -> dict:
         "benchmark": "engine",
         "machine": info,
         "config": {
-            "quick": args.quick, "dtype": str(dtype), "init": args.init, "seed": args.seed,
-            "rtol_target": rtol, "distributed": args.distributed, "solvers": solvers,
+            "quick": args.quick,
+            "dtype": str(dtype),
+            "init": args.init,
+            "seed": args.seed,
+            "rtol_target": rtol,
+            "distributed": args.distributed,
+            "solvers": solvers,
             "blas_threads": args.blas_threads,
         },
         "problems": {},
@@ -429,7 +437,11 @@ def _main(args) -> dict:
         pres = {
             "spec": {k: v for k, v in spec.items()},
             "nnz": int(X.nnz) if sp.issparse(X) else int(X.size),
-            "generate_s": t_gen, "init_s": t_init, "row_blocks": len(chunks), "bare": bare, "solvers": {},
+            "generate_s": t_gen,
+            "init_s": t_init,
+            "row_blocks": len(chunks),
+            "bare": bare,
+            "solvers": {},
         }
         if spec["kind"] == "dense":  # warm imports and thread pools before timing small fits
             run_sklearn(X, W0, H0, spec["k"], "cd", 2)
@@ -452,7 +464,9 @@ def _main(args) -> dict:
             dn = median_of_runs(dn_runs)
             near += sample_bare(bare_iteration, 2)
             pres["solvers"][solver] = {
-                "target_loss": target, "sklearn": sk, "dnmf_threads": dn,
+                "target_loss": target,
+                "sklearn": sk,
+                "dnmf_threads": dn,
                 "bare_1t_near": {"median": median(near), "min": min(near), "times": near},
             }
             log(
@@ -471,9 +485,12 @@ def _main(args) -> dict:
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
         log("\n== distributed: LocalCluster(n_workers=2, threads_per_worker=1, processes=True)")
-        with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-        ) as cluster, Client(cluster, set_as_default=False) as client:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             for name, (spec, X, W0, H0) in data.items():
                 for solver in solvers:
                     entry = results["problems"][name]["solvers"][solver]
@@ -538,8 +555,21 @@ def render(results: dict) -> tuple[str, list[dict]]:
         "",
     ]
     headers = [
-        "problem", "solver", "engine", "setup", "1st iter", "per iter", "(min)", "iters to L_sk", "to L_sk (e2e)",
-        "fit total", "final loss", "per iter vs sklearn", "vs bare 1t", "(min vs min)", "vs bare all cores",
+        "problem",
+        "solver",
+        "engine",
+        "setup",
+        "1st iter",
+        "per iter",
+        "(min)",
+        "iters to L_sk",
+        "to L_sk (e2e)",
+        "fit total",
+        "final loss",
+        "per iter vs sklearn",
+        "vs bare 1t",
+        "(min vs min)",
+        "vs bare all cores",
     ]
     rows = []
     checks = []
@@ -548,8 +578,11 @@ def render(results: dict) -> tuple[str, list[dict]]:
         for solver, e in p["solvers"].items():
             sk = e["sklearn"]
             near = e.get("bare_1t_near") or {"median": p["bare"]["1t"]["total"], "min": p["bare"]["1t"]["total"]}
-            for eng, label in (("sklearn", "scikit-learn"), ("dnmf_threads", "dnmf threads"),
-                               ("dnmf_distributed", "dnmf distributed")):
+            for eng, label in (
+                ("sklearn", "scikit-learn"),
+                ("dnmf_threads", "dnmf threads"),
+                ("dnmf_distributed", "dnmf distributed"),
+            ):
                 r = e.get(eng)
                 if r is None:
                     continue
@@ -557,38 +590,63 @@ def render(results: dict) -> tuple[str, list[dict]]:
                 is_sk = eng == "sklearn"
                 to_target = r["total"] if is_sk else (r.get("time_to_target") if r.get("reached") else None)
                 iters = r["n_iter"] if is_sk else (r.get("iter_reached") or f"not reached ({r.get('n_iter')})")
-                rows.append([
-                    p["spec"]["title"].split(" ")[0], solver, label, seconds(r.get("setup")),
-                    seconds(r.get("first_iter")), seconds(r.get("per_iter")), seconds(r.get("per_iter_min")), iters, seconds(to_target),
-                    seconds(r.get("total")), f"{r.get('loss', float('nan')):.6g}",
-                    "1.00x" if is_sk else _x(_ratio(r.get("per_iter"), sk["per_iter"])),
-                    _x(_ratio(r.get("per_iter"), rn["median"])), _x(_ratio(r.get("per_iter_min"), rn["min"])),
-                    _x(_ratio(r.get("per_iter"), barem)),
-                ])
+                rows.append(
+                    [
+                        p["spec"]["title"].split(" ")[0],
+                        solver,
+                        label,
+                        seconds(r.get("setup")),
+                        seconds(r.get("first_iter")),
+                        seconds(r.get("per_iter")),
+                        seconds(r.get("per_iter_min")),
+                        iters,
+                        seconds(to_target),
+                        seconds(r.get("total")),
+                        f"{r.get('loss', float('nan')):.6g}",
+                        "1.00x" if is_sk else _x(_ratio(r.get("per_iter"), sk["per_iter"])),
+                        _x(_ratio(r.get("per_iter"), rn["median"])),
+                        _x(_ratio(r.get("per_iter_min"), rn["min"])),
+                        _x(_ratio(r.get("per_iter"), barem)),
+                    ]
+                )
             dn = e["dnmf_threads"]
             if name == "b":
                 ratio = _ratio(dn.get("per_iter"), near["median"])
-                checks.append({
-                    "problem": name, "solver": solver,
-                    "what": f"dnmf per iteration <= {TARGET_SPARSE_VS_BARE_1T}x bare kernels (1 thread)",
-                    "ratio": ratio, "target": TARGET_SPARSE_VS_BARE_1T,
-                    "ratio_min_vs_min": _ratio(dn.get("per_iter_min"), near["min"]),
-                    "ok": ratio is not None and ratio <= TARGET_SPARSE_VS_BARE_1T,
-                })
+                checks.append(
+                    {
+                        "problem": name,
+                        "solver": solver,
+                        "what": f"dnmf per iteration <= {TARGET_SPARSE_VS_BARE_1T}x bare kernels (1 thread)",
+                        "ratio": ratio,
+                        "target": TARGET_SPARSE_VS_BARE_1T,
+                        "ratio_min_vs_min": _ratio(dn.get("per_iter_min"), near["min"]),
+                        "ok": ratio is not None and ratio <= TARGET_SPARSE_VS_BARE_1T,
+                    }
+                )
                 ratio = _ratio(dn.get("per_iter"), sk["per_iter"])
-                checks.append({
-                    "problem": name, "solver": solver, "what": "dnmf per iteration faster than scikit-learn",
-                    "ratio": ratio, "target": 1.0, "ok": ratio is not None and ratio < 1.0,
-                    "ratio_min_vs_min": _ratio(dn.get("per_iter_min"), sk.get("per_iter_min")),
-                })
+                checks.append(
+                    {
+                        "problem": name,
+                        "solver": solver,
+                        "what": "dnmf per iteration faster than scikit-learn",
+                        "ratio": ratio,
+                        "target": 1.0,
+                        "ok": ratio is not None and ratio < 1.0,
+                        "ratio_min_vs_min": _ratio(dn.get("per_iter_min"), sk.get("per_iter_min")),
+                    }
+                )
             if name == "a":
                 ratio = _ratio(dn.get("time_to_target") if dn.get("reached") else None, sk["total"])
-                checks.append({
-                    "problem": name, "solver": solver,
-                    "what": f"dnmf time to L_sk incl. setup <= {TARGET_DENSE_VS_SKLEARN_E2E}x scikit-learn's fit",
-                    "ratio": ratio, "target": TARGET_DENSE_VS_SKLEARN_E2E,
-                    "ok": ratio is not None and ratio <= TARGET_DENSE_VS_SKLEARN_E2E,
-                })
+                checks.append(
+                    {
+                        "problem": name,
+                        "solver": solver,
+                        "what": f"dnmf time to L_sk incl. setup <= {TARGET_DENSE_VS_SKLEARN_E2E}x scikit-learn's fit",
+                        "ratio": ratio,
+                        "target": TARGET_DENSE_VS_SKLEARN_E2E,
+                        "ok": ratio is not None and ratio <= TARGET_DENSE_VS_SKLEARN_E2E,
+                    }
+                )
     lines += [markdown_table(headers, rows, align="lll" + "r" * (len(headers) - 3)), ""]
 
     kh = ["problem", "row blocks", "threads", "X@Ht", "X.T@W (CSC view)", "sum X_i.T@W_i", "W.T@W", "Ht.T@Ht", "total"]
@@ -597,13 +655,32 @@ def render(results: dict) -> tuple[str, list[dict]]:
         b = p["bare"]
         for mode, label in (("1t", "1"), ("default", "default BLAS")):
             t = b[mode]
-            krows.append([
-                p["spec"]["title"], b["row_blocks"], label, seconds(t["X@Ht"]), seconds(t["X.T@W (CSC view)"]),
-                seconds(t["sum X_i.T@W_i"]), seconds(t["W.T@W"]), seconds(t["Ht.T@Ht"]),
-                f"{seconds(t['total'])} (X.T@W via {t['xtw_best']})",
-            ])
-        krows.append([p["spec"]["title"], b["row_blocks"], f"all {b['cores']} cores (row blocks in threads)",
-                      "", "", "", "", "", seconds(b["all_cores"]["total"])])
+            krows.append(
+                [
+                    p["spec"]["title"],
+                    b["row_blocks"],
+                    label,
+                    seconds(t["X@Ht"]),
+                    seconds(t["X.T@W (CSC view)"]),
+                    seconds(t["sum X_i.T@W_i"]),
+                    seconds(t["W.T@W"]),
+                    seconds(t["Ht.T@Ht"]),
+                    f"{seconds(t['total'])} (X.T@W via {t['xtw_best']})",
+                ]
+            )
+        krows.append(
+            [
+                p["spec"]["title"],
+                b["row_blocks"],
+                f"all {b['cores']} cores (row blocks in threads)",
+                "",
+                "",
+                "",
+                "",
+                "",
+                seconds(b["all_cores"]["total"]),
+            ]
+        )
     lines += ["Bare kernels of one iteration (median):", "", markdown_table(kh, krows, align="lrl" + "r" * 6), ""]
 
     lines += ["Targets:", ""]

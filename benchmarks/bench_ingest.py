@@ -34,10 +34,7 @@ def generate(path: str, rows: int, users: int, items: int, seed: int = 0) -> Non
             u = (users * rng.random(n) ** 2).astype(np.int64) * 2654435761 % users
             i = (items * rng.random(n) ** 3).astype(np.int64) * 40503 % items
             r = rng.integers(1, 11, n) / 2
-            lines = [
-                f"user_{a:07d},item_{b:06d},{c:g}\n"
-                for a, b, c in zip(u.tolist(), i.tolist(), r.tolist())
-            ]
+            lines = [f"user_{a:07d},item_{b:06d},{c:g}\n" for a, b, c in zip(u.tolist(), i.tolist(), r.tolist())]
             f.writelines(lines)
     os.replace(tmp, path)
 
@@ -73,9 +70,7 @@ def main() -> None:
     args = {"csv": csv, "out": os.path.join(a.dir, "ratings.zarr"), "tmp": a.dir}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env
-    )
+    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(out.stderr)
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -190,9 +190,7 @@ def sequential_pass(info) -> tuple[float, int]:
     t = time.perf_counter()
     for i, h in enumerate(info.row_chunks):
         for j, w in enumerate(info.col_chunks):
-            block = read_sparse_block(
-                info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j]
-            )
+            block = read_sparse_block(info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j])
             nnz += block.nnz
             del block
     return time.perf_counter() - t, nnz
@@ -252,7 +250,7 @@ class Watcher:
                 t = time.perf_counter() - self.t0
                 for addr, sample in self.client.run(_probe).items():
                     self.samples.append((t, addr) + tuple(sample))
-            except Exception:  # noqa: BLE001, S110 - the cluster is closing or a worker died
+            except Exception:
                 pass
             self._stop.wait(self.interval)
 
@@ -309,7 +307,7 @@ def memory_log_lines(client) -> list[str]:
     try:
         logs = dict(client.get_worker_logs())
         logs["scheduler"] = client.get_scheduler_logs()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return lines
     for who, entries in logs.items():
         for level, msg in entries:
@@ -332,14 +330,18 @@ def run_size(mult: float, args, base_dir: str) -> dict:
     n_rows = n_blocks * args.rows_per_block
     res: dict = {"size": mult, "blocks": n_blocks, "shape": [n_rows, args.cols]}
     path = os.path.join(base_dir, f"x-{mult:g}.zarr")
-    log(f"\n== {mult:g}x: {n_blocks} blocks of {args.rows_per_block} x {args.cols}, "
-        f"~{n_blocks * per_block_csr / MiB:.0f} MiB CSR vs {total_limit / MiB:.0f} MiB of worker memory")
+    log(
+        f"\n== {mult:g}x: {n_blocks} blocks of {args.rows_per_block} x {args.cols}, "
+        f"~{n_blocks * per_block_csr / MiB:.0f} MiB CSR vs {total_limit / MiB:.0f} MiB of worker memory"
+    )
     try:
         t = time.perf_counter()
         store = dnmf.write_matrix(
-            generated(n_blocks, args.rows_per_block, args.cols, args.nnz_per_block, args.columns,
-                      args.col_exponent, args.seed),
-            path, scheduler="threads",
+            generated(
+                n_blocks, args.rows_per_block, args.cols, args.nnz_per_block, args.columns, args.col_exponent, args.seed
+            ),
+            path,
+            scheduler="threads",
         )
         res["generate_s"] = time.perf_counter() - t
         info = store.info
@@ -349,8 +351,10 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         res["disk_bytes"] = disk = disk_bytes(path)
         res["compression_ratio"] = csr / disk
         res["W_bytes"] = n_rows * args.k * 8
-        log(f"generated {csr / MiB:.0f} MiB CSR ({csr / total_limit:.2f}x), {disk / MiB:.0f} MiB on disk "
-            f"(ratio {csr / disk:.2f}) in {res['generate_s']:.1f} s")
+        log(
+            f"generated {csr / MiB:.0f} MiB CSR ({csr / total_limit:.2f}x), {disk / MiB:.0f} MiB on disk "
+            f"(ratio {csr / disk:.2f}) in {res['generate_s']:.1f} s"
+        )
 
         # (a) this process, one block at a time (after reading one block to warm imports)
         from dnmf.storage import read_sparse_block
@@ -366,8 +370,10 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         res["raw_read_s"], res["seq_read_s"] = raw, seq
         res["raw_read_mbps_disk"] = disk / median(raw) / MB
         res["seq_read_mbps"] = a = csr / median(seq) / MB
-        log(f"(a) sequential read {a:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in seq)} s); "
-            f"raw files {res['raw_read_mbps_disk']:.0f} MB/s on disk")
+        log(
+            f"(a) sequential read {a:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in seq)} s); "
+            f"raw files {res['raw_read_mbps_disk']:.0f} MB/s on disk"
+        )
 
         res.update(run_cluster(path, store, args))
         per_iter = res.get("per_iter_s")
@@ -375,7 +381,7 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         b = res.get("cluster_read_mbps")
         res["cluster_vs_seq"] = b / a if b else None
         res["fit_vs_seq"] = c / a if c else None
-    except Exception as exc:  # noqa: BLE001 - record and go on with the next size
+    except Exception as exc:
         res.setdefault("error", f"{type(exc).__name__}: {exc}")
         res["completed"] = False
         log(f"FAILED: {res['error']}")
@@ -394,13 +400,18 @@ def run_cluster(path: str, store, args) -> dict:
 
     res: dict = {"completed": False}
     env = dict(kv.split("=", 1) for kv in args.worker_env)
-    with warnings.catch_warnings(), dask.config.set(
-        {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
+    with (
+        warnings.catch_warnings(),
+        dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}),
     ):
         warnings.simplefilter("ignore")
         cluster = LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit=args.memory_limit,
-            dashboard_address=None, silence_logs=logging.ERROR,
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=args.memory_limit,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
         )
     with cluster, Client(cluster, set_as_default=False) as client:
         pids = client.run(os.getpid)
@@ -416,8 +427,10 @@ def run_cluster(path: str, store, args) -> dict:
         res["cluster_read_s"] = times
         res["cluster_read_mbps"] = store_mbps = csr_bytes_of(store.info) / median(times) / MB
         res["read_watch"] = w_read.summary(args.memory_limit)
-        log(f"(b) cluster read {store_mbps:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in times)} s), "
-            f"peak RSS {res['read_watch']['peak_rss'] / MiB:.0f} MiB")
+        log(
+            f"(b) cluster read {store_mbps:.0f} MB/s CSR (passes {', '.join(f'{x:.2f}' for x in times)} s), "
+            f"peak RSS {res['read_watch']['peak_rss'] / MiB:.0f} MiB"
+        )
 
         # (c) the fit
         calls: list[tuple[float, int, float, float]] = []
@@ -445,7 +458,7 @@ def run_cluster(path: str, store, args) -> dict:
                     )
                     model.fit(path, callback=callback)
                 res["completed"] = len(calls) == args.iters
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 res["error"] = "fit timed out" if timed_out.is_set() else f"{type(exc).__name__}: {exc}"
             finally:
                 timer.cancel()
@@ -456,14 +469,16 @@ def run_cluster(path: str, store, args) -> dict:
                 w_fit.add(client.run(_probe))
                 watch = w_fit.summary(args.memory_limit)
                 res["restarted"] = client.run(os.getpid) != pids or len(watch["pids_seen"]) > len(pids)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 res["restarted"] = True
                 res.setdefault("error", f"after the fit: {type(exc).__name__}: {exc}")
             res["memory_log"] = memory_log_lines(client)
         else:
             res["restarted"] = len(watch["pids_seen"]) > len(pids)
         res["fit_watch"] = watch
-        res["paused"] = watch["paused_samples"] > 0 or any("pausing worker" in m.lower() for m in res.get("memory_log", []))
+        res["paused"] = watch["paused_samples"] > 0 or any(
+            "pausing worker" in m.lower() for m in res.get("memory_log", [])
+        )
         res["spilled_x"], res["spilled_other"] = _spill_split(sorted(watch["spilled_keys_first_seen_s"]))
         res["iterations"] = [{"iteration": it, "elapsed_s": el, "loss": loss} for _, it, el, loss in calls]
         if calls:
@@ -476,11 +491,13 @@ def run_cluster(path: str, store, args) -> dict:
             res["iter1_start_s"] = calls[0][0] - el[0] - w_fit.t0
         first = watch["spilled_keys_first_seen_s"]
         res["spilled_x_first_seen_s"] = min((first[k] for k in res["spilled_x"]), default=None)
-        log(f"(c) fit: setup {res.get('setup_s', float('nan')):.1f} s, per iteration "
+        log(
+            f"(c) fit: setup {res.get('setup_s', float('nan')):.1f} s, per iteration "
             f"{res.get('per_iter_s', float('nan')):.2f} s, peak RSS "
             f"{(watch['peak_rss'] or 0) / MiB:.0f} MiB, paused {res['paused']}, restarted {res['restarted']}, "
             f"spilled {len(res['spilled_x'])} X / {len(res['spilled_other'])} other keys, "
-            f"completed {res['completed']}")
+            f"completed {res['completed']}"
+        )
     return res
 
 
@@ -518,74 +535,123 @@ def render(results: dict) -> str:
         f"thresholds (fractions of the limit): {results['worker_memory']}; worker environment: "
         f"{results['worker_environ']}.",
         "",
-        ("Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
-        "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
-        "random init). Peak RSS: the largest worker RSS sampled every "
-        f"{cfg['sample_interval']:g} s during the fit (% of its limit). Spilled: distinct keys seen in a "
-        "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others."),
+        (
+            "Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
+            "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
+            "random init). Peak RSS: the largest worker RSS sampled every "
+            f"{cfg['sample_interval']:g} s during the fit (% of its limit). Spilled: distinct keys seen in a "
+            "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others."
+        ),
         "",
     ]
     rows = []
     for r in results["sizes"]:
         watch = r.get("fit_watch") or {}
         peak = watch.get("peak_rss")
-        rows.append([
-            f"{r['size']:g}x",
-            _f(r.get("csr_bytes") and r["csr_bytes"] / MiB, ",.0f", " MiB"),
-            _f(r.get("multiple_of_limit"), ".2f", "x"),
-            f"{r['blocks']:,}",
-            _f(r.get("disk_bytes") and r["disk_bytes"] / MiB, ",.0f", " MiB"),
-            _f(r.get("compression_ratio"), ".2f"),
-            _f(r.get("W_bytes") and r["W_bytes"] / MiB, ",.0f", " MiB"),
-            _f(r.get("setup_s"), ".1f", " s"),
-            _f(r.get("per_iter_s"), ".2f", " s"),
-            "–" if peak is None else f"{peak / MiB:.0f} MiB ({100 * watch['peak_rss_fraction']:.0f}%)",
-            f"{_yn(r.get('paused'))} / {_yn(r.get('restarted'))}",
-            "–" if "spilled_x" not in r else f"{len(r['spilled_x'])} / {len(r['spilled_other'])}",
-            _yn(r.get("completed")),
-        ])
-    lines += ["## Fit", "", markdown_table(
-        ["size", "CSR", "x limit", "blocks", "on disk", "CSR/disk", "W (m x k)", "setup", "per iter",
-         "peak worker RSS", "paused / restarted", "spilled X / other", "completed"], rows,
-        align="lrrrrrrrrrccc")]
+        rows.append(
+            [
+                f"{r['size']:g}x",
+                _f(r.get("csr_bytes") and r["csr_bytes"] / MiB, ",.0f", " MiB"),
+                _f(r.get("multiple_of_limit"), ".2f", "x"),
+                f"{r['blocks']:,}",
+                _f(r.get("disk_bytes") and r["disk_bytes"] / MiB, ",.0f", " MiB"),
+                _f(r.get("compression_ratio"), ".2f"),
+                _f(r.get("W_bytes") and r["W_bytes"] / MiB, ",.0f", " MiB"),
+                _f(r.get("setup_s"), ".1f", " s"),
+                _f(r.get("per_iter_s"), ".2f", " s"),
+                "–" if peak is None else f"{peak / MiB:.0f} MiB ({100 * watch['peak_rss_fraction']:.0f}%)",
+                f"{_yn(r.get('paused'))} / {_yn(r.get('restarted'))}",
+                "–" if "spilled_x" not in r else f"{len(r['spilled_x'])} / {len(r['spilled_other'])}",
+                _yn(r.get("completed")),
+            ]
+        )
+    lines += [
+        "## Fit",
+        "",
+        markdown_table(
+            [
+                "size",
+                "CSR",
+                "x limit",
+                "blocks",
+                "on disk",
+                "CSR/disk",
+                "W (m x k)",
+                "setup",
+                "per iter",
+                "peak worker RSS",
+                "paused / restarted",
+                "spilled X / other",
+                "completed",
+            ],
+            rows,
+            align="lrrrrrrrrrccc",
+        ),
+    ]
 
     rows = []
     for r in results["sizes"]:
-        rows.append([
-            f"{r['size']:g}x",
-            _f(r.get("raw_read_mbps_disk"), ",.0f"),
-            _f(r.get("seq_read_mbps"), ",.0f"),
-            _f(r.get("cluster_read_mbps"), ",.0f"),
-            _f(r.get("fit_read_mbps"), ",.0f"),
-            _f(r.get("cluster_vs_seq"), ".2f", "x"),
-            _f(r.get("fit_vs_seq"), ".2f", "x"),
-            _f((r.get("read_watch") or {}).get("peak_rss") and r["read_watch"]["peak_rss"] / MiB, ".0f", " MiB"),
-        ])
-    lines += ["", "## Read throughput (MB/s of CSR bytes, medians)", "",
-              (f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
-              "raw: the store's block files read without decoding, MB/s of bytes on disk); (b) the cluster "
-              "reads every block once (a sum of the blocks' nnz); (c) inside the fit: CSR bytes / per-iteration "
-              "time (a mu iteration reads X once)."), "",
-              markdown_table(["size", "raw files (disk MB/s)", "(a) sequential", "(b) cluster", "(c) in fit",
-                              "(b)/(a)", "(c)/(a)", "peak RSS in (b)"], rows)]
+        rows.append(
+            [
+                f"{r['size']:g}x",
+                _f(r.get("raw_read_mbps_disk"), ",.0f"),
+                _f(r.get("seq_read_mbps"), ",.0f"),
+                _f(r.get("cluster_read_mbps"), ",.0f"),
+                _f(r.get("fit_read_mbps"), ",.0f"),
+                _f(r.get("cluster_vs_seq"), ".2f", "x"),
+                _f(r.get("fit_vs_seq"), ".2f", "x"),
+                _f((r.get("read_watch") or {}).get("peak_rss") and r["read_watch"]["peak_rss"] / MiB, ".0f", " MiB"),
+            ]
+        )
+    lines += [
+        "",
+        "## Read throughput (MB/s of CSR bytes, medians)",
+        "",
+        (
+            f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
+            "raw: the store's block files read without decoding, MB/s of bytes on disk); (b) the cluster "
+            "reads every block once (a sum of the blocks' nnz); (c) inside the fit: CSR bytes / per-iteration "
+            "time (a mu iteration reads X once)."
+        ),
+        "",
+        markdown_table(
+            [
+                "size",
+                "raw files (disk MB/s)",
+                "(a) sequential",
+                "(b) cluster",
+                "(c) in fit",
+                "(b)/(a)",
+                "(c)/(a)",
+                "peak RSS in (b)",
+            ],
+            rows,
+        ),
+    ]
 
     notes = []
     for r in results["sizes"]:
         if r.get("error"):
             notes.append(f"- {r['size']:g}x: {r['error']}")
         if r.get("spilled_x"):
-            notes.append(f"- {r['size']:g}x: {len(r['spilled_x'])} X block(s) spilled, first seen "
-                         f"{r['spilled_x_first_seen_s']:.1f} s into the fit (iteration 1 started at "
-                         f"{_f(r.get('iter1_start_s'), '.1f', ' s')})")
+            notes.append(
+                f"- {r['size']:g}x: {len(r['spilled_x'])} X block(s) spilled, first seen "
+                f"{r['spilled_x_first_seen_s']:.1f} s into the fit (iteration 1 started at "
+                f"{_f(r.get('iter1_start_s'), '.1f', ' s')})"
+            )
         if r.get("spilled_other"):
             kinds: dict[str, int] = {}
             for k in r["spilled_other"]:
                 name = _key_name(k)
-                kind = "-".join(p for p in name.split("-") if not (len(p) == 32 and all(c in "0123456789abcdef" for c in p)))
+                kind = "-".join(
+                    p for p in name.split("-") if not (len(p) == 32 and all(c in "0123456789abcdef" for c in p))
+                )
                 kinds[kind] = kinds.get(kind, 0) + 1
-            notes.append(f"- {r['size']:g}x: other spilled keys by name: "
-                         + ", ".join(f"{n} ({c})" for n, c in sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
-                         + f"; peak spilled {r['fit_watch']['spilled_bytes_peak'] / MiB:.0f} MiB")
+            notes.append(
+                f"- {r['size']:g}x: other spilled keys by name: "
+                + ", ".join(f"{n} ({c})" for n, c in sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
+                + f"; peak spilled {r['fit_watch']['spilled_bytes_peak'] / MiB:.0f} MiB"
+            )
         for m in (r.get("memory_log") or [])[:5]:
             notes.append(f"- {r['size']:g}x log: {m}")
     if notes:
@@ -603,10 +669,15 @@ def parse_args(argv=None):
     from dask.utils import parse_bytes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="< 2 minutes: 1 worker x 400MiB, size 3x, uniform columns, 2 iterations, 1 read pass "
-                        "(explicit options win)")
-    p.add_argument("--sizes", default=None, help="CSR size / total worker memory limit, comma-separated (default 1,3,5)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="< 2 minutes: 1 worker x 400MiB, size 3x, uniform columns, 2 iterations, 1 read pass "
+        "(explicit options win)",
+    )
+    p.add_argument(
+        "--sizes", default=None, help="CSR size / total worker memory limit, comma-separated (default 1,3,5)"
+    )
     p.add_argument("--workers", type=int, default=None, help="workers W (default 2)")
     p.add_argument("--memory-limit", default=None, help="memory limit L per worker (default 512MiB)")
     p.add_argument("--k", type=int, default=16)
@@ -614,15 +685,24 @@ def parse_args(argv=None):
     p.add_argument("--cols", type=int, default=20_000)
     p.add_argument("--rows-per-block", type=int, default=4_000)
     p.add_argument("--nnz-per-block", type=int, default=1_000_000)
-    p.add_argument("--columns", choices=("zipf", "uniform"), default=None,
-                   help="column choice: power law or uniform (default zipf; quick uniform, faster to generate)")
+    p.add_argument(
+        "--columns",
+        choices=("zipf", "uniform"),
+        default=None,
+        help="column choice: power law or uniform (default zipf; quick uniform, faster to generate)",
+    )
     p.add_argument("--col-exponent", type=float, default=0.9, help="power-law exponent of column popularity")
     p.add_argument("--read-repeat", type=int, default=None, help="read passes (a), (b) (default 3; quick 1)")
     p.add_argument("--sample-interval", type=float, default=0.1, help="seconds between worker samples")
     p.add_argument("--fit-timeout", type=float, default=1200, help="give up a fit after this many seconds")
-    p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment of the worker processes (distributed.nanny.pre-spawn-environ), "
-                        "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the worker processes (distributed.nanny.pre-spawn-environ), "
+        "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="where to write the stores (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the stores")

@@ -56,16 +56,54 @@ def planted_sparse(m, n, k, coverage, noise, seed):
 def cases(args):
     if args.quick:
         return [
-            dict(name="a", title="(a) dense 300x200, k*=5", kind="dense", m=300, n=200, k=5, ks=range(3, 8),
-                 kw=dict(max_iter=60, tol=1e-5), consensus=False),
-            dict(name="b", title="(b) sparse 2,000x600, k*=4", kind="sparse", m=2000, n=600, k=4, ks=range(2, 7),
-                 coverage=0.1, kw=dict(max_iter=60, tol=1e-5, holdout=0.05), consensus=False),
+            dict(
+                name="a",
+                title="(a) dense 300x200, k*=5",
+                kind="dense",
+                m=300,
+                n=200,
+                k=5,
+                ks=range(3, 8),
+                kw=dict(max_iter=60, tol=1e-5),
+                consensus=False,
+            ),
+            dict(
+                name="b",
+                title="(b) sparse 2,000x600, k*=4",
+                kind="sparse",
+                m=2000,
+                n=600,
+                k=4,
+                ks=range(2, 7),
+                coverage=0.1,
+                kw=dict(max_iter=60, tol=1e-5, holdout=0.05),
+                consensus=False,
+            ),
         ]
     return [
-        dict(name="a", title="(a) dense 1,500x800, k*=12", kind="dense", m=1500, n=800, k=12, ks=range(9, 16),
-             kw=dict(max_iter=150, tol=1e-5), consensus=True),
-        dict(name="b", title="(b) sparse 20,000x3,000, k*=10", kind="sparse", m=20_000, n=3_000, k=10,
-             ks=range(7, 14), coverage=0.04, kw=dict(max_iter=150, tol=1e-5, holdout=0.05), consensus=False),
+        dict(
+            name="a",
+            title="(a) dense 1,500x800, k*=12",
+            kind="dense",
+            m=1500,
+            n=800,
+            k=12,
+            ks=range(9, 16),
+            kw=dict(max_iter=150, tol=1e-5),
+            consensus=True,
+        ),
+        dict(
+            name="b",
+            title="(b) sparse 20,000x3,000, k*=10",
+            kind="sparse",
+            m=20_000,
+            n=3_000,
+            k=10,
+            ks=range(7, 14),
+            coverage=0.04,
+            kw=dict(max_iter=150, tol=1e-5, holdout=0.05),
+            consensus=False,
+        ),
     ]
 
 
@@ -111,12 +149,22 @@ def main(argv=None):
                 wall = time.perf_counter() - t
                 log(f"   chosen k = {res.chosen_k} (planted {case['k']}) in {wall:.1f} s")
                 log(res.table().to_string(index=False))
-                results["cases"].append({
-                    "case": case["name"], "title": case["title"], "seed": seed, "method": method,
-                    "planted": case["k"], "chosen": res.chosen_k, "wall_s": wall, "nnz": nnz,
-                    "n_fits": int(res.n_iter.size), "iterations": int(res.n_iter.sum()),
-                    "table": res.table().to_dict(orient="list"), "params": {k: str(v) for k, v in kw.items()},
-                })
+                results["cases"].append(
+                    {
+                        "case": case["name"],
+                        "title": case["title"],
+                        "seed": seed,
+                        "method": method,
+                        "planted": case["k"],
+                        "chosen": res.chosen_k,
+                        "wall_s": wall,
+                        "nnz": nnz,
+                        "n_fits": int(res.n_iter.size),
+                        "iterations": int(res.n_iter.sum()),
+                        "table": res.table().to_dict(orient="list"),
+                        "params": {k: str(v) for k, v in kw.items()},
+                    }
+                )
     results["elapsed_s"] = time.perf_counter() - started
     results["loadavg_at_end"] = os.getloadavg()
     md = render(results)
@@ -130,21 +178,40 @@ def render(results) -> str:
     out = ["# dnmf rank selection benchmark", "", "```", format_machine(results["machine"]), "```", ""]
     rows = []
     for c in results["cases"]:
-        rows.append([c["title"], c["seed"], c["method"], c["planted"], c["chosen"],
-                     "yes" if c["chosen"] == c["planted"] else "NO", c["n_fits"], f"{c['iterations']:,}",
-                     f"{c['wall_s']:.1f} s"])
-    out.append(markdown_table(["problem", "seed", "method", "planted k", "chosen k", "recovered", "fits",
-                               "iterations", "wall time"], rows))
+        rows.append(
+            [
+                c["title"],
+                c["seed"],
+                c["method"],
+                c["planted"],
+                c["chosen"],
+                "yes" if c["chosen"] == c["planted"] else "NO",
+                c["n_fits"],
+                f"{c['iterations']:,}",
+                f"{c['wall_s']:.1f} s",
+            ]
+        )
+    out.append(
+        markdown_table(
+            ["problem", "seed", "method", "planted k", "chosen k", "recovered", "fits", "iterations", "wall time"], rows
+        )
+    )
     for c in results["cases"]:
         t = c["table"]
         cols = [k for k in t if k != "chosen"]
         out += ["", f"{c['title']}, seed {c['seed']}, {c['method']}:", ""]
-        body = [[("%.4g" % v) if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
-                for *vals, ch in zip(*[t[k] for k in cols], t["chosen"])]
+        body = [
+            [("%.4g" % v) if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
+            for *vals, ch in zip(*[t[k] for k in cols], t["chosen"])
+        ]
         out.append(markdown_table(cols + ["chosen"], body))
     load = results.get("loadavg_at_end")
-    out += ["", f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
-            + (" ".join(f"{x:.2f}" for x in load) if load else "n/a") + "."]
+    out += [
+        "",
+        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
+        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
+        + ".",
+    ]
     return "\n".join(out)
 
 

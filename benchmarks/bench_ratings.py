@@ -53,11 +53,19 @@ def load_ratings(path: str, user_col: str, item_col: str, value_col: str):
     import dnmf
 
     with tempfile.TemporaryDirectory(prefix="dnmf-bench-ratings-") as tmp:
-        store = dnmf.ingest(path, os.path.join(tmp, "ratings.zarr"), user_col=user_col,
-                            item_col=item_col, value_col=value_col, dtype=np.float64)
+        store = dnmf.ingest(
+            path,
+            os.path.join(tmp, "ratings.zarr"),
+            user_col=user_col,
+            item_col=item_col,
+            value_col=value_col,
+            dtype=np.float64,
+        )
         X = store.data
-        rows = [sp.hstack([X.blocks[i, j].compute() for j in range(X.numblocks[1])], format="csr")
-                for i in range(X.numblocks[0])]
+        rows = [
+            sp.hstack([X.blocks[i, j].compute() for j in range(X.numblocks[1])], format="csr")
+            for i in range(X.numblocks[0])
+        ]
         return sp.vstack(rows, format="csr"), store.row_ids, store.col_ids  # X and its ID maps
 
 
@@ -112,8 +120,10 @@ def main(argv=None):
     X, _, _ = load_ratings(args.ratings, args.user_col, args.item_col, args.value_col)
     train, test = ev.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
     warm = warm_test(test, train)
-    log(f"ratings {X.shape}, {X.nnz} entries; train {train.nnz}, test {test.nnz} "
-        f"({1 - warm.nnz / test.nnz:.1%} of test on items without training ratings)")
+    log(
+        f"ratings {X.shape}, {X.nnz} entries; train {train.nnz}, test {test.nnz} "
+        f"({1 - warm.nnz / test.nnz:.1%} of test on items without training ratings)"
+    )
     k, seed = args.k, args.seed
 
     models = [
@@ -138,8 +148,18 @@ def main(argv=None):
     r = ev.evaluate(pop, test, train=train, k=10, metrics=["precision", "ndcg"])
     results["popularity baseline"] = dict(r, rmse=None, mae=None, rmse_warm=None, fit_s=None, n_iter=None)
     for name, r in results.items():
-        rows.append([name, _f(r["rmse"]), _f(r["rmse_warm"]), _f(r["mae"]), _f(r["precision"]), _f(r["ndcg"]),
-                     "" if r["n_iter"] is None else r["n_iter"], "" if r["fit_s"] is None else f"{r['fit_s']:.2f}"])
+        rows.append(
+            [
+                name,
+                _f(r["rmse"]),
+                _f(r["rmse_warm"]),
+                _f(r["mae"]),
+                _f(r["precision"]),
+                _f(r["ndcg"]),
+                "" if r["n_iter"] is None else r["n_iter"],
+                "" if r["fit_s"] is None else f"{r['fit_s']:.2f}",
+            ]
+        )
 
     # Fold-in: cost per user, and accuracy vs fitting the users in the model.
     main_name = "masked ALS + biases"
@@ -184,12 +204,13 @@ def main(argv=None):
         ("folded-in users' RMSE within 5% of fitted", fold["ratio"] <= 1.05, f"ratio {fold['ratio']:.4f}"),
     ]
     table = markdown_table(
-        ["model", "RMSE", "RMSE (warm items)", "MAE", "precision@10", "NDCG@10", "iterations", "fit s (median)"],
-        rows)
+        ["model", "RMSE", "RMSE (warm items)", "MAE", "precision@10", "NDCG@10", "iterations", "fit s (median)"], rows
+    )
     load_end = " ".join(f"{x:.2f}" for x in info["loadavg_at_end"])
     plain, imp, masked_ = results["plain dnmf.NMF (missing = 0)"], results["implicit (HKV), non-negative"], best
     pop_p = results["popularity baseline"]["precision"]
-    md = f"""# Ratings: masked NMF vs plain NMF vs implicit (dnmf)
+    md = (
+        f"""# Ratings: masked NMF vs plain NMF vs implicit (dnmf)
 
 Data: `{os.path.basename(args.ratings)}`, {X.shape[0]} users × {X.shape[1]} items, {X.nnz} ratings;
 seeded random 80/20 split (seed {seed}): {train.nnz} train, {test.nnz} test
@@ -202,28 +223,40 @@ load avg at end: {load_end}
 
 {table}
 
-Ranking is not rating: the masked model predicts ratings best (RMSE {masked_['rmse']:.4f}) but ranks
-below the popularity baseline (precision@10 {masked_['precision']:.4f} vs {pop_p:.4f}), while plain NMF
-({plain['precision']:.4f}) and the implicit model ({imp['precision']:.4f}) rank far better (same run).
+Ranking is not rating: the masked model predicts ratings best (RMSE {masked_["rmse"]:.4f}) but ranks
+below the popularity baseline (precision@10 {masked_["precision"]:.4f} vs {pop_p:.4f}), while plain NMF
+({plain["precision"]:.4f}) and the implicit model ({imp["precision"]:.4f}) rank far better (same run).
 
 ## Fold-in ({main_name})
 
 | measure | value |
 |:--|--:|
-| `transform` of one user's ratings, median of {fold['n_timed']} users | {fold['median_ms']:.2f} ms |
-| ... 90th percentile | {fold['p90_ms']:.2f} ms |
-| `transform` of all users at once, per user | {fold['batch_ms_per_user']:.3f} ms |
-| test RMSE of {fold['n_new_users']} users folded in after a fit without them | {fold['rmse_folded']:.4f} |
-| test RMSE of the same users fitted in the model | {fold['rmse_fitted']:.4f} |
-| ratio | {fold['ratio']:.4f} |
+| `transform` of one user's ratings, median of {fold["n_timed"]} users | {fold["median_ms"]:.2f} ms |
+| ... 90th percentile | {fold["p90_ms"]:.2f} ms |
+| `transform` of all users at once, per user | {fold["batch_ms_per_user"]:.3f} ms |
+| test RMSE of {fold["n_new_users"]} users folded in after a fit without them | {fold["rmse_folded"]:.4f} |
+| test RMSE of the same users fitted in the model | {fold["rmse_fitted"]:.4f} |
+| ratio | {fold["ratio"]:.4f} |
 
 ## Targets
 
-""" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {what} ({val})" for what, ok, val in checks) + "\n"
+"""
+        + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {what} ({val})" for what, ok, val in checks)
+        + "\n"
+    )
     print(md)
-    md_path, _ = write_results(args.out, "ratings", md, {"machine": info, "results": results, "fold_in": fold,
-                                                         "checks": [(w, bool(o), v) for w, o, v in checks],
-                                                         "args": vars(args)})
+    md_path, _ = write_results(
+        args.out,
+        "ratings",
+        md,
+        {
+            "machine": info,
+            "results": results,
+            "fold_in": fold,
+            "checks": [(w, bool(o), v) for w, o, v in checks],
+            "args": vars(args),
+        },
+    )
     log(f"wrote {md_path}")
     return 0 if all(ok for _, ok, _ in checks) else 1
 

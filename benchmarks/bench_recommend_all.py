@@ -123,7 +123,7 @@ class Watcher:
                 for addr, rss in self.client.run(_rss).items():
                     self.peak[addr] = max(self.peak.get(addr, 0), rss)
                 self.samples += 1
-            except Exception:  # noqa: BLE001, S110 - the cluster is closing
+            except Exception:
                 pass
             self._stop.wait(self.interval)
 
@@ -251,22 +251,43 @@ def main(argv=None) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               memory_limit=args.memory_limit, dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=args.memory_limit,
+            dashboard_address=None,
+        )
         client = Client(cluster)
     try:
         t = time.perf_counter()
-        W = generated("bench-W", make_W, (user_chunks, (args.k,)), np.empty((0, 0), dtype=args.dtype),
-                      args.seed, args.k, args.dtype)
-        seen = generated("bench-seen", make_seen, (user_chunks, (args.items,)), _sp.csr_matrix((0, 0)),
-                         args.seed, args.items, args.seen)
+        W = generated(
+            "bench-W",
+            make_W,
+            (user_chunks, (args.k,)),
+            np.empty((0, 0), dtype=args.dtype),
+            args.seed,
+            args.k,
+            args.dtype,
+        )
+        seen = generated(
+            "bench-seen",
+            make_seen,
+            (user_chunks, (args.items,)),
+            _sp.csr_matrix((0, 0)),
+            args.seed,
+            args.items,
+            args.seen,
+        )
         W, seen = client.persist([W, seen])
         wait([W, seen])
         res["generate_s"] = time.perf_counter() - t
         res["seen_nnz"] = int(sum(client.gather(client.map(lambda b: b.nnz, client.futures_of(seen)))))
         base = client.run(_rss)
-        log(f"data on the workers in {res['generate_s']:.1f} s; seen entries {res['seen_nnz']:,}; "
-            f"worker RSS {', '.join(f'{v / MiB:.0f}' for v in base.values())} MiB")
+        log(
+            f"data on the workers in {res['generate_s']:.1f} s; seen entries {res['seen_nnz']:,}; "
+            f"worker RSS {', '.join(f'{v / MiB:.0f}' for v in base.values())} MiB"
+        )
 
         factors = rec.Factors(W=W, H=H, item_bias=item_bias, global_mean=global_mean)
         idx, sc = rec.recommend_all(factors, args.n, exclude=seen, item_block=args.item_block, client=client)
@@ -285,8 +306,7 @@ def main(argv=None) -> dict:
         res["graph_tasks"] = n_tasks
         res["user_blocks"] = len(user_chunks)
         res["item_blocks"] = -(-args.items // args.item_block)
-        log(f"recommend_all: {res['recommend_all_s']:.1f} s, peak worker RSS "
-            f"{max(watch.peak.values()) / MiB:.0f} MiB")
+        log(f"recommend_all: {res['recommend_all_s']:.1f} s, peak worker RSS {max(watch.peak.values()) / MiB:.0f} MiB")
 
         users = np.sort(np.random.default_rng([args.seed, 5]).choice(args.users, args.sample, replace=False))
         got_idx, got_sc = dask.compute(idx[users], sc[users])
@@ -296,8 +316,10 @@ def main(argv=None) -> dict:
         res["sample_users"] = int(users.size)
         res["sample_exact"] = int((got_idx == ref_idx).all(axis=1).sum())
         res["sample_max_score_diff"] = float(np.max(np.abs(got_sc - ref_sc)))
-        log(f"sample: {res['sample_exact']}/{users.size} users with identical lists, "
-            f"max |score diff| {res['sample_max_score_diff']:.2e}")
+        log(
+            f"sample: {res['sample_exact']}/{users.size} users with identical lists, "
+            f"max |score diff| {res['sample_max_score_diff']:.2e}"
+        )
     finally:
         client.close()
         cluster.close()
@@ -310,8 +332,10 @@ def main(argv=None) -> dict:
     rows = [
         ["users x items, k, n", f"{args.users:,} x {args.items:,}, {args.k}, {args.n} ({args.dtype})"],
         ["seen items excluded", f"{res['seen_nnz']:,}"],
-        ["user blocks x item blocks (graph tasks)",
-         f"{res['user_blocks']} x {res['item_blocks']} ({res['graph_tasks']:,})"],
+        [
+            "user blocks x item blocks (graph tasks)",
+            f"{res['user_blocks']} x {res['item_blocks']} ({res['graph_tasks']:,})",
+        ],
         ["cluster", f"{args.workers} worker processes x 1 thread, memory limit {args.memory_limit} each"],
         ["recommend_all time", seconds(res["recommend_all_s"])],
         ["users / s", f"{args.users / res['recommend_all_s']:,.0f}"],
@@ -319,11 +343,21 @@ def main(argv=None) -> dict:
         ["peak worker RSS (max over workers)", f"{peak / MiB:,.0f} MiB ({peak / limit:.0%} of the limit)"],
         ["worker RSS before the run", ", ".join(f"{v / MiB:,.0f}" for v in res["baseline_rss"].values()) + " MiB"],
         ["full W·H if formed (float64)", f"{full / 2**30:,.0f} GiB ({full / peak:,.0f}x the peak RSS)"],
-        ["largest score slab in a task", f"{topn.SLAB_ENTRIES:,} scores ({topn.SLAB_ENTRIES * 8 / MiB:.0f} MiB as float64)"],
-        ["sample vs brute force", (f"{res['sample_exact']}/{res['sample_users']} identical lists; "
-                                   f"max |score diff| {res['sample_max_score_diff']:.1e}")],
-        ["load average before / after", " / ".join(" ".join(f"{x:.2f}" for x in v)
-                                                   for v in (res["loadavg_before"], res["loadavg_after"]))],
+        [
+            "largest score slab in a task",
+            f"{topn.SLAB_ENTRIES:,} scores ({topn.SLAB_ENTRIES * 8 / MiB:.0f} MiB as float64)",
+        ],
+        [
+            "sample vs brute force",
+            (
+                f"{res['sample_exact']}/{res['sample_users']} identical lists; "
+                f"max |score diff| {res['sample_max_score_diff']:.1e}"
+            ),
+        ],
+        [
+            "load average before / after",
+            " / ".join(" ".join(f"{x:.2f}" for x in v) for v in (res["loadavg_before"], res["loadavg_after"])),
+        ],
     ]
     plain = s["product64"] + s["select"]
     screened = s["product32"] + s["select_refined"]
@@ -335,16 +369,20 @@ def main(argv=None) -> dict:
         ["float32 product (screen)", seconds(s["product32"]), ""],
         ["+ topn.select_refined (float64 ranks; used)", seconds(s["select_refined"]), seconds(screened)],
     ]
-    md = "\n\n".join([
-        "# recommend_all: top-n for every user, block-wise",
-        "```\n" + format_machine(info) + "\n```",
-        markdown_table(["", "value"], rows, align="ll"),
-        (f"Steps of one task's slab ({s['rows']} users x {s['cols']} items, float64 factors, one thread, "
-        f"this process), median of {args.repeat} interleaved runs. Plain path / screened path = "
-        f"{plain / screened:.2f}; argpartition path / screened path = {naive / screened:.2f}; "
-        f"select_refined / float32 product = {s['select_refined'] / s['product32']:.2f}."),
-        markdown_table(["step", "median", "path total"], slab_rows),
-    ])
+    md = "\n\n".join(
+        [
+            "# recommend_all: top-n for every user, block-wise",
+            "```\n" + format_machine(info) + "\n```",
+            markdown_table(["", "value"], rows, align="ll"),
+            (
+                f"Steps of one task's slab ({s['rows']} users x {s['cols']} items, float64 factors, one thread, "
+                f"this process), median of {args.repeat} interleaved runs. Plain path / screened path = "
+                f"{plain / screened:.2f}; argpartition path / screened path = {naive / screened:.2f}; "
+                f"select_refined / float32 product = {s['select_refined'] / s['product32']:.2f}."
+            ),
+            markdown_table(["step", "median", "path total"], slab_rows),
+        ]
+    )
     print(md)
     md_path, _ = write_results(args.out, "recommend_all", md, res)
     log(f"wrote {md_path}")

@@ -78,7 +78,8 @@ def problem_specs(args) -> list[dict]:
         specs.append(dense)
     if "b" in args.problems:
         sparse.update(
-            name="b", kind="sparse",
+            name="b",
+            kind="sparse",
             title=f"(b) sparse {sparse['m']:,}x{sparse['n']:,}, nnz {sparse['nnz'] / 1e6:g}M, k={sparse['k']}",
         )
         specs.append(sparse)
@@ -162,11 +163,20 @@ def summarize(traces: dict, rtol: float, rtol2: float) -> list[dict]:
         it, t = to_target(trace, best * (1 + rtol))
         it2, t2 = to_target(trace, best * (1 + rtol2))
         final = trace[-1][2]
-        rows.append({
-            "solver": label, "iters_to_target": it, "time_to_target": t, "iters_to_target2": it2,
-            "time_to_target2": t2, "per_iter": per_iteration(trace), "iters_run": trace[-1][0],
-            "time_run": trace[-1][1], "final_loss": final, "final_gap": final / best - 1,
-        })
+        rows.append(
+            {
+                "solver": label,
+                "iters_to_target": it,
+                "time_to_target": t,
+                "iters_to_target2": it2,
+                "time_to_target2": t2,
+                "per_iter": per_iteration(trace),
+                "iters_run": trace[-1][0],
+                "time_run": trace[-1][1],
+                "final_loss": final,
+                "final_gap": final / best - 1,
+            }
+        )
     return rows
 
 
@@ -236,11 +246,19 @@ def main(argv=None) -> dict:
             runs[label] = r
         traces = {label: r["trace"] for label, r in runs.items()}
         best = min(min(loss for _, _, loss in tr) for tr in traces.values())
-        results["problems"].append({
-            "name": spec["name"], "title": spec["title"], "spec": spec, "generate_s": t_gen,
-            "init_s": t_init, "best_loss": best, "target": best * (1 + args.rtol),
-            "rows": summarize(traces, args.rtol, args.rtol2), "traces": traces,
-        })
+        results["problems"].append(
+            {
+                "name": spec["name"],
+                "title": spec["title"],
+                "spec": spec,
+                "generate_s": t_gen,
+                "init_s": t_init,
+                "best_loss": best,
+                "target": best * (1 + args.rtol),
+                "rows": summarize(traces, args.rtol, args.rtol2),
+                "traces": traces,
+            }
+        )
     results["elapsed_s"] = time.perf_counter() - started
     results["loadavg_at_end"] = os.getloadavg()
     md = render(results)
@@ -267,26 +285,44 @@ def render(results: dict) -> str:
     ]
     verdicts = []
     for p in results["problems"]:
-        out += ["", f"### {p['title']}", "", f"f* = {p['best_loss']:.10g}; budget {p['spec']['budget']:g} s per run", ""]
+        out += [
+            "",
+            f"### {p['title']}",
+            "",
+            f"f* = {p['best_loss']:.10g}; budget {p['spec']['budget']:g} s per run",
+            "",
+        ]
         table = []
         for r in p["rows"]:
-            table.append([
-                r["solver"],
-                "–" if r["iters_to_target"] is None else f"{r['iters_to_target']:,}",
-                seconds(r["time_to_target"]) if r["time_to_target"] is not None else "–",
-                "–" if r.get("iters_to_target2") is None else f"{r['iters_to_target2']:,}",
-                seconds(r["time_to_target2"]) if r.get("time_to_target2") is not None else "–",
-                seconds(r["per_iter"]),
-                f"{r['iters_run']:,}",
-                seconds(r["time_run"]),
-                f"{r['final_gap']:.2e}",
-            ])
-        out.append(markdown_table(
-            ["solver", f"iterations to {results['rtol']:g}", f"time to {results['rtol']:g}",
-             f"iterations to {results.get('rtol2', 1e-6):g}", f"time to {results.get('rtol2', 1e-6):g}",
-             "per iteration", "iterations run", "time run", "final loss / f* - 1"],
-            table,
-        ))
+            table.append(
+                [
+                    r["solver"],
+                    "–" if r["iters_to_target"] is None else f"{r['iters_to_target']:,}",
+                    seconds(r["time_to_target"]) if r["time_to_target"] is not None else "–",
+                    "–" if r.get("iters_to_target2") is None else f"{r['iters_to_target2']:,}",
+                    seconds(r["time_to_target2"]) if r.get("time_to_target2") is not None else "–",
+                    seconds(r["per_iter"]),
+                    f"{r['iters_run']:,}",
+                    seconds(r["time_run"]),
+                    f"{r['final_gap']:.2e}",
+                ]
+            )
+        out.append(
+            markdown_table(
+                [
+                    "solver",
+                    f"iterations to {results['rtol']:g}",
+                    f"time to {results['rtol']:g}",
+                    f"iterations to {results.get('rtol2', 1e-6):g}",
+                    f"time to {results.get('rtol2', 1e-6):g}",
+                    "per iteration",
+                    "iterations run",
+                    "time run",
+                    "final loss / f* - 1",
+                ],
+                table,
+            )
+        )
         sk = next(r for r in p["rows"] if r["solver"] == "scikit-learn cd")
         ours = [r for r in p["rows"] if r["solver"].startswith("dnmf") and r["time_to_target"] is not None]
         if ours:
@@ -304,8 +340,12 @@ def render(results: dict) -> str:
     load = results.get("loadavg_at_end")
     out += ["", "Target: dnmf's best solver reaches f*(1+rtol) in less wall time than scikit-learn's cd.", ""]
     out += verdicts
-    out += ["", f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
-            + (" ".join(f"{x:.2f}" for x in load) if load else "n/a") + "."]
+    out += [
+        "",
+        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
+        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
+        + ".",
+    ]
     return "\n".join(out)
 
 

@@ -72,8 +72,8 @@ class Recorder:
 def instrument(rec: Recorder):
     """Patch dnmf's module attributes (this process only); returns an undo list."""
     from dnmf.engine import loop as driver
-from dnmf.nmf import graph as blocked
-from dnmf.nmf import kernels
+    from dnmf.nmf import graph as blocked
+    from dnmf.nmf import kernels
 
     undo = []
 
@@ -183,7 +183,9 @@ def _main(a):
     print("\nbare, 1 thread (median of 3):")
     for name, t in bare.items():
         print(f"  {name:<40s} {seconds(t)}")
-    print(f"  {'products total':<40s} {seconds(bare['X@Ht'] + bare['sum X_i.T@W_i'] + bare['W.T@W'] + bare['Ht.T@Ht'])}")
+    print(
+        f"  {'products total':<40s} {seconds(bare['X@Ht'] + bare['sum X_i.T@W_i'] + bare['W.T@W'] + bare['Ht.T@Ht'])}"
+    )
 
     # 1. threaded scheduler, instrumented.
     fit(X, W0, H0, k, a.solver, 1)  # warm-up

@@ -92,91 +92,161 @@ def summary_rows(res: dict) -> list[list[str]]:
     if eng and "problems" in eng:
         for p in eng["problems"]:
             for solver, r in p["solvers"].items():
-                rows.append([
-                    "dnmf vs scikit-learn: time to the same loss",
-                    f"{p['title']}, k={p['k']}, {solver}, sklearn {p['iters']} its",
-                    seconds(r["dnmf_to_target_s"]) if r["dnmf_reached"] else "not reached",
-                    f"{seconds(r['sklearn_total_s'])} (scikit-learn)", _x(r["e2e_ratio"]),
-                ])
+                rows.append(
+                    [
+                        "dnmf vs scikit-learn: time to the same loss",
+                        f"{p['title']}, k={p['k']}, {solver}, sklearn {p['iters']} its",
+                        seconds(r["dnmf_to_target_s"]) if r["dnmf_reached"] else "not reached",
+                        f"{seconds(r['sklearn_total_s'])} (scikit-learn)",
+                        _x(r["e2e_ratio"]),
+                    ]
+                )
         for p in eng["problems"]:
             if p["name"] != "sparse":
                 continue
             for solver, r in p["solvers"].items():
-                rows.append([
-                    "dnmf vs bare SciPy kernels: per iteration",
-                    f"{p['title']}, k={p['k']}, {solver}",
-                    seconds(r["dnmf_per_iter_s"]), f"{seconds(r['bare_1t_s'])} (bare pass, 1 thread)",
-                    _x(r["overhead_vs_bare"]),
-                ])
+                rows.append(
+                    [
+                        "dnmf vs bare SciPy kernels: per iteration",
+                        f"{p['title']}, k={p['k']}, {solver}",
+                        seconds(r["dnmf_per_iter_s"]),
+                        f"{seconds(r['bare_1t_s'])} (bare pass, 1 thread)",
+                        _x(r["overhead_vs_bare"]),
+                    ]
+                )
     nnz = res.get("nnz")
     if nnz and "rows" in nnz:
         rs = nnz["rows"]
         sizes = " → ".join(f"{r['nnz'] / 1e6:g}M" for r in rs)
-        rows.append([
-            "scaling with nnz: time per iteration", f"{sizes} nnz, k={nnz['k']}, cd, threads",
-            " → ".join(seconds(r["per_iter_s"]) for r in rs),
-            "linear: " + " → ".join(seconds(rs[0]["per_iter_s"] * r["nnz"] / rs[0]["nnz"]) for r in rs),
-            f"{rs[-1]['per_iter_s'] / rs[-2]['per_iter_s']:.2f}x time for {rs[-1]['nnz'] / rs[-2]['nnz']:.3g}x nnz"
-            if len(rs) > 1 else "",
-        ])
+        rows.append(
+            [
+                "scaling with nnz: time per iteration",
+                f"{sizes} nnz, k={nnz['k']}, cd, threads",
+                " → ".join(seconds(r["per_iter_s"]) for r in rs),
+                "linear: " + " → ".join(seconds(rs[0]["per_iter_s"] * r["nnz"] / rs[0]["nnz"]) for r in rs),
+                f"{rs[-1]['per_iter_s'] / rs[-2]['per_iter_s']:.2f}x time for {rs[-1]['nnz'] / rs[-2]['nnz']:.3g}x nnz"
+                if len(rs) > 1
+                else "",
+            ]
+        )
     wk = res.get("workers")
     if wk and "rows" in wk:
         one = next(r for r in wk["rows"] if r["engine"].endswith("1 process"))
         two = next(r for r in wk["rows"] if r["engine"].endswith("2 processes"))
-        rows.append([
-            "scaling with workers: per iteration", f"{wk['nnz'] / 1e6:g}M nnz, k={wk['k']}, cd",
-            f"{seconds(two['per_iter_s'])} (2 processes)", f"{seconds(one['per_iter_s'])} (1 process)",
-            f"{two['speedup_vs_1_process']:.2f}x speed-up",
-        ])
+        rows.append(
+            [
+                "scaling with workers: per iteration",
+                f"{wk['nnz'] / 1e6:g}M nnz, k={wk['k']}, cd",
+                f"{seconds(two['per_iter_s'])} (2 processes)",
+                f"{seconds(one['per_iter_s'])} (1 process)",
+                f"{two['speedup_vs_1_process']:.2f}x speed-up",
+            ]
+        )
     rec = res.get("recommend")
     if rec and "models" in rec:
         for m in rec["models"]:
-            rows.append([
-                "recommendation", f"{rec['dataset']}, {m['model']}",
-                f"RMSE {m['rmse']:.4f}" if m.get("rmse") is not None else f"P@10 {m.get('precision', float('nan')):.4f}",
-                f"fit {seconds(m['fit_s'])}", "",
-            ])
+            rows.append(
+                [
+                    "recommendation",
+                    f"{rec['dataset']}, {m['model']}",
+                    f"RMSE {m['rmse']:.4f}"
+                    if m.get("rmse") is not None
+                    else f"P@10 {m.get('precision', float('nan')):.4f}",
+                    f"fit {seconds(m['fit_s'])}",
+                    "",
+                ]
+            )
     elif rec:
         rows.append(["recommendation", rec.get("skipped", rec.get("error", "")), "", "", ""])
     sp = res.get("spark")
     if sp and "rmse" in sp:
-        rows.append(["Spark ALS nonnegative", sp["setting"], f"RMSE {sp['rmse']:.4f}", f"fit {seconds(sp['fit_s'])}", ""])
+        rows.append(
+            ["Spark ALS nonnegative", sp["setting"], f"RMSE {sp['rmse']:.4f}", f"fit {seconds(sp['fit_s'])}", ""]
+        )
     elif sp:
         rows.append(["Spark ALS nonnegative", sp.get("skipped", sp.get("error", "")), "", "", ""])
     return rows
 
 
 def render(res: dict) -> str:
-    lines = ["# dnmf benchmark suite", "", "```", format_machine(res["machine"]), f"command: {res['command']}",
-             f"load average at end: {' '.join(f'{x:.2f}' for x in res['loadavg_at_end'])}; "
-             f"whole run {res['wall_s']:.0f} s", "```", ""]
+    lines = [
+        "# dnmf benchmark suite",
+        "",
+        "```",
+        format_machine(res["machine"]),
+        f"command: {res['command']}",
+        f"load average at end: {' '.join(f'{x:.2f}' for x in res['loadavg_at_end'])}; whole run {res['wall_s']:.0f} s",
+        "```",
+        "",
+    ]
     other = res.get("other_cpu_share")
     if other is not None:
-        lines += [f"Other processes used {other:.0%} of the machine's CPU time during the run"
-                  + (" — enough to slow some timings; rerun on a quieter machine to compare." if other > 0.1 else ".")
-                  , ""]
-    lines += ["## Summary", "", markdown_table(["benchmark", "setting", "dnmf", "reference", "ratio"],
-                                               summary_rows(res), align="lllll"), ""]
+        lines += [
+            f"Other processes used {other:.0%} of the machine's CPU time during the run"
+            + (" — enough to slow some timings; rerun on a quieter machine to compare." if other > 0.1 else "."),
+            "",
+        ]
+    lines += [
+        "## Summary",
+        "",
+        markdown_table(["benchmark", "setting", "dnmf", "reference", "ratio"], summary_rows(res), align="lllll"),
+        "",
+    ]
 
     eng = res.get("engine")
     if eng and "problems" in eng:
-        lines += ["## dnmf vs scikit-learn and vs the bare kernels", "",
-                  "scikit-learn runs N iterations (`tol=0`) from a shared NNDSVDA start; its final loss L_sk is "
-                  "the target, and dnmf (local threads) runs from the same start until its loss reaches L_sk. "
-                  "Times to L_sk include dnmf's setup (validation, blocking) and scikit-learn's whole fit. "
-                  "Per iteration: median of iterations 2..N. Bare pass: `X@Ht + Σ X_i.T@W_i + W.T@W + Ht.T@Ht` "
-                  "in plain SciPy/NumPy on one thread, sampled before and after the fits.", ""]
+        lines += [
+            "## dnmf vs scikit-learn and vs the bare kernels",
+            "",
+            "scikit-learn runs N iterations (`tol=0`) from a shared NNDSVDA start; its final loss L_sk is "
+            "the target, and dnmf (local threads) runs from the same start until its loss reaches L_sk. "
+            "Times to L_sk include dnmf's setup (validation, blocking) and scikit-learn's whole fit. "
+            "Per iteration: median of iterations 2..N. Bare pass: `X@Ht + Σ X_i.T@W_i + W.T@W + Ht.T@Ht` "
+            "in plain SciPy/NumPy on one thread, sampled before and after the fits.",
+            "",
+        ]
         rows = []
         for p in eng["problems"]:
             for solver, r in p["solvers"].items():
-                rows.append([p["title"], p["k"], solver, seconds(r["sklearn_total_s"]), seconds(r["sklearn_per_iter_s"]),
-                             seconds(r["dnmf_to_target_s"]), r["dnmf_iters_to_target"] or "–",
-                             seconds(r["dnmf_setup_s"]), seconds(r["dnmf_per_iter_s"]), seconds(r["bare_1t_s"]),
-                             _x(r["e2e_ratio"]), _x(r["per_iter_vs_sklearn"]), _x(r["overhead_vs_bare"])])
-        lines += [markdown_table(
-            ["problem", "k", "solver", "sklearn fit", "sklearn /it", "dnmf to L_sk", "dnmf its", "dnmf setup",
-             "dnmf /it", "bare pass", "to L_sk ratio", "/it vs sklearn", "/it vs bare"], rows, align="lrl" + "r" * 10),
-            ""]
+                rows.append(
+                    [
+                        p["title"],
+                        p["k"],
+                        solver,
+                        seconds(r["sklearn_total_s"]),
+                        seconds(r["sklearn_per_iter_s"]),
+                        seconds(r["dnmf_to_target_s"]),
+                        r["dnmf_iters_to_target"] or "–",
+                        seconds(r["dnmf_setup_s"]),
+                        seconds(r["dnmf_per_iter_s"]),
+                        seconds(r["bare_1t_s"]),
+                        _x(r["e2e_ratio"]),
+                        _x(r["per_iter_vs_sklearn"]),
+                        _x(r["overhead_vs_bare"]),
+                    ]
+                )
+        lines += [
+            markdown_table(
+                [
+                    "problem",
+                    "k",
+                    "solver",
+                    "sklearn fit",
+                    "sklearn /it",
+                    "dnmf to L_sk",
+                    "dnmf its",
+                    "dnmf setup",
+                    "dnmf /it",
+                    "bare pass",
+                    "to L_sk ratio",
+                    "/it vs sklearn",
+                    "/it vs bare",
+                ],
+                rows,
+                align="lrl" + "r" * 10,
+            ),
+            "",
+        ]
         if res.get("plots", {}).get("engine"):
             lines += [f"![loss against time]({os.path.basename(res['plots']['engine'])})", ""]
     elif eng:
@@ -184,19 +254,51 @@ def render(res: dict) -> str:
 
     nnz = res.get("nnz")
     if nnz and "rows" in nnz:
-        lines += ["## Scaling with nnz", "",
-                  f"Zipf-like CSR, about 50 non-zeros per row (rows grow with nnz), up to 20,000 columns; "
-                  f"`NMF(k={nnz['k']}, solver='cd', init='random', tol=0)`, {nnz['iters']} iterations on local "
-                  "threads (2 threads; the bare pass uses one). 'vs linear': time per non-zero relative to the "
-                  "smallest size's (1.00x = exactly linear; below 1 = fixed costs amortised); 'step vs linear': "
-                  "growth of the time per iteration from the previous size over the growth of nnz.", ""]
-        rows = [[f"{r['nnz']:,}", f"{r['m']:,} x {r['n']:,}", seconds(r["generate_s"]), seconds(r["setup_s"]),
-                 seconds(r["per_iter_s"]), seconds(r["per_iter_min_s"]), f"{r['per_nnz_ns']:.1f} ns",
-                 _x(r["vs_linear"]), _x(r.get("step_vs_linear")), seconds(r["bare_1t_s"]),
-                 _x(r["overhead_vs_bare"])]
-                for r in nnz["rows"]]
-        lines += [markdown_table(["nnz", "shape", "generate", "dnmf setup", "dnmf /it", "(min)", "per nnz",
-                                  "vs linear", "step vs linear", "bare pass (1 thread)", "/it vs bare"], rows), ""]
+        lines += [
+            "## Scaling with nnz",
+            "",
+            f"Zipf-like CSR, about 50 non-zeros per row (rows grow with nnz), up to 20,000 columns; "
+            f"`NMF(k={nnz['k']}, solver='cd', init='random', tol=0)`, {nnz['iters']} iterations on local "
+            "threads (2 threads; the bare pass uses one). 'vs linear': time per non-zero relative to the "
+            "smallest size's (1.00x = exactly linear; below 1 = fixed costs amortised); 'step vs linear': "
+            "growth of the time per iteration from the previous size over the growth of nnz.",
+            "",
+        ]
+        rows = [
+            [
+                f"{r['nnz']:,}",
+                f"{r['m']:,} x {r['n']:,}",
+                seconds(r["generate_s"]),
+                seconds(r["setup_s"]),
+                seconds(r["per_iter_s"]),
+                seconds(r["per_iter_min_s"]),
+                f"{r['per_nnz_ns']:.1f} ns",
+                _x(r["vs_linear"]),
+                _x(r.get("step_vs_linear")),
+                seconds(r["bare_1t_s"]),
+                _x(r["overhead_vs_bare"]),
+            ]
+            for r in nnz["rows"]
+        ]
+        lines += [
+            markdown_table(
+                [
+                    "nnz",
+                    "shape",
+                    "generate",
+                    "dnmf setup",
+                    "dnmf /it",
+                    "(min)",
+                    "per nnz",
+                    "vs linear",
+                    "step vs linear",
+                    "bare pass (1 thread)",
+                    "/it vs bare",
+                ],
+                rows,
+            ),
+            "",
+        ]
         if res.get("plots", {}).get("nnz"):
             lines += [f"![time per iteration vs nnz]({os.path.basename(res['plots']['nnz'])})", ""]
     elif nnz:
@@ -204,13 +306,25 @@ def render(res: dict) -> str:
 
     wk = res.get("workers")
     if wk and "rows" in wk:
-        lines += ["## Scaling with workers", "",
-                  f"X: {wk['shape'][0]:,} x {wk['shape'][1]:,}, {wk['nnz']:,} non-zeros in memory (scattered to "
-                  f"the workers once per fit); `NMF(k={wk['k']}, solver='cd', init='random', tol=0)`, "
-                  f"{wk.get('repeats', 1)} fit(s) of {wk['iters']} iterations after a 2-iteration warm-up on the "
-                  "same engine; per iteration: median (and min) over iterations 2..N of every fit.", ""]
-        rows = [[r["engine"], seconds(r["setup_s"]), seconds(r["per_iter_s"]), seconds(r["per_iter_min_s"]),
-                 f"{r['speedup_vs_1_process']:.2f}x"] for r in wk["rows"]]
+        lines += [
+            "## Scaling with workers",
+            "",
+            f"X: {wk['shape'][0]:,} x {wk['shape'][1]:,}, {wk['nnz']:,} non-zeros in memory (scattered to "
+            f"the workers once per fit); `NMF(k={wk['k']}, solver='cd', init='random', tol=0)`, "
+            f"{wk.get('repeats', 1)} fit(s) of {wk['iters']} iterations after a 2-iteration warm-up on the "
+            "same engine; per iteration: median (and min) over iterations 2..N of every fit.",
+            "",
+        ]
+        rows = [
+            [
+                r["engine"],
+                seconds(r["setup_s"]),
+                seconds(r["per_iter_s"]),
+                seconds(r["per_iter_min_s"]),
+                f"{r['speedup_vs_1_process']:.2f}x",
+            ]
+            for r in wk["rows"]
+        ]
         lines += [markdown_table(["engine", "setup", "per iter", "(min)", "speed-up vs 1 process"], rows), ""]
         if res.get("plots", {}).get("workers"):
             lines += [f"![workers]({os.path.basename(res['plots']['workers'])})", ""]
@@ -229,8 +343,15 @@ def render(res: dict) -> str:
                 row = [m["model"]]
                 for key in keys:
                     v = m.get(key)
-                    row.append("–" if v is None else seconds(v) if key == "fit_s" else
-                               f"{v:,}" if isinstance(v, int) else f"{v:.4f}")
+                    row.append(
+                        "–"
+                        if v is None
+                        else seconds(v)
+                        if key == "fit_s"
+                        else f"{v:,}"
+                        if isinstance(v, int)
+                        else f"{v:.4f}"
+                    )
                 rows.append(row)
             lines += [markdown_table(cols, rows), ""]
         else:
@@ -254,7 +375,7 @@ def _section(name: str, fn):
     t = time.perf_counter()
     try:
         out = fn()
-    except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others
+    except Exception as exc:
         log(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
         out = {"error": f"{type(exc).__name__}: {exc}"}
@@ -267,8 +388,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    cmd = "python -m benchmarks" + ("" if argv is None and len(sys.argv) <= 1 else
-                                     " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    cmd = "python -m benchmarks" + (
+        "" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     res: dict = {"machine": machine_info(), "command": cmd, "quick": args.quick, "plots": {}}
     busy0, own0 = _busy_cpu_s(), _own_cpu_s()
     log(format_machine(res["machine"]))
@@ -292,6 +414,7 @@ def main(argv=None) -> int:
             res["plots"]["nnz"] = suite_scaling.plot_nnz(res["nnz"], os.path.join(args.out, "nnz_scaling.png"))
 
     if "workers" in args.sections:
+
         def workers():
             from benchmarks._common import make_zipf_csr
 
@@ -330,8 +453,10 @@ def main(argv=None) -> int:
         json.dump(_clean(res), f, indent=1, default=_json_default)
         f.write("\n")
     print(md)
-    print(f"wrote {args.out}/README.md, suite.json and "
-          f"{', '.join(os.path.basename(p) for p in res['plots'].values() if p) or 'no plots'} "
-          f"({res['wall_s']:.0f} s)")
+    print(
+        f"wrote {args.out}/README.md, suite.json and "
+        f"{', '.join(os.path.basename(p) for p in res['plots'].values() if p) or 'no plots'} "
+        f"({res['wall_s']:.0f} s)"
+    )
     failed = [s for s in args.sections if isinstance(res.get(s), dict) and "error" in res[s]]
     return 1 if failed else 0

@@ -22,13 +22,13 @@ def specs(quick: bool) -> list[dict]:
     if quick:
         return [
             dict(name="dense", m=400, n=300, k=8, iters=30, title="dense 400 x 300"),
-            dict(name="sparse", m=20_000, n=4_000, nnz=200_000, k=8, iters=8,
-                 title="sparse 20,000 x 4,000, 0.2M nnz"),
+            dict(name="sparse", m=20_000, n=4_000, nnz=200_000, k=8, iters=8, title="sparse 20,000 x 4,000, 0.2M nnz"),
         ]
     return [
         dict(name="dense", m=2_000, n=1_000, k=32, iters=50, title="dense 2,000 x 1,000"),
-        dict(name="sparse", m=200_000, n=20_000, nnz=10_000_000, k=32, iters=20,
-             title="sparse 200,000 x 20,000, 10M nnz"),
+        dict(
+            name="sparse", m=200_000, n=20_000, nnz=10_000_000, k=32, iters=20, title="sparse 200,000 x 20,000, 10M nnz"
+        ),
     ]
 
 
@@ -57,20 +57,29 @@ def run(quick: bool, solvers=("cd", "mu"), seed: int = 0) -> dict:
             near += be.sample_bare(bare_iteration, 2)
             bare = median(near)
             res = {
-                "sklearn_total_s": sk["total"], "sklearn_per_iter_s": sk["per_iter"], "sklearn_loss": sk["loss"],
-                "dnmf_reached": dn.get("reached", False), "dnmf_to_target_s": dn.get("time_to_target"),
-                "dnmf_iters_to_target": dn.get("iter_reached"), "dnmf_setup_s": dn.get("setup"),
-                "dnmf_per_iter_s": dn.get("per_iter"), "dnmf_loss_history": dn.get("loss_history", []),
-                "dnmf_iter_times": dn.get("iter_times", []), "sklearn_iter_times": sk.get("iter_times", []),
-                "bare_1t_s": bare, "bare_1t_samples": near,
+                "sklearn_total_s": sk["total"],
+                "sklearn_per_iter_s": sk["per_iter"],
+                "sklearn_loss": sk["loss"],
+                "dnmf_reached": dn.get("reached", False),
+                "dnmf_to_target_s": dn.get("time_to_target"),
+                "dnmf_iters_to_target": dn.get("iter_reached"),
+                "dnmf_setup_s": dn.get("setup"),
+                "dnmf_per_iter_s": dn.get("per_iter"),
+                "dnmf_loss_history": dn.get("loss_history", []),
+                "dnmf_iter_times": dn.get("iter_times", []),
+                "sklearn_iter_times": sk.get("iter_times", []),
+                "bare_1t_s": bare,
+                "bare_1t_samples": near,
             }
             res["e2e_ratio"] = (res["dnmf_to_target_s"] / sk["total"]) if res["dnmf_reached"] else None
             res["per_iter_vs_sklearn"] = res["dnmf_per_iter_s"] / sk["per_iter"] if sk["per_iter"] else None
             res["overhead_vs_bare"] = res["dnmf_per_iter_s"] / bare if bare else None
             entry["solvers"][solver] = res
-            log(f"[engine] {spec['name']}/{solver}: sklearn {seconds(sk['total'])} ({seconds(sk['per_iter'])}/it), "
+            log(
+                f"[engine] {spec['name']}/{solver}: sklearn {seconds(sk['total'])} ({seconds(sk['per_iter'])}/it), "
                 f"dnmf to L_sk {seconds(res['dnmf_to_target_s'])} ({seconds(res['dnmf_per_iter_s'])}/it), "
-                f"bare pass {seconds(bare)}")
+                f"bare pass {seconds(bare)}"
+            )
         out["problems"].append(entry)
     return out
 
@@ -97,8 +106,13 @@ def plot(result: dict, path: str) -> str | None:
                 continue
             t = np.cumsum(r["dnmf_iter_times"]) + (r["dnmf_setup_s"] or 0.0)
             ax.plot(t, r["dnmf_loss_history"], marker=".", label="dnmf (threads)")
-            ax.plot([r["sklearn_total_s"]], [r["sklearn_loss"]], "s", color="C3",
-                    label=f"scikit-learn after {p['iters']} its")
+            ax.plot(
+                [r["sklearn_total_s"]],
+                [r["sklearn_loss"]],
+                "s",
+                color="C3",
+                label=f"scikit-learn after {p['iters']} its",
+            )
             ax.axhline(r["sklearn_loss"], color="C3", lw=0.8, ls="--")
             ax.set_xlabel("wall time (s)")
             ax.set_ylabel("loss")

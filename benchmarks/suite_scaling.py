@@ -107,8 +107,10 @@ def run_nnz(quick: bool, k: int = 16, sizes: list[int] | None = None) -> dict:
         fit = _fit(X, k, iters)
         row = {"nnz": nnz, "m": m, "n": n, "generate_s": gen, "bare_1t_s": bare, **fit}
         rows.append(row)
-        log(f"[nnz] {nnz / 1e6:g}M: {seconds(fit['per_iter_s'])}/it (bare pass {seconds(bare)}), "
-            f"setup {seconds(fit['setup_s'])}")
+        log(
+            f"[nnz] {nnz / 1e6:g}M: {seconds(fit['per_iter_s'])}/it (bare pass {seconds(bare)}), "
+            f"setup {seconds(fit['setup_s'])}"
+        )
         if nnz == (10_000_000 if not quick else 1_000_000):
             keep = X  # reused by the workers section
         del X
@@ -150,12 +152,19 @@ def run_workers(X, quick: bool, k: int = 16) -> dict:
     for w in (1, 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+            cluster = LocalCluster(
+                n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            )
         with cluster, Client(cluster, set_as_default=False) as client:
             _fit(X, k, 2, client=client)  # warm the workers (imports, first scatter)
-            rows.append(dict(engine=f"LocalCluster, {w} process{'es' if w > 1 else ''}", workers=w, threads=1,
-                             **_fits(X, k, iters, repeats, client=client)))
+            rows.append(
+                dict(
+                    engine=f"LocalCluster, {w} process{'es' if w > 1 else ''}",
+                    workers=w,
+                    threads=1,
+                    **_fits(X, k, iters, repeats, client=client),
+                )
+            )
         log(f"[workers] {w} process(es): {seconds(rows[-1]['per_iter_s'])}/it, setup {seconds(rows[-1]['setup_s'])}")
     one = next(r for r in rows if r["workers"] == 1 and r["threads"] == 1)
     for r in rows:

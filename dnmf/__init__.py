@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._version import __version__
-
 from ._moved import install as _install_moved_modules
+from ._version import __version__
 
 # Public names are imported on first use (PEP 562): Dask workers unpickle
 # functions from dnmf.nmf.kernels, dnmf.nmf.graph and dnmf.storage, which import
@@ -57,6 +56,7 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "NMF",

@@ -154,8 +154,9 @@ def loss_curve(
     ax_loss.set_ylabel("loss (reconstruction error)")
     ax_loss.set_title(title or f"loss over {loss.size} iteration{'s' if loss.size != 1 else ''}")
     if ax_stat is not None:
-        _plot_positive(ax_stat, stat, marker="o" if stat.size <= 30 else None, markersize=3, color="C1",
-                       label="stationarity")
+        _plot_positive(
+            ax_stat, stat, marker="o" if stat.size <= 30 else None, markersize=3, color="C1", label="stationarity"
+        )
         ax_stat.set_ylabel("stationarity (relative to iteration 1)")
         if not twin:
             ax_stat.set_title("projected-gradient stationarity")
@@ -258,8 +259,15 @@ def component_grid(
             caption = caps[i] if caps is not None and i < len(caps) else f"{name} {i + 1}"
             ax.set_title(caption, fontsize=8)
         bbox = outer[0, p].get_position(fig)
-        fig.text((bbox.x0 + bbox.x1) / 2, 0.985, f"{name} ({arr.shape[0]} components)",
-                 ha="center", va="top", fontsize=11, weight="bold")
+        fig.text(
+            (bbox.x0 + bbox.x1) / 2,
+            0.985,
+            f"{name} ({arr.shape[0]} components)",
+            ha="center",
+            va="top",
+            fontsize=11,
+            weight="bold",
+        )
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.55 / fig.get_figheight())
     if path is not None:
         save_png(fig, path)

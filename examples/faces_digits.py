@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", "--n-components", type=int, default=None, help="components (default 16; 8 with --quick)")
     parser.add_argument("--max-iter", type=int, default=None, help="iterations (default 400; 60 with --quick)")
     parser.add_argument("--images", default=None, help=".npy file of images (default: scikit-learn's digits)")
-    parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="image shape when --images holds flat rows")
+    parser.add_argument(
+        "--shape", type=int, nargs=2, default=None, metavar=("H", "W"), help="image shape when --images holds flat rows"
+    )
     parser.add_argument("--out", default=os.path.join("examples", "output"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="small and fast (CI)")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.decomposition import PCA
 
     import dnmf
-    from dnmf.plot import component_grid, loss_curve
     from dnmf.cli.report import cluster_info, write_report
+    from dnmf.plot import component_grid, loss_curve
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -98,15 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     norm = np.linalg.norm(X)
     nmf_err = np.linalg.norm(X - W @ model.components_) / norm
     pca_err = np.linalg.norm(X - pca.inverse_transform(pca.transform(X))) / norm
+
     # Parts are sparse: the share of pixels under 5% of each component's maximum.
     def sparsity(C):
         return float(np.mean(np.abs(C) < 0.05 * np.abs(C).max(axis=1, keepdims=True)))
 
     print(f"{'method':<6} {'relative error':>15} {'near-zero pixels':>17} {'negative entries':>17}")
-    print(f"{'NMF':<6} {nmf_err:>15.4f} {sparsity(model.components_):>17.0%} "
-          f"{np.mean(model.components_ < 0):>17.0%}")
-    print(f"{'PCA':<6} {pca_err:>15.4f} {sparsity(pca.components_):>17.0%} "
-          f"{np.mean(pca.components_ < 0):>17.0%}")
+    print(f"{'NMF':<6} {nmf_err:>15.4f} {sparsity(model.components_):>17.0%} {np.mean(model.components_ < 0):>17.0%}")
+    print(f"{'PCA':<6} {pca_err:>15.4f} {sparsity(pca.components_):>17.0%} {np.mean(pca.components_ < 0):>17.0%}")
     print(f"NMF: {model.n_iter_} iterations in {timings['nmf fit']:.2f} s")
 
     os.makedirs(args.out, exist_ok=True)
@@ -117,11 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     loss_curve(model, path=loss_png, title=f"NMF of {name}, k = {k}")
     timings["figures"] = time.perf_counter() - t
     report = os.path.join(args.out, f"{name}_report.html")
-    write_report(report, model, timings=timings, cluster=cluster_info(None),
-                 title=f"dnmf: NMF of {name} images",
-                 extra={"data": args.images or "sklearn.datasets.load_digits()", "images": X.shape[0],
-                        "image shape": f"{hw[0]} x {hw[1]}", "NMF relative error": nmf_err,
-                        "PCA relative error": pca_err})
+    write_report(
+        report,
+        model,
+        timings=timings,
+        cluster=cluster_info(None),
+        title=f"dnmf: NMF of {name} images",
+        extra={
+            "data": args.images or "sklearn.datasets.load_digits()",
+            "images": X.shape[0],
+            "image shape": f"{hw[0]} x {hw[1]}",
+            "NMF relative error": nmf_err,
+            "PCA relative error": pca_err,
+        },
+    )
     for path in (grid, loss_png, report):
         print(f"wrote {path}")
     return 0

@@ -66,15 +66,17 @@ def _block(seed: int, n_cols: int, per_row: int, groups: int, block_info=None) -
     return X
 
 
-def write_generated_store(path: str, n_blocks: int, rows_per_block: int, n_cols: int, per_row: int,
-                          groups: int, seed: int):
+def write_generated_store(
+    path: str, n_blocks: int, rows_per_block: int, n_cols: int, per_row: int, groups: int, seed: int
+):
     import dask.array as da
 
     import dnmf
 
     chunks = ((rows_per_block,) * n_blocks, (n_cols,))
-    X = da.map_blocks(_block, seed, n_cols, per_row, groups, chunks=chunks, dtype=np.float64,
-                      meta=sp.csr_matrix((0, 0)))
+    X = da.map_blocks(
+        _block, seed, n_cols, per_row, groups, chunks=chunks, dtype=np.float64, meta=sp.csr_matrix((0, 0))
+    )
     # Local threads write the blocks (one task per block): only a few blocks are in memory at a time.
     return dnmf.write_matrix(X, path, overwrite=True, scheduler="threads")
 
@@ -95,8 +97,9 @@ def _memory_bytes(text: str) -> int:
 
 
 def model_params(args) -> dict:
-    return dict(n_components=args.n_components, solver="cd", init="random", tol=0.0, max_iter=args.iters,
-                random_state=args.seed)
+    return dict(
+        n_components=args.n_components, solver="cd", init="random", tol=0.0, max_iter=args.iters, random_state=args.seed
+    )
 
 
 def run_driver(args) -> int:
@@ -108,8 +111,9 @@ def run_driver(args) -> int:
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     with Client(args.scheduler) as client:
-        model = dnmf.NMF(**model_params(args), client=client, checkpoint=args.checkpoint,
-                         checkpoint_every=args.checkpoint_every)
+        model = dnmf.NMF(
+            **model_params(args), client=client, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every
+        )
 
         def show(iteration, elapsed, loss):
             print(f"iteration {iteration:3d}  loss {loss:.8g}  ({elapsed:.1f} s)", flush=True)
@@ -142,7 +146,7 @@ class MemoryWatch:
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, *self.client.run(rss).values())
-            except Exception:  # noqa: BLE001 - the cluster is closing
+            except Exception:
                 return
             self._stop.wait(0.2)
 
@@ -164,8 +168,12 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny store, few iterations (CI)")
     p.add_argument("--store", default=None, help="fit this existing matrix store instead of a generated one")
-    p.add_argument("--size", type=float, default=1.25,
-                   help="generated store's CSR size as a multiple of the workers' total memory limit")
+    p.add_argument(
+        "--size",
+        type=float,
+        default=1.25,
+        help="generated store's CSR size as a multiple of the workers' total memory limit",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="320MiB", help="per worker (Dask's memory_limit)")
     p.add_argument("-k", "--n-components", type=int, default=8)
@@ -200,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.exceptions import ConvergenceWarning
 
     import dnmf
-    from dnmf.plot import loss_curve
     from dnmf.cli.report import cluster_info, write_report
+    from dnmf.plot import loss_curve
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     work = args.dir or tempfile.mkdtemp(prefix="dnmf-out-of-core-")
@@ -225,16 +233,26 @@ def main(argv: list[str] | None = None) -> int:
         m, n = store.shape
         csr = store.nnz * (store.dtype.itemsize + 4) + (m + 1) * 8
         total_limit = args.workers * limit
-        print(f"X: {m:,} x {n:,}, {store.nnz:,} non-zeros in {len(store.chunks[0])} row blocks; "
-              f"{csr / MiB:,.0f} MiB as CSR, {_disk_bytes(path) / MiB:,.0f} MiB on disk")
-        print(f"   = {csr / total_limit:.2f}x the workers' total memory limit "
-              f"({args.workers} x {args.memory_limit})" + ("  [--quick: small on purpose]" if args.quick else ""))
+        print(
+            f"X: {m:,} x {n:,}, {store.nnz:,} non-zeros in {len(store.chunks[0])} row blocks; "
+            f"{csr / MiB:,.0f} MiB as CSR, {_disk_bytes(path) / MiB:,.0f} MiB on disk"
+        )
+        print(
+            f"   = {csr / total_limit:.2f}x the workers' total memory limit "
+            f"({args.workers} x {args.memory_limit})" + ("  [--quick: small on purpose]" if args.quick else "")
+        )
 
         # 2. The cluster.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit=limit,
-                                   processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+            cluster = LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                memory_limit=limit,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
         with cluster, Client(cluster) as client:
             print(f"cluster: {args.workers} worker processes x 1 thread, memory_limit {args.memory_limit} each")
             print(f"dashboard: {client.dashboard_link}")
@@ -242,12 +260,31 @@ def main(argv: list[str] | None = None) -> int:
             # 3. A driver process, killed mid-fit.
             ckpt = os.path.join(work, "checkpoints")
             shutil.rmtree(ckpt, ignore_errors=True)
-            cmd = [sys.executable, os.path.abspath(__file__), "--driver", "--scheduler", cluster.scheduler_address,
-                   "--store", path, "--checkpoint", ckpt, "-k", str(args.n_components), "--iters", str(args.iters),
-                   "--checkpoint-every", str(args.checkpoint_every), "--kill-at", str(args.kill_at),
-                   "--seed", str(args.seed)]
-            print(f"\n[driver process] fit with checkpoint every {args.checkpoint_every} iterations; "
-                  f"killed after iteration {args.kill_at}")
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--driver",
+                "--scheduler",
+                cluster.scheduler_address,
+                "--store",
+                path,
+                "--checkpoint",
+                ckpt,
+                "-k",
+                str(args.n_components),
+                "--iters",
+                str(args.iters),
+                "--checkpoint-every",
+                str(args.checkpoint_every),
+                "--kill-at",
+                str(args.kill_at),
+                "--seed",
+                str(args.seed),
+            ]
+            print(
+                f"\n[driver process] fit with checkpoint every {args.checkpoint_every} iterations; "
+                f"killed after iteration {args.kill_at}"
+            )
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             killed = False
@@ -260,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
             timings["driver until killed"] = time.perf_counter() - t
             if not killed:
-                raise SystemExit(f"the driver process ended (exit code {proc.returncode}) before iteration "
-                                 f"{args.kill_at}; nothing to resume")
+                raise SystemExit(
+                    f"the driver process ended (exit code {proc.returncode}) before iteration "
+                    f"{args.kill_at}; nothing to resume"
+                )
             print(f"killed the driver (pid {proc.pid}, exit code {proc.returncode})")
             from dnmf.engine.checkpoint import load as load_checkpoint
 
@@ -270,15 +309,23 @@ def main(argv: list[str] | None = None) -> int:
 
             # 4. Resume here, on the same cluster.
             print(f"\n[resume] from iteration {resumed_from} to {args.iters}")
-            model = dnmf.NMF(**model_params(args), client=client, checkpoint=ckpt,
-                             checkpoint_every=args.checkpoint_every)
+            model = dnmf.NMF(
+                **model_params(args), client=client, checkpoint=ckpt, checkpoint_every=args.checkpoint_every
+            )
             t = time.perf_counter()
             with MemoryWatch(client) as watch:
-                model.fit(path, resume=ckpt, callback=lambda i, el, loss: print(
-                    f"  iteration {i:3d}  loss {loss:.8g}  ({el:.1f} s)", flush=True))
+                model.fit(
+                    path,
+                    resume=ckpt,
+                    callback=lambda i, el, loss: print(
+                        f"  iteration {i:3d}  loss {loss:.8g}  ({el:.1f} s)", flush=True
+                    ),
+                )
             timings["resume"] = time.perf_counter() - t
-            print(f"peak worker RSS while resuming: {watch.peak / MiB:,.0f} MiB "
-                  f"(memory_limit {limit / MiB:,.0f} MiB per worker; X is {csr / MiB:,.0f} MiB)")
+            print(
+                f"peak worker RSS while resuming: {watch.peak / MiB:,.0f} MiB "
+                f"(memory_limit {limit / MiB:,.0f} MiB per worker; X is {csr / MiB:,.0f} MiB)"
+            )
 
             same = None
             if not args.no_verify:
@@ -286,12 +333,16 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 reference = dnmf.NMF(**model_params(args), client=client).fit(path)
                 timings["uninterrupted fit"] = time.perf_counter() - t
-                same = bool(np.array_equal(reference.components_, model.components_)
-                            and reference.loss_history_.tolist() == model.loss_history_.tolist())
+                same = bool(
+                    np.array_equal(reference.components_, model.components_)
+                    and reference.loss_history_.tolist() == model.loss_history_.tolist()
+                )
                 diff = float(np.max(np.abs(reference.components_ - model.components_)))
-                print(f"resumed == uninterrupted, bit for bit: {'yes' if same else 'NO'} "
-                      f"(max |H difference| = {diff:.3g}, final loss {model.reconstruction_err_:.10g} vs "
-                      f"{reference.reconstruction_err_:.10g})")
+                print(
+                    f"resumed == uninterrupted, bit for bit: {'yes' if same else 'NO'} "
+                    f"(max |H difference| = {diff:.3g}, final loss {model.reconstruction_err_:.10g} vs "
+                    f"{reference.reconstruction_err_:.10g})"
+                )
             info = cluster_info(client)
 
         # 5. Report and figure.
@@ -299,13 +350,25 @@ def main(argv: list[str] | None = None) -> int:
         png = os.path.join(args.out, "out_of_core_loss.png")
         loss_curve(model, path=png, title=f"resumed from iteration {resumed_from}")
         report = os.path.join(args.out, "out_of_core_report.html")
-        write_report(report, model, timings=timings, cluster=info, title="dnmf: out-of-core fit, killed and resumed",
-                     extra={"store": path, "shape": f"{m} x {n}", "non-zeros": store.nnz,
-                            "CSR MiB": round(csr / MiB, 1), "x total memory limit": round(csr / total_limit, 2),
-                            "checkpoints": ckpt, "driver killed after iteration": args.kill_at,
-                            "resumed from iteration": resumed_from,
-                            "peak worker RSS MiB": round(watch.peak / MiB, 1),
-                            "bit-identical to an uninterrupted fit": "not checked" if same is None else same})
+        write_report(
+            report,
+            model,
+            timings=timings,
+            cluster=info,
+            title="dnmf: out-of-core fit, killed and resumed",
+            extra={
+                "store": path,
+                "shape": f"{m} x {n}",
+                "non-zeros": store.nnz,
+                "CSR MiB": round(csr / MiB, 1),
+                "x total memory limit": round(csr / total_limit, 2),
+                "checkpoints": ckpt,
+                "driver killed after iteration": args.kill_at,
+                "resumed from iteration": resumed_from,
+                "peak worker RSS MiB": round(watch.peak / MiB, 1),
+                "bit-identical to an uninterrupted fit": "not checked" if same is None else same,
+            },
+        )
         print(f"\nwrote {png}\nwrote {report}")
         return 0 if same is not False else 1
     finally:

@@ -79,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", default=None, help="user ID to recommend for (default: the first user)")
     p.add_argument("-k", "--n-components", type=int, default=None, help="factors (default 20; 8 with --quick)")
     p.add_argument("-n", "--top", type=int, default=10, help="items to recommend")
-    p.add_argument("--recommender", choices=("auto", "implicit", "nmf"), default="auto",
-                   help="model that recommends: the better ranking model on the split (auto), "
-                        "RatingsNMF(feedback='implicit') or plain NMF")
+    p.add_argument(
+        "--recommender",
+        choices=("auto", "implicit", "nmf"),
+        default="auto",
+        help="model that recommends: the better ranking model on the split (auto), "
+        "RatingsNMF(feedback='implicit') or plain NMF",
+    )
     p.add_argument("--quick", action="store_true", help="small generated data (CI)")
     p.add_argument("--dir", default=None, help="working folder for the CSV and store (default: temporary)")
     p.add_argument("--seed", type=int, default=0)
@@ -89,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     k = args.n_components or (8 if args.quick else 20)
 
     import dnmf
-    from dnmf.recommend.evaluation import evaluate, train_test_split
     from dnmf import RatingsNMF
+    from dnmf.recommend.evaluation import evaluate, train_test_split
     from dnmf.recommend.factors import Factors
 
     warnings.simplefilter("ignore")  # ConvergenceWarnings of the short fits are expected here
@@ -105,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             generate_ratings(csv, n_users, n_items, per_user, seed=args.seed)
         t = time.perf_counter()
         store_path = os.path.join(work, "ratings.zarr")
-        store = dnmf.ingest(csv, store_path, user_col=args.user_col, item_col=args.item_col,
-                            value_col=args.value_col, overwrite=True)
-        print(f"ingested {csv}: {store.shape[0]:,} users x {store.shape[1]:,} items, {store.nnz:,} ratings "
-              f"({time.perf_counter() - t:.1f} s)")
+        store = dnmf.ingest(
+            csv, store_path, user_col=args.user_col, item_col=args.item_col, value_col=args.value_col, overwrite=True
+        )
+        print(
+            f"ingested {csv}: {store.shape[0]:,} users x {store.shape[1]:,} items, {store.nnz:,} ratings "
+            f"({time.perf_counter() - t:.1f} s)"
+        )
 
         # 2. Split and evaluate on held-out ratings.
         X = store.data.compute().tocsr()
@@ -124,15 +131,25 @@ def main(argv: list[str] | None = None) -> int:
 
         explicit = RatingsNMF(k, feedback="explicit", max_iter=20, random_state=args.seed)
         _, secs = fit(explicit, train)
-        results.append(("RatingsNMF explicit (masked)", secs,
-                        evaluate(explicit, test, train=train, k=10, metrics=["rmse", "mae", *ranking])))
+        results.append(
+            (
+                "RatingsNMF explicit (masked)",
+                secs,
+                evaluate(explicit, test, train=train, k=10, metrics=["rmse", "mae", *ranking]),
+            )
+        )
         implicit = RatingsNMF(k, feedback="implicit", max_iter=20, random_state=args.seed)
         _, secs = fit(implicit, train)
         results.append(("RatingsNMF implicit", secs, evaluate(implicit, test, train=train, k=10, metrics=ranking)))
         nmf = dnmf.NMF(k, init="nndsvda", max_iter=100, random_state=args.seed)
         W, secs = fit(nmf, train)
-        results.append(("NMF (missing = 0)", secs,
-                        evaluate(Factors.from_model(nmf, W=W), test, train=train, k=10, metrics=ranking)))
+        results.append(
+            (
+                "NMF (missing = 0)",
+                secs,
+                evaluate(Factors.from_model(nmf, W=W), test, train=train, k=10, metrics=ranking),
+            )
+        )
 
         print(f"{'model':<30} {'fit':>7} {'RMSE':>7} {'MAE':>7} {'P@10':>7} {'R@10':>7} {'NDCG@10':>8}")
         for name, secs, m in results:

@@ -42,18 +42,72 @@ _SECTION = re.compile(
     re.MULTILINE,
 )
 # reST markup: directives, roles, link targets, URLs, and scikit-learn's "Read more in the User Guide".
-_MARKUP = re.compile(
-    r"^\s*\.\.\s.*$|:[a-z:]+:|<[^>\n]*>|https?://\S+|Read more in the[^.]*\.", re.MULTILINE
-)
+_MARKUP = re.compile(r"^\s*\.\.\s.*$|:[a-z:]+:|<[^>\n]*>|https?://\S+|Read more in the[^.]*\.", re.MULTILINE)
 # Words every docstring uses whatever it is about.
 
 _STOP = {
-    "default", "optional", "returns", "return", "parameter", "parameters", "function", "functions",
-    "method", "methods", "object", "objects", "class", "instance", "value", "values", "used", "use",
-    "using", "given", "note", "new", "way", "like", "example", "set", "does", "list", "true", "false",
-    "none", "str", "int", "float", "bool", "type", "specified", "called", "passed", "version", "added",
-    "deprecated", "e", "g", "ie", "eg", "etc", "see", "also", "just", "need", "needs", "want",
-    "sklearn", "scikit", "numpy", "scipy", "pandas", "matplotlib", "dask", "math", "autosummary",
+    "default",
+    "optional",
+    "returns",
+    "return",
+    "parameter",
+    "parameters",
+    "function",
+    "functions",
+    "method",
+    "methods",
+    "object",
+    "objects",
+    "class",
+    "instance",
+    "value",
+    "values",
+    "used",
+    "use",
+    "using",
+    "given",
+    "note",
+    "new",
+    "way",
+    "like",
+    "example",
+    "set",
+    "does",
+    "list",
+    "true",
+    "false",
+    "none",
+    "str",
+    "int",
+    "float",
+    "bool",
+    "type",
+    "specified",
+    "called",
+    "passed",
+    "version",
+    "added",
+    "deprecated",
+    "e",
+    "g",
+    "ie",
+    "eg",
+    "etc",
+    "see",
+    "also",
+    "just",
+    "need",
+    "needs",
+    "want",
+    "sklearn",
+    "scikit",
+    "numpy",
+    "scipy",
+    "pandas",
+    "matplotlib",
+    "dask",
+    "math",
+    "autosummary",
 }
 
 
@@ -140,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     vectorizer = CountVectorizer(
         stop_words=sorted(ENGLISH_STOP_WORDS | _STOP),
         token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]{2,}\b",  # words of 3+ letters: no code fragments or numbers
-        min_df=3 if args.quick else 5, max_df=0.3, max_features=3000 if args.quick else 8000,
+        min_df=3 if args.quick else 5,
+        max_df=0.3,
+        max_features=3000 if args.quick else 8000,
     )
     X = vectorizer.fit_transform(docs).astype(np.float64).tocsr()
     keep = np.asarray(X.sum(axis=1)).ravel() > 0  # documents with no vocabulary word carry no topic
@@ -148,12 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     origin = [o for o, kept in zip(origin, keep) if kept]
     vocab = vectorizer.get_feature_names_out()
     t_corpus = time.perf_counter() - t0
-    print(f"corpus: {source}: {X.shape[0]:,} documents x {X.shape[1]:,} words, {X.nnz:,} non-zeros "
-          f"({t_corpus:.1f} s)")
+    print(f"corpus: {source}: {X.shape[0]:,} documents x {X.shape[1]:,} words, {X.nnz:,} non-zeros ({t_corpus:.1f} s)")
 
     t0 = time.perf_counter()
-    model = dnmf.NMF(k, beta_loss="kullback-leibler", solver="mu", init="nndsvda", max_iter=max_iter,
-                     tol=1e-4, random_state=args.seed)
+    model = dnmf.NMF(
+        k,
+        beta_loss="kullback-leibler",
+        solver="mu",
+        init="nndsvda",
+        max_iter=max_iter,
+        tol=1e-4,
+        random_state=args.seed,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning in --quick mode is expected
         W = model.fit_transform(X)
@@ -180,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     md = os.path.join(args.out, "topics.md")
     with open(md, "w", encoding="utf-8") as f:
         f.write(f"# Topics: dnmf.NMF(k={k}, beta_loss='kullback-leibler', solver='mu')\n\n")
-        f.write(f"Corpus: {source}; {X.shape[0]:,} documents, {X.shape[1]:,} words. "
-                f"{model.n_iter_} iterations, {t_fit:.1f} s.\n\n")
+        f.write(
+            f"Corpus: {source}; {X.shape[0]:,} documents, {X.shape[1]:,} words. "
+            f"{model.n_iter_} iterations, {t_fit:.1f} s.\n\n"
+        )
         f.write("| " + " | ".join(header) + " |\n|---:|---:|:---|:---|\n")
         for r in rows:
             f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |\n")

@@ -20,9 +20,7 @@ def dist_client():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster, set_as_default=False)
     yield client
     client.close()
@@ -38,5 +36,5 @@ def make_data(m=40, n=30, k=4, density=None, seed=0, dtype=np.float64):
         X = sp.random(m, n, density=density, random_state=rng, format="csr") * 5
     W0 = np.abs(rng.randn(m, k))
     H0 = np.abs(rng.randn(k, n))
-    cast = (lambda a: a.astype(dtype))
+    cast = lambda a: a.astype(dtype)
     return cast(X), cast(W0), cast(H0)

@@ -21,7 +21,9 @@ def dask_local(state_dir: Path, *args: str, check: bool = True, timeout: float =
     """Run deploy/local/dask-local with this interpreter (the test's environment)."""
     proc = subprocess.run(
         [sys.executable, str(DASK_LOCAL), "--dir", str(state_dir), *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"dask-local {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

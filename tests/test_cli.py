@@ -15,26 +15,37 @@ import pandas as pd
 import pytest
 
 BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
-SUBCOMMANDS = ["ingest", "fit", "submit", "status", "cancel", "resume", "info", "transform", "export",
-               "select-rank", "demo"]
+SUBCOMMANDS = [
+    "ingest",
+    "fit",
+    "submit",
+    "status",
+    "cancel",
+    "resume",
+    "info",
+    "transform",
+    "export",
+    "select-rank",
+    "demo",
+]
 
 
 def dnmf(*args, check=True, timeout=300, env=None, **kw):
-    proc = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kw)
+    proc = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"dnmf {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"dnmf {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def write_ratings(path, n_users=300, n_items=60, n=4000, seed=0, negative=False):
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "user": [f"u{u}" for u in rng.integers(0, n_users, n)],
-        "item": rng.integers(1000, 1000 + n_items, n),
-        "rating": rng.integers(1, 6, n).astype(float),
-    })
+    df = pd.DataFrame(
+        {
+            "user": [f"u{u}" for u in rng.integers(0, n_users, n)],
+            "item": rng.integers(1000, 1000 + n_items, n),
+            "rating": rng.integers(1, 6, n).astype(float),
+        }
+    )
     if negative:
         df.loc[7, "rating"] = -2.0
     df.to_csv(path, index=False)
@@ -105,8 +116,19 @@ def test_ingest_fit_info_export_flow(tmp_path):
 def test_config_file_and_log_json(tmp_path):
     write_ratings(tmp_path / "r.csv", n=1500)
     (tmp_path / "fit.toml").write_text('k = 2\nmax-iter = 50\nsolver = "mu"\ntol = 0.0\n')
-    out = dnmf("fit", tmp_path / "r.csv", "-o", tmp_path / "m", "--config", tmp_path / "fit.toml",
-               "--max-iter", 4, "--log-json", "--report", tmp_path / "report.html")
+    out = dnmf(
+        "fit",
+        tmp_path / "r.csv",
+        "-o",
+        tmp_path / "m",
+        "--config",
+        tmp_path / "fit.toml",
+        "--max-iter",
+        4,
+        "--log-json",
+        "--report",
+        tmp_path / "report.html",
+    )
     records = [json.loads(line) for line in out.stdout.splitlines()]
     its = [r for r in records if r["event"] == "iteration"]
     # the command line (4) overrides the file (50); the file's k and solver hold
@@ -118,8 +140,9 @@ def test_config_file_and_log_json(tmp_path):
     assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in html
     assert "kullback" not in html and "mu" in html and "open input" in html and "embedded" in html
     (tmp_path / "bad.yaml").write_text("max_iter: 5\nmax_itter: 3\n")
-    bad = dnmf("fit", tmp_path / "r.csv", "-k", 2, "-o", tmp_path / "m2", "--config", tmp_path / "bad.yaml",
-               check=False)
+    bad = dnmf(
+        "fit", tmp_path / "r.csv", "-k", 2, "-o", tmp_path / "m2", "--config", tmp_path / "bad.yaml", check=False
+    )
     assert bad.returncode == 2 and "max_itter" in bad.stderr
 
 
@@ -141,8 +164,19 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     line = _one_error_line(negative)
     assert negative.returncode == 2 and "negative" in line.lower(), negative.stderr
     assert not (tmp_path / "m").exists()
-    unreachable = dnmf("fit", tmp_path / "neg.csv", "-k", 2, "-o", tmp_path / "m", "--scheduler",
-                       "tcp://127.0.0.1:9", "--connect-timeout", 1, check=False)
+    unreachable = dnmf(
+        "fit",
+        tmp_path / "neg.csv",
+        "-k",
+        2,
+        "-o",
+        tmp_path / "m",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--connect-timeout",
+        1,
+        check=False,
+    )
     line = _one_error_line(unreachable)
     assert unreachable.returncode == 2 and "127.0.0.1:9" in line, unreachable.stderr
     no_job = dnmf("status", tmp_path / "nothing-here", check=False)
@@ -152,8 +186,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_progress_bar_only_in_a_terminal(tmp_path):
     write_ratings(tmp_path / "r.csv", n=1500)
     dnmf("ingest", tmp_path / "r.csv", "-o", tmp_path / "r.zarr")
-    args = [BIN, "fit", str(tmp_path / "r.zarr"), "-k", "2", "-o", str(tmp_path / "m"), "--max-iter", "8",
-            "--tol", "0"]
+    args = [BIN, "fit", str(tmp_path / "r.zarr"), "-k", "2", "-o", str(tmp_path / "m"), "--max-iter", "8", "--tol", "0"]
     main, child = os.openpty()
     proc = subprocess.Popen(args, stdin=child, stdout=child, stderr=child, close_fds=True)
     os.close(child)
@@ -184,6 +217,7 @@ def test_progress_bar_only_in_a_terminal(tmp_path):
 
 # ----------------------------------------------------------------- submit / status / cancel / resume
 
+
 def _free_port():
     import socket
 
@@ -200,11 +234,16 @@ def real_cluster(tmp_path):
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     logs = tmp_path / "logs"
     logs.mkdir()
-    sched = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                              "--no-dashboard"], stdout=open(logs / "s.log", "w"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([dask, "worker", address, "--nthreads", "2", "--nworkers", "1",
-                               "--no-dashboard", "--memory-limit", "2GiB"],
-                              stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT)
+    sched = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=open(logs / "s.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [dask, "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--memory-limit", "2GiB"],
+        stdout=open(logs / "w.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         from distributed import Client
 
@@ -239,8 +278,21 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     dnmf("ingest", tmp_path / "r.csv", "-o", tmp_path / "r.zarr")
 
     # 1. a job that finishes after the submitting process has exited
-    sub = dnmf("submit", tmp_path / "r.zarr", "-k", 3, "-o", tmp_path / "m1", "--max-iter", 20, "--tol", 0,
-               "--scheduler", real_cluster, env=env)
+    sub = dnmf(
+        "submit",
+        tmp_path / "r.zarr",
+        "-k",
+        3,
+        "-o",
+        tmp_path / "m1",
+        "--max-iter",
+        20,
+        "--tol",
+        0,
+        "--scheduler",
+        real_cluster,
+        env=env,
+    )
     job_id = re.search(r"submitted job (\S+)", sub.stdout).group(1)
     job_dir = str(tmp_path / "m1.job")
     assert job_dir in sub.stdout
@@ -254,8 +306,23 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     assert model.n_iter_ == 20 and model.loss_history_[-1] == pytest.approx(st["loss"])
 
     # 2. cancel a second job, then resume it to the end
-    dnmf("submit", tmp_path / "r.zarr", "-k", 3, "-o", tmp_path / "m2", "--max-iter", 400, "--tol", 0,
-         "--checkpoint-every", 5, "--scheduler", real_cluster, env=env)
+    dnmf(
+        "submit",
+        tmp_path / "r.zarr",
+        "-k",
+        3,
+        "-o",
+        tmp_path / "m2",
+        "--max-iter",
+        400,
+        "--tol",
+        0,
+        "--checkpoint-every",
+        5,
+        "--scheduler",
+        real_cluster,
+        env=env,
+    )
     job2 = str(tmp_path / "m2.job")
     deadline = time.monotonic() + 120
     while json.loads(dnmf("status", job2, "--json").stdout)["iteration"] < 3:
@@ -273,8 +340,22 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     assert m2.n_iter_ == 40 and len(m2.loss_history_) == 40
 
     # the resumed job ends with the factors of an uninterrupted run
-    ref = dnmf("fit", tmp_path / "r.zarr", "-k", 3, "-o", tmp_path / "ref", "--max-iter", 40, "--tol", 0,
-               "--checkpoint-every", 5, "--scheduler", real_cluster)
+    ref = dnmf(
+        "fit",
+        tmp_path / "r.zarr",
+        "-k",
+        3,
+        "-o",
+        tmp_path / "ref",
+        "--max-iter",
+        40,
+        "--tol",
+        0,
+        "--checkpoint-every",
+        5,
+        "--scheduler",
+        real_cluster,
+    )
     assert "model saved" in ref.stdout
     np.testing.assert_array_equal(load(tmp_path / "ref").components_, m2.components_)
 

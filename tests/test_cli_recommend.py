@@ -6,28 +6,35 @@ import json
 
 import numpy as np
 import pandas as pd
-
 from test_cli import dnmf, write_ratings
 
 
 def test_ratings_flow_from_csv_to_recommendations(tmp_path):
     df = write_ratings(tmp_path / "r.csv", n_users=200, n_items=50, n=5000, seed=2)
     dnmf("ingest", tmp_path / "r.csv", "-o", tmp_path / "r.zarr")
-    out = dnmf("split", tmp_path / "r.zarr", "--train", tmp_path / "train.zarr", "--test",
-               tmp_path / "test.zarr", "--seed", 1).stdout
+    out = dnmf(
+        "split", tmp_path / "r.zarr", "--train", tmp_path / "train.zarr", "--test", tmp_path / "test.zarr", "--seed", 1
+    ).stdout
     n_train, n_test = map(int, __import__("re").findall(r"(\d+) ratings", out))
     assert n_train + n_test == df.groupby(["user", "item"]).ngroups and 0.1 < n_test / (n_train + n_test) < 0.3
 
     fit = dnmf("fit-ratings", tmp_path / "train.zarr", "-k", 3, "-o", tmp_path / "m", "--max-iter", 5, "-q")
     assert "model saved to" in fit.stdout
-    ev = json.loads(dnmf("evaluate", tmp_path / "m", "--test", tmp_path / "test.zarr", "--train",
-                         tmp_path / "train.zarr", "--json").stdout)
+    ev = json.loads(
+        dnmf(
+            "evaluate", tmp_path / "m", "--test", tmp_path / "test.zarr", "--train", tmp_path / "train.zarr", "--json"
+        ).stdout
+    )
     assert ev["test_entries"] == n_test and ev["dropped_test_entries"] == 0
     assert 0 < ev["rmse"] < 4 and 0 <= ev["precision"] <= 1 and set(ev) >= {"mae", "ndcg", "map", "coverage"}
 
     # recommend for two users: n items each, none of them rated in the training store
-    recs = [json.loads(line) for line in dnmf("recommend", tmp_path / "m", "--user", "u1", "--user", "u7",
-                                                "-n", 4, "--json").stdout.splitlines()]
+    recs = [
+        json.loads(line)
+        for line in dnmf(
+            "recommend", tmp_path / "m", "--user", "u1", "--user", "u7", "-n", 4, "--json"
+        ).stdout.splitlines()
+    ]
     assert [r["user"] for r in recs] == ["u1"] * 4 + ["u7"] * 4
     from dnmf import open_matrix
 

@@ -11,7 +11,10 @@ BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
 def test_dnmf_demo_prints_losses_and_relative_error():
     out = subprocess.run(
         [BIN, "demo", "--rows", "3000", "--cols", "400", "--density", "0.02", "-k", "4", "--max-iter", "5"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     ).stdout
     assert "dashboard" in out
     losses = [float(v) for v in re.findall(r"iteration\s+\d+\s+loss\s+([0-9.e+-]+)", out)]
@@ -21,7 +24,8 @@ def test_dnmf_demo_prints_losses_and_relative_error():
 
 
 def test_python_m_dnmf_is_the_command_line():
-    out = subprocess.run([sys.executable, "-m", "dnmf", "--help"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dnmf", "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "Usage: dnmf" in out or "Usage: python -m dnmf" in out
     assert "fit" in out and "submit" in out

@@ -10,12 +10,20 @@ import time
 import numpy as np
 import psutil
 import pytest
+from deploy_support import (
+    dask_local,
+    dnmf_executable,
+    free_port,
+    group_pids,
+    planted,
+    recorded_pids,
+    start_cluster,
+    transitions,
+)
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect
-from deploy_support import (
-    dask_local, dnmf_executable, free_port, group_pids, planted, recorded_pids, start_cluster, transitions,
-)
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -90,11 +98,14 @@ def test_unreachable_scheduler_is_one_clear_error(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("opts, match", [
-    (ClusterOptions(scheduler="tcp://a:1", scheduler_file="s.json"), "Give one of them"),
-    (ClusterOptions(scheduler="tls://127.0.0.1:1"), "uses TLS but no TLS settings"),
-    (ClusterOptions(timeout=0), "timeout must be positive"),
-])
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (ClusterOptions(scheduler="tcp://a:1", scheduler_file="s.json"), "Give one of them"),
+        (ClusterOptions(scheduler="tls://127.0.0.1:1"), "uses TLS but no TLS settings"),
+        (ClusterOptions(timeout=0), "timeout must be positive"),
+    ],
+)
 def test_contradictory_options_are_usage_errors(opts, match):
     with pytest.raises(ValueError, match=match):
         with connect(opts):
@@ -103,7 +114,9 @@ def test_contradictory_options_are_usage_errors(opts, match):
 
 def test_embedded_cluster_is_started_and_closed():
     with connect(ClusterOptions(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None)) as (
-            client, link):
+        client,
+        link,
+    ):
         assert sum(client.nthreads().values()) == 2
         assert link is None  # dashboard_address=None
         cluster = client.cluster
@@ -114,9 +127,22 @@ def test_stop_ends_exactly_its_processes(cluster, tmp_path):
     """Another cluster and a bystander `dask scheduler` survive; a recycled PID is never signalled."""
     address, state = cluster
     bystander = subprocess.Popen(
-        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         other = tmp_path / "other"
         start_cluster(other, 1)
@@ -125,8 +151,14 @@ def test_stop_ends_exactly_its_processes(cluster, tmp_path):
 
         # Pretend a recorded worker PID was recycled by the bystander: same PID, another start time.
         doc = json.loads((other / "cluster.json").read_text())
-        doc["workers"].append({"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time() - 100,
-                               "cmd": ["recycled"], "log": str(other / "recycled.log")})
+        doc["workers"].append(
+            {
+                "pid": bystander.pid,
+                "create_time": psutil.Process(bystander.pid).create_time() - 100,
+                "cmd": ["recycled"],
+                "log": str(other / "recycled.log"),
+            }
+        )
         (other / "cluster.json").write_text(json.dumps(doc))
 
         dask_local(other, "stop")
@@ -148,8 +180,27 @@ def dnmf_cli():
 
 
 def _fit_cli(dnmf_cli, store_path, model, *cluster_args, max_iter=5):
-    cmd = [dnmf_cli, "fit", store_path, "-k", "4", "-o", str(model), "--solver", "cd", "--init", "random",
-           "--seed", "0", "--max-iter", str(max_iter), "--tol", "0", "--quiet", *cluster_args]
+    cmd = [
+        dnmf_cli,
+        "fit",
+        store_path,
+        "-k",
+        "4",
+        "-o",
+        str(model),
+        "--solver",
+        "cd",
+        "--init",
+        "random",
+        "--seed",
+        "0",
+        "--max-iter",
+        str(max_iter),
+        "--tol",
+        "0",
+        "--quiet",
+        *cluster_args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -172,8 +223,9 @@ def test_cli_fit_on_the_deployed_cluster(cluster, store, dnmf_cli, tmp_path):
 def test_cli_unreachable_scheduler_exits_2(store, dnmf_cli, tmp_path):
     _, path = store
     port = free_port()
-    proc = _fit_cli(dnmf_cli, path, tmp_path / "m.zarr", "--scheduler", f"tcp://127.0.0.1:{port}",
-                    "--connect-timeout", "0.5")
+    proc = _fit_cli(
+        dnmf_cli, path, tmp_path / "m.zarr", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "0.5"
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"Could not connect to the Dask scheduler at tcp://127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr

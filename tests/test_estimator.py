@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import sparse as pydata_sparse
+from conftest import make_data
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import check_estimator
 
 import dnmf
-from conftest import make_data
 
 # scikit-learn's own NMF() fails these two at the default max_iter=200 with the
 # very same numbers: the check's problem is not converged after 200 iterations,
@@ -75,8 +75,19 @@ def test_dask_in_dask_out():
         lambda X: da.from_array(X, chunks=(7, 9)).map_blocks(pydata_sparse.COO.from_numpy),
         lambda X: da.from_array(X, chunks=(7, 9)).map_blocks(sp.coo_matrix),
     ],
-    ids=["ndarray", "csr", "csc", "coo", "lil", "csr_array", "pydata-coo", "pydata-gcxs",
-         "dask-dense", "dask-pydata", "dask-scipy-coo"],
+    ids=[
+        "ndarray",
+        "csr",
+        "csc",
+        "coo",
+        "lil",
+        "csr_array",
+        "pydata-coo",
+        "pydata-gcxs",
+        "dask-dense",
+        "dask-pydata",
+        "dask-scipy-coo",
+    ],
 )
 def test_every_input_type_gives_the_same_factors(make):
     X, _, _ = make_data(21, 18, density=0.4)
@@ -122,9 +133,7 @@ def test_fitted_attributes_and_function_form():
         W2, H2, n = dnmf.non_negative_factorization(X, W0, H0, 4, init="custom", max_iter=30, tol=0)
     np.testing.assert_array_equal(W2, W)
     np.testing.assert_array_equal(H2, m.components_)
-    W3, H3, _ = dnmf.non_negative_factorization(
-        X, H=m.components_, update_H=False, n_components=4, max_iter=30, tol=0
-    )
+    W3, H3, _ = dnmf.non_negative_factorization(X, H=m.components_, update_H=False, n_components=4, max_iter=30, tol=0)
     np.testing.assert_array_equal(H3, m.components_)
     np.testing.assert_allclose(W3, m.transform(X))
     params = m.get_params()

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
-from dnmf.storage import arrays as io
 from dnmf.recommend.evaluation import evaluate, mae, ranking_metrics, rmse, train_test_split
 from dnmf.recommend.factors import Factors
+from dnmf.storage import arrays as io
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 
@@ -27,8 +27,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 
 def ratings(m=60, n=80, density=0.12, seed=0):
     rng = np.random.default_rng(seed)
-    X = sp.random(m, n, density=density, format="csr", random_state=seed,
-                  data_rvs=lambda s: rng.integers(1, 6, s).astype(float))
+    X = sp.random(
+        m, n, density=density, format="csr", random_state=seed, data_rvs=lambda s: rng.integers(1, 6, s).astype(float)
+    )
     T = X.copy()
     T.data = rng.integers(1, 40, X.nnz).astype(float)  # timestamps, with ties
     return X, T
@@ -142,8 +143,11 @@ def test_leave_k_out_random_and_latest():
         held = [times[(u, int(j))] for j in test[u].indices]
         kept = [times[(u, int(j))] for j in train[u].indices]
         assert len(held) == 2 and min(held) >= max(kept)  # the latest (ties random)
-    te_d = dask.compute(train_test_split(blocked(X, 17, 30), method="leave_k_out", k=2,
-                                         timestamps=blocked(T, 17, 30), random_state=0)[1])[0]
+    te_d = dask.compute(
+        train_test_split(blocked(X, 17, 30), method="leave_k_out", k=2, timestamps=blocked(T, 17, 30), random_state=0)[
+            1
+        ]
+    )[0]
     assert entries(te_d) == entries(test)
 
 
@@ -155,8 +159,10 @@ def test_time_split_uses_a_global_cutoff():
     cutoff = times[round(0.3 * X.nnz) - 1]
     assert entries(test) == {key: v for key, v in entries(X).items() if entries(T)[key] >= cutoff}
     # A Dask X finds the same cutoff by counting, block by block.
-    te_d = dask.compute(train_test_split(blocked(X, 20, 25), method="time", test_size=0.3,
-                                         timestamps=blocked(T, 20, 25))[1], scheduler="sync")[0]
+    te_d = dask.compute(
+        train_test_split(blocked(X, 20, 25), method="time", test_size=0.3, timestamps=blocked(T, 20, 25))[1],
+        scheduler="sync",
+    )[0]
     assert entries(te_d) == entries(test)
     # 1-D timestamps follow X.data, also for a CSR whose indices are not sorted.
     order = np.random.default_rng(0).permutation(X.indices.size)
@@ -224,8 +230,13 @@ def test_any_blocking_gives_the_same_metrics(w_rows, t_rows, t_cols, item_block)
     train, test = train_test_split(X, test_size=0.3, random_state=1)
     f = model(*X.shape, seed=3)
     ref = evaluate(f, test, train=train, k=6)
-    fd = Factors(da.from_array(np.asarray(f.W), chunks=(w_rows, 3)), f.H, da.from_array(f.user_bias, chunks=17),
-                 f.item_bias, f.global_mean)
+    fd = Factors(
+        da.from_array(np.asarray(f.W), chunks=(w_rows, 3)),
+        f.H,
+        da.from_array(f.user_bias, chunks=17),
+        f.item_bias,
+        f.global_mean,
+    )
     with dask.config.set(scheduler="sync"):
         got = evaluate(fd, blocked(test, t_rows, t_cols), train=blocked(train, max(1, t_rows // 2), t_cols), k=6)
         ranked = ranking_metrics(f, blocked(test, t_rows, t_cols), train=train, k=6, item_block=item_block)

@@ -20,7 +20,11 @@ EXAMPLES = ROOT / "examples"
 def run_example(name, *args, timeout=240):
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), "--quick", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
         env={**os.environ, "MPLBACKEND": "Agg"},
     )
     assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
@@ -39,8 +43,10 @@ def assert_png(path, min_h, min_w):
 
 def test_faces_digits_shows_nmf_parts_next_to_pca(tmp_path):
     out = run_example("faces_digits.py", "--out", tmp_path)
-    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^(NMF|PCA)\s+([0-9.]+)\s+(\d+)%\s+(\d+)%$", out, flags=re.MULTILINE)}
+    rows = {
+        m.group(1): m.groups()[1:]
+        for m in re.finditer(r"^(NMF|PCA)\s+([0-9.]+)\s+(\d+)%\s+(\d+)%$", out, flags=re.MULTILINE)
+    }
     assert set(rows) == {"NMF", "PCA"}, out
     nmf_err, nmf_sparse, nmf_neg = float(rows["NMF"][0]), int(rows["NMF"][1]), int(rows["NMF"][2])
     pca_err, pca_sparse, pca_neg = float(rows["PCA"][0]), int(rows["PCA"][1]), int(rows["PCA"][2])
@@ -50,7 +56,7 @@ def test_faces_digits_shows_nmf_parts_next_to_pca(tmp_path):
 
     grid = assert_png(tmp_path / "digits_components.png", 200, 400)
     # Two panels: the left half (NMF, grey) and the right half (PCA, red/blue) both hold images.
-    left, right = grid[:, : grid.shape[1] // 2, :3], grid[:, grid.shape[1] // 2:, :3]
+    left, right = grid[:, : grid.shape[1] // 2, :3], grid[:, grid.shape[1] // 2 :, :3]
     assert np.mean(left.min(axis=2) < 0.5) > 0.01
     colour = np.abs(right[..., 0] - right[..., 2]) > 0.2
     assert colour.mean() > 0.01 and np.abs(left[..., 0] - left[..., 2]).max() < 0.05
@@ -95,9 +101,14 @@ def test_out_of_core_kills_the_driver_and_resumes_bit_for_bit(tmp_path):
 def test_recommend_ingests_evaluates_and_recommends_unseen_items_of_the_users_genres(tmp_path):
     out = run_example("recommend.py", "--dir", tmp_path)
     assert re.search(r"^ingested .*: 400 users x 160 items, [\d,]+ ratings", out, flags=re.MULTILINE), out
-    metrics = {m.group(1).strip(): m.group(2).split() for m in re.finditer(
-        r"^(RatingsNMF explicit \(masked\)|RatingsNMF implicit|NMF \(missing = 0\))\s+[\d.]+s\s+(.*)$",
-        out, flags=re.MULTILINE)}
+    metrics = {
+        m.group(1).strip(): m.group(2).split()
+        for m in re.finditer(
+            r"^(RatingsNMF explicit \(masked\)|RatingsNMF implicit|NMF \(missing = 0\))\s+[\d.]+s\s+(.*)$",
+            out,
+            flags=re.MULTILINE,
+        )
+    }
     assert len(metrics) == 3, out
     rmse = float(metrics["RatingsNMF explicit (masked)"][0])
     assert 0 < rmse < 1.0  # ratings in 0.5..5 predicted within a star

@@ -65,9 +65,7 @@ ratings = st.lists(
 )
 
 
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     records=ratings,
     duplicates=st.sampled_from(["sum", "last"]),
@@ -76,9 +74,7 @@ ratings = st.lists(
     batch=st.integers(1, 25),
     chunks=st.sampled_from([None, (2, 3), (1, 1)]),
 )
-def test_tables_match_in_memory_build(
-    tmp_path_factory, records, duplicates, implicit, fmt, batch, chunks
-):
+def test_tables_match_in_memory_build(tmp_path_factory, records, duplicates, implicit, fmt, batch, chunks):
     d = tmp_path_factory.mktemp("t")
     df = pd.DataFrame(records, columns=["user", "item", "rating"])
     src = str(d / f"r.{fmt}")
@@ -91,9 +87,7 @@ def test_tables_match_in_memory_build(
         batch_records=batch,
         chunks=chunks,
     )
-    X, rows, cols = reference(
-        df, value=None if implicit else "rating", duplicates=duplicates, csv=fmt == "csv"
-    )
+    X, rows, cols = reference(df, value=None if implicit else "rating", duplicates=duplicates, csv=fmt == "csv")
     assert_matches(store, X, rows, cols)
     assert store.dtype == np.float32
     # Ingestion does not depend on the order of the file's rows (sums only:
@@ -102,18 +96,12 @@ def test_tables_match_in_memory_build(
         shuffled = df.sample(frac=1, random_state=0)
         src2 = str(d / f"s.{fmt}")
         shuffled.to_csv(src2, index=False) if fmt == "csv" else shuffled.to_parquet(src2)
-        other = io.ingest(
-            src2, str(d / "y.zarr"), value_col=None if implicit else "rating", chunks=chunks
-        )
-        np.testing.assert_allclose(
-            other.data.compute().toarray(), store.data.compute().toarray(), rtol=1e-6
-        )
+        other = io.ingest(src2, str(d / "y.zarr"), value_col=None if implicit else "rating", chunks=chunks)
+        np.testing.assert_allclose(other.data.compute().toarray(), store.data.compute().toarray(), rtol=1e-6)
 
 
 def test_int_and_string_ids(tmp_path):
-    df = pd.DataFrame(
-        {"user": [10, 2, 33, 2], "item": ["007", "7", "x", "7"], "rating": [1, 2, 3, 4]}
-    )
+    df = pd.DataFrame({"user": [10, 2, 33, 2], "item": ["007", "7", "x", "7"], "rating": [1, 2, 3, 4]})
     df.to_csv(tmp_path / "r.csv", index=False)
     m = io.ingest(tmp_path / "r.csv", tmp_path / "r.zarr")
     # Text that is all canonical integers becomes integers, sorted numerically.
@@ -138,9 +126,7 @@ def test_parquet_dataset_directory_and_dictionary_ids(tmp_path):
     ]
     parts[0].astype({"u": "category"}).to_parquet(d / "part-0.parquet")
     parts[1].to_parquet(d / "part-1.parquet")
-    m = io.ingest(
-        d, tmp_path / "x.zarr", user_col="u", item_col="i", value_col="r", duplicates="last"
-    )
+    m = io.ingest(d, tmp_path / "x.zarr", user_col="u", item_col="i", value_col="r", duplicates="last")
     X, rows, cols = reference(pd.concat(parts), "u", "i", "r", duplicates="last")
     assert_matches(m, X, rows, cols)
 
@@ -192,9 +178,7 @@ def test_tsv_gzip_and_header_options(tmp_path):
 
 
 def test_column_errors(tmp_path):
-    pd.DataFrame({"userId": [1], "movieId": [2], "rating": [3.0]}).to_csv(
-        tmp_path / "r.csv", index=False
-    )
+    pd.DataFrame({"userId": [1], "movieId": [2], "rating": [3.0]}).to_csv(tmp_path / "r.csv", index=False)
     with pytest.raises(ValueError, match=r"user_col='user' is not a column.*userId"):
         io.ingest(tmp_path / "r.csv", tmp_path / "x.zarr")
     with pytest.raises(ValueError, match=r"value_col=None for implicit"):
@@ -210,9 +194,7 @@ def test_column_errors(tmp_path):
 
 
 def test_existing_output(tmp_path):
-    pd.DataFrame({"user": [1], "item": [2], "rating": [3.0]}).to_csv(
-        tmp_path / "r.csv", index=False
-    )
+    pd.DataFrame({"user": [1], "item": [2], "rating": [3.0]}).to_csv(tmp_path / "r.csv", index=False)
     io.ingest(tmp_path / "r.csv", tmp_path / "x.zarr")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         io.ingest(tmp_path / "r.csv", tmp_path / "x.zarr")
@@ -293,14 +275,10 @@ def test_npy_memory_mapped_dense(tmp_path):
 
 
 def test_storage_dtype_and_provenance(tmp_path):
-    pd.DataFrame(
-        {"user": ["a", "a", "b"], "item": ["x", "x", "y"], "rating": [1.0, 2.0, 3.0]}
-    ).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "x", "y"], "rating": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "r.csv", index=False
+    )
     m = io.ingest(tmp_path / "r.csv", tmp_path / "x.zarr", dtype="float64")
     assert m.dtype == np.float64
     prov = m.info.provenance
-    assert (
-        prov["records_read"] == 3
-        and prov["duplicates_merged"] == 1
-        and prov["id_order"] == "sorted"
-    )
+    assert prov["records_read"] == 3 and prov["duplicates_merged"] == 1 and prov["id_order"] == "sorted"

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 import sparse
 import zarr
 
-from dnmf.storage import arrays as io
 from dnmf.storage import StoreError
+from dnmf.storage import arrays as io
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 
@@ -27,9 +27,7 @@ def X():
 
 def test_unpacking_attributes_and_graph(tmp_path, X):
     rows = [f"user{i}" for i in range(40)]
-    m = io.write_matrix(
-        X, tmp_path / "x.zarr", chunks=(16, 10), row_ids=rows, col_ids=np.arange(100, 125)
-    )
+    m = io.write_matrix(X, tmp_path / "x.zarr", chunks=(16, 10), row_ids=rows, col_ids=np.arange(100, 125))
     data, ids = m
     assert data is m.data and ids is m.ids
     assert isinstance(ids.rows, pd.Index) and list(m.row_ids) == rows
@@ -148,9 +146,7 @@ def test_bare_zarr_array_and_chunk_warnings(tmp_path):
     assert m.row_ids.equals(pd.RangeIndex(1000))
     np.testing.assert_array_equal(m.data.compute(), A)
     # Huge chunks: only metadata is created, no data written.
-    zarr.create_array(
-        tmp_path / "big.zarr", shape=(200_000, 1000), chunks=(100_000, 1000), dtype="f8"
-    )
+    zarr.create_array(tmp_path / "big.zarr", shape=(200_000, 1000), chunks=(100_000, 1000), dtype="f8")
     with pytest.warns(UserWarning, match="above 512 MiB"):
         io.open_matrix(tmp_path / "big.zarr")
     # A good fit, or a matrix that is one small chunk, does not warn.

@@ -79,11 +79,18 @@ def naive_row(cols, x, V, p, n_items):
 
 def naive_half_step(band, V, p):
     band = sp.csr_matrix(band)
-    return np.array([
-        naive_row(band.indices[band.indptr[i]:band.indptr[i + 1]],
-                  band.data[band.indptr[i]:band.indptr[i + 1]], V, p, band.shape[1])
-        for i in range(band.shape[0])
-    ])
+    return np.array(
+        [
+            naive_row(
+                band.indices[band.indptr[i] : band.indptr[i + 1]],
+                band.data[band.indptr[i] : band.indptr[i + 1]],
+                V,
+                p,
+                band.shape[1],
+            )
+            for i in range(band.shape[0])
+        ]
+    )
 
 
 def naive_objective(mask, values, U, V, p):
@@ -103,14 +110,16 @@ def naive_objective(mask, values, U, V, p):
     for A, counts in ((U, mask.sum(axis=1)), (V, mask.sum(axis=0))):
         for a, c in zip(A, counts):
             scale = c if p.count_scaled else 1.0
-            total += scale * (p.l2 * (a[:k] @ a[:k]) + p.l1 * a[:k].sum()
-                              + (p.l2_bias * a[k] ** 2 if p.biases else 0.0))
+            total += scale * (
+                p.l2 * (a[:k] @ a[:k]) + p.l1 * a[:k].sum() + (p.l2_bias * a[k] ** 2 if p.biases else 0.0)
+            )
     return total
 
 
 PARAMS = {
-    "explicit-biases-l1": masked.MaskedParams(k=3, biases=True, l2=0.3, l1=0.05, l2_bias=0.2,
-                                              count_scaled=True, global_mean=3.1),
+    "explicit-biases-l1": masked.MaskedParams(
+        k=3, biases=True, l2=0.3, l1=0.05, l2_bias=0.2, count_scaled=True, global_mean=3.1
+    ),
     "explicit-plain": masked.MaskedParams(k=3, l2=0.1),
     "implicit": masked.MaskedParams(k=3, feedback="implicit", l2=0.5, confidence=2.0),
 }
@@ -136,11 +145,11 @@ def test_als_half_steps_equal_naive_row_solutions(name):
     X, mask, values = ratings(14, 11, 0.35, seed=1)
     U = random_state(14, p, 2)
     V = random_state(11, p, 3)
-    G = V[:, :p.k].T @ V[:, :p.k] if p.feedback == "implicit" else None
+    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
     U1 = masked.update(X, U, V, p, G)
     np.testing.assert_allclose(U1, naive_half_step(X, V, p), rtol=1e-7, atol=1e-9)
     Xt = masked.col_band([X[:6], X[6:]])
-    G = U1[:, :p.k].T @ U1[:, :p.k] if p.feedback == "implicit" else None
+    G = U1[:, : p.k].T @ U1[:, : p.k] if p.feedback == "implicit" else None
     V1 = masked.update(Xt, V, U1, p, G)
     np.testing.assert_allclose(V1, naive_half_step(X.T, U1, p), rtol=1e-7, atol=1e-9)
     # Each half-step lowers the naive objective (it minimises it exactly).
@@ -155,7 +164,7 @@ def test_ccd_sweeps_converge_to_the_exact_minimiser(name):
     X, _, _ = ratings(12, 9, 0.4, seed=4)
     U = random_state(12, p, 5)
     V = random_state(9, p, 6)
-    G = V[:, :p.k].T @ V[:, :p.k] if p.feedback == "implicit" else None
+    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
     exact = masked.update(X, U, V, p, G, solver="als")
     one = masked.update(X, U, V, p, G, solver="ccd")
     many = masked.update(X, U, V, p.__class__(**{**p.__dict__, "sweeps": 400}), G, solver="ccd")
@@ -170,14 +179,16 @@ def test_loss_terms_equal_the_naive_objective(name):
     U, V = random_state(10, p, 8), random_state(8, p, 9)
     data = masked.exact_value(masked.band_loss(X, U, V, p))
     if p.feedback == "implicit":
-        data += float(np.vdot(U[:, :p.k].T @ U[:, :p.k], V[:, :p.k].T @ V[:, :p.k]))
-    pen = masked.exact_value(masked.exact_add(masked.penalty(U, mask.sum(axis=1), p),
-                                              masked.penalty(V, mask.sum(axis=0), p)))
+        data += float(np.vdot(U[:, : p.k].T @ U[:, : p.k], V[:, : p.k].T @ V[:, : p.k]))
+    pen = masked.exact_value(
+        masked.exact_add(masked.penalty(U, mask.sum(axis=1), p), masked.penalty(V, mask.sum(axis=0), p))
+    )
     assert data + pen == pytest.approx(naive_objective(mask, values, U, V, p), rel=1e-12)
     # The column orientation gives the same data term.
     Xt = masked.col_band([X])
     assert masked.exact_value(masked.band_loss(Xt, V, U, p)) == pytest.approx(
-        masked.exact_value(masked.band_loss(X, U, V, p)), rel=1e-13)
+        masked.exact_value(masked.band_loss(X, U, V, p)), rel=1e-13
+    )
 
 
 @st.composite
@@ -191,8 +202,9 @@ def masked_problem(draw):
     values = rng.uniform(0.5, 5, (m, n))
     garbage = rng.uniform(-1e3, 1e3, (m, n))
     biases = draw(st.booleans())
-    p = masked.MaskedParams(k=2, biases=biases, l2=0.1, l2_bias=0.05, count_scaled=draw(st.booleans()),
-                            global_mean=3.0 if biases else 0.0)
+    p = masked.MaskedParams(
+        k=2, biases=biases, l2=0.1, l2_bias=0.05, count_scaled=draw(st.booleans()), global_mean=3.0 if biases else 0.0
+    )
     return mask, values, garbage, p, seed
 
 
@@ -229,6 +241,7 @@ def test_nnls_rows_matches_active_set_and_handles_free_and_singular_rows():
     D = rng.standard_normal((r, q)) * 3
     D[:5, 0] = 0.0  # ...and no pull on it: bounded, with many minimisers
     X = masked.nnls_rows(C, D)
+
     def f(x, t):
         return 0.5 * x @ C[t] @ x - D[t] @ x
 
@@ -256,9 +269,15 @@ def test_nnls_rows_matches_active_set_and_handles_free_and_singular_rows():
 
 
 @SETTINGS
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)
-                | st.floats(min_value=-1e-300, max_value=1e-300), min_size=0, max_size=40),
-       st.integers(0, 40))
+@given(
+    st.lists(
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)
+        | st.floats(min_value=-1e-300, max_value=1e-300),
+        min_size=0,
+        max_size=40,
+    ),
+    st.integers(0, 40),
+)
 def test_exact_sum_is_the_correctly_rounded_total_of_any_split(values, cut):
     exact = sum((Fraction(v) for v in values), Fraction(0))
     whole = masked.exact_sum(np.array(values))
@@ -293,9 +312,9 @@ def test_blocked_step_is_the_two_half_steps(name):
     U, V = random_state(13, p, 12), random_state(9, p, 13)
     res = _step_on(X, ((4, 5, 4), (2, 7)), U, V, p, "threads")
     U1, V1, s = res[0], res[1], res[-1]
-    G = V[:, :p.k].T @ V[:, :p.k] if p.feedback == "implicit" else None
+    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
     U_ref = masked.update(X, U, V, p, G)
-    G = U_ref[:, :p.k].T @ U_ref[:, :p.k] if p.feedback == "implicit" else None
+    G = U_ref[:, : p.k].T @ U_ref[:, : p.k] if p.feedback == "implicit" else None
     V_ref = masked.update(masked.col_band([X]), V, U_ref, p, G)
     if p.feedback == "explicit":  # every row from its own entries only: same bits
         np.testing.assert_array_equal(U1, U_ref)

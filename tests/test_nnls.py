@@ -168,8 +168,9 @@ def test_anls_update_is_the_regularised_half_step():
     grad = W @ C - D
     assert violation == pytest.approx(np.abs(np.where(W > 0, grad, np.minimum(grad, 0))).sum())
     # float32 in, float32 out.
-    W32, _ = bpp.anls_update(W.astype(np.float32), (Ht.T @ Ht).astype(np.float32),
-                             (Xb @ Ht).astype(np.float32), 0.0, 0.0)
+    W32, _ = bpp.anls_update(
+        W.astype(np.float32), (Ht.T @ Ht).astype(np.float32), (Xb @ Ht).astype(np.float32), 0.0, 0.0
+    )
     assert W32.dtype == np.float32
 
 

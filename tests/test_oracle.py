@@ -9,12 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
+from conftest import make_data
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-from conftest import make_data
 
 CHUNKINGS = {
     "one-block": "auto",
@@ -43,8 +42,15 @@ def dnmf_iterates(X, W0, H0, solver, beta, iters, chunks, client=None, **kw):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             m = dnmf.NMF(
-                W0.shape[1], init="custom", solver=solver, beta_loss=beta, tol=0, max_iter=t,
-                chunks=chunks, client=client, **kw,
+                W0.shape[1],
+                init="custom",
+                solver=solver,
+                beta_loss=beta,
+                tol=0,
+                max_iter=t,
+                chunks=chunks,
+                client=client,
+                **kw,
             )
             W = m.fit_transform(X, W=W0.copy(), H=H0.copy())
         out.append((W, m.components_, m.reconstruction_err_))
@@ -137,8 +143,8 @@ def test_random_init_scale_matches_sklearn():
     m = dnmf.NMF(6, init="random", random_state=0, max_iter=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        from dnmf.nmf import init as dinit
         from dnmf.base.inputs import from_memory
+        from dnmf.nmf import init as dinit
 
         W, Ht = dinit.random_init(from_memory(X), 6, X.mean(), 0)
     avg = np.sqrt(X.mean() / 6)
@@ -152,9 +158,9 @@ def test_nndsvd_close_to_sklearn(variant):
     """Randomized SVD on blocks gives NNDSVD factors close to scikit-learn's."""
     from sklearn.decomposition._nmf import _initialize_nmf
 
-    from dnmf.nmf import init as dinit
-    from dnmf.engine.runner import Runner
     from dnmf.base.inputs import from_memory
+    from dnmf.engine.runner import Runner
+    from dnmf.nmf import init as dinit
 
     rng = np.random.RandomState(0)
     X = np.abs(rng.rand(120, 5) @ rng.rand(5, 80)) + 0.01 * rng.rand(120, 80)

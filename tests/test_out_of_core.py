@@ -64,8 +64,9 @@ def test_fit_store_three_times_the_memory_limit(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
-                               processes=True, dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit=MEMORY_LIMIT, processes=True, dashboard_address=None
+        )
     with cluster, Client(cluster) as client:
         pids = client.run(os.getpid)
         samples, stop = [], threading.Event()
@@ -94,5 +95,7 @@ def test_fit_store_three_times_the_memory_limit(tmp_path):
     # X's blocks are read inside the tasks that use them and never spilled; under
     # memory pressure Dask may spill the (small) persisted factors instead.
     assert not any(name.startswith("dnmf-store") for name in spilled), spilled
-    print(f"X: {csr_bytes / 2**20:.0f} MiB CSR = {csr_bytes / MEMORY_LIMIT:.1f}x the workers' "
-          f"memory limit; peak worker RSS {peak / 2**20:.0f} MiB; factor blocks spilled: {len(spilled)}")
+    print(
+        f"X: {csr_bytes / 2**20:.0f} MiB CSR = {csr_bytes / MEMORY_LIMIT:.1f}x the workers' "
+        f"memory limit; peak worker RSS {peak / 2**20:.0f} MiB; factor blocks spilled: {len(spilled)}"
+    )

@@ -114,9 +114,12 @@ def test_grid_shape_fits_every_image_with_less_than_a_row_blank(count, n_cols):
 
 def test_rank_curve_still_draws_and_saves(tmp_path):
     res = RankSelection(
-        method="cv", ks=[2, 3, 4], chosen_k=3,
+        method="cv",
+        ks=[2, 3, 4],
+        chosen_k=3,
         scores=np.array([[0.5, 0.52], [0.3, 0.31], [0.29, 0.33]]),
-        mean=np.array([0.51, 0.305, 0.31]), std=np.array([0.01, 0.005, 0.02]),
+        mean=np.array([0.51, 0.305, 0.31]),
+        std=np.array([0.01, 0.005, 0.02]),
     )
     fig = plot.rank_curve(res, path=tmp_path / "rank.png")
     ax = fig.axes[0]

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-from dnmf.nmf import graph as blocked
-from dnmf.engine.runner import Runner
 from dnmf.base.inputs import from_memory
+from dnmf.engine.runner import Runner
+from dnmf.nmf import graph as blocked
 from dnmf.nmf.stats import compute_stats
 
 
@@ -90,10 +90,9 @@ def test_mu_never_increases_objective(seed, beta, sparse):
     losses = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        dnmf.NMF(3, solver="mu", beta_loss=beta, init="random", random_state=seed, tol=0,
-                 max_iter=25, chunks=(4, 5)).fit(
-            X, callback=lambda it, el, loss: losses.append(loss)
-        )
+        dnmf.NMF(
+            3, solver="mu", beta_loss=beta, init="random", random_state=seed, tol=0, max_iter=25, chunks=(4, 5)
+        ).fit(X, callback=lambda it, el, loss: losses.append(loss))
     assert len(losses) == 25
     diffs = np.diff(losses)
     assert (diffs <= 1e-9 * max(losses)).all(), losses
@@ -105,7 +104,9 @@ def test_same_seed_bit_identical_threads_and_blockings_placement(dist_client):
     outs = []
     for client in (None, dist_client):
         for solver in ("cd", "mu"):
-            m = dnmf.NMF(6, init="nndsvdar", solver=solver, random_state=7, max_iter=15, tol=0, chunks=(45, 40), client=client)
+            m = dnmf.NMF(
+                6, init="nndsvdar", solver=solver, random_state=7, max_iter=15, tol=0, chunks=(45, 40), client=client
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 outs.append((solver, m.fit_transform(X), m.components_))
@@ -125,7 +126,10 @@ def test_same_seed_bit_identical_one_vs_two_workers():
     for n_workers in (1, 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c, set_as_default=False) as client:
+            with (
+                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as c,
+                Client(c, set_as_default=False) as client,
+            ):
                 m = dnmf.NMF(5, init="random", random_state=11, max_iter=10, tol=0, chunks=(40, 30), client=client)
                 W = m.fit_transform(X)
                 # the blocks really were spread over the workers

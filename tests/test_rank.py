@@ -11,10 +11,10 @@ from sklearn.decomposition._nmf import _update_coordinate_descent
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
+from dnmf.base.inputs import from_memory
 from dnmf.engine import loop as driver
 from dnmf.nmf import kernels
 from dnmf.nmf import selection as rank
-from dnmf.base.inputs import from_memory
 from dnmf.nmf.stats import compute_stats
 
 
@@ -81,8 +81,19 @@ def masked_fit(X, W0, H0, chunks, solver, iters):
     mask, train = rank.holdout_split(Xd, 0.15, seed=4)
     mask, train = runner.persist(mask, train)
     stats = compute_stats(train, runner)
-    cfg = driver.LoopConfig(solver=solver, beta=2.0, tol=0, max_iter=iters, max_time=None, l1_reg_W=0,
-                            l1_reg_H=0, l2_reg_W=0, l2_reg_H=0, update_H=True, sq_norm_x=stats.sq_norm)
+    cfg = driver.LoopConfig(
+        solver=solver,
+        beta=2.0,
+        tol=0,
+        max_iter=iters,
+        max_time=None,
+        l1_reg_W=0,
+        l1_reg_H=0,
+        l2_reg_W=0,
+        l2_reg_H=0,
+        update_H=True,
+        sq_norm_x=stats.sq_norm,
+    )
     W0d = from_memory(W0, (chunks[0], W0.shape[1]))
     H0d = from_memory(np.ascontiguousarray(H0.T), (chunks[1], H0.shape[0]))
     with warnings.catch_warnings():
@@ -212,8 +223,9 @@ def test_select_rank_on_distributed_cluster(dist_client):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         local = dnmf.select_rank(X, [2, 3], n_repeats=2, random_state=0, max_iter=30, chunks=(20, 40))
-        dist = dnmf.select_rank(X, [2, 3], n_repeats=2, random_state=0, max_iter=30, chunks=(20, 40),
-                                client=dist_client)
+        dist = dnmf.select_rank(
+            X, [2, 3], n_repeats=2, random_state=0, max_iter=30, chunks=(20, 40), client=dist_client
+        )
     np.testing.assert_array_equal(local.scores, dist.scores)
 
 
@@ -228,8 +240,7 @@ def test_consensus_method(noise):
     X = X + noise * X.mean() * rng.exponential(1.0, X.shape) + 0.001
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = dnmf.select_rank(X, [2, 3, 4, 5, 6], method="consensus", n_repeats=6, random_state=0,
-                               max_iter=100)
+        res = dnmf.select_rank(X, [2, 3, 4, 5, 6], method="consensus", n_repeats=6, random_state=0, max_iter=100)
     assert res.cophenetic.shape == (5,)
     assert res.cophenetic[2] > 0.99
     assert res.chosen_k == 4
@@ -268,8 +279,12 @@ def test_select_rank_errors():
 
 def _result():
     return rank.RankSelection(
-        method="cv", ks=[2, 3, 4], chosen_k=3, scores=np.array([[0.5, 0.52], [0.2, 0.21], [0.21, 0.2]]),
-        mean=np.array([0.51, 0.205, 0.205]), std=np.array([0.014, 0.007, 0.007]),
+        method="cv",
+        ks=[2, 3, 4],
+        chosen_k=3,
+        scores=np.array([[0.5, 0.52], [0.2, 0.21], [0.21, 0.2]]),
+        mean=np.array([0.51, 0.205, 0.205]),
+        std=np.array([0.014, 0.007, 0.007]),
     )
 
 

@@ -81,7 +81,7 @@ def test_fold_in_is_the_exact_masked_regularised_nnls_of_each_row(name):
     new, _, _ = ratings(6, 17, 0.25, seed=3)
     new = sp.vstack([new, sp.csr_matrix((1, 17))]).tocsr()  # and a user with no ratings
     ref = naive_half_step(new, V, p)
-    np.testing.assert_allclose(model.transform(new), ref[:, :p.k], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(model.transform(new), ref[:, : p.k], rtol=1e-7, atol=1e-9)
     f = model.fold_in(new, user_ids=[f"n{i}" for i in range(7)])
     if p.biases:
         np.testing.assert_allclose(f.user_bias, ref[:, p.k], rtol=1e-7, atol=1e-9)
@@ -89,7 +89,7 @@ def test_fold_in_is_the_exact_masked_regularised_nnls_of_each_row(name):
     # The folded-in factors score and recommend like fitted ones.
     rows = np.array([0, 0, 3])
     cols = np.array([1, 5, 2])
-    expect = (ref[rows, :p.k] * V[cols, :p.k]).sum(1) + p.global_mean
+    expect = (ref[rows, : p.k] * V[cols, : p.k]).sum(1) + p.global_mean
     if p.biases:
         expect += ref[rows, p.k] + V[cols, p.k]
     np.testing.assert_allclose(f.predict(rows, cols), expect, rtol=1e-7)
@@ -133,12 +133,12 @@ def store(tmp_path_factory):
     """A small ratings CSV with string user IDs, ingested into a store."""
     X, mask, values = ratings(30, 20, 0.3, seed=5)
     rows, cols = np.nonzero(mask)
-    table = pd.DataFrame({"user": [f"u{r:02d}" for r in rows], "item": cols * 10 + 7,
-                          "rating": values[rows, cols]})
+    table = pd.DataFrame({"user": [f"u{r:02d}" for r in rows], "item": cols * 10 + 7, "rating": values[rows, cols]})
     base = tmp_path_factory.mktemp("ratings")
     table.sample(frac=1.0, random_state=0).to_csv(base / "r.csv", index=False)
-    st = dnmf.ingest(str(base / "r.csv"), str(base / "r.zarr"), user_col="user", item_col="item",
-                     value_col="rating", chunks=(12, 8))
+    st = dnmf.ingest(
+        str(base / "r.csv"), str(base / "r.zarr"), user_col="user", item_col="item", value_col="rating", chunks=(12, 8)
+    )
     return st, X.astype(np.float32)
 
 
@@ -192,8 +192,10 @@ def test_recommend_all_and_similar_items_delegate(store):
 
 def test_save_and_load_round_trip(store, tmp_path):
     st, X = store
-    for model, path in ((fit(X, n_components=3, max_iter=3), tmp_path / "mem"),
-                        (fit(st, n_components=3, max_iter=3), tmp_path / "store")):
+    for model, path in (
+        (fit(X, n_components=3, max_iter=3), tmp_path / "mem"),
+        (fit(st, n_components=3, max_iter=3), tmp_path / "store"),
+    ):
         model.save(str(path))
         for loaded in (dnmf.load(str(path)),):
             assert isinstance(loaded, RatingsNMF)

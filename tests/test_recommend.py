@@ -125,8 +125,13 @@ def test_merging_item_blocks_in_any_order_gives_the_whole_top_n(case, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 6), st.sampled_from([1030, 1500, 2600]), st.sampled_from([1, 10, 60]),
-       st.sampled_from(["continuous", "ties", "near-ties"]), st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 6),
+    st.sampled_from([1030, 1500, 2600]),
+    st.sampled_from([1, 10, 60]),
+    st.sampled_from(["continuous", "ties", "near-ties"]),
+    st.integers(0, 2**32 - 1),
+)
 def test_float32_screening_ranks_exactly_like_float64(r, c, n, kind, seed):
     rng = np.random.default_rng(seed)
     k = 6
@@ -173,8 +178,9 @@ def test_recommend_matches_brute_force_with_exclusion_and_candidates(integer):
     rows = np.array([5, 0, 77, 5])
     items = np.random.default_rng(0).choice(900, 400, replace=False)
     idx, sc = rec.recommend(f, rows, 8, exclude=seen[rows], items=items, item_block=150)
-    ref_idx, ref_sc = brute_force(W[rows], H, 8, ub=None if ub is None else ub[rows], ib=ib, gm=gm,
-                                  exclude=seen[rows], items=items)
+    ref_idx, ref_sc = brute_force(
+        W[rows], H, 8, ub=None if ub is None else ub[rows], ib=ib, gm=gm, exclude=seen[rows], items=items
+    )
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(sc, ref_sc, rtol=1e-12)
     assert np.isin(idx, items).all() and not seen[rows][np.arange(4)[:, None], idx].toarray().any()
@@ -306,8 +312,14 @@ def test_recommend_all_on_a_local_cluster_is_exact_and_blocking_independent(dist
     # Candidate items and exact ties (integer factors), broken by item index.
     Wi, Hi, *_ = problem(m=400, n=2300, k=3, seed=8, integer=True, biases=False)
     items = np.arange(0, 2300, 3)
-    idx3, sc3 = rec.recommend_all(Factors(da.from_array(Wi, chunks=(128, 3)), Hi), 7, exclude=seen_d,
-                                  items=items, item_block=256, client=dist_client)
+    idx3, sc3 = rec.recommend_all(
+        Factors(da.from_array(Wi, chunks=(128, 3)), Hi),
+        7,
+        exclude=seen_d,
+        items=items,
+        item_block=256,
+        client=dist_client,
+    )
     got3 = dist_client.compute([idx3, sc3], sync=True)
     ref3 = brute_force(Wi, Hi, 7, exclude=seen, items=items)
     np.testing.assert_array_equal(got3[0], ref3[0])

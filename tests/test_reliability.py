@@ -213,9 +213,9 @@ def test_graph_does_not_grow_over_200_iterations():
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            dnmf.NMF(4, init="random", random_state=0, max_iter=200, tol=0, chunks=(50, 50),
-                     client=client).fit(sp.random(200, 100, density=0.2, random_state=0, format="csr"),
-                                        callback=count)
+            dnmf.NMF(4, init="random", random_state=0, max_iter=200, tol=0, chunks=(50, 50), client=client).fit(
+                sp.random(200, 100, density=0.2, random_state=0, format="csr"), callback=count
+            )
     assert len(counts) == 200
     # The scheduler holds the live state plus at most REBASE_EVERY iterations of
     # history: a sawtooth whose peaks and troughs do not rise.

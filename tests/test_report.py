@@ -179,14 +179,25 @@ def test_cluster_info_without_a_client_describes_local_threads():
 
 
 def test_cluster_given_as_counts_as_the_cli_does(fitted, tmp_path):
-    cluster = {"scheduler": "inproc://10.0.0.1/1/1", "embedded": True, "workers": 1, "threads": 2,
-               "memory_limit": 2 * 2**30, "dashboard": "http://10.0.0.1:8787/status"}
+    cluster = {
+        "scheduler": "inproc://10.0.0.1/1/1",
+        "embedded": True,
+        "workers": 1,
+        "threads": 2,
+        "memory_limit": 2 * 2**30,
+        "dashboard": "http://10.0.0.1:8787/status",
+    }
     path = tmp_path / "r.html"
     write_report(path, fitted, cluster=cluster, timings={"open input": 0.5, "fit": 2.0, "save": 0.5})
     page = Page(path.read_text(encoding="utf-8"))
     shown = page.kv("property")
-    assert shown == {"scheduler address": "inproc://10.0.0.1/1/1", "workers": "1", "threads": "2",
-                     "memory limit (total)": "2.0 GiB", "dashboard": "http://10.0.0.1:8787/status",
-                     "embedded": "yes"}
+    assert shown == {
+        "scheduler address": "inproc://10.0.0.1/1/1",
+        "workers": "1",
+        "threads": "2",
+        "memory limit (total)": "2.0 GiB",
+        "dashboard": "http://10.0.0.1:8787/status",
+        "embedded": "yes",
+    }
     assert "http://10.0.0.1:8787/status" in page.links
     assert page.kv("name", 0)["elapsed (iterations)"] == "2.00 s"  # the "fit" phase

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from deploy_support import free_port, planted
 
 import dnmf
-from deploy_support import free_port, planted
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is needed for s3:// URLs (pip install -e '.[test]')")
 pytest.importorskip("moto.server", reason="moto's server mode is needed (pip install -e '.[test]')")
@@ -26,8 +26,11 @@ BUCKET = "dnmf-test"
 def s3():
     """A real S3 API server process on 127.0.0.1 and the storage_options that reach it."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -75,8 +78,13 @@ def test_checkpoint_and_resume_on_s3(s3, dist_client):
 def test_matrix_store_written_and_read_on_s3(s3, dist_client, tmp_path):
     fs, options = s3
     rng = np.random.default_rng(3)
-    ratings = pd.DataFrame({"user": rng.choice([f"u{i}" for i in range(50)], 400),
-                            "item": rng.integers(1000, 1040, 400), "rating": rng.integers(1, 6, 400) / 1.0})
+    ratings = pd.DataFrame(
+        {
+            "user": rng.choice([f"u{i}" for i in range(50)], 400),
+            "item": rng.integers(1000, 1040, 400),
+            "rating": rng.integers(1, 6, 400) / 1.0,
+        }
+    )
     ratings = ratings.drop_duplicates(["user", "item"])
     csv = tmp_path / "ratings.csv"
     ratings.to_csv(csv, index=False)

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import make_data
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
@@ -13,7 +14,6 @@ from sklearn.decomposition._nmf import _update_coordinate_descent
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-from conftest import make_data
 
 CHUNKS = ((7, 13, 1, 19), (4, 11, 15))
 
@@ -89,8 +89,12 @@ def test_anls_objective_never_increases(m, n, k, seed, sparse, alpha, l1_ratio):
         # Regularisation weights are equal for W and H only when m == n; use each.
         Xa = X.toarray() if sparse else X
         H = mdl.components_
-        f = 0.5 * ((Xa - W @ H) ** 2).sum() + l1_W * W.sum() + l1_H * H.sum() \
+        f = (
+            0.5 * ((Xa - W @ H) ** 2).sum()
+            + l1_W * W.sum()
+            + l1_H * H.sum()
             + 0.5 * (l2_W * (W**2).sum() + l2_H * (H**2).sum())
+        )
         losses.append(f)
     scale = max(losses[0], 1e-12)
     assert all(b <= a + 1e-9 * scale for a, b in zip(losses, losses[1:]))
@@ -163,7 +167,10 @@ def test_hals_inner_limits():
     iw, ih = dnmf.nmf.kernels.hals_inner_limits(1000, 500, 500_000, 10)
     assert iw == int(1 + 0.5 * (1 + 505_000 / 11_000))
     assert ih == int(1 + 0.5 * (1 + 510_000 / 5_500))
-    assert dnmf.nmf.kernels.hals_inner_limits(10**6, 10, 10**6, 50) == (1, int(1 + 0.5 * (1 + (10**6 + 5 * 10**7) / 510)))
+    assert dnmf.nmf.kernels.hals_inner_limits(10**6, 10, 10**6, 50) == (
+        1,
+        int(1 + 0.5 * (1 + (10**6 + 5 * 10**7) / 510)),
+    )
 
 
 def test_inner_sweeps_are_per_row():
@@ -196,11 +203,33 @@ def test_shuffle_matches_sklearn_for_int_random_state(update_H):
         from sklearn.decomposition import non_negative_factorization as sk_nnf
 
         warnings.simplefilter("ignore", RuntimeWarning)  # "initial W is not used"
-        Ws, Hs, _ = sk_nnf(X, W0.copy(), H0.copy(), 5, init="custom", solver="cd", shuffle=True,
-                           random_state=3, max_iter=6, tol=0, update_H=update_H)
-        Wd, Hd, _ = dnmf.non_negative_factorization(X, W0.copy(), H0.copy(), 5, init="custom", solver="cd",
-                                                    shuffle=True, random_state=3, max_iter=6, tol=0,
-                                                    update_H=update_H, chunks=(13, 17))
+        Ws, Hs, _ = sk_nnf(
+            X,
+            W0.copy(),
+            H0.copy(),
+            5,
+            init="custom",
+            solver="cd",
+            shuffle=True,
+            random_state=3,
+            max_iter=6,
+            tol=0,
+            update_H=update_H,
+        )
+        Wd, Hd, _ = dnmf.non_negative_factorization(
+            X,
+            W0.copy(),
+            H0.copy(),
+            5,
+            init="custom",
+            solver="cd",
+            shuffle=True,
+            random_state=3,
+            max_iter=6,
+            tol=0,
+            update_H=update_H,
+            chunks=(13, 17),
+        )
     # (With update_H=False both start W at zero, as scikit-learn does for cd.)
     np.testing.assert_allclose(Wd, Ws, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(Hd, Hs, rtol=1e-9, atol=1e-12)
@@ -212,8 +241,20 @@ def test_shuffle_permutation_stream_matches_sklearn():
     """The coordinate orders are RandomState(seed).permutation, W then H."""
     from dnmf.engine import loop as driver
 
-    cfg = driver.LoopConfig(solver="cd", beta=2, tol=0, max_iter=1, max_time=None, l1_reg_W=0, l1_reg_H=0,
-                            l2_reg_W=0, l2_reg_H=0, update_H=True, sq_norm_x=1.0, shuffle=True)
+    cfg = driver.LoopConfig(
+        solver="cd",
+        beta=2,
+        tol=0,
+        max_iter=1,
+        max_time=None,
+        l1_reg_W=0,
+        l1_reg_H=0,
+        l2_reg_W=0,
+        l2_reg_H=0,
+        update_H=True,
+        sq_norm_x=1.0,
+        shuffle=True,
+    )
     rng, ref = np.random.RandomState(5), np.random.RandomState(5)
     for _ in range(3):
         pw, ph = driver._permutations(cfg, 6, rng)

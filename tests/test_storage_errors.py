@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from dnmf.storage import arrays as io
 from dnmf.storage import StoreError, read_matrix_info, verify_matrix
+from dnmf.storage import arrays as io
 from dnmf.storage.layout import MatrixInfo
 from dnmf.storage.matrix import begin_matrix_store
 
@@ -35,9 +35,7 @@ def snapshot(root) -> dict[str, tuple[int, str]]:
 def sparse_store(tmp_path):
     X = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype="float32")
     path = str(tmp_path / "s.zarr")
-    io.write_matrix(
-        X, path, chunks=(10, 8), row_ids=[f"u{i}" for i in range(30)], scheduler="synchronous"
-    )
+    io.write_matrix(X, path, chunks=(10, 8), row_ids=[f"u{i}" for i in range(30)], scheduler="synchronous")
     return path
 
 

@@ -122,9 +122,7 @@ def test_failure_before_swap_keeps_old_model(tmp_path):
         raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        write_model(
-            path, {"W": DeferredArray((20, 2), "float64", (10, 2), fill)}, {"version_tag": 2}
-        )
+        write_model(path, {"W": DeferredArray((20, 2), "float64", (10, 2), fill)}, {"version_tag": 2})
     _check(path, 1)
     assert snapshot(path) == before and _leftovers(tmp_path) == []
 

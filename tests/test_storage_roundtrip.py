@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from dnmf.storage import arrays as io
 from dnmf.storage import read_sparse_block, write_sparse_block
-from dnmf.storage.matrix import begin_matrix_store
 from dnmf.storage.layout import MatrixInfo
+from dnmf.storage.matrix import begin_matrix_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
 
@@ -103,9 +103,7 @@ def test_sparse_to_dense_and_back(case):
     """format= converts: a sparse input stored densely and read back is the same matrix."""
     X, chunks = case
     with tempfile.TemporaryDirectory() as d:
-        dense = io.write_matrix(
-            X, f"{d}/d.zarr", chunks=chunks, format="dense", scheduler="synchronous"
-        )
+        dense = io.write_matrix(X, f"{d}/d.zarr", chunks=chunks, format="dense", scheduler="synchronous")
         np.testing.assert_array_equal(dense.data.compute(scheduler="synchronous"), X.toarray())
         back = io.write_matrix(dense.data, f"{d}/s.zarr", format="sparse", scheduler="synchronous")
         Y = back.data.compute(scheduler="synchronous")

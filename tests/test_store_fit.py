@@ -30,8 +30,9 @@ def _fit(X, chunks=None):
 def test_ingested_csv_fits_like_the_in_memory_matrix(tmp_path):
     csv = tmp_path / "ratings.csv"
     _ratings_csv(csv)
-    store = dnmf.ingest(str(csv), str(tmp_path / "r.zarr"), user_col="user", item_col="item",
-                        value_col="rating", chunks=(250, 400))
+    store = dnmf.ingest(
+        str(csv), str(tmp_path / "r.zarr"), user_col="user", item_col="item", value_col="rating", chunks=(250, 400)
+    )
     # The same matrix built in memory: IDs in sorted order, duplicates summed.
     df = pd.read_csv(csv)
     users, items = np.unique(df["user"]), np.unique(df["item"])

@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from deploy_support import MAKE_CERTS, dask_local, dnmf_executable, planted, start_cluster, transitions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect, security
-from deploy_support import MAKE_CERTS, dask_local, dnmf_executable, planted, start_cluster, transitions
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="deploy/tls/make-certs needs the openssl command")
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="deploy/tls/make-certs needs the openssl command"
+)
 
 
 def make_certs(folder) -> None:
@@ -41,14 +43,18 @@ def tls_cluster(certs, tmp_path_factory):
 
 
 def _client_files(certs) -> dict:
-    return dict(tls_ca_file=str(certs / "ca.pem"), tls_cert=str(certs / "client.pem"),
-                tls_key=str(certs / "client-key.pem"))
+    return dict(
+        tls_ca_file=str(certs / "ca.pem"), tls_cert=str(certs / "client.pem"), tls_key=str(certs / "client-key.pem")
+    )
 
 
 def test_make_certs_writes_a_ca_and_role_certificates(certs):
     for role in ("scheduler", "worker", "client"):
-        subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.pem"), str(certs / f"{role}.pem")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "verify", "-CAfile", str(certs / "ca.pem"), str(certs / f"{role}.pem")],
+            check=True,
+            capture_output=True,
+        )
         assert (certs / f"{role}-key.pem").stat().st_mode & 0o077 == 0  # keys readable by the owner only
     text = (certs / "dask-client.yaml").read_text()
     assert "require-encryption: true" in text and str(certs / "client-key.pem") in text
@@ -88,7 +94,8 @@ def test_connect_with_a_tls_config_file(tls_cluster, certs, tmp_path):
         shutil.copy(certs / name, tmp_path / name)
     (tmp_path / "tls.yaml").write_text(
         "distributed:\n  comm:\n    tls:\n      ca-file: ca.pem\n"
-        "      client: {cert: client.pem, key: client-key.pem}\n")
+        "      client: {cert: client.pem, key: client-key.pem}\n"
+    )
     address = tls_cluster.removeprefix("tls://")  # no scheme + TLS settings: tls://
     with connect(ClusterOptions(scheduler=address, tls_config=str(tmp_path / "tls.yaml"))) as (client, _):
         assert client.submit(sum, [2, 3]).result() == 5
@@ -122,10 +129,33 @@ def test_cli_fit_over_tls(tls_cluster, certs, tls_store, tmp_path):
     if exe is None:
         pytest.skip("the dnmf command line is not installed in this environment (pip install -e .)")
     # (--tls CONFIG maps to the same ClusterOptions.tls_config that test_connect_with_a_tls_config_file runs.)
-    tls_args = ["--tls-ca-file", str(certs / "ca.pem"), "--tls-cert", str(certs / "client.pem"),
-                "--tls-key", str(certs / "client-key.pem")]
-    cmd = [exe, "fit", tls_store, "-k", "3", "-o", str(tmp_path / "m.zarr"), "--max-iter", "4", "--tol", "0",
-           "--seed", "0", "--quiet", "--scheduler", tls_cluster, *tls_args]
+    tls_args = [
+        "--tls-ca-file",
+        str(certs / "ca.pem"),
+        "--tls-cert",
+        str(certs / "client.pem"),
+        "--tls-key",
+        str(certs / "client-key.pem"),
+    ]
+    cmd = [
+        exe,
+        "fit",
+        tls_store,
+        "-k",
+        "3",
+        "-o",
+        str(tmp_path / "m.zarr"),
+        "--max-iter",
+        "4",
+        "--tol",
+        "0",
+        "--seed",
+        "0",
+        "--quiet",
+        "--scheduler",
+        tls_cluster,
+        *tls_args,
+    ]
     sec = security(ClusterOptions(**_client_files(certs)))
     before = transitions(tls_cluster, sec)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -138,17 +168,38 @@ def test_cli_fit_over_tls(tls_cluster, certs, tls_store, tmp_path):
 def test_tls_only_worker_refuses_plain_scheduler_address(tls_cluster, certs):
     """A worker without certificates cannot join the TLS-only scheduler."""
     proc = subprocess.run(
-        [sys.executable, "-m", "dask", "worker", tls_cluster.replace("tls://", "tcp://"), "--no-nanny",
-         "--death-timeout", "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "worker",
+            tls_cluster.replace("tls://", "tcp://"),
+            "--no-nanny",
+            "--death-timeout",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "Registered to" not in proc.stderr
 
 
 @settings(max_examples=25, deadline=None)
-@given(names=st.lists(st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True).filter(lambda n: n not in {".", ".."}),
-                      min_size=3, max_size=3, unique=True),
-       absolute=st.lists(st.booleans(), min_size=3, max_size=3))
+@given(
+    names=st.lists(
+        st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True).filter(lambda n: n not in {".", ".."}),
+        min_size=3,
+        max_size=3,
+        unique=True,
+    ),
+    absolute=st.lists(st.booleans(), min_size=3, max_size=3),
+)
 def test_tls_config_paths_resolve_against_the_file(names, absolute):
     """Relative paths in a --tls file are relative to that file; absolute ones are kept."""
     with tempfile.TemporaryDirectory() as d:
@@ -160,8 +211,11 @@ def test_tls_config_paths_resolve_against_the_file(names, absolute):
             target = (elsewhere if is_abs else folder) / name
             target.write_text("x")
             paths.append(str(target) if is_abs else name)
-        (folder / "tls.yaml").write_text(yaml.safe_dump({"distributed": {"comm": {"tls": {
-            "ca-file": paths[0], "client": {"cert": paths[1], "key": paths[2]}}}}}))
+        (folder / "tls.yaml").write_text(
+            yaml.safe_dump(
+                {"distributed": {"comm": {"tls": {"ca-file": paths[0], "client": {"cert": paths[1], "key": paths[2]}}}}}
+            )
+        )
         sec = security(ClusterOptions(tls_config=str(folder / "tls.yaml")))
         expected = [str((elsewhere if a else folder) / n) for n, a in zip(names, absolute)]
         assert [sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key] == expected

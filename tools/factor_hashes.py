@@ -220,7 +220,10 @@ class Context:
             from distributed import Client, LocalCluster
 
             self._cluster = LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
                 silence_logs=50,
             )
             self._client = Client(self._cluster, set_as_default=False)
@@ -248,8 +251,7 @@ def nmf_case(solver, source):
 
     def run(ctx):
         X = ctx.get(source)
-        model = dnmf.NMF(K, init="nndsvda", tol=0.0, max_iter=max_iter, random_state=SEED,
-                         chunks=BLOCK, **params)
+        model = dnmf.NMF(K, init="nndsvda", tol=0.0, max_iter=max_iter, random_state=SEED, chunks=BLOCK, **params)
         W = model.fit_transform(X)
         return nmf_parts(model, W)
 
@@ -257,8 +259,18 @@ def nmf_case(solver, source):
 
 
 def case_nmf_random_init(ctx):
-    model = dnmf.NMF(K, init="random", solver="cd", shuffle=True, tol=0.0, max_iter=15,
-                     random_state=7, chunks=BLOCK, alpha_W=1e-3, l1_ratio=0.5)
+    model = dnmf.NMF(
+        K,
+        init="random",
+        solver="cd",
+        shuffle=True,
+        tol=0.0,
+        max_iter=15,
+        random_state=7,
+        chunks=BLOCK,
+        alpha_W=1e-3,
+        l1_ratio=0.5,
+    )
     W = model.fit_transform(ctx.get("csr"))
     return nmf_parts(model, W)
 
@@ -271,15 +283,29 @@ def case_nmf_dense32(ctx):
 
 def case_nnf_function(ctx):
     W, H, n_iter = dnmf.non_negative_factorization(
-        ctx.get("csr"), n_components=K, solver="mu", beta_loss="kullback-leibler", tol=0.0,
-        max_iter=20, random_state=SEED, chunks=BLOCK,
+        ctx.get("csr"),
+        n_components=K,
+        solver="mu",
+        beta_loss="kullback-leibler",
+        tol=0.0,
+        max_iter=20,
+        random_state=SEED,
+        chunks=BLOCK,
     )
     return [("W", W), ("H", H), ("float64:n_iter", n_iter)]
 
 
 def case_select_rank_cv(ctx):
-    res = dnmf.select_rank(ctx.get("csr"), ks=[2, 4, 6], method="cv", n_repeats=2, holdout=0.1,
-                           random_state=SEED, max_iter=15, chunks=BLOCK)
+    res = dnmf.select_rank(
+        ctx.get("csr"),
+        ks=[2, 4, 6],
+        method="cv",
+        n_repeats=2,
+        holdout=0.1,
+        random_state=SEED,
+        max_iter=15,
+        chunks=BLOCK,
+    )
     return [
         ("float64:scores", res.scores),
         ("float64:mean", res.mean),
@@ -341,8 +367,7 @@ def case_ratings_uninterrupted(ctx):
 
 
 def case_nmf_distributed(ctx):
-    model = dnmf.NMF(K, solver="cd", tol=0.0, max_iter=15, random_state=SEED, chunks=BLOCK,
-                     client=ctx.client)
+    model = dnmf.NMF(K, solver="cd", tol=0.0, max_iter=15, random_state=SEED, chunks=BLOCK, client=ctx.client)
     W = model.fit_transform(ctx.get("csr"))
     return nmf_parts(model, W)
 
@@ -385,14 +410,18 @@ def select(names, pattern):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--record", metavar="FILE", help="write {case: sha256} as JSON to FILE")
     mode.add_argument("--check", metavar="FILE", help="compare with FILE; exit 1 on any difference")
     mode.add_argument("--list", action="store_true", help="list the cases and exit")
-    ap.add_argument("--cases", metavar="PATTERN",
-                    help="comma-separated glob patterns (a pattern without wildcards matches as a substring)")
+    ap.add_argument(
+        "--cases",
+        metavar="PATTERN",
+        help="comma-separated glob patterns (a pattern without wildcards matches as a substring)",
+    )
     args = ap.parse_args(argv)
 
     cases = all_cases()

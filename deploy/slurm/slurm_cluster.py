@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH directive, e.g. --sbatch=--qos=long")
     p.add_argument("--local-directory", default="$TMPDIR", help="worker scratch space on the node")
     p.add_argument("--lifetime", help="restart workers before the walltime ends, e.g. 1h50m")
-    p.add_argument("--shared-temp-directory", help="where TLS files for the workers go, on the shared "
-                   "filesystem (default ./.dnmf-slurm-tls, mode 700)")
+    p.add_argument(
+        "--shared-temp-directory",
+        help="where TLS files for the workers go, on the shared filesystem (default ./.dnmf-slurm-tls, mode 700)",
+    )
     p.add_argument("--no-tls", action="store_true", help="plain TCP (only on a network you trust)")
     p.add_argument("--interface", help="network interface the scheduler and workers use, e.g. ib0")
     p.add_argument("--print-job-script", action="store_true")
@@ -84,15 +86,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not (args.input and args.output):
             p.error("INPUT and -o/--output are needed to fit")
-        import dnmf
         from distributed import Client
+
+        import dnmf
 
         cluster.scale(jobs=args.jobs)
         with Client(cluster) as client:
             print(f"scheduler {cluster.scheduler_address}, dashboard {client.dashboard_link}", flush=True)
             client.wait_for_workers(1)  # the rest join as SLURM starts their jobs
-            model = dnmf.NMF(args.n_components, solver=args.solver, max_iter=args.max_iter,
-                             random_state=args.seed, client=client, checkpoint=args.checkpoint, verbose=1)
+            model = dnmf.NMF(
+                args.n_components,
+                solver=args.solver,
+                max_iter=args.max_iter,
+                random_state=args.seed,
+                client=client,
+                checkpoint=args.checkpoint,
+                verbose=1,
+            )
             resume = args.checkpoint if args.checkpoint and _has_checkpoint(args.checkpoint) else None
             model.fit(args.input, resume=resume)
             model.save(args.output)

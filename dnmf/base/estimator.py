@@ -151,10 +151,8 @@ def load(path) -> Any:
         known = ", ".join(sorted(MODEL_KINDS))
         raise StoreError(
             os.fspath(path),
-            f"it is a model store but not a dnmf model of a known kind ({known}); its "
-            f"attributes are {sorted(attrs)}",
-            "Load it with dnmf.storage.arrays.load_factors, or point at a model saved by "
-            "NMF.save or RatingsNMF.save.",
+            f"it is a model store but not a dnmf model of a known kind ({known}); its attributes are {sorted(attrs)}",
+            "Load it with dnmf.storage.arrays.load_factors, or point at a model saved by NMF.save or RatingsNMF.save.",
         )
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)(arrays, attrs, path)

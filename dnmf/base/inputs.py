@@ -131,8 +131,7 @@ def from_dask(X: da.Array) -> da.Array:
         )
     if any(math.isnan(s) for s in X.shape):
         raise ValueError(
-            "X has unknown chunk sizes (NaN in its shape). Compute them first "
-            "with X.compute_chunk_sizes()."
+            "X has unknown chunk sizes (NaN in its shape). Compute them first with X.compute_chunk_sizes()."
         )
     dtype = float_dtype(X.dtype)
     meta = X._meta

@@ -25,8 +25,14 @@ logger = logging.getLogger("dnmf")
 
 #: Exceptions that mean "your input or options are wrong", exit code 2.
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-    PermissionError, ConnectionError, KeyError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ConnectionError,
+    KeyError,
 )
 
 
@@ -111,10 +117,24 @@ def cli() -> None:
 def _register() -> None:
     from . import data, fitting, recommending
 
-    for command in (data.ingest, fitting.fit, fitting.fit_ratings, fitting.submit, fitting.status,
-                    fitting.cancel, fitting.resume, data.info, data.transform, data.export,
-                    recommending.split, recommending.recommend, recommending.recommend_all,
-                    recommending.evaluate, fitting.select_rank, fitting.demo):
+    for command in (
+        data.ingest,
+        fitting.fit,
+        fitting.fit_ratings,
+        fitting.submit,
+        fitting.status,
+        fitting.cancel,
+        fitting.resume,
+        data.info,
+        data.transform,
+        data.export,
+        recommending.split,
+        recommending.recommend,
+        recommending.recommend_all,
+        recommending.evaluate,
+        fitting.select_rank,
+        fitting.demo,
+    ):
         cli.add_command(command)
 
 

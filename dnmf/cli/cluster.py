@@ -43,8 +43,15 @@ _TLS_KEYS = {
     "min-version": "tls_min_version",
     "max-version": "tls_max_version",
 }
-_FILE_FIELDS = {"tls_ca_file", "tls_client_cert", "tls_client_key", "tls_scheduler_cert",
-                "tls_scheduler_key", "tls_worker_cert", "tls_worker_key"}
+_FILE_FIELDS = {
+    "tls_ca_file",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_scheduler_cert",
+    "tls_scheduler_key",
+    "tls_worker_cert",
+    "tls_worker_key",
+}
 
 
 class ConnectError(ConnectionError):
@@ -121,8 +128,7 @@ def _tls_config_fields(path: str) -> dict[str, Any]:
         try:
             cfg = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"The TLS configuration file {path!r} is not valid YAML ({exc}). "
-                             "Fix the file.") from None
+            raise ValueError(f"The TLS configuration file {path!r} is not valid YAML ({exc}). Fix the file.") from None
     tls = cfg.get("distributed", {}).get("comm", {}).get("tls") if isinstance(cfg, dict) else None
     if not isinstance(tls, dict):
         raise ValueError(
@@ -175,12 +181,18 @@ def security(opts: ClusterOptions) -> Security | None:
     fields: dict[str, Any] = {}
     if opts.tls_config is not None:
         fields.update(_tls_config_fields(os.fspath(opts.tls_config)))
-    for field, value in (("tls_ca_file", opts.tls_ca_file), ("tls_client_cert", opts.tls_cert),
-                         ("tls_client_key", opts.tls_key)):
+    for field, value in (
+        ("tls_ca_file", opts.tls_ca_file),
+        ("tls_client_cert", opts.tls_cert),
+        ("tls_client_key", opts.tls_key),
+    ):
         if value is not None:
             fields[field] = os.path.abspath(os.path.expanduser(os.fspath(value)))
-    missing = [name for name, field in (("CA file", "tls_ca_file"), ("client certificate", "tls_client_cert"))
-               if not fields.get(field)]
+    missing = [
+        name
+        for name, field in (("CA file", "tls_ca_file"), ("client certificate", "tls_client_cert"))
+        if not fields.get(field)
+    ]
     if missing:
         raise ValueError(
             f"Incomplete TLS settings: no {' and no '.join(missing)}. Give the CA certificate, this "

@@ -17,12 +17,15 @@ from . import options as o
 @click.option("-o", "--output", required=True, help="The matrix store to create (path or fsspec URL).")
 @o.ingest_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at OUTPUT.")
-@click.option("--storage-options", callback=o._storage_options, default=None,
-              help="JSON object of fsspec options for an OUTPUT URL.")
+@click.option(
+    "--storage-options",
+    callback=o._storage_options,
+    default=None,
+    help="JSON object of fsspec options for an OUTPUT URL.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @o.config_option
-def ingest(input: str, output: str, overwrite: bool, storage_options: dict | None, as_json: bool,
-           **kw: Any) -> None:
+def ingest(input: str, output: str, overwrite: bool, storage_options: dict | None, as_json: bool, **kw: Any) -> None:
     """Turn a ratings table or matrix file into a matrix store.
 
     Ratings tables (CSV, Parquet) become a sparse users x items matrix; the
@@ -32,15 +35,16 @@ def ingest(input: str, output: str, overwrite: bool, storage_options: dict | Non
     from ..storage import arrays as io
 
     t0 = time.perf_counter()
-    store = io.ingest(input, output, overwrite=overwrite, storage_options=storage_options,
-                      **o.ingest_kwargs(kw))
+    store = io.ingest(input, output, overwrite=overwrite, storage_options=storage_options, **o.ingest_kwargs(kw))
     out = _matrix_info(store)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     if as_json:
         click.echo(json.dumps(out))
     else:
-        click.echo(f"wrote {store.path}: {out['shape'][0]} x {out['shape'][1]}, {out['nnz']} non-zeros "
-                   f"({out['seconds']:.1f} s)")
+        click.echo(
+            f"wrote {store.path}: {out['shape'][0]} x {out['shape'][1]}, {out['nnz']} non-zeros "
+            f"({out['seconds']:.1f} s)"
+        )
 
 
 def _matrix_info(store) -> dict[str, Any]:
@@ -64,8 +68,11 @@ def _matrix_info(store) -> dict[str, Any]:
         import pandas as pd
 
         named = not isinstance(ids, pd.RangeIndex)
-        out[name] = {"named": named, "dtype": str(ids.dtype),
-                     "first": [v.item() if hasattr(v, "item") else v for v in ids[:3]]}
+        out[name] = {
+            "named": named,
+            "dtype": str(ids.dtype),
+            "first": [v.item() if hasattr(v, "item") else v for v in ids[:3]],
+        }
     return out
 
 
@@ -98,8 +105,9 @@ def _model_info(path: str) -> dict[str, Any]:
 @click.command()
 @click.argument("path", metavar="PATH")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
-@click.option("--storage-options", callback=o._storage_options, default=None,
-              help="JSON object of fsspec options for a URL.")
+@click.option(
+    "--storage-options", callback=o._storage_options, default=None, help="JSON object of fsspec options for a URL."
+)
 def info(path: str, as_json: bool, storage_options: dict | None) -> None:
     """Describe a matrix store, a model or a job directory.
 
@@ -129,8 +137,10 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
         click.echo(f"  shape:    {out['shape'][0]} x {out['shape'][1]}")
         click.echo(f"  nnz:      {out['nnz']} (density {dens})")
         click.echo(f"  dtype:    {out['dtype']}")
-        click.echo(f"  blocks:   {out['row_blocks']} x {out['col_blocks']} (up to {out['rows_per_block']} x "
-                   f"{out['cols_per_block']})")
+        click.echo(
+            f"  blocks:   {out['row_blocks']} x {out['col_blocks']} (up to {out['rows_per_block']} x "
+            f"{out['cols_per_block']})"
+        )
         for name in ("row_ids", "col_ids"):
             ids = out[name]
             what = f"named ({ids['dtype']}), first {ids['first']}" if ids["named"] else "positions"
@@ -138,16 +148,22 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
         return
     p = out["params"]
     click.echo(f"model {out['path']} ({out['estimator']})")
-    click.echo(f"  components: {out['n_components']}, features {out['n_features']}, samples "
-               f"{out['n_samples'] if out['has_W'] else '- (W not saved)'}")
-    click.echo(f"  solver {p['solver']}, beta_loss {p['beta_loss']}, init {p['init']}, tol {p['tol']}, "
-               f"max_iter {p['max_iter']}, alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, "
-               f"l1_ratio {p['l1_ratio']}, random_state {p['random_state']}")
+    click.echo(
+        f"  components: {out['n_components']}, features {out['n_features']}, samples "
+        f"{out['n_samples'] if out['has_W'] else '- (W not saved)'}"
+    )
+    click.echo(
+        f"  solver {p['solver']}, beta_loss {p['beta_loss']}, init {p['init']}, tol {p['tol']}, "
+        f"max_iter {p['max_iter']}, alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, "
+        f"l1_ratio {p['l1_ratio']}, random_state {p['random_state']}"
+    )
     how = "converged" if out["converged"] else "stopped at max_iter"
     first = "-" if out["loss_first"] is None else f"{out['loss_first']:.6g}"
     last = "-" if out["loss_last"] is None else f"{out['loss_last']:.6g}"
-    click.echo(f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}; reconstruction error "
-               f"{out['reconstruction_err']:.6g}")
+    click.echo(
+        f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}; reconstruction error "
+        f"{out['reconstruction_err']:.6g}"
+    )
 
 
 def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
@@ -164,8 +180,10 @@ def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
     feature_ids = getattr(model, "feature_ids_", None)
     if feature_ids is None or store.col_ids.equals(feature_ids):
         if store.shape[1] != model.n_features_in_:
-            raise ValueError(f"INPUT has {store.shape[1]} columns but the model has {model.n_features_in_}. "
-                             "Give rows over the model's columns.")
+            raise ValueError(
+                f"INPUT has {store.shape[1]} columns but the model has {model.n_features_in_}. "
+                "Give rows over the model's columns."
+            )
         return store.data, store.row_ids, 0
     X, dropped, unknown = io.align_columns(store, feature_ids)
     return X, store.row_ids, dropped
@@ -175,13 +193,26 @@ def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", required=True, help="Output file: .npy, .csv or .parquet.")
-@click.option("--format", "out_format", type=click.Choice(["npy", "csv", "parquet"]), default=None,
-              help="Output format (default: from the file name).")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["npy", "csv", "parquet"]),
+    default=None,
+    help="Output format (default: from the file name).",
+)
 @o.ingest_options
 @o.cluster_options
 @o.output_options
-def transform(model_path: str, input: str, output: str, out_format: str | None, quiet: bool, verbose: bool,
-              log_json: bool, **kw: Any) -> None:
+def transform(
+    model_path: str,
+    input: str,
+    output: str,
+    out_format: str | None,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Compute W for the rows of INPUT with the model's H fixed.
 
     INPUT is a matrix store or a file to ingest (a ratings table of new
@@ -190,9 +221,9 @@ def transform(model_path: str, input: str, output: str, out_format: str | None, 
     """
     import tempfile
 
-    from .cluster import connect
     from ..base.estimator import load
     from . import setup_logging
+    from .cluster import connect
 
     setup_logging(verbose, quiet)
     fmt = out_format or _format_of(output)
@@ -207,8 +238,9 @@ def transform(model_path: str, input: str, output: str, out_format: str | None, 
         W = model.transform(X)
         _write_factor(output, W, row_ids, fmt)
     if log_json:
-        click.echo(json.dumps({"event": "transformed", "output": output, "rows": int(W.shape[0]),
-                               "dropped_entries": dropped}))
+        click.echo(
+            json.dumps({"event": "transformed", "output": output, "rows": int(W.shape[0]), "dropped_entries": dropped})
+        )
     elif not quiet:
         click.echo(f"wrote W for {W.shape[0]} rows to {output}")
 
@@ -217,8 +249,7 @@ def _format_of(path: str) -> str:
     for fmt in ("npy", "csv", "parquet"):
         if path.endswith(f".{fmt}"):
             return fmt
-    raise click.UsageError(f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give "
-                           "--format.")
+    raise click.UsageError(f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give --format.")
 
 
 def _blocks(A):

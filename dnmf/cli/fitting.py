@@ -22,31 +22,38 @@ def _exists(path: str) -> bool:
 
 def _check_input(path: str) -> None:
     if not _exists(path):
-        raise FileNotFoundError(f"INPUT {path!r} does not exist. Give a matrix store (made by "
-                                "`dnmf ingest`) or a ratings/matrix file (csv, parquet, mtx, npz, npy).")
+        raise FileNotFoundError(
+            f"INPUT {path!r} does not exist. Give a matrix store (made by "
+            "`dnmf ingest`) or a ratings/matrix file (csv, parquet, mtx, npz, npy)."
+        )
 
 
-def _resolve_input(path: str, ingest_kw: dict, workdir: str | None, progress: Progress,
-                   storage_options: dict | None) -> str:
+def _resolve_input(
+    path: str, ingest_kw: dict, workdir: str | None, progress: Progress, storage_options: dict | None
+) -> str:
     """A matrix store for INPUT: itself, or a store ingested from the file into ``workdir``."""
     from ..storage import arrays as io
 
     _check_input(path)
     is_file_input = os.path.isfile(path) or (
-        os.path.isdir(path) and not os.path.exists(os.path.join(path, "zarr.json")))
+        os.path.isdir(path) and not os.path.exists(os.path.join(path, "zarr.json"))
+    )
     if not is_file_input:
         return path
     if workdir is None:
-        raise ValueError(f"INPUT {path!r} is a file to ingest, but the job directory is a URL. Ingest it "
-                         "first (`dnmf ingest FILE -o URL`) and give the store as INPUT.")
+        raise ValueError(
+            f"INPUT {path!r} is a file to ingest, but the job directory is a URL. Ingest it "
+            "first (`dnmf ingest FILE -o URL`) and give the store as INPUT."
+        )
     from ..storage import jobs as job_store
 
     target = job_store.input_dir(workdir)
     progress.note(f"ingesting {path} -> {target}")
     t0 = time.perf_counter()
     store = io.ingest(path, target, overwrite=True, **ingest_kw)
-    progress.note(f"ingested {store.shape[0]} x {store.shape[1]}, {store.nnz} non-zeros "
-                  f"({time.perf_counter() - t0:.1f} s)")
+    progress.note(
+        f"ingested {store.shape[0]} x {store.shape[1]}, {store.nnz} non-zeros ({time.perf_counter() - t0:.1f} s)"
+    )
     return store.path
 
 
@@ -73,13 +80,21 @@ def _summary(model, model_path: str, progress: Progress) -> None:
     converged = model.n_iter_ < model.max_iter
     err = getattr(model, "reconstruction_err_", None)
     if progress.mode == "json":
-        progress.event(state, model=model_path, n_iter=int(model.n_iter_), loss=loss,
-                       reconstruction_err=None if err is None else float(err), converged=converged,
-                       timings=getattr(model, "job_timings_", {}))
+        progress.event(
+            state,
+            model=model_path,
+            n_iter=int(model.n_iter_),
+            loss=loss,
+            reconstruction_err=None if err is None else float(err),
+            converged=converged,
+            timings=getattr(model, "job_timings_", {}),
+        )
         return
     if state == "cancelled":
-        click.echo(f"cancelled after iteration {model.n_iter_} (loss {loss:.6g}); the last "
-                   "checkpoint is kept: `dnmf resume` continues it")
+        click.echo(
+            f"cancelled after iteration {model.n_iter_} (loss {loss:.6g}); the last "
+            "checkpoint is kept: `dnmf resume` continues it"
+        )
         return
     how = "converged" if converged else "max_iter reached"
     tail = "" if err is None else f", reconstruction error {err:.6g}"
@@ -107,8 +122,10 @@ def _cluster(copts, progress: Progress):
     with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
         info = _cluster_info(client, link, embedded)
         where = "embedded local cluster" if embedded else f"scheduler {info.get('scheduler')}"
-        progress.note(f"running on {where}: {info.get('workers')} worker(s), {info.get('threads')} "
-                      f"thread(s); dashboard: {link or 'none'}")
+        progress.note(
+            f"running on {where}: {info.get('workers')} worker(s), {info.get('threads')} "
+            f"thread(s); dashboard: {link or 'none'}"
+        )
         progress.event("start", cluster=info)
         yield client, info
 
@@ -126,17 +143,30 @@ def _run(job_dir: str | None, spec: dict | None, client, info: dict, progress: P
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", "output", required=True, help="Where to save the fitted model (a directory).")
 @o.model_options
-@click.option("--checkpoint", "job_dir", default=None,
-              help="Job directory: checkpoints and the job record go there, and `dnmf resume DIR` "
-                   "continues the fit after a crash or a cancel.")
-@click.option("--report", default=None, help="Also write a single-file HTML report (loss curve, "
-                                             "parameters, timings, cluster).")
+@click.option(
+    "--checkpoint",
+    "job_dir",
+    default=None,
+    help="Job directory: checkpoints and the job record go there, and `dnmf resume DIR` "
+    "continues the fit after a crash or a cancel.",
+)
+@click.option(
+    "--report", default=None, help="Also write a single-file HTML report (loss curve, parameters, timings, cluster)."
+)
 @o.ingest_options
 @o.cluster_options
 @o.output_options
 @o.config_option
-def fit(input: str, output: str, job_dir: str | None, report: str | None, quiet: bool, verbose: bool,
-        log_json: bool, **kw: Any) -> None:
+def fit(
+    input: str,
+    output: str,
+    job_dir: str | None,
+    report: str | None,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Fit a model to INPUT and save it.
 
     INPUT is a matrix store (made by `dnmf ingest`) or any file `dnmf ingest`
@@ -150,19 +180,31 @@ def fit(input: str, output: str, job_dir: str | None, report: str | None, quiet:
     _fit(input, output, job_dir, report, params, "NMF", quiet=quiet, log_json=log_json, kw=kw)
 
 
-def _fit(input: str, output: str, job_dir: str | None, report: str | None, params: dict, estimator: str,
-         *, quiet: bool, log_json: bool, kw: dict) -> None:
+def _fit(
+    input: str,
+    output: str,
+    job_dir: str | None,
+    report: str | None,
+    params: dict,
+    estimator: str,
+    *,
+    quiet: bool,
+    log_json: bool,
+    kw: dict,
+) -> None:
     """The foreground fit shared by `dnmf fit` and `dnmf fit-ratings`."""
-    from . import jobs
     from ..storage import jobs as job_store
+    from . import jobs
 
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     so = kw.pop("storage_options", None)
     progress = Progress.choose(params["max_iter"], quiet=quiet, log_json=log_json)
     if job_dir is not None and job_store.is_job_dir(job_dir, so):
-        raise click.UsageError(f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, "
-                               "or give another --checkpoint directory.")
+        raise click.UsageError(
+            f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, "
+            "or give another --checkpoint directory."
+        )
     _check_input(input)
     with contextlib.ExitStack() as stack:
         client, info = stack.enter_context(_cluster(copts, progress))
@@ -174,14 +216,28 @@ def _fit(input: str, output: str, job_dir: str | None, report: str | None, param
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dnmf-fit-"))
         store = _resolve_input(input, ingest_kw, workdir, progress, so)
         if job_dir is not None:
-            record = jobs.create(job_dir, input=store, model=output, params=params, storage_options=so,
-                                 report=report, state="running", estimator=estimator)
+            record = jobs.create(
+                job_dir,
+                input=store,
+                model=output,
+                params=params,
+                storage_options=so,
+                report=report,
+                state="running",
+                estimator=estimator,
+            )
             job_store.register(record["id"], job_dir)
             progress.note(f"job {record['id']}: checkpoints in {job_dir}")
             spec = None
         else:
-            spec = {"input": store, "model": os.path.abspath(output), "params": params,
-                    "storage_options": so, "report": report, "estimator": estimator}
+            spec = {
+                "input": store,
+                "model": os.path.abspath(output),
+                "params": params,
+                "storage_options": so,
+                "report": report,
+                "estimator": estimator,
+            }
         model = _run(job_dir, spec, client, info, progress)
     _summary(model, output, progress)
 
@@ -190,15 +246,27 @@ def _fit(input: str, output: str, job_dir: str | None, report: str | None, param
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", "output", required=True, help="Where to save the fitted model (a directory).")
 @o.ratings_options
-@click.option("--checkpoint", "job_dir", default=None,
-              help="Job directory: checkpoints and the job record; `dnmf resume DIR` continues it.")
+@click.option(
+    "--checkpoint",
+    "job_dir",
+    default=None,
+    help="Job directory: checkpoints and the job record; `dnmf resume DIR` continues it.",
+)
 @click.option("--report", default=None, help="Also write a single-file HTML report.")
 @o.ingest_options
 @o.cluster_options
 @o.output_options
 @o.config_option
-def fit_ratings(input: str, output: str, job_dir: str | None, report: str | None, quiet: bool, verbose: bool,
-                log_json: bool, **kw: Any) -> None:
+def fit_ratings(
+    input: str,
+    output: str,
+    job_dir: str | None,
+    report: str | None,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Fit a recommender (dnmf.RatingsNMF) to a ratings matrix and save it.
 
     \b
@@ -217,42 +285,56 @@ def fit_ratings(input: str, output: str, job_dir: str | None, report: str | None
 
 @click.command()
 @click.argument("input", metavar="INPUT")
-@click.option("-o", "--output", "output", required=True,
-              help="Where the job saves the model (a path every worker can write).")
+@click.option(
+    "-o", "--output", "output", required=True, help="Where the job saves the model (a path every worker can write)."
+)
 @o.model_options
-@click.option("--job-dir", default=None,
-              help="Job directory (record, checkpoints; default: OUTPUT.job). Must be visible to the "
-                   "workers and to whoever runs `dnmf status`.")
+@click.option(
+    "--job-dir",
+    default=None,
+    help="Job directory (record, checkpoints; default: OUTPUT.job). Must be visible to the "
+    "workers and to whoever runs `dnmf status`.",
+)
 @click.option("--report", default=None, help="Also write a single-file HTML report when the job ends.")
 @o.ingest_options
 @o.cluster_options
 @o.output_options
 @o.config_option
-def submit(input: str, output: str, job_dir: str | None, report: str | None, quiet: bool, verbose: bool,
-           log_json: bool, **kw: Any) -> None:
+def submit(
+    input: str,
+    output: str,
+    job_dir: str | None,
+    report: str | None,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Start a fit that runs on the cluster itself, and return.
 
     The job keeps running after this command exits or loses its connection:
     its loop runs in a task on a worker. It prints the job id and the job
     directory; `dnmf status`, `dnmf cancel` and `dnmf resume` take either.
     """
-    from . import jobs
-    from .cluster import connect
     from ..storage import jobs as job_store
-    from . import setup_logging
+    from . import jobs, setup_logging
+    from .cluster import connect
 
     setup_logging(verbose, quiet)
     if kw.get("scheduler") is None and kw.get("scheduler_file") is None:
-        raise click.UsageError("dnmf submit needs a cluster: give --scheduler ADDRESS or --scheduler-file "
-                               "FILE (to fit on this machine, use `dnmf fit`).")
+        raise click.UsageError(
+            "dnmf submit needs a cluster: give --scheduler ADDRESS or --scheduler-file "
+            "FILE (to fit on this machine, use `dnmf fit`)."
+        )
     params = o.model_params(kw)
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     so = kw.pop("storage_options", None)
     job_dir = job_dir or f"{output.rstrip('/')}.job"
     if job_store.is_job_dir(job_dir, so):
-        raise click.UsageError(f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, "
-                               "or give another --job-dir.")
+        raise click.UsageError(
+            f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, or give another --job-dir."
+        )
     progress = Progress.choose(params["max_iter"], quiet=quiet, log_json=log_json)
     _check_input(input)
     local = "://" not in job_dir
@@ -260,13 +342,19 @@ def submit(input: str, output: str, job_dir: str | None, report: str | None, qui
         os.makedirs(job_dir, exist_ok=True)
     with connect(copts) as (client, link):
         store = _resolve_input(input, ingest_kw, job_dir if local else None, progress, so)
-        record = jobs.create(job_dir, input=store, model=output, params=params, storage_options=so,
-                             report=report, state="submitted")
+        record = jobs.create(
+            job_dir, input=store, model=output, params=params, storage_options=so, report=report, state="submitted"
+        )
         job_store.register(record["id"], job_dir)
         key = jobs.submit(client, job_dir)
         _wait_received(client, key)
-    fields = {"id": record["id"], "job_dir": job_store.locations.normalize(job_dir),
-              "model": record["spec"]["model"], "task": key, "dashboard": link}
+    fields = {
+        "id": record["id"],
+        "job_dir": job_store.locations.normalize(job_dir),
+        "model": record["spec"]["model"],
+        "task": key,
+        "dashboard": link,
+    }
     if log_json:
         progress.event("submitted", **fields)
     else:
@@ -287,8 +375,10 @@ def _wait_received(client, key: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not client.run_on_scheduler(_has_task, key):
         if time.monotonic() > deadline:
-            raise ConnectionError(f"The scheduler did not register the job's task {key} within "
-                                  f"{timeout:g} s. Check the scheduler's logs and try again.")
+            raise ConnectionError(
+                f"The scheduler did not register the job's task {key} within "
+                f"{timeout:g} s. Check the scheduler's logs and try again."
+            )
         time.sleep(0.05)
 
 
@@ -301,7 +391,8 @@ def _job_dir(job: str) -> str:
     if found is None:
         raise click.UsageError(
             f"Unknown job {job!r}: not a job directory, and no job with this id was submitted from this "
-            "machine. Give the job directory printed by `dnmf submit`.")
+            "machine. Give the job directory printed by `dnmf submit`."
+        )
     return found
 
 
@@ -320,15 +411,19 @@ def _age_seconds(iso: str | None) -> float | None:
 @click.command()
 @click.argument("job", metavar="JOB_OR_DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
-@click.option("--storage-options", callback=o._storage_options, default=None,
-              help="JSON object of fsspec options when the job directory is a URL.")
+@click.option(
+    "--storage-options",
+    callback=o._storage_options,
+    default=None,
+    help="JSON object of fsspec options when the job directory is a URL.",
+)
 def status(job: str, as_json: bool, storage_options: dict | None) -> None:
     """Show a job's state, iteration, loss, elapsed time and ETA.
 
     Read from the job directory, so it works from any machine that sees it.
     """
-    from . import jobs
     from ..storage import jobs as job_store
+    from . import jobs
 
     job_dir = _job_dir(job)
     record = job_store.read_record(job_dir, storage_options)
@@ -351,8 +446,10 @@ def status(job: str, as_json: bool, storage_options: dict | None) -> None:
         click.echo("  cancel requested: stopping after the next checkpoint")
     age = d["seconds_since_update"]
     if d["state"] == "running" and age is not None and age > 120:
-        click.echo(f"  no update for {age:.0f} s: the job may have died; `dnmf resume {job_dir}` "
-                   "continues it from its last checkpoint")
+        click.echo(
+            f"  no update for {age:.0f} s: the job may have died; `dnmf resume {job_dir}` "
+            "continues it from its last checkpoint"
+        )
     click.echo(f"  model: {d['model']}")
     if d["error"]:
         click.echo(f"  error: {d['error']}")
@@ -360,12 +457,21 @@ def status(job: str, as_json: bool, storage_options: dict | None) -> None:
 
 @click.command()
 @click.argument("job", metavar="JOB_OR_DIR")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the job has stopped (after writing a checkpoint).")
-@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Seconds to wait with --wait.")
-@click.option("--storage-options", callback=o._storage_options, default=None,
-              help="JSON object of fsspec options when the job directory is a URL.")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the job has stopped (after writing a checkpoint).",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, help="Seconds to wait with --wait."
+)
+@click.option(
+    "--storage-options",
+    callback=o._storage_options,
+    default=None,
+    help="JSON object of fsspec options when the job directory is a URL.",
+)
 def cancel(job: str, wait: bool, timeout: float, storage_options: dict | None) -> None:
     """Stop a running job cleanly: it writes a checkpoint and stops.
 
@@ -388,35 +494,51 @@ def cancel(job: str, wait: bool, timeout: float, storage_options: dict | None) -
         if record["state"] in ("finished", "failed", "cancelled"):
             break
         if time.monotonic() > deadline:
-            raise click.ClickException(f"job {record['id']} has not stopped within {timeout:g} s "
-                                       "(the request stays: it stops after its current iteration)")
+            raise click.ClickException(
+                f"job {record['id']} has not stopped within {timeout:g} s "
+                "(the request stays: it stops after its current iteration)"
+            )
         time.sleep(0.2)
     click.echo(f"job {record['id']} {record['state']} at iteration {record['iteration']}")
 
 
 @click.command()
 @click.argument("job", metavar="JOB_OR_DIR")
-@click.option("--max-iter", type=click.IntRange(min=1), default=None,
-              help="A new iteration limit (the other parameters are the job's).")
-@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="A new time limit in seconds.")
-@click.option("--detach", is_flag=True,
-              help="Run it on the cluster (--scheduler) as a job that outlives this command, like "
-                   "`dnmf submit`.")
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A new iteration limit (the other parameters are the job's).",
+)
+@click.option(
+    "--max-time", type=click.FloatRange(min=0, min_open=True), default=None, help="A new time limit in seconds."
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run it on the cluster (--scheduler) as a job that outlives this command, like `dnmf submit`.",
+)
 @o.cluster_options
 @o.output_options
-def resume(job: str, max_iter: int | None, max_time: float | None, detach: bool, quiet: bool,
-           verbose: bool, log_json: bool, **kw: Any) -> None:
+def resume(
+    job: str,
+    max_iter: int | None,
+    max_time: float | None,
+    detach: bool,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Continue a stopped, cancelled or failed job from its last checkpoint.
 
     Runs here (an embedded cluster, or --scheduler) until the job ends, or on
     the cluster with --detach. The result is the model an uninterrupted run
     would have produced.
     """
-    from . import jobs
-    from .cluster import connect
     from ..storage import jobs as job_store
-    from . import setup_logging
+    from . import jobs, setup_logging
+    from .cluster import connect
 
     setup_logging(verbose, quiet)
     job_dir = _job_dir(job)
@@ -429,7 +551,8 @@ def resume(job: str, max_iter: int | None, max_time: float | None, detach: bool,
         if age is not None and age < 30:
             raise click.UsageError(
                 f"job {record['id']} is {record['state']} (updated {age:.0f} s ago). Cancel it first "
-                f"(`dnmf cancel {job}`), or wait until it stops.")
+                f"(`dnmf cancel {job}`), or wait until it stops."
+            )
     copts = o.cluster_from(kw)
     for name, value in (("max_iter", max_iter), ("max_time", max_time)):
         if value is not None:
@@ -462,8 +585,7 @@ def resume(job: str, max_iter: int | None, max_time: float | None, detach: bool,
 @click.option("--max-iter", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @o.cluster_options
-def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: int, seed: int,
-         **kw: Any) -> None:
+def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: int, seed: int, **kw: Any) -> None:
     """Factorize a generated sparse matrix on the embedded cluster (the README's first command).
 
     Prints the loss of every iteration and the final relative error
@@ -471,24 +593,23 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
     """
     import numpy as np
 
-    from .cluster import connect
-    from .demo import planted_sparse
     from ..nmf.estimator import NMF
     from . import setup_logging
+    from .cluster import connect
+    from .demo import planted_sparse
 
     setup_logging(False, True)
     copts = o.cluster_from(kw)
     t0 = time.perf_counter()
     X = planted_sparse(rows, cols, density, k, seed)
-    click.echo(f"X: {X.shape[0]} x {X.shape[1]}, {X.nnz} non-zeros ({time.perf_counter() - t0:.1f} s to "
-               "generate)")
+    click.echo(f"X: {X.shape[0]} x {X.shape[1]}, {X.nnz} non-zeros ({time.perf_counter() - t0:.1f} s to generate)")
     embedded = copts.scheduler is None and copts.scheduler_file is None
     with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
         info = _cluster_info(client, link, embedded)
-        click.echo(f"cluster: {info.get('workers')} worker(s), {info.get('threads')} thread(s), "
-                   f"dashboard {link or 'none'}")
-        model = NMF(k, solver=solver, init="nndsvda", max_iter=max_iter, tol=1e-4, random_state=seed,
-                    client=client)
+        click.echo(
+            f"cluster: {info.get('workers')} worker(s), {info.get('threads')} thread(s), dashboard {link or 'none'}"
+        )
+        model = NMF(k, solver=solver, init="nndsvda", max_iter=max_iter, tol=1e-4, random_state=seed, client=client)
 
         def show(iteration: int, elapsed: float, loss: float) -> None:
             click.echo(f"iteration {iteration:4d}  loss {loss:.6g}  ({elapsed:.2f} s)")
@@ -520,8 +641,13 @@ def _ks(ctx, param, value: str):
 @click.command("select-rank")
 @click.argument("input", metavar="INPUT")
 @click.option("--ks", required=True, callback=_ks, help="Candidate ranks: 2,4,8 or a range 2:12[:2].")
-@click.option("--method", type=click.Choice(["cv", "consensus"]), default="cv", show_default=True,
-              help="cv: error on held-out entries; consensus: stability over restarts (cophenetic).")
+@click.option(
+    "--method",
+    type=click.Choice(["cv", "consensus"]),
+    default="cv",
+    show_default=True,
+    help="cv: error on held-out entries; consensus: stability over restarts (cophenetic).",
+)
 @click.option("--repeats", "n_repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0, 0.5, min_open=True), default=0.1, show_default=True)
 @click.option("--solver", type=click.Choice(["anls-bpp", "cd", "mu"]), default="anls-bpp", show_default=True)
@@ -532,28 +658,46 @@ def _ks(ctx, param, value: str):
 @o.ingest_options
 @o.cluster_options
 @o.config_option
-def select_rank(input: str, ks: list[int], method: str, n_repeats: int, holdout: float, solver: str,
-                max_iter: int, seed: int, plot: str | None, as_json: bool, **kw: Any) -> None:
+def select_rank(
+    input: str,
+    ks: list[int],
+    method: str,
+    n_repeats: int,
+    holdout: float,
+    solver: str,
+    max_iter: int,
+    seed: int,
+    plot: str | None,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Choose the number of components k for INPUT (a store or a file to ingest)."""
-    from ..storage import arrays as io
     from ..nmf.selection import select_rank as select
+    from ..storage import arrays as io
     from . import setup_logging
 
     setup_logging(False, True)
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     _check_input(input)
-    with tempfile.TemporaryDirectory(prefix="dnmf-rank-") as tmp, _cluster(copts, Progress(0, "quiet")) as (
-            client, _):
+    with tempfile.TemporaryDirectory(prefix="dnmf-rank-") as tmp, _cluster(copts, Progress(0, "quiet")) as (client, _):
         store = io.open_matrix(_resolve_input(input, ingest_kw, tmp, Progress(0, "quiet"), None))
-        result = select(store.data, ks, method=method, n_repeats=n_repeats, holdout=holdout,
-                        random_state=seed, solver=solver, max_iter=max_iter, client=client)
+        result = select(
+            store.data,
+            ks,
+            method=method,
+            n_repeats=n_repeats,
+            holdout=holdout,
+            random_state=seed,
+            solver=solver,
+            max_iter=max_iter,
+            client=client,
+        )
     if plot:
         from ..plot import rank_curve
 
         rank_curve(result, path=plot)
-    rows = [{"k": int(k), "mean": float(m), "std": float(s)} for k, m, s in
-            zip(result.ks, result.mean, result.std)]
+    rows = [{"k": int(k), "mean": float(m), "std": float(s)} for k, m, s in zip(result.ks, result.mean, result.std)]
     if as_json:
         click.echo(json.dumps({"method": method, "chosen_k": int(result.chosen_k), "scores": rows}))
         return

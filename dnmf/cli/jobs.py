@@ -62,10 +62,19 @@ def _estimator(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def create(job_dir: str, *, input: str, model: str, params: Mapping[str, Any],
-           storage_options: Mapping[str, Any] | None = None, report: str | None = None,
-           state: str = "submitted", job_id: str | None = None, estimator: str = "NMF",
-           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def create(
+    job_dir: str,
+    *,
+    input: str,
+    model: str,
+    params: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+    report: str | None = None,
+    state: str = "submitted",
+    job_id: str | None = None,
+    estimator: str = "NMF",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write a new job record into ``job_dir`` and return it.
 
     Parameters
@@ -139,7 +148,7 @@ class _Progress:
         rec["loss"] = float(loss)
         # Resumed fits report the iterations they replay from the checkpoint's history
         # only once: keep the history aligned with iteration numbers.
-        del rec["history"][iteration - 1:]
+        del rec["history"][iteration - 1 :]
         rec["history"].append(float(loss))
         now = time.monotonic()
         if now - self._last_write >= RECORD_EVERY:
@@ -155,8 +164,14 @@ class _Progress:
         return keep_going
 
 
-def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=None,
-        callback: Callback | None = None, cluster_info: Mapping[str, Any] | None = None):
+def run(
+    job_dir: str | None,
+    *,
+    spec: Mapping[str, Any] | None = None,
+    client=None,
+    callback: Callback | None = None,
+    cluster_info: Mapping[str, Any] | None = None,
+):
     """Run (or continue) a job and return the fitted estimator.
 
     Parameters
@@ -203,9 +218,14 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         store.write_record(job_dir, record, so)
 
     try:
-        mark("running", started=(record or {}).get("started") or _now(),
-             host=socket.gethostname(), pid=os.getpid(), error=None,
-             cluster=dict(cluster_info) if cluster_info else (record or {}).get("cluster"))
+        mark(
+            "running",
+            started=(record or {}).get("started") or _now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            error=None,
+            cluster=dict(cluster_info) if cluster_info else (record or {}).get("cluster"),
+        )
         t0 = time.perf_counter()
         X = io.open_matrix(spec["input"], storage_options=so)
         timings["open input"] = time.perf_counter() - t0
@@ -230,10 +250,16 @@ def run(job_dir: str | None, *, spec: Mapping[str, Any] | None = None, client=No
         if spec.get("report"):
             _write_report(spec["report"], model, timings, cluster_info)
         model.job_state_ = "finished"
-        mark("finished", iteration=int(model.n_iter_), loss=_last(model),
-             history=[float(v) for v in model.loss_history_],
-             reconstruction_err=_float(getattr(model, "reconstruction_err_", None)),
-             converged=bool(model.n_iter_ < model.max_iter), timings=timings, finished=_now())
+        mark(
+            "finished",
+            iteration=int(model.n_iter_),
+            loss=_last(model),
+            history=[float(v) for v in model.loss_history_],
+            reconstruction_err=_float(getattr(model, "reconstruction_err_", None)),
+            converged=bool(model.n_iter_ < model.max_iter),
+            timings=timings,
+            finished=_now(),
+        )
         return model
     except BaseException as exc:
         if record is not None:

@@ -32,6 +32,7 @@ def _stack(*decorators: Callable) -> Callable:
 
 # ---------------------------------------------------------------- --config
 
+
 def _read_config(path: str) -> dict[str, Any]:
     with open(path, "rb") as fh:
         raw = fh.read()
@@ -64,8 +65,11 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     if value is None:
         return
     data = _read_config(value)
-    known = {p.name for p in ctx.command.params if p.name and p.name != "config"
-             and not getattr(p, "nargs", 1) == -1 and isinstance(p, click.Option)}
+    known = {
+        p.name
+        for p in ctx.command.params
+        if p.name and p.name != "config" and not getattr(p, "nargs", 1) == -1 and isinstance(p, click.Option)
+    }
     defaults: dict[str, Any] = {}
     for key, v in data.items():
         name = str(key).replace("-", "_")
@@ -81,14 +85,18 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 config_option = click.option(
-    "--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False,
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
     callback=_load_config,
     help="TOML or YAML file of option = value pairs (names as on the command line, without "
-         "dashes: max-iter = 300). Command-line options override it.",
+    "dashes: max-iter = 300). Command-line options override it.",
 )
 
 
 # ---------------------------------------------------------------- output
+
 
 def _set_meta(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     ctx.find_root().meta[f"dnmf.{param.name}"] = value
@@ -96,47 +104,98 @@ def _set_meta(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 output_options = _stack(
-    click.option("-q", "--quiet", is_flag=True, callback=_set_meta,
-                 help="Print only the result (and errors)."),
-    click.option("-v", "--verbose", is_flag=True, callback=_set_meta,
-                 help="Log every iteration and Dask's messages; tracebacks on errors."),
-    click.option("--log-json", is_flag=True, callback=_set_meta,
-                 help="One JSON record per iteration on standard output, for log collectors."),
+    click.option("-q", "--quiet", is_flag=True, callback=_set_meta, help="Print only the result (and errors)."),
+    click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        callback=_set_meta,
+        help="Log every iteration and Dask's messages; tracebacks on errors.",
+    ),
+    click.option(
+        "--log-json",
+        is_flag=True,
+        callback=_set_meta,
+        help="One JSON record per iteration on standard output, for log collectors.",
+    ),
 )
 
 
 # ---------------------------------------------------------------- cluster
 
 cluster_options = _stack(
-    click.option("--scheduler", metavar="ADDRESS",
-                 help="Address of a running Dask scheduler (tcp://host:8786, tls://host:8786). "
-                      "Default: an embedded local cluster on this machine."),
-    click.option("--scheduler-file", type=click.Path(dir_okay=False),
-                 help="JSON file written by `dask scheduler --scheduler-file`."),
-    click.option("--workers", "n_workers", type=click.IntRange(min=1),
-                 help="Embedded cluster: number of workers (default: see --processes)."),
-    click.option("--threads-per-worker", type=click.IntRange(min=1),
-                 help="Embedded cluster: threads per worker (default: the cores divided among workers)."),
-    click.option("--memory-limit", metavar="SIZE",
-                 help="Embedded cluster: memory limit per worker, e.g. 4GiB (default: the machine's "
-                      "memory divided among the workers)."),
-    click.option("--processes/--threads", "processes", default=None,
-                 help="Embedded cluster: worker processes, or one worker of threads in this process "
-                      "(the default: on one machine it has the lowest per-iteration overhead)."),
-    click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False),
-                 help="TLS: the cluster's CA certificate (PEM)."),
-    click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
-                 help="TLS: this client's certificate (PEM)."),
-    click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
-                 help="TLS: this client's private key (PEM)."),
-    click.option("--tls", "tls_config", type=click.Path(exists=True, dir_okay=False),
-                 help="TLS: a Dask configuration YAML with distributed.comm.tls settings."),
-    click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                 show_default=True, help="Seconds to wait for the scheduler."),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Address of a running Dask scheduler (tcp://host:8786, tls://host:8786). "
+        "Default: an embedded local cluster on this machine.",
+    ),
+    click.option(
+        "--scheduler-file",
+        type=click.Path(dir_okay=False),
+        help="JSON file written by `dask scheduler --scheduler-file`.",
+    ),
+    click.option(
+        "--workers",
+        "n_workers",
+        type=click.IntRange(min=1),
+        help="Embedded cluster: number of workers (default: see --processes).",
+    ),
+    click.option(
+        "--threads-per-worker",
+        type=click.IntRange(min=1),
+        help="Embedded cluster: threads per worker (default: the cores divided among workers).",
+    ),
+    click.option(
+        "--memory-limit",
+        metavar="SIZE",
+        help="Embedded cluster: memory limit per worker, e.g. 4GiB (default: the machine's "
+        "memory divided among the workers).",
+    ),
+    click.option(
+        "--processes/--threads",
+        "processes",
+        default=None,
+        help="Embedded cluster: worker processes, or one worker of threads in this process "
+        "(the default: on one machine it has the lowest per-iteration overhead).",
+    ),
+    click.option(
+        "--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="TLS: the cluster's CA certificate (PEM)."
+    ),
+    click.option(
+        "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS: this client's certificate (PEM)."
+    ),
+    click.option(
+        "--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS: this client's private key (PEM)."
+    ),
+    click.option(
+        "--tls",
+        "tls_config",
+        type=click.Path(exists=True, dir_okay=False),
+        help="TLS: a Dask configuration YAML with distributed.comm.tls settings.",
+    ),
+    click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for the scheduler.",
+    ),
 )
 
-CLUSTER_KEYS = ("scheduler", "scheduler_file", "n_workers", "threads_per_worker", "memory_limit",
-                "processes", "tls_ca_file", "tls_cert", "tls_key", "tls_config", "connect_timeout")
+CLUSTER_KEYS = (
+    "scheduler",
+    "scheduler_file",
+    "n_workers",
+    "threads_per_worker",
+    "memory_limit",
+    "processes",
+    "tls_ca_file",
+    "tls_cert",
+    "tls_key",
+    "tls_config",
+    "connect_timeout",
+)
 
 
 def cluster_from(kwargs: dict[str, Any]):
@@ -157,35 +216,79 @@ def cluster_from(kwargs: dict[str, Any]):
         n_workers = 1
         threads = threads or os.cpu_count() or 1
     return ClusterOptions(
-        scheduler=v["scheduler"], scheduler_file=v["scheduler_file"], n_workers=n_workers,
-        threads_per_worker=threads, memory_limit=v["memory_limit"], processes=processes,
-        tls_ca_file=v["tls_ca_file"], tls_cert=v["tls_cert"], tls_key=v["tls_key"],
-        tls_config=v["tls_config"], timeout=v["connect_timeout"] or 10.0,
+        scheduler=v["scheduler"],
+        scheduler_file=v["scheduler_file"],
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        memory_limit=v["memory_limit"],
+        processes=processes,
+        tls_ca_file=v["tls_ca_file"],
+        tls_cert=v["tls_cert"],
+        tls_key=v["tls_key"],
+        tls_config=v["tls_config"],
+        timeout=v["connect_timeout"] or 10.0,
     )
 
 
 # ---------------------------------------------------------------- ingestion
 
 ingest_options = _stack(
-    click.option("--format", "format", type=click.Choice(["auto", "csv", "parquet", "mtx", "npz", "npy"]),
-                 default="auto", show_default=True, help="Input format (auto: from the file name)."),
+    click.option(
+        "--format",
+        "format",
+        type=click.Choice(["auto", "csv", "parquet", "mtx", "npz", "npy"]),
+        default="auto",
+        show_default=True,
+        help="Input format (auto: from the file name).",
+    ),
     click.option("--user-col", default="user", show_default=True, help="Ratings tables: the row ID column."),
     click.option("--item-col", default="item", show_default=True, help="Ratings tables: the column ID column."),
-    click.option("--value-col", default="rating", show_default=True,
-                 help="Ratings tables: the value column ('' for implicit data: every pair counts 1)."),
+    click.option(
+        "--value-col",
+        default="rating",
+        show_default=True,
+        help="Ratings tables: the value column ('' for implicit data: every pair counts 1).",
+    ),
     click.option("--sep", default=None, help="CSV field delimiter (default ',', tab for .tsv)."),
-    click.option("--duplicates", type=click.Choice(["sum", "last"]), default="sum", show_default=True,
-                 help="Repeated (user, item) pairs: add them up or keep the last."),
-    click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise", show_default=True,
-                 help="Rows with a missing ID or a negative/NaN value: stop with an error, or drop them."),
-    click.option("--rows-per-block", type=click.IntRange(min=1), default=None,
-                 help="Rows per block of the store (default: blocks of about 64 MiB)."),
-    click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
-                 help="Value type of the store (default: float32 for ratings tables, the file's for matrices)."),
+    click.option(
+        "--duplicates",
+        type=click.Choice(["sum", "last"]),
+        default="sum",
+        show_default=True,
+        help="Repeated (user, item) pairs: add them up or keep the last.",
+    ),
+    click.option(
+        "--on-invalid",
+        type=click.Choice(["raise", "drop"]),
+        default="raise",
+        show_default=True,
+        help="Rows with a missing ID or a negative/NaN value: stop with an error, or drop them.",
+    ),
+    click.option(
+        "--rows-per-block",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Rows per block of the store (default: blocks of about 64 MiB).",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float64"]),
+        default=None,
+        help="Value type of the store (default: float32 for ratings tables, the file's for matrices).",
+    ),
 )
 
-INGEST_KEYS = ("format", "user_col", "item_col", "value_col", "sep", "duplicates", "on_invalid",
-               "rows_per_block", "dtype")
+INGEST_KEYS = (
+    "format",
+    "user_col",
+    "item_col",
+    "value_col",
+    "sep",
+    "duplicates",
+    "on_invalid",
+    "rows_per_block",
+    "dtype",
+)
 
 
 def ingest_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -210,14 +313,14 @@ def ingest_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the estimator
 
+
 def _beta(ctx, param, value):
     if value is None or value in _BETA_NAMES:
         return value
     try:
         return float(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither one of {', '.join(_BETA_NAMES)} nor a number.") from None
+        raise click.BadParameter(f"{value!r} is neither one of {', '.join(_BETA_NAMES)} nor a number.") from None
 
 
 def _storage_options(ctx, param, value):
@@ -236,16 +339,34 @@ def _storage_options(ctx, param, value):
 
 #: Checkpointing, recovery and storage options, shared by every fitting command.
 run_options = _stack(
-    click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True,
-                 help="Iterations between checkpoints."),
-    click.option("--checkpoint-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Also checkpoint when this many seconds passed since the last one."),
+    click.option(
+        "--checkpoint-every",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="Iterations between checkpoints.",
+    ),
+    click.option(
+        "--checkpoint-seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Also checkpoint when this many seconds passed since the last one.",
+    ),
     click.option("--keep-checkpoints", type=click.IntRange(min=1), default=2, show_default=True),
-    click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
-                 help="Recoveries from lost workers allowed before the job fails."),
-    click.option("--storage-options", callback=_storage_options, default=None,
-                 help="JSON object of fsspec options for s3:// and other URLs, "
-                      "e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://host:9000\"}}'."),
+    click.option(
+        "--max-retries",
+        type=click.IntRange(min=0),
+        default=3,
+        show_default=True,
+        help="Recoveries from lost workers allowed before the job fails.",
+    ),
+    click.option(
+        "--storage-options",
+        callback=_storage_options,
+        default=None,
+        help="JSON object of fsspec options for s3:// and other URLs, "
+        'e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'.',
+    ),
 )
 
 RUN_KEYS = ("checkpoint_every", "checkpoint_seconds", "keep_checkpoints", "max_retries")
@@ -270,38 +391,113 @@ def _auto_or_int(ctx, param, value):
 
 
 model_options = _stack(
-    click.option("-k", "--n-components", "n_components", type=click.IntRange(min=1), required=True,
-                 help="Number of components (the rank k)."),
-    click.option("--solver", type=click.Choice(["cd", "mu", "anls-bpp"]), default="cd", show_default=True,
-                 help="cd: HALS coordinate descent; mu: multiplicative updates (any beta loss); "
-                      "anls-bpp: alternating NNLS by block principal pivoting."),
-    click.option("--beta-loss", default="frobenius", show_default=True, callback=_beta,
-                 help="frobenius, kullback-leibler, itakura-saito or a number (not frobenius: --solver mu)."),
-    click.option("--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None,
-                 help="Initialisation (default: nndsvda when k <= min(rows, columns), else random)."),
+    click.option(
+        "-k",
+        "--n-components",
+        "n_components",
+        type=click.IntRange(min=1),
+        required=True,
+        help="Number of components (the rank k).",
+    ),
+    click.option(
+        "--solver",
+        type=click.Choice(["cd", "mu", "anls-bpp"]),
+        default="cd",
+        show_default=True,
+        help="cd: HALS coordinate descent; mu: multiplicative updates (any beta loss); "
+        "anls-bpp: alternating NNLS by block principal pivoting.",
+    ),
+    click.option(
+        "--beta-loss",
+        default="frobenius",
+        show_default=True,
+        callback=_beta,
+        help="frobenius, kullback-leibler, itakura-saito or a number (not frobenius: --solver mu).",
+    ),
+    click.option(
+        "--init",
+        type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]),
+        default=None,
+        help="Initialisation (default: nndsvda when k <= min(rows, columns), else random).",
+    ),
     click.option("--max-iter", type=click.IntRange(min=1), default=200, show_default=True),
-    click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-                 help="Stopping tolerance (scikit-learn's rule for the solver)."),
-    click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Stop after this many seconds of iterations."),
-    click.option("--alpha-W", "alpha_W", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                 help="Regularisation of W (scikit-learn's scaling)."),
-    click.option("--alpha-H", "alpha_H", default="same", show_default=True, callback=_same_or_float,
-                 help="Regularisation of H, or 'same' as --alpha-W."),
-    click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                 help="Share of L1 in the regularisation (0: L2 only)."),
-    click.option("--inner-iter", default="1", show_default=True, callback=_auto_or_int,
-                 help="cd: sweeps per half-step (1: scikit-learn's HALS; 'auto': accelerated HALS)."),
-    click.option("--stopping", type=click.Choice(["auto", "loss", "stationarity"]), default="auto",
-                 show_default=True, help="Stopping rule."),
+    click.option(
+        "--tol",
+        type=click.FloatRange(min=0),
+        default=1e-4,
+        show_default=True,
+        help="Stopping tolerance (scikit-learn's rule for the solver).",
+    ),
+    click.option(
+        "--max-time",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Stop after this many seconds of iterations.",
+    ),
+    click.option(
+        "--alpha-W",
+        "alpha_W",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Regularisation of W (scikit-learn's scaling).",
+    ),
+    click.option(
+        "--alpha-H",
+        "alpha_H",
+        default="same",
+        show_default=True,
+        callback=_same_or_float,
+        help="Regularisation of H, or 'same' as --alpha-W.",
+    ),
+    click.option(
+        "--l1-ratio",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        help="Share of L1 in the regularisation (0: L2 only).",
+    ),
+    click.option(
+        "--inner-iter",
+        default="1",
+        show_default=True,
+        callback=_auto_or_int,
+        help="cd: sweeps per half-step (1: scikit-learn's HALS; 'auto': accelerated HALS).",
+    ),
+    click.option(
+        "--stopping",
+        type=click.Choice(["auto", "loss", "stationarity"]),
+        default="auto",
+        show_default=True,
+        help="Stopping rule.",
+    ),
     click.option("--shuffle", is_flag=True, help="cd: random coordinate order."),
-    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Random seed (initialisation, coordinate order)."),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Random seed (initialisation, coordinate order).",
+    ),
     run_options,
 )
 
-MODEL_KEYS = ("n_components", "solver", "beta_loss", "init", "max_iter", "tol", "max_time", "alpha_W",
-              "alpha_H", "l1_ratio", "inner_iter", "stopping", "shuffle", "seed") + RUN_KEYS
+MODEL_KEYS = (
+    "n_components",
+    "solver",
+    "beta_loss",
+    "init",
+    "max_iter",
+    "tol",
+    "max_time",
+    "alpha_W",
+    "alpha_H",
+    "l1_ratio",
+    "inner_iter",
+    "stopping",
+    "shuffle",
+    "seed",
+) + RUN_KEYS
 
 
 def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -309,12 +505,24 @@ def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
     v = {k: kwargs.pop(k) for k in MODEL_KEYS}
     alpha_H, inner = v["alpha_H"], v["inner_iter"]
     params = {
-        "n_components": v["n_components"], "solver": v["solver"], "beta_loss": v["beta_loss"],
-        "init": v["init"], "max_iter": v["max_iter"], "tol": v["tol"], "max_time": v["max_time"],
-        "alpha_W": v["alpha_W"], "alpha_H": alpha_H, "l1_ratio": v["l1_ratio"], "inner_iter": inner,
-        "stopping": v["stopping"], "shuffle": bool(v["shuffle"]), "random_state": v["seed"],
-        "checkpoint_every": v["checkpoint_every"], "checkpoint_seconds": v["checkpoint_seconds"],
-        "keep_checkpoints": v["keep_checkpoints"], "max_retries": v["max_retries"],
+        "n_components": v["n_components"],
+        "solver": v["solver"],
+        "beta_loss": v["beta_loss"],
+        "init": v["init"],
+        "max_iter": v["max_iter"],
+        "tol": v["tol"],
+        "max_time": v["max_time"],
+        "alpha_W": v["alpha_W"],
+        "alpha_H": alpha_H,
+        "l1_ratio": v["l1_ratio"],
+        "inner_iter": inner,
+        "stopping": v["stopping"],
+        "shuffle": bool(v["shuffle"]),
+        "random_state": v["seed"],
+        "checkpoint_every": v["checkpoint_every"],
+        "checkpoint_seconds": v["checkpoint_seconds"],
+        "keep_checkpoints": v["keep_checkpoints"],
+        "max_retries": v["max_retries"],
     }
     return params
 
@@ -322,36 +530,90 @@ def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the ratings estimator
 
 ratings_options = _stack(
-    click.option("-k", "--n-components", "n_components", type=click.IntRange(min=1), default=20,
-                 show_default=True, help="Number of factors k."),
-    click.option("--feedback", type=click.Choice(["explicit", "implicit"]), default="explicit",
-                 show_default=True,
-                 help="explicit: fit the observed ratings only (predicts ratings); implicit: confidence-"
-                      "weighted preferences over all items (ranks top-n lists far better)."),
-    click.option("--solver", type=click.Choice(["als", "ccd"]), default="als", show_default=True,
-                 help="als: exact non-negative least squares per user/item; ccd: coordinate descent."),
-    click.option("--biases/--no-biases", default=None,
-                 help="User/item biases and a global mean (default: on for explicit, off for implicit)."),
-    click.option("--alpha", type=click.FloatRange(min=0), default=0.1, show_default=True,
-                 help="Penalty weight of the factors."),
+    click.option(
+        "-k",
+        "--n-components",
+        "n_components",
+        type=click.IntRange(min=1),
+        default=20,
+        show_default=True,
+        help="Number of factors k.",
+    ),
+    click.option(
+        "--feedback",
+        type=click.Choice(["explicit", "implicit"]),
+        default="explicit",
+        show_default=True,
+        help="explicit: fit the observed ratings only (predicts ratings); implicit: confidence-"
+        "weighted preferences over all items (ranks top-n lists far better).",
+    ),
+    click.option(
+        "--solver",
+        type=click.Choice(["als", "ccd"]),
+        default="als",
+        show_default=True,
+        help="als: exact non-negative least squares per user/item; ccd: coordinate descent.",
+    ),
+    click.option(
+        "--biases/--no-biases",
+        default=None,
+        help="User/item biases and a global mean (default: on for explicit, off for implicit).",
+    ),
+    click.option(
+        "--alpha", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Penalty weight of the factors."
+    ),
     click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True),
-    click.option("--alpha-bias", default="same", show_default=True, callback=_same_or_float,
-                 help="L2 weight of the biases, or 'same' as --alpha."),
-    click.option("--reg-scaling", type=click.Choice(["auto", "count", "none"]), default="auto",
-                 show_default=True, help="count: ALS-WR (penalty times each user's/item's count)."),
-    click.option("--confidence", type=click.FloatRange(min=0), default=40.0, show_default=True,
-                 help="implicit: alpha in c = 1 + alpha * x."),
+    click.option(
+        "--alpha-bias",
+        default="same",
+        show_default=True,
+        callback=_same_or_float,
+        help="L2 weight of the biases, or 'same' as --alpha.",
+    ),
+    click.option(
+        "--reg-scaling",
+        type=click.Choice(["auto", "count", "none"]),
+        default="auto",
+        show_default=True,
+        help="count: ALS-WR (penalty times each user's/item's count).",
+    ),
+    click.option(
+        "--confidence",
+        type=click.FloatRange(min=0),
+        default=40.0,
+        show_default=True,
+        help="implicit: alpha in c = 1 + alpha * x.",
+    ),
     click.option("--max-iter", type=click.IntRange(min=1), default=50, show_default=True),
     click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True),
     click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None),
-    click.option("--sweeps", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="ccd: coordinate sweeps per half-step."),
+    click.option(
+        "--sweeps",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="ccd: coordinate sweeps per half-step.",
+    ),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
     run_options,
 )
 
-RATINGS_KEYS = ("n_components", "feedback", "solver", "biases", "alpha", "l1_ratio", "alpha_bias",
-                "reg_scaling", "confidence", "max_iter", "tol", "max_time", "sweeps", "seed") + RUN_KEYS
+RATINGS_KEYS = (
+    "n_components",
+    "feedback",
+    "solver",
+    "biases",
+    "alpha",
+    "l1_ratio",
+    "alpha_bias",
+    "reg_scaling",
+    "confidence",
+    "max_iter",
+    "tol",
+    "max_time",
+    "sweeps",
+    "seed",
+) + RUN_KEYS
 
 
 def ratings_params(kwargs: dict[str, Any]) -> dict[str, Any]:

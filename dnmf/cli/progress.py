@@ -40,8 +40,9 @@ class Progress:
         Where JSON records / bars and lines go.
     """
 
-    def __init__(self, total: int, mode: str, *, out: TextIO | None = None, err: TextIO | None = None,
-                 desc: str = "fit") -> None:
+    def __init__(
+        self, total: int, mode: str, *, out: TextIO | None = None, err: TextIO | None = None, desc: str = "fit"
+    ) -> None:
         self.total = total
         self.mode = mode
         self.out = out or sys.stdout
@@ -91,8 +92,15 @@ class Progress:
                 # tqdm draws nothing on a terminal that reports no size (0 x 0: some ptys, CI
                 # runners): take the size as shutil sees it ($COLUMNS/$LINES first), or 100 x 24.
                 cols, rows = shutil.get_terminal_size((0, 0))
-                self.bar = tqdm(total=self.total, desc=self.desc, unit="it", file=self.err, leave=True,
-                                ncols=cols if cols > 0 else 100, nrows=rows if rows > 0 else 24)
+                self.bar = tqdm(
+                    total=self.total,
+                    desc=self.desc,
+                    unit="it",
+                    file=self.err,
+                    leave=True,
+                    ncols=cols if cols > 0 else 100,
+                    nrows=rows if rows > 0 else 24,
+                )
             self.bar.set_postfix_str(f"loss {loss:.6g}, change {rel:.2e}", refresh=False)
             self.bar.update(max(iteration - self.bar.n, 0))
         elif self.mode == "lines":
@@ -100,8 +108,12 @@ class Progress:
             if now - self.last_line >= LINE_EVERY or iteration == 1 or iteration >= self.total:
                 self.last_line = now
                 eta = elapsed / iteration * (self.total - iteration) if iteration else math.nan
-                print(f"iteration {iteration}/{self.total}: loss {loss:.6g} (change {rel:.2e}), "
-                      f"{elapsed:.1f} s, ETA <= {eta:.0f} s", file=self.err, flush=True)
+                print(
+                    f"iteration {iteration}/{self.total}: loss {loss:.6g} (change {rel:.2e}), "
+                    f"{elapsed:.1f} s, ETA <= {eta:.0f} s",
+                    file=self.err,
+                    flush=True,
+                )
 
     def close(self) -> None:
         """Finish the bar (if any), leaving its last state on screen."""

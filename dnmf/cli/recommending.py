@@ -26,8 +26,9 @@ def _ids_like(values: tuple[str, ...], index) -> list:
         try:
             return [int(v) for v in values]
         except ValueError:
-            raise click.BadParameter(f"the model's user IDs are integers; got {list(values)!r}.",
-                                     param_hint="'--user'") from None
+            raise click.BadParameter(
+                f"the model's user IDs are integers; got {list(values)!r}.", param_hint="'--user'"
+            ) from None
     return list(values)
 
 
@@ -63,8 +64,10 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
         store = io.ingest(path, os.path.join(tmp, os.path.basename(path) + ".zarr"), **ingest_kw)
     else:
         store = io.open_matrix(path)
-    same_ids = all(ids is None or store_ids.equals(pd.Index(ids))
-                   for ids, store_ids in ((row_ids, store.row_ids), (col_ids, store.col_ids)))
+    same_ids = all(
+        ids is None or store_ids.equals(pd.Index(ids))
+        for ids, store_ids in ((row_ids, store.row_ids), (col_ids, store.col_ids))
+    )
     if lazy and same_ids and store.nnz is not None:
         return store.data, 0, int(store.nnz)
     X, _, _ = io.align_columns(store, pd.Index(col_ids) if col_ids is not None else store.col_ids)
@@ -84,24 +87,37 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
 @click.argument("input", metavar="INPUT")
 @click.option("--train", "train_out", required=True, help="The training store to write.")
 @click.option("--test", "test_out", required=True, help="The test store to write.")
-@click.option("--method", type=click.Choice(["random", "leave_k_out"]), default="random", show_default=True,
-              help="random: each rating goes to test with probability --test-size; leave_k_out: --k "
-                   "ratings of every user with more than k.")
-@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-              show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["random", "leave_k_out"]),
+    default="random",
+    show_default=True,
+    help="random: each rating goes to test with probability --test-size; leave_k_out: --k "
+    "ratings of every user with more than k.",
+)
+@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing stores.")
 @o.ingest_options
-def split(input: str, train_out: str, test_out: str, method: str, test_size: float, k: int, seed: int,
-          overwrite: bool, **kw: Any) -> None:
+def split(
+    input: str,
+    train_out: str,
+    test_out: str,
+    method: str,
+    test_size: float,
+    k: int,
+    seed: int,
+    overwrite: bool,
+    **kw: Any,
+) -> None:
     """Split the ratings of INPUT (a store or a file to ingest) into train and test stores.
 
     Both stores keep INPUT's user and item IDs, so a model fitted on the
     training store can be evaluated on the test store directly.
     """
-    from ..storage import arrays as io
     from ..recommend.evaluation import train_test_split
+    from ..storage import arrays as io
     from .fitting import _check_input
 
     _check_input(input)
@@ -113,8 +129,7 @@ def split(input: str, train_out: str, test_out: str, method: str, test_size: flo
         train, test = train_test_split(store, method=method, test_size=test_size, k=k, random_state=seed)
         chunks = (store.chunks[0], (store.shape[1],))
         for X, path in ((train, train_out), (test, test_out)):
-            io.write_matrix(X, path, chunks=chunks, row_ids=store.row_ids, col_ids=store.col_ids,
-                            overwrite=overwrite)
+            io.write_matrix(X, path, chunks=chunks, row_ids=store.row_ids, col_ids=store.col_ids, overwrite=overwrite)
     n_train = io.open_matrix(train_out).nnz
     n_test = io.open_matrix(test_out).nnz
     click.echo(f"train {train_out}: {n_train} ratings; test {test_out}: {n_test} ratings")
@@ -124,15 +139,30 @@ def split(input: str, train_out: str, test_out: str, method: str, test_size: flo
 @click.argument("model_path", metavar="MODEL")
 @click.option("--user", "users", multiple=True, required=True, help="A user ID (repeat for several).")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--exclude-seen", default=None, metavar="STORE",
-              help="Leave out the items each user rated in STORE (default for dnmf fit-ratings models: "
-                   "their training ratings).")
+@click.option(
+    "--exclude-seen",
+    default=None,
+    metavar="STORE",
+    help="Leave out the items each user rated in STORE (default for dnmf fit-ratings models: their training ratings).",
+)
 @click.option("--include-seen", is_flag=True, help="Do not leave out rated items.")
-@click.option("--cold-start", type=click.Choice(["raise", "drop", "nan", "popular"]), default="raise",
-              show_default=True, help="Unknown users: an error, left out, NaN scores, or the most popular items.")
+@click.option(
+    "--cold-start",
+    type=click.Choice(["raise", "drop", "nan", "popular"]),
+    default="raise",
+    show_default=True,
+    help="Unknown users: an error, left out, NaN scores, or the most popular items.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per recommendation.")
-def recommend(model_path: str, users: tuple[str, ...], n: int, exclude_seen: str | None, include_seen: bool,
-              cold_start: str, as_json: bool) -> None:
+def recommend(
+    model_path: str,
+    users: tuple[str, ...],
+    n: int,
+    exclude_seen: str | None,
+    include_seen: bool,
+    cold_start: str,
+    as_json: bool,
+) -> None:
     """Top-n items for one or more users of a saved model."""
     model = _load(model_path)
     if type(model).__name__ == "RatingsNMF":
@@ -155,8 +185,10 @@ def _recommend_nmf(model, users, n, exclude_path, cold_start):
 
     factors = _nmf_factors(model)
     if factors.row_ids is None:
-        raise click.UsageError("This model has no user IDs (it was not fitted from a store with ID maps); "
-                               "fit it from a store made by `dnmf ingest`.")
+        raise click.UsageError(
+            "This model has no user IDs (it was not fitted from a store with ID maps); "
+            "fit it from a store made by `dnmf ingest`."
+        )
     if cold_start not in ("raise", "drop"):
         raise click.UsageError("--cold-start nan/popular needs a dnmf fit-ratings model; use raise or drop.")
     ids = _ids_like(users, factors.row_ids)
@@ -182,22 +214,34 @@ def _recommend_nmf(model, users, n, exclude_path, cold_start):
 @click.argument("model_path", metavar="MODEL")
 @click.option("-o", "--output", required=True, help="Output table: .parquet or .csv (user, rank, item, score).")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--exclude-seen", default=None, metavar="STORE",
-              help="Leave out the items each user rated in STORE (default for dnmf fit-ratings models: "
-                   "their training ratings).")
+@click.option(
+    "--exclude-seen",
+    default=None,
+    metavar="STORE",
+    help="Leave out the items each user rated in STORE (default for dnmf fit-ratings models: their training ratings).",
+)
 @click.option("--include-seen", is_flag=True, help="Do not leave out rated items.")
 @o.cluster_options
 @o.output_options
-def recommend_all(model_path: str, output: str, n: int, exclude_seen: str | None, include_seen: bool,
-                  quiet: bool, verbose: bool, log_json: bool, **kw: Any) -> None:
+def recommend_all(
+    model_path: str,
+    output: str,
+    n: int,
+    exclude_seen: str | None,
+    include_seen: bool,
+    quiet: bool,
+    verbose: bool,
+    log_json: bool,
+    **kw: Any,
+) -> None:
     """Top-n items for every user, computed block-wise on the cluster.
 
     No worker ever holds the full W·H: each task scores one block of users
     against one block of items and keeps its top n; the lists are merged
     in a tree. The table is written one block of users at a time.
     """
-    from ..storage import arrays as io
     from ..recommend import factors as rec
+    from ..storage import arrays as io
     from ..storage import tables
     from . import setup_logging
     from .fitting import _cluster
@@ -248,29 +292,58 @@ def _ranked_blocks(user_ids, items, scores):
         it, sc = dask.compute(items.blocks[i, :], scores.blocks[i, :])
         it, sc = np.asarray(it), np.asarray(sc)
         u = it.shape[0]
-        users = (np.asarray(user_ids[start:start + u], dtype=object) if user_ids is not None
-                 else np.arange(start, start + u))
+        users = (
+            np.asarray(user_ids[start : start + u], dtype=object)
+            if user_ids is not None
+            else np.arange(start, start + u)
+        )
         start += u
         valid = np.isfinite(sc)
         r = np.broadcast_to(np.arange(1, it.shape[1] + 1), it.shape)
-        yield {"user": np.repeat(users, it.shape[1]).reshape(it.shape)[valid], "rank": r[valid],
-               "item": it[valid], "score": sc[valid]}
+        yield {
+            "user": np.repeat(users, it.shape[1]).reshape(it.shape)[valid],
+            "rank": r[valid],
+            "item": it[valid],
+            "score": sc[valid],
+        }
 
 
 @click.command()
 @click.argument("model_path", metavar="MODEL")
 @click.option("--test", "test_path", required=True, help="Held-out ratings: a store or a ratings file.")
-@click.option("--train", "train_path", default=None,
-              help="Training ratings to leave out of the top-k lists (exclude-seen): a store or file.")
-@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Cutoff of precision@k, recall@k, NDCG@k, MAP@k.")
-@click.option("--metrics", default=None, help="Comma-separated subset of rmse,mae,precision,recall,ndcg,map,"
-                                               "coverage (default all).")
+@click.option(
+    "--train",
+    "train_path",
+    default=None,
+    help="Training ratings to leave out of the top-k lists (exclude-seen): a store or file.",
+)
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Cutoff of precision@k, recall@k, NDCG@k, MAP@k.",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    help="Comma-separated subset of rmse,mae,precision,recall,ndcg,map,coverage (default all).",
+)
 @click.option("--threshold", type=float, default=None, help="Minimum test rating of a relevant item.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @o.ingest_options
-def evaluate(model_path: str, test_path: str, train_path: str | None, k: int, metrics: str | None,
-             threshold: float | None, as_json: bool, **kw: Any) -> None:
+def evaluate(
+    model_path: str,
+    test_path: str,
+    train_path: str | None,
+    k: int,
+    metrics: str | None,
+    threshold: float | None,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Accuracy of a saved model on held-out ratings: RMSE, MAE and ranking metrics at k.
 
     Test (and train) entries are matched to the model's users and items by

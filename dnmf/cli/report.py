@@ -64,12 +64,19 @@ def cluster_info(client: Any) -> dict[str, Any]:
     """
     if client is None:
         threads = os.cpu_count() or 1
-        return {"scheduler": "local threads (no distributed Client)", "n_workers": 1, "threads": threads,
-                "memory": None, "dashboard": None, "workers": []}
+        return {
+            "scheduler": "local threads (no distributed Client)",
+            "n_workers": 1,
+            "threads": threads,
+            "memory": None,
+            "dashboard": None,
+            "workers": [],
+        }
     try:
         info = client.scheduler_info(n_workers=-1)
-    except Exception:  # noqa: BLE001 - distributed < 2025 has no n_workers (and lists all workers)
+    except Exception:
         info = client.scheduler_info()
+
     def order(item):
         address, w = item
         name = str(w.get("name", address))
@@ -77,12 +84,14 @@ def cluster_info(client: Any) -> dict[str, Any]:
 
     workers = []
     for address, w in sorted(info.get("workers", {}).items(), key=order):
-        workers.append({
-            "name": str(w.get("name", address)),
-            "address": address,
-            "threads": int(w.get("nthreads", 0) or 0),
-            "memory": int(w.get("memory_limit", 0) or 0),
-        })
+        workers.append(
+            {
+                "name": str(w.get("name", address)),
+                "address": address,
+                "threads": int(w.get("nthreads", 0) or 0),
+                "memory": int(w.get("memory_limit", 0) or 0),
+            }
+        )
     return {
         "scheduler": info.get("address") or getattr(getattr(client, "scheduler", None), "address", None),
         "n_workers": len(workers),
@@ -226,7 +235,7 @@ def _svg_chart(values: np.ndarray, title: str, ylabel: str, color: str) -> str:
         return left + (w - left - right) * i / n, top + (h - top - bottom) * (1 - (v - lo) / (hi - lo))
 
     pts = " ".join(f"{x:.1f},{yv:.1f}" for x, yv in (px(i, v) for i, v in enumerate(y) if np.isfinite(v)))
-    lab = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.4g}")
+    lab = (lambda v: f"{10**v:.3g}") if log else (lambda v: f"{v:.4g}")
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="loss-curve" width="{w}" height="{h}" '
         f'viewBox="0 0 {w} {h}" role="img" aria-label="{_attr(title)}">'
@@ -360,8 +369,13 @@ def _cluster(cluster: Mapping[str, Any] | None) -> str:
     if "memory" not in cluster and "memory_limit" in cluster:
         cluster["memory"] = cluster.pop("memory_limit")
     workers = cluster.get("workers")
-    for key, label in (("scheduler", "scheduler address"), ("n_workers", "workers"), ("threads", "threads"),
-                       ("memory", "memory limit (total)"), ("dashboard", "dashboard")):
+    for key, label in (
+        ("scheduler", "scheduler address"),
+        ("n_workers", "workers"),
+        ("threads", "threads"),
+        ("memory", "memory limit (total)"),
+        ("dashboard", "dashboard"),
+    ):
         if key == "n_workers" and key not in cluster and isinstance(workers, int):
             value = workers
         elif key not in cluster:
@@ -384,8 +398,14 @@ def _cluster(cluster: Mapping[str, Any] | None) -> str:
         wrows = []
         for w in workers:
             if isinstance(w, Mapping):
-                wrows.append((_esc(w.get("name", "")), _esc(w.get("address", "")), _esc(_fmt(w.get("threads"))),
-                              _esc(_bytes(w.get("memory")))))
+                wrows.append(
+                    (
+                        _esc(w.get("name", "")),
+                        _esc(w.get("address", "")),
+                        _esc(_fmt(w.get("threads"))),
+                        _esc(_bytes(w.get("memory"))),
+                    )
+                )
             else:
                 wrows.append((_esc(w), "", "", ""))
         out.append(_table(wrows, headers=("worker", "address", "threads", "memory limit"), numeric=(2, 3)))
@@ -402,8 +422,11 @@ def _history_table(model: Any) -> str:
     for i, v in enumerate(loss):
         s = _fmt(float(stat[i])) if i < stat.size else "–"
         rows.append((str(i + 1), _esc(_fmt(float(v))), _esc(s)))
-    return ("<details><summary>Loss and stationarity of every iteration</summary>"
-            + _table(rows, headers=("iteration", "loss", "stationarity"), numeric=(0, 1, 2)) + "</details>")
+    return (
+        "<details><summary>Loss and stationarity of every iteration</summary>"
+        + _table(rows, headers=("iteration", "loss", "stationarity"), numeric=(0, 1, 2))
+        + "</details>"
+    )
 
 
 def render_report(

@@ -42,7 +42,7 @@ class LoopState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LoopState":
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -87,8 +87,15 @@ class Checkpointer:
         fsspec options for remote paths.
     """
 
-    def __init__(self, path, every: int | None = 10, seconds: float | None = None,
-                 keep_last: int = 2, meta: dict | None = None, storage_options: dict | None = None):
+    def __init__(
+        self,
+        path,
+        every: int | None = 10,
+        seconds: float | None = None,
+        keep_last: int = 2,
+        meta: dict | None = None,
+        storage_options: dict | None = None,
+    ):
         self.path = str(path)
         self.every = every
         self.seconds = seconds
@@ -136,11 +143,11 @@ class Checkpointer:
             dtype=str(W.dtype),
         )
         # commit() stores the record under the group's "state" attribute.
-        self.last = store.commit(self.path, name, record, keep_last=self.keep_last,
-                                 storage_options=self.storage_options)
+        self.last = store.commit(
+            self.path, name, record, keep_last=self.keep_last, storage_options=self.storage_options
+        )
         self._last_time = time.monotonic()
-        logger.info("checkpoint %s at iteration %d (%.2f s)", self.last.path, state.iteration,
-                    time.perf_counter() - t0)
+        logger.info("checkpoint %s at iteration %d (%.2f s)", self.last.path, state.iteration, time.perf_counter() - t0)
         return self.last
 
 
@@ -162,8 +169,7 @@ def load(path, storage_options: dict | None = None):
     return info, record, arrays[0], arrays[1]
 
 
-def check_resumable(where: str, record: dict, params: dict, fingerprint: dict, *,
-                    rel_tol: float = 1e-9) -> None:
+def check_resumable(where: str, record: dict, params: dict, fingerprint: dict, *, rel_tol: float = 1e-9) -> None:
     """Refuse to resume from a checkpoint written for other parameters or another X.
 
     ``params`` are the estimator's parameters that must not change on resume;
@@ -182,8 +188,11 @@ def check_resumable(where: str, record: dict, params: dict, fingerprint: dict, *
     have = record.get("fingerprint", {})
     for name, value in fingerprint.items():
         old = have.get(name)
-        same = (math.isclose(old, value, rel_tol=rel_tol, abs_tol=1e-12 if rel_tol else 0.0)
-                if isinstance(value, float) and isinstance(old, (int, float)) else old == value)
+        same = (
+            math.isclose(old, value, rel_tol=rel_tol, abs_tol=1e-12 if rel_tol else 0.0)
+            if isinstance(value, float) and isinstance(old, (int, float))
+            else old == value
+        )
         if not same:
             raise ValueError(
                 f"Cannot resume from {where}: X differs from the checkpoint's in {name!r} "

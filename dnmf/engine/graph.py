@@ -8,7 +8,8 @@ of X that inline a store read into the task that uses the block.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np

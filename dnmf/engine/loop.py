@@ -29,30 +29,26 @@ iteration ``t`` it kept aside, so the result is exactly scikit-learn's.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-import dask
 import dask.array as da
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ..nmf import graph as blocked
-from .runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner, nbytes, recoverable_errors
 from ..nmf import kernels
 from .checkpoint import Checkpointer, LoopState, rng_from_json, rng_to_json
 from .checkpoint import load as load_checkpoint
+from .runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner, nbytes, recoverable_errors
 
 logger = logging.getLogger("dnmf")
 
 Callback = Callable[[int, float, float], object]
-
 
 
 @dataclass
@@ -222,15 +218,24 @@ def run(
             retries += 1
             where = checkpointer.last.path if checkpointer and checkpointer.last else None
             if recover is None or retries > max_retries:
-                hint = f" Resume from the checkpoint {where}." if where else (
-                    " Fit with checkpoint=PATH to keep progress across failures.")
+                hint = (
+                    f" Resume from the checkpoint {where}."
+                    if where
+                    else (" Fit with checkpoint=PATH to keep progress across failures.")
+                )
                 raise FitFailed(
                     f"Iteration {n_iter} failed {retries} time(s) after workers or their data were "
                     f"lost ({type(exc).__name__}: {exc}).{hint}"
                 ) from exc
-            logger.warning("iteration %d lost work (%s: %s); recovering (%d/%d) from %s",
-                           n_iter, type(exc).__name__, exc, retries, max_retries,
-                           where or "the initial factors")
+            logger.warning(
+                "iteration %d lost work (%s: %s); recovering (%d/%d) from %s",
+                n_iter,
+                type(exc).__name__,
+                exc,
+                retries,
+                max_retries,
+                where or "the initial factors",
+            )
             X, W, Ht, st = recover()
             if rng is not None:
                 rng.set_state(rng_from_json(st.rng_state or initial_rng).get_state())
@@ -250,9 +255,7 @@ def run(
                     config.sq_norm_x + s[blocked.S_IMPUTED], s[blocked.S_CROSS_H], s[blocked.S_GRAMDOT_H]
                 )
             else:
-                error = kernels.frobenius_from_terms(
-                    config.sq_norm_x, s[blocked.S_CROSS_W], s[blocked.S_GRAMDOT_W]
-                )
+                error = kernels.frobenius_from_terms(config.sq_norm_x, s[blocked.S_CROSS_W], s[blocked.S_GRAMDOT_W])
             if not report(n_iter, error):
                 stop_requested = True
         else:
@@ -318,8 +321,7 @@ def run(
 
     if not converged and n_iter == config.max_iter and config.tol > 0:
         warnings.warn(
-            f"Maximum number of iterations {config.max_iter} reached. Increase it "
-            "(max_iter) to improve convergence.",
+            f"Maximum number of iterations {config.max_iter} reached. Increase it (max_iter) to improve convergence.",
             ConvergenceWarning,
             stacklevel=3,
         )

@@ -121,5 +121,3 @@ def recoverable_errors() -> tuple[type[BaseException], ...]:
 
 class FitFailed(RuntimeError):
     """The fit could not recover from lost workers within its retries."""
-
-

@@ -275,8 +275,11 @@ class RatingsNMF(DnmfEstimator):
         path = self.checkpoint if self.checkpoint is not None else resume
         if path is not None:
             checkpointer = checkpoint_mod.Checkpointer(
-                path, every=self.checkpoint_every, seconds=self.checkpoint_seconds,
-                keep_last=self.keep_checkpoints, storage_options=self.storage_options,
+                path,
+                every=self.checkpoint_every,
+                seconds=self.checkpoint_seconds,
+                keep_last=self.keep_checkpoints,
+                storage_options=self.storage_options,
                 meta={"params": self._resume_params(), "fingerprint": fingerprint, "estimator": _ESTIMATOR},
             )
 
@@ -289,12 +292,21 @@ class RatingsNMF(DnmfEstimator):
             return nb, Ur, Vr, st
 
         U, V, history, n_iter = _loop(
-            bands, U0, V0, p, self, runner, callback=callback, state=state, checkpointer=checkpointer,
+            bands,
+            U0,
+            V0,
+            p,
+            self,
+            runner,
+            callback=callback,
+            state=state,
+            checkpointer=checkpointer,
             recover=recover if runner.client is not None else None,
         )
         V_np = np.asarray(runner.compute(V))
-        self._set_fitted(p, U if not data.in_memory else np.asarray(runner.compute(U)), V_np,
-                         history, n_iter, data, runner)
+        self._set_fitted(
+            p, U if not data.in_memory else np.asarray(runner.compute(U)), V_np, history, n_iter, data, runner
+        )
         return self
 
     def fit_transform(self, X, y=None, **fit_params):
@@ -377,8 +389,15 @@ class RatingsNMF(DnmfEstimator):
     def _make_factors(self, W, user_bias, row_ids):
         from ..recommend.factors import Factors
 
-        return Factors(W=W, H=self.components_, user_bias=user_bias, item_bias=self.item_bias_,
-                       global_mean=self.global_mean_, row_ids=row_ids, col_ids=self.item_ids_)
+        return Factors(
+            W=W,
+            H=self.components_,
+            user_bias=user_bias,
+            item_bias=self.item_bias_,
+            global_mean=self.global_mean_,
+            row_ids=row_ids,
+            col_ids=self.item_ids_,
+        )
 
     # ------------------------------------------------------------ fold-in
 
@@ -567,7 +586,9 @@ class RatingsNMF(DnmfEstimator):
                 top, _ = rec.popular_items(self.item_counts_, n_out, items=cand)
                 top = top[0][top[0] >= 0]
                 frames.append((user, item_ids[top].tolist(), np.full(top.size, np.nan)))
-        rows_out = [(u, rank + 1, it, float(sc)) for u, its, scs in frames for rank, (it, sc) in enumerate(zip(its, scs))]
+        rows_out = [
+            (u, rank + 1, it, float(sc)) for u, its, scs in frames for rank, (it, sc) in enumerate(zip(its, scs))
+        ]
         return pd.DataFrame(rows_out, columns=["user", "rank", "item", "score"])
 
     def recommend_new(self, ratings, n: int = 10, *, user_ids=None, exclude_seen: bool = True, items=None):
@@ -597,11 +618,15 @@ class RatingsNMF(DnmfEstimator):
         rows = masked.observed(_as_2d(self._new_rows(ratings)))
         f = self.fold_in(rows, user_ids=user_ids)
         cand = None if items is None else self.factors_.col_index(np.asarray(items).ravel())
-        idx, scores = rec.recommend(f, np.arange(rows.shape[0]), n=n, exclude=rows if exclude_seen else None,
-                                    items=cand)
-        out = [(user, rank + 1, self.item_ids_[int(j)], float(sc))
-               for user, its, scs in zip(f.row_ids, np.asarray(idx), np.asarray(scores))
-               for rank, (j, sc) in enumerate(zip(its, scs)) if j >= 0]
+        idx, scores = rec.recommend(
+            f, np.arange(rows.shape[0]), n=n, exclude=rows if exclude_seen else None, items=cand
+        )
+        out = [
+            (user, rank + 1, self.item_ids_[int(j)], float(sc))
+            for user, its, scs in zip(f.row_ids, np.asarray(idx), np.asarray(scores))
+            for rank, (j, sc) in enumerate(zip(its, scs))
+            if j >= 0
+        ]
         return pd.DataFrame(out, columns=["user", "rank", "item", "score"])
 
     def recommend_all(self, n: int = 10, *, exclude_seen=True, item_block=None):
@@ -747,8 +772,7 @@ def _loop(bands, U, V, p, est, runner, *, callback, state, checkpointer, recover
                     f"Iteration {n_iter} failed {retries} time(s) after workers or their data were "
                     f"lost ({type(exc).__name__}: {exc}). Fit with checkpoint=PATH to keep progress."
                 ) from exc
-            logger.warning("iteration %d lost work (%s); recovering (%d/%d)", n_iter, exc, retries,
-                           est.max_retries)
+            logger.warning("iteration %d lost work (%s); recovering (%d/%d)", n_iter, exc, retries, est.max_retries)
             bands, U, V, st = recover()
             start = time.perf_counter() - st.elapsed
             U, V, GV = settle(U, V)
@@ -759,8 +783,13 @@ def _loop(bands, U, V, p, est, runner, *, callback, state, checkpointer, recover
         st.iteration = n_iter
         elapsed = time.perf_counter() - start
         (logger.info if est.verbose else logger.debug)(
-            "iteration %d: loss %.8g (data %.6g, penalty %.6g), %.2f s", n_iter, loss,
-            s[masked_graph.S_DATA], s[masked_graph.S_PENALTY], elapsed)
+            "iteration %d: loss %.8g (data %.6g, penalty %.6g), %.2f s",
+            n_iter,
+            loss,
+            s[masked_graph.S_DATA],
+            s[masked_graph.S_PENALTY],
+            elapsed,
+        )
         if callback is not None and callback(n_iter, elapsed, loss) is False:
             stop = True
         if len(st.history) > 1 and est.tol > 0:
@@ -788,7 +817,8 @@ def _loop(bands, U, V, p, est, runner, *, callback, state, checkpointer, recover
         warnings.warn(
             f"Maximum number of iterations {est.max_iter} reached before the objective "
             f"stopped decreasing by tol={est.tol}. Increase max_iter or tol.",
-            ConvergenceWarning, stacklevel=3,
+            ConvergenceWarning,
+            stacklevel=3,
         )
     return U, V, list(st.history), st.iteration
 
@@ -873,7 +903,8 @@ class _Data:
             return self._bands
         if self.csr is not None:
             self._bands, self._R, self._C = masked_graph.bands_from_memory(
-                self.csr, self.row_chunks, self.col_chunks, client=runner.client)
+                self.csr, self.row_chunks, self.col_chunks, client=runner.client
+            )
         elif self.store_path is not None or _store_backed(self.dask):
             self._bands, self._R, self._C = masked_graph.bands_from_store(self.dask), None, None
         else:
@@ -902,8 +933,7 @@ def _as_2d(X):
     a = np.asarray(X)
     if a.ndim != 2:
         raise ValueError(
-            f"X must be 2-D (users × items); got shape {a.shape}. For one user's ratings use "
-            "X.reshape(1, -1)."
+            f"X must be 2-D (users × items); got shape {a.shape}. For one user's ratings use X.reshape(1, -1)."
         )
     return a
 
@@ -989,8 +1019,7 @@ def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
     model._seen = None
     if "seen_indptr" in arrays:
         indptr = np.asarray(arrays["seen_indptr"].compute())
-        indices = (np.asarray(arrays["seen_indices"].compute()) if "seen_indices" in arrays
-                   else np.zeros(0, np.int64))
+        indices = np.asarray(arrays["seen_indices"].compute()) if "seen_indices" in arrays else np.zeros(0, np.int64)
         model._seen = sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(m, model.n_features_in_))
     model._item_state = None
     model.factors_ = model._make_factors(model.user_factors_, model.user_bias_, model.user_ids_)

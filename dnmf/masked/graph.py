@@ -49,11 +49,9 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..base import inputs
-from ..engine.graph import SPLIT_EVERY, assemble, sum_list, tree_top, x_block_refs
+from ..engine.graph import assemble, sum_list, tree_top, x_block_refs
 from ..nmf import init
 from . import kernels as masked
-
 
 # Layout of a step's scalar vector.
 S_LOSS = 0  # objective after the step: data term + penalties
@@ -142,10 +140,18 @@ def band_arrays(X: da.Array) -> tuple[da.Array, da.Array]:
     rlayer = {(rname, i, 0): (masked.row_band, [xref(i, j) for j in range(nJ)]) for i in range(nI)}
     clayer = {(cname, j, 0): (masked.col_band, [xref(i, j) for i in range(nI)]) for j in range(nJ)}
     m, n = X.shape
-    R = da.Array(HighLevelGraph.from_collections(rname, rlayer, dependencies=xdeps), rname,
-                 chunks=(X.chunks[0], (n,)), meta=_csr_meta())
-    Cb = da.Array(HighLevelGraph.from_collections(cname, clayer, dependencies=xdeps), cname,
-                  chunks=(X.chunks[1], (m,)), meta=_csr_meta())
+    R = da.Array(
+        HighLevelGraph.from_collections(rname, rlayer, dependencies=xdeps),
+        rname,
+        chunks=(X.chunks[0], (n,)),
+        meta=_csr_meta(),
+    )
+    Cb = da.Array(
+        HighLevelGraph.from_collections(cname, clayer, dependencies=xdeps),
+        cname,
+        chunks=(X.chunks[1], (m,)),
+        meta=_csr_meta(),
+    )
     return R, Cb
 
 

@@ -319,8 +319,15 @@ def _penalty_weights(counts: np.ndarray, p: MaskedParams):
 # --------------------------------------------------------------------------
 
 
-def update(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams,
-           G: np.ndarray | None = None, *, solver: str | None = None) -> np.ndarray:
+def update(
+    band: sp.csr_matrix,
+    U: np.ndarray,
+    V: np.ndarray,
+    p: MaskedParams,
+    G: np.ndarray | None = None,
+    *,
+    solver: str | None = None,
+) -> np.ndarray:
     """Minimise every row's objective over its ``u`` with the other side fixed.
 
     Parameters
@@ -394,8 +401,9 @@ def update(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams,
             if p.biases:
                 PhiT[p.k] = 1.0
             local = np.repeat(np.arange(rows.size), counts[rows])
-            out[rows] = _ccd_rows(U[rows], PhiT, a, b, _indicator(starts, e1 - e0), local, Gq, l2[rows],
-                                  l1[rows], free, p.sweeps)
+            out[rows] = _ccd_rows(
+                U[rows], PhiT, a, b, _indicator(starts, e1 - e0), local, Gq, l2[rows], l1[rows], free, p.sweeps
+            )
             continue
         Phi = _features(V, idx, p)
         if table is not None:
@@ -480,8 +488,14 @@ def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
 # --------------------------------------------------------------------------
 
 
-def nnls_rows(C: np.ndarray, D: np.ndarray, *, free: np.ndarray | None = None,
-              passive: np.ndarray | None = None, max_iter: int | None = None) -> np.ndarray:
+def nnls_rows(
+    C: np.ndarray,
+    D: np.ndarray,
+    *,
+    free: np.ndarray | None = None,
+    passive: np.ndarray | None = None,
+    max_iter: int | None = None,
+) -> np.ndarray:
     """Solve ``min ½ xᵀC_r x − d_rᵀx`` subject to ``x[~free] >= 0``, for every row r.
 
     Block principal pivoting (Kim & Park 2011) as :func:`dnmf.nnls.nnls_bpp`,

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..base import inputs
-from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, load, params_from_json
+from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
 from ..engine import checkpoint as checkpoint_mod
 from ..engine import loop as driver
 from ..storage import checkpoints as checkpoint_store
@@ -440,8 +440,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             return Xn, Wr, Hr, driver.LoopState()
 
         result = driver.run(
-            X, W0, Ht0, config, runner=runner, callback=callback, rng=rng, state=state,
-            checkpointer=checkpointer, recover=recover if runner.client is not None else None,
+            X,
+            W0,
+            Ht0,
+            config,
+            runner=runner,
+            callback=callback,
+            rng=rng,
+            state=state,
+            checkpointer=checkpointer,
+            recover=recover if runner.client is not None else None,
             max_retries=self.max_retries,
         )
         return result.W, result.Ht, result
@@ -480,8 +488,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             return init.as_tall(W, X.chunks[0], X.dtype), init.as_tall(H.T, X.chunks[1], X.dtype), k
         if W is not None or H is not None:
             warnings.warn(
-                "When init!='custom', provided W or H are ignored. Set init='custom' "
-                "to use them as initialization.",
+                "When init!='custom', provided W or H are ignored. Set init='custom' to use them as initialization.",
                 RuntimeWarning,
             )
         if k in ("auto", None):
@@ -545,8 +552,7 @@ def _check_not_empty(shape):
 def _check_init(A, shape, whom, dtype):
     if A is None:
         raise ValueError(
-            f"init='custom' needs both W and H; {whom} is missing. Pass W= and H= "
-            "to fit, or choose another init."
+            f"init='custom' needs both W and H; {whom} is missing. Pass W= and H= to fit, or choose another init."
         )
     if isinstance(A, da.Array):
         A = A.compute()
@@ -561,8 +567,7 @@ def _check_init(A, shape, whom, dtype):
         raise ValueError(f"{whom} must be 2-D; got shape {A.shape}.")
     if A.dtype != dtype:
         raise TypeError(
-            f"{whom} should have the same dtype as X ({dtype}); got {A.dtype}. "
-            f"Convert it with .astype(X.dtype)."
+            f"{whom} should have the same dtype as X ({dtype}); got {A.dtype}. Convert it with .astype(X.dtype)."
         )
     if not np.all(np.isfinite(A)):
         raise ValueError(f"{whom} contains NaN or infinity.")
@@ -609,10 +614,23 @@ def non_negative_factorization(
     n_iter : int
     """
     est = NMF(
-        n_components=n_components, init=init, solver=solver, beta_loss=beta_loss, tol=tol,
-        max_iter=max_iter, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
-        l1_ratio=l1_ratio, verbose=verbose, shuffle=shuffle, max_time=max_time,
-        chunks=chunks, client=client, inner_iter=inner_iter, stopping=stopping,
+        n_components=n_components,
+        init=init,
+        solver=solver,
+        beta_loss=beta_loss,
+        tol=tol,
+        max_iter=max_iter,
+        random_state=random_state,
+        alpha_W=alpha_W,
+        alpha_H=alpha_H,
+        l1_ratio=l1_ratio,
+        verbose=verbose,
+        shuffle=shuffle,
+        max_time=max_time,
+        chunks=chunks,
+        client=client,
+        inner_iter=inner_iter,
+        stopping=stopping,
     )
     if update_H:
         W = est.fit_transform(X, W=W, H=H, callback=callback)

@@ -39,7 +39,6 @@ from ..engine.graph import SPLIT_EVERY, assemble, pick, sum_list, tree_reduce, x
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
 
-
 # Layout of the scalar vector a step returns (float64).
 S_VIOLATION = 0  # sum of |projected gradient| over both half-steps: met during
 #                  the sweep (cd, as scikit-learn), at the start of each
@@ -255,8 +254,13 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
             W, kernels.regularized_gradient(W, den, num, p.l1_reg_W, p.l2_reg_W)
         )
         W_new = kernels.mu_apply(
-            W, num, den, p.l1_reg_W, p.l2_reg_W,
-            gamma=kernels.mu_gamma(p.beta), clip=p.beta < 1,
+            W,
+            num,
+            den,
+            p.l1_reg_W,
+            p.l2_reg_W,
+            gamma=kernels.mu_gamma(p.beta),
+            clip=p.beta < 1,
         )
     G = kernels.gram(W_new)
     s[S_GRAMDOT_W] = float(np.vdot(G, HHt))
@@ -270,8 +274,7 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
                     out["P"][j] += kernels.xtdot(fill, W_new)
                     s[S_IMPUTED] += kernels.squared_norm(fill)
         else:
-            terms = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2]
-                     for x, ht in zip(x_blocks, ht_blocks)]
+            terms = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks)]
             out["P"] = terms
     return out
 
@@ -292,8 +295,13 @@ def _col_task(Ht, total, small, p: StepParams):
             Ht, kernels.regularized_gradient(Ht, den, num, p.l1_reg_H, p.l2_reg_H)
         )
         Ht_new = kernels.mu_apply(
-            Ht, num, den, p.l1_reg_H, p.l2_reg_H,
-            gamma=kernels.mu_gamma(p.beta), clip=p.beta <= 1,
+            Ht,
+            num,
+            den,
+            p.l1_reg_H,
+            p.l2_reg_H,
+            gamma=kernels.mu_gamma(p.beta),
+            clip=p.beta <= 1,
         )
     return {"Ht": Ht_new, "small": (kernels.gram(Ht_new), s)}
 
@@ -352,7 +360,12 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     for i in range(nI):
         a = (f"{core}-A", i)
         layer[a] = (
-            _row_task, [xref(i, j) for j in range(nJ)], (W.name, i, 0), ht_keys, hht_key, p,
+            _row_task,
+            [xref(i, j) for j in range(nJ)],
+            (W.name, i, 0),
+            ht_keys,
+            hht_key,
+            p,
         )
         if holdout is not None:
             layer[a] = layer[a] + ([(holdout.name, i, j) for j in range(nJ)],)

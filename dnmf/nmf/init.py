@@ -35,9 +35,7 @@ def seed_from(random_state) -> int:
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(2**63))
-    raise ValueError(
-        f"random_state must be None, an int, or a numpy RandomState; got {random_state!r}."
-    )
+    raise ValueError(f"random_state must be None, an int, or a numpy RandomState; got {random_state!r}.")
 
 
 def _normal_rows(seed: int, tag: str, start: int, stop: int, k: int) -> np.ndarray:
@@ -70,9 +68,7 @@ def random_tall(
     name = "dnmf-random-" + tokenize(chunks, k, seed, tag, scale, np.dtype(dtype).str, absolute)
     offsets = np.concatenate([[0], np.cumsum(chunks)]).astype(int)
     layer = {
-        (name, i, 0): (
-            random_block, seed, tag, int(offsets[i]), int(offsets[i + 1]), k, scale, dtype, absolute
-        )
+        (name, i, 0): (random_block, seed, tag, int(offsets[i]), int(offsets[i + 1]), k, scale, dtype, absolute)
         for i in range(len(chunks))
     }
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
@@ -150,9 +146,7 @@ def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=N
     return out
 
 
-def nndsvd_init(
-    X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6, svd=None
-):
+def nndsvd_init(X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6, svd=None):
     """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise).
 
     ``svd``: optional ``(U, S, V)`` from ``randomized_svd`` with at least k

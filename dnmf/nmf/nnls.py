@@ -376,4 +376,3 @@ def anls_update(
     violation = projected_gradient_l1(W64, W64 @ C - D)
     W_new = nnls_bpp(C, D, passive=W64 > 0)
     return W_new.astype(W.dtype, copy=False), violation
-

@@ -44,7 +44,6 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
-from ..base import inputs
 from ..engine import loop as driver
 from . import graph as blocked
 from . import init, kernels
@@ -198,16 +197,24 @@ def select_rank(
     if not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
         raise ValueError(f"n_repeats must be a positive int; got {n_repeats!r}.")
     if method == "cv" and not (0 < holdout <= 0.5):
-        raise ValueError(
-            f"holdout must be a fraction in (0, 0.5]; got {holdout!r}. 0.1 (10% of the entries) is usual."
-        )
+        raise ValueError(f"holdout must be a fraction in (0, 0.5]; got {holdout!r}. 0.1 (10% of the entries) is usual.")
     if solver not in ("anls-bpp", "cd", "mu"):
         raise ValueError(f"solver must be 'anls-bpp', 'cd' or 'mu'; got {solver!r}.")
 
     est = NMF(
-        n_components=ks[-1], init=init, solver=solver, tol=tol, max_iter=max_iter,
-        random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H, l1_ratio=l1_ratio,
-        chunks=chunks, client=client, inner_iter=inner_iter, stopping=stopping,
+        n_components=ks[-1],
+        init=init,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        random_state=random_state,
+        alpha_W=alpha_W,
+        alpha_H=alpha_H,
+        l1_ratio=l1_ratio,
+        chunks=chunks,
+        client=client,
+        inner_iter=inner_iter,
+        stopping=stopping,
     )
     est._validate_params()
     Xd, _, runner, stats = est._prepare(X, reset=True)
@@ -272,9 +279,20 @@ class _Fitter:
         l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, est.alpha_W, alpha_H, est.l1_ratio)
         inner_W, inner_H = est._inner_sweeps(X, stats, k)
         config = driver.LoopConfig(
-            solver=est.solver, beta=2.0, tol=est.tol, max_iter=est.max_iter, max_time=None,
-            l1_reg_W=l1_W, l1_reg_H=l1_H, l2_reg_W=l2_W, l2_reg_H=l2_H, update_H=True,
-            sq_norm_x=stats.sq_norm, stopping=est.stopping, inner_W=inner_W, inner_H=inner_H,
+            solver=est.solver,
+            beta=2.0,
+            tol=est.tol,
+            max_iter=est.max_iter,
+            max_time=None,
+            l1_reg_W=l1_W,
+            l1_reg_H=l1_H,
+            l2_reg_W=l2_W,
+            l2_reg_H=l2_H,
+            update_H=True,
+            sq_norm_x=stats.sq_norm,
+            stopping=est.stopping,
+            inner_W=inner_W,
+            inner_H=inner_H,
         )
         with warnings.catch_warnings():
             # Convergence is reported once, for all fits, by the caller.
@@ -316,7 +334,11 @@ def holdout_split(X: da.Array, fraction: float, seed: int, repeat: int = 0):
     ``(seed, repeat)`` and the blocking.
     """
     mask = X.map_blocks(
-        _mask_block, fraction, seed, repeat, dtype=np.float64,
+        _mask_block,
+        fraction,
+        seed,
+        repeat,
+        dtype=np.float64,
         meta=sp.csr_matrix((0, 0), dtype=np.float64),
     )
     train = da.map_blocks(kernels.holdout_zero, X, mask, dtype=X.dtype, meta=X._meta)
@@ -350,8 +372,14 @@ def _cv(fitter: _Fitter, ks, n_repeats, fraction, base, n_jobs) -> RankSelection
     std = scores.std(axis=1, ddof=1) if n_repeats > 1 else np.zeros(len(ks))
     chosen = one_standard_error(ks, mean, std, n_repeats)
     return RankSelection(
-        method="cv", ks=ks, chosen_k=chosen, scores=scores, mean=mean, std=std,
-        n_iter=n_iter, converged=converged,
+        method="cv",
+        ks=ks,
+        chosen_k=chosen,
+        scores=scores,
+        mean=mean,
+        std=std,
+        n_iter=n_iter,
+        converged=converged,
         params=dict(holdout=fraction, n_repeats=n_repeats, seed=base, solver=fitter.est.solver),
     )
 
@@ -399,10 +427,16 @@ def _consensus(fitter: _Fitter, ks, n_repeats, base, n_jobs, max_rows, tol) -> R
     _warn_unconverged(converged, fitter.est.max_iter)
     chosen = stable_rank(ks, coph, errors.mean(axis=1), tol)
     return RankSelection(
-        method="consensus", ks=ks, chosen_k=chosen, scores=errors, mean=coph,
-        std=np.zeros(len(ks)), cophenetic=coph, n_iter=n_iter, converged=converged,
-        params=dict(n_repeats=n_repeats, seed=base, rows=int(rows.size), cophenetic_tol=tol,
-                    solver=fitter.est.solver),
+        method="consensus",
+        ks=ks,
+        chosen_k=chosen,
+        scores=errors,
+        mean=coph,
+        std=np.zeros(len(ks)),
+        cophenetic=coph,
+        n_iter=n_iter,
+        converged=converged,
+        params=dict(n_repeats=n_repeats, seed=base, rows=int(rows.size), cophenetic_tol=tol, solver=fitter.est.solver),
     )
 
 

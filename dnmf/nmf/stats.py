@@ -22,10 +22,16 @@ class MatrixStats:
     n_entries: int
 
     @classmethod
-    def from_vector(cls, v) -> "MatrixStats":
+    def from_vector(cls, v) -> MatrixStats:
         """From ``kernels.block_stats`` / ``blocked.stats`` output."""
-        return cls(min=float(v[0]), n_nonfinite=int(v[1]), sum=float(v[2]),
-                   sq_norm=float(v[3]), nnz=int(v[4]), n_entries=int(v[5]))
+        return cls(
+            min=float(v[0]),
+            n_nonfinite=int(v[1]),
+            sum=float(v[2]),
+            sq_norm=float(v[3]),
+            nnz=int(v[4]),
+            n_entries=int(v[5]),
+        )
 
     @property
     def mean(self) -> float:

@@ -30,19 +30,18 @@ import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels as topn
 from ..base.estimator import current_client
 from ..engine.graph import assemble, tree_reduce
+from . import kernels as topn
 from .factors import (
     USER_BLOCK,
     Factors,
     even_chunks,
-    tall,
-    unwrap,
     placed_factors,
     row_parts,
+    tall,
+    unwrap,
 )
 
 __all__ = ["evaluate", "mae", "ranking_metrics", "rmse", "train_test_split"]
@@ -70,9 +69,7 @@ def _seed(random_state: Any) -> int:
         return int(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**63 - 1))
-    raise ValueError(
-        f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}."
-    )
+    raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}.")
 
 
 def _check_split_params(method, test_size, k, timestamps):
@@ -109,8 +106,7 @@ def _canonical_with_times(X, timestamps):
             )
         if ts.size != X.nnz:
             raise ValueError(
-                f"timestamps has {ts.size} values but X stores {X.nnz} entries; pass one timestamp "
-                "per entry of X.data."
+                f"timestamps has {ts.size} values but X stores {X.nnz} entries; pass one timestamp per entry of X.data."
             )
         X = X.copy()
         rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
@@ -260,22 +256,32 @@ def _split_dask(X: da.Array, ts: da.Array | None, method: str, test_size: float,
             for w, name in enumerate((train_name, test_name)):
                 for j in range(nJ):
                     pick = (topn.split_pick, (core, i), w)
-                    outs[name][(name, i, j)] = pick if nJ == 1 else (
-                        topn.slice_cols, pick, int(c_off[j]), int(c_off[j + 1]))
+                    outs[name][(name, i, j)] = (
+                        pick if nJ == 1 else (topn.slice_cols, pick, int(c_off[j]), int(c_off[j + 1]))
+                    )
     else:
         for i in range(nI):
             for j in range(nJ):
                 if method == "random":
-                    layer[(core, i, j)] = (topn.split_random, (X.name, i, j), int(r_off[i]), int(c_off[j]),
-                                           n, seed, test_size)
+                    layer[(core, i, j)] = (
+                        topn.split_random,
+                        (X.name, i, j),
+                        int(r_off[i]),
+                        int(c_off[j]),
+                        n,
+                        seed,
+                        test_size,
+                    )
                 else:
                     layer[(core, i, j)] = (topn.split_time, (X.name, i, j), (ts.name, i, j), cutoff)
                 for w, name in enumerate((train_name, test_name)):
                     outs[name][(name, i, j)] = (topn.split_pick, (core, i, j), w)
     graph = assemble(core, layer, deps, outs)
     meta = sp.csr_matrix((0, 0), dtype=X.dtype)
-    return (da.Array(graph, train_name, chunks=X.chunks, meta=meta),
-            da.Array(graph, test_name, chunks=X.chunks, meta=meta))
+    return (
+        da.Array(graph, train_name, chunks=X.chunks, meta=meta),
+        da.Array(graph, test_name, chunks=X.chunks, meta=meta),
+    )
 
 
 def _reduce_blocks(X: da.Array, ts: da.Array, func, combine, *args) -> np.ndarray:
@@ -347,18 +353,30 @@ def _matrix_refs(A: Any, rows: tuple[int, ...], shape, client, layer: dict, pref
     return row_parts(A, rows, layer, prefix), [A]
 
 
-def _metrics_graph(factors: Factors, test: Any, train: Any, k: int, threshold, want_errors: bool,
-                   want_ranking: bool, item_block: int):
+def _metrics_graph(
+    factors: Factors, test: Any, train: Any, k: int, threshold, want_errors: bool, want_ranking: bool, item_block: int
+):
     """Delayed results (or None) of the summed ``[sse, sae, count]`` and of ``(ranking sums, item bitmap)``."""
     client = current_client()
     rows = _row_blocks(factors, test)
     W, ub, H_ref, ib_ref, deps = placed_factors(factors, rows, client)
     shape = (factors.n_users, factors.n_items)
     layer: dict = {}
-    token = tokenize("dnmf-eval", W.name, H_ref, ib_ref, None if ub is None else ub.name, factors.global_mean,
-                     getattr(test, "name", None) or tokenize(test),
-                     None if train is None else (getattr(train, "name", None) or tokenize(train)),
-                     k, threshold, want_errors, want_ranking, item_block)
+    token = tokenize(
+        "dnmf-eval",
+        W.name,
+        H_ref,
+        ib_ref,
+        None if ub is None else ub.name,
+        factors.global_mean,
+        getattr(test, "name", None) or tokenize(test),
+        None if train is None else (getattr(train, "name", None) or tokenize(train)),
+        k,
+        threshold,
+        want_errors,
+        want_ranking,
+        item_block,
+    )
     core = f"dnmf-eval-{token}"
     test_refs, d = _matrix_refs(test, rows, shape, client, layer, f"{core}-test", "test")
     deps += d
@@ -373,15 +391,28 @@ def _metrics_graph(factors: Factors, test: Any, train: Any, k: int, threshold, w
             layer[(f"{core}-err", i)] = (topn.error_block, w, u, factors.global_mean, H_ref, ib_ref, test_refs[i])
             err_keys.append((f"{core}-err", i))
         if want_ranking:
-            layer[(f"{core}-rank", i)] = (topn.ranking_block, w, u, factors.global_mean, H_ref, ib_ref,
-                                          test_refs[i], train_refs[i], k, threshold, item_block)
+            layer[(f"{core}-rank", i)] = (
+                topn.ranking_block,
+                w,
+                u,
+                factors.global_mean,
+                H_ref,
+                ib_ref,
+                test_refs[i],
+                train_refs[i],
+                k,
+                threshold,
+                item_block,
+            )
             rank_keys.append((f"{core}-rank", i))
     err = tree_reduce(layer, f"{core}-err-sum", err_keys, topn.sum_parts)[0] if err_keys else None
     rank = tree_reduce(layer, f"{core}-rank-sum", rank_keys, topn.sum_parts)[0] if rank_keys else None
     outs = {f"{core}-{what}": key for what, key in (("errors", err), ("ranking", rank)) if key is not None}
     graph = assemble(core, layer, deps, {name: {name: key} for name, key in outs.items()})
-    return tuple(Delayed(f"{core}-{what}", graph) if key is not None else None
-                 for what, key in (("errors", err), ("ranking", rank)))
+    return tuple(
+        Delayed(f"{core}-{what}", graph) if key is not None else None
+        for what, key in (("errors", err), ("ranking", rank))
+    )
 
 
 def _check_k(k: Any) -> int:
@@ -406,8 +437,12 @@ def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item
     if rank is not None:
         sums, recommended = values["rank"]
         users = sums[topn.R_USERS]
-        for name, pos in (("precision", topn.R_PRECISION), ("recall", topn.R_RECALL),
-                          ("ndcg", topn.R_NDCG), ("map", topn.R_MAP)):
+        for name, pos in (
+            ("precision", topn.R_PRECISION),
+            ("recall", topn.R_RECALL),
+            ("ndcg", topn.R_NDCG),
+            ("map", topn.R_MAP),
+        ):
             out[name] = float(sums[pos] / users) if users else math.nan
         out["coverage"] = float(np.count_nonzero(recommended) / factors.n_items)
         out["n_users"] = float(users)
@@ -522,7 +557,8 @@ def evaluate(
     if unknown or not names:
         raise ValueError(
             f"Unknown metrics {unknown}; choose from {list(RATING_METRICS + RANKING_METRICS)}."
-            if unknown else "metrics is empty; ask for at least one metric or pass None for all."
+            if unknown
+            else "metrics is empty; ask for at least one metric or pass None for all."
         )
     factors = _as_factors(model_or_factors)
     want_err = any(m in RATING_METRICS for m in names)

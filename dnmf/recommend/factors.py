@@ -37,7 +37,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..base.estimator import current_client
 from ..base.inputs import even_split
-from ..engine.graph import SPLIT_EVERY, tree_reduce
+from ..engine.graph import tree_reduce
 from . import kernels as topn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -360,8 +360,15 @@ def recommend(
     W, ub = factors.user_factors(rows)
     ex = _exclude_rows(exclude, rows.size, factors.n_items)
     return topn.topn_rows(
-        W, ub, factors.global_mean, factors.H, factors.item_bias, n,
-        exclude=ex, items=_candidates(items, factors.n_items), item_block_size=int(item_block),
+        W,
+        ub,
+        factors.global_mean,
+        factors.H,
+        factors.item_bias,
+        n,
+        exclude=ex,
+        items=_candidates(items, factors.n_items),
+        item_block_size=int(item_block),
     )
 
 
@@ -575,8 +582,7 @@ def row_parts(X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str
         for s in range(X.numblocks[0]):
             lo, hi = max(a, int(src[s])), min(b, int(src[s + 1]))
             if lo < hi or (a == b and s == 0):
-                pieces.append([[(X.name, s, j) for j in range(X.numblocks[1])],
-                               lo - int(src[s]), hi - int(src[s])])
+                pieces.append([[(X.name, s, j) for j in range(X.numblocks[1])], lo - int(src[s]), hi - int(src[s])])
         layer[(prefix, i)] = (topn.assemble, pieces)
         refs.append((prefix, i))
     return refs
@@ -657,8 +663,18 @@ def recommend_all(
         if not isinstance(ex, da.Array):
             ex = tall(ex, rows, client, "exclude")
         deps.append(ex)
-    token = tokenize("dnmf-recommend-all", W.name, None if ub is None else ub.name, H_ref, ib_ref,
-                     factors.global_mean, n, cand, size, None if ex is None else ex.name)
+    token = tokenize(
+        "dnmf-recommend-all",
+        W.name,
+        None if ub is None else ub.name,
+        H_ref,
+        ib_ref,
+        factors.global_mean,
+        n,
+        cand,
+        size,
+        None if ex is None else ex.name,
+    )
     core = f"dnmf-recommend-all-{token}"
     idx_name, sc_name = f"dnmf-topn-idx-{token}", f"dnmf-topn-scores-{token}"
     layer: dict = {}

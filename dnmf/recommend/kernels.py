@@ -13,7 +13,6 @@ top-n of the blocks' top-n lists merged in any order.
 
 from __future__ import annotations
 
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -128,8 +127,8 @@ def _exact_positions(S, n):
     """
     r, c = S.shape
     T = np.partition(S, c - n, axis=1)[:, c - n]
-    gt = S > T[:, None]
-    eq = S == T[:, None]
+    gt = T[:, None] < S
+    eq = T[:, None] == S
     need = n - np.count_nonzero(gt, axis=1)
     keep = gt | (eq & (np.cumsum(eq, axis=1) <= need[:, None]))
     pos = (np.flatnonzero(keep) % c).reshape(r, n)  # exactly n per row, ascending
@@ -273,8 +272,15 @@ def score_error_bound(W: np.ndarray, Hj: np.ndarray) -> np.ndarray:
     return 2.0 * (k + 3) * _U32 * (np.abs(W) @ hmax) + 1e-30
 
 
-def select_refined(S32: np.ndarray, n: int, cols: np.ndarray, W: np.ndarray, Hj: np.ndarray, bound: np.ndarray,
-                   mask: np.ndarray | None = None):
+def select_refined(
+    S32: np.ndarray,
+    n: int,
+    cols: np.ndarray,
+    W: np.ndarray,
+    Hj: np.ndarray,
+    bound: np.ndarray,
+    mask: np.ndarray | None = None,
+):
     """``select`` of the float64 scores ``W @ Hj``, screened with their float32 version.
 
     Parameters
@@ -320,9 +326,12 @@ def select_refined(S32: np.ndarray, n: int, cols: np.ndarray, W: np.ndarray, Hj:
         idx[heavy], sc[heavy] = _exact_rows(S, n, cols)
     if light.size:
         # The float32 n-th largest of the candidates narrows them to a few per row.
-        T32 = np.partition(V, V.shape[1] - n, axis=1)[:, V.shape[1] - n] if V.shape[1] >= n else np.full(
-            light.size, -np.inf, dtype=np.float32)
-        keep = V >= below(T32.astype(np.float64) - 2 * bound[light])[:, None]
+        T32 = (
+            np.partition(V, V.shape[1] - n, axis=1)[:, V.shape[1] - n]
+            if V.shape[1] >= n
+            else np.full(light.size, -np.inf, dtype=np.float32)
+        )
+        keep = below(T32.astype(np.float64) - 2 * bound[light])[:, None] <= V
         rows, pos = np.nonzero(keep)
         counts = np.bincount(rows, minlength=light.size)
         w = max(int(counts.max()), n)
@@ -477,8 +486,9 @@ def add_row_offset(pair, user_bias, global_mean):
     return _add_row_offset(pair[0], pair[1], user_bias, global_mean)
 
 
-def topn_rows(W, user_bias, global_mean, H, item_bias, n: int, *, exclude=None, items=None,
-              item_block_size: int = ITEM_BLOCK):
+def topn_rows(
+    W, user_bias, global_mean, H, item_bias, n: int, *, exclude=None, items=None, item_block_size: int = ITEM_BLOCK
+):
     """Top-n for a block of rows over all items, item block after item block.
 
     The in-task loop form of ``topn_block`` + ``merge`` (for few rows, or
@@ -490,8 +500,7 @@ def topn_rows(W, user_bias, global_mean, H, item_bias, n: int, *, exclude=None, 
     cand = np.arange(n_items, dtype=np.int64) if items is None else np.asarray(items, dtype=np.int64)
     best = None
     for p0 in range(0, max(cand.size, 1), item_block_size):
-        part = topn_block(W, None, 0.0, item_block(H, item_bias, cand[p0 : p0 + item_block_size]),
-                          exclude, n)
+        part = topn_block(W, None, 0.0, item_block(H, item_bias, cand[p0 : p0 + item_block_size]), exclude, n)
         best = part if best is None else merge([best, part], n)
     return _add_row_offset(*best, user_bias, global_mean)
 
@@ -605,8 +614,9 @@ def ranking_block(W, user_bias, global_mean, H, item_bias, test, train, k: int, 
         return np.zeros(5), seen
     ex = None if train is None else as_block(train)[users]
     ub = None if user_bias is None else np.asarray(user_bias)[users]
-    top, _ = topn_rows(np.asarray(W)[users], ub, global_mean, H, item_bias, k,
-                       exclude=ex, item_block_size=item_block_size)
+    top, _ = topn_rows(
+        np.asarray(W)[users], ub, global_mean, H, item_bias, k, exclude=ex, item_block_size=item_block_size
+    )
     seen[top[top >= 0]] = True
     return ranking_sums(top, rel[users], k), seen
 

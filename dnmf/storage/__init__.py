@@ -31,7 +31,6 @@ from .models import (
 from .sparse import read_sparse_block, to_csr, write_sparse_block
 
 
-
 def __getattr__(name: str):
     # ingestion and ID maps need pandas/pyarrow; workers reading blocks do not.
     if name == "ingest":

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
@@ -32,11 +32,12 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from . import chunking, ids as _ids, locations
-from .ingestion import ingest as _ingest_impl
-from .dense import read_dense_block, warn_chunk_fit, write_dense_block
-from .errors import StoreError
+from . import chunking, locations
+from . import ids as _ids
 from . import tasks as _tasks
+from .dense import warn_chunk_fit
+from .errors import StoreError
+from .ingestion import ingest as _ingest_impl
 from .layout import DENSE_ARRAY, MatrixInfo
 from .matrix import (
     commit_matrix_store,
@@ -53,7 +54,6 @@ from .models import (
     write_model,
     write_model_block,
 )
-from .sparse import read_sparse_block, write_sparse_block
 
 __all__ = [
     "IdMaps",
@@ -273,11 +273,7 @@ def _open(path: str, storage_options, *, verify: bool, warn: bool) -> MatrixStor
                 chunk = (i, j) if info.array_path else None
                 task = (_tasks.read_dense_task, path, info.array_path, bounds, chunk, so)
             dsk[(name, i, j)] = task
-    meta = (
-        sp.csr_matrix((0, 0), dtype=info.dtype)
-        if info.kind == "sparse"
-        else np.empty((0, 0), dtype=info.dtype)
-    )
+    meta = sp.csr_matrix((0, 0), dtype=info.dtype) if info.kind == "sparse" else np.empty((0, 0), dtype=info.dtype)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     data = da.Array(graph, name, info.chunks, meta=meta)
     return MatrixStore(data, info)
@@ -412,9 +408,7 @@ def write_matrix(
             f"{shape}. Reshape it, e.g. X.reshape(-1, 1)."
         )
     if dtype.kind not in "biuf":
-        raise ValueError(
-            f"X must hold numbers; got dtype {dtype}. Convert it with X.astype(float)."
-        )
+        raise ValueError(f"X must hold numbers; got dtype {dtype}. Convert it with X.astype(float).")
     if row_ids is not None:
         _ids.check_ids(row_ids, shape[0], "rows")
     if col_ids is not None:
@@ -467,9 +461,7 @@ def write_matrix(
             info = replace(info, col_ids=_ids.write_ids(path, "cols", col_ids, storage_options))
         if sparse_out:
             n_cols = len(target[1])
-            grid = tuple(
-                tuple(results[i * n_cols : (i + 1) * n_cols]) for i in range(len(target[0]))
-            )
+            grid = tuple(tuple(results[i * n_cols : (i + 1) * n_cols]) for i in range(len(target[0])))
             info = replace(info, nnz_per_block=grid)
         commit_matrix_store(info, storage_options)
     return _open(path, storage_options, verify=False, warn=False)
@@ -777,7 +769,8 @@ def identify(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | 
         return "matrix"
     except StoreError as exc:
         raise StoreError(
-            path, f"it is neither a dnmf matrix store, a model nor a job directory ({exc.problem})",
+            path,
+            f"it is neither a dnmf matrix store, a model nor a job directory ({exc.problem})",
             "Give a store made by `dnmf ingest`, a model saved by `dnmf fit`, or a job directory.",
         ) from None
 
@@ -800,8 +793,7 @@ def align_columns(store: MatrixStore, col_ids: pd.Index) -> tuple[sp.csr_matrix,
 
     grid = store.data.to_delayed()
     blocks = dask.compute(*grid.ravel().tolist())
-    X = sp.bmat(np.array([sp.csr_matrix(b) for b in blocks], dtype=object).reshape(grid.shape),
-                format="csr")
+    X = sp.bmat(np.array([sp.csr_matrix(b) for b in blocks], dtype=object).reshape(grid.shape), format="csr")
     src = store.col_ids
     pos = pd.Index(col_ids).get_indexer(src)
     known = pos >= 0

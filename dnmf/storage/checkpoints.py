@@ -23,7 +23,6 @@ any moment leaves a loadable checkpoint. No pickle: state is JSON.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -75,8 +74,9 @@ def block_url(root: str, name: str, factor: str, index: int) -> str:
     return f"{str(root).rstrip('/')}/{name}/{factor}/{index}"
 
 
-def write_block(root: str, name: str, factor: str, index: int, block: np.ndarray,
-                storage_options: dict | None = None) -> int:
+def write_block(
+    root: str, name: str, factor: str, index: int, block: np.ndarray, storage_options: dict | None = None
+) -> int:
     """Write one factor block (called on the worker that holds it)."""
     block = np.ascontiguousarray(block)
     zarr.create_array(
@@ -89,28 +89,27 @@ def write_block(root: str, name: str, factor: str, index: int, block: np.ndarray
     return int(block.shape[0])
 
 
-def read_block(root: str, name: str, factor: str, index: int,
-               storage_options: dict | None = None) -> np.ndarray:
+def read_block(root: str, name: str, factor: str, index: int, storage_options: dict | None = None) -> np.ndarray:
     """Read one factor block, with an error naming the file if it is damaged."""
     url = block_url(root, name, factor, index)
     try:
         return np.asarray(zarr.open_array(url, mode="r", storage_options=storage_options or None)[...])
     except Exception as exc:  # zarr raises many types for damaged data
         raise StoreError(
-            url, f"the checkpoint block cannot be read ({type(exc).__name__}: {exc})",
+            url,
+            f"the checkpoint block cannot be read ({type(exc).__name__}: {exc})",
             "The checkpoint is damaged: resume from an earlier one, or start afresh.",
         ) from None
 
 
-def commit(root: str, name: str, state: dict[str, Any], *, keep_last: int = 2,
-           storage_options: dict | None = None) -> CheckpointInfo:
+def commit(
+    root: str, name: str, state: dict[str, Any], *, keep_last: int = 2, storage_options: dict | None = None
+) -> CheckpointInfo:
     """Make checkpoint ``name`` (blocks already written) the current one."""
     state = json.loads(json.dumps(state))  # JSON only, fails loudly otherwise
-    group = zarr.open_group(f"{str(root).rstrip('/')}/{name}", mode="a",
-                            storage_options=storage_options or None)
+    group = zarr.open_group(f"{str(root).rstrip('/')}/{name}", mode="a", storage_options=storage_options or None)
     group.attrs.update({"dnmf_format": CHECKPOINT_FORMAT, "version": VERSION, "state": state})
-    pointer = {"dnmf_format": POINTER_FORMAT, "version": VERSION, "current": name,
-               "iteration": state.get("iteration")}
+    pointer = {"dnmf_format": POINTER_FORMAT, "version": VERSION, "current": name, "iteration": state.get("iteration")}
     _write_pointer(root, json.dumps(pointer, indent=1).encode(), storage_options)
     _prune(root, name, keep_last, storage_options)
     return CheckpointInfo(str(root), name, state)
@@ -126,9 +125,8 @@ def _write_pointer(root: str, data: bytes, storage_options) -> None:
 
 def _prune(root: str, current: str, keep_last: int, storage_options) -> None:
     fs, path = _fs(root, storage_options)
-    names = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-                   if _NAME.match(n))
-    keep = set(names[-max(keep_last, 1):]) | {current}
+    names = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)) if _NAME.match(n))
+    keep = set(names[-max(keep_last, 1) :]) | {current}
     for n in names:
         if n not in keep:
             fs.rm(f"{path.rstrip('/')}/{n}", recursive=True)
@@ -146,7 +144,8 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
     shown = f"{str(root).rstrip('/')}/{POINTER}"
     if not fs.exists(pointer_path):
         raise StoreError(
-            str(root), f"No checkpoint at {root}: {POINTER} is missing",
+            str(root),
+            f"No checkpoint at {root}: {POINTER} is missing",
             "Check the path, or fit with checkpoint=... to write checkpoints.",
         )
     try:
@@ -155,13 +154,15 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
         fmt, version = pointer["dnmf_format"], pointer["version"]
     except Exception as exc:
         raise StoreError(
-            shown, f"{POINTER} is damaged ({exc}); it is not a dnmf checkpoint record",
+            shown,
+            f"{POINTER} is damaged ({exc}); it is not a dnmf checkpoint record",
             "Resume from another checkpoint directory, or start afresh.",
         ) from None
     if fmt != POINTER_FORMAT or version != VERSION or not _NAME.match(str(name)):
         raise StoreError(
-            shown, f"the pointer has format {fmt!r} version {version!r}; this dnmf reads "
-            f"{POINTER_FORMAT!r} version {VERSION}", "Use the dnmf version that wrote it.",
+            shown,
+            f"the pointer has format {fmt!r} version {version!r}; this dnmf reads {POINTER_FORMAT!r} version {VERSION}",
+            "Use the dnmf version that wrote it.",
         )
     group_url = f"{str(root).rstrip('/')}/{name}"
     try:
@@ -170,12 +171,14 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
         ok = attrs.get("dnmf_format") == CHECKPOINT_FORMAT and attrs.get("version") == VERSION
     except Exception as exc:
         raise StoreError(
-            f"{group_url}/zarr.json", f"the checkpoint record is missing or damaged ({type(exc).__name__}: {exc})",
+            f"{group_url}/zarr.json",
+            f"the checkpoint record is missing or damaged ({type(exc).__name__}: {exc})",
             "Resume from an earlier checkpoint, or start afresh.",
         ) from None
     if not ok:
         raise StoreError(
-            group_url, f"not a dnmf checkpoint (format {attrs.get('dnmf_format')!r})",
+            group_url,
+            f"not a dnmf checkpoint (format {attrs.get('dnmf_format')!r})",
             "Point resume= at a directory written with checkpoint=.",
         )
     return CheckpointInfo(str(root), name, state)

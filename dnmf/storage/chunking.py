@@ -52,9 +52,7 @@ def auto_chunks(shape: tuple[int, int], dtype: np.dtype, nnz: int | None = None)
     return regular(m, max(1, rows)), regular(n, col_block)
 
 
-def normalize_chunks(
-    chunks: ChunksLike, shape: tuple[int, int], dtype: np.dtype, nnz: int | None = None
-) -> Chunks:
+def normalize_chunks(chunks: ChunksLike, shape: tuple[int, int], dtype: np.dtype, nnz: int | None = None) -> Chunks:
     """Explicit block sizes from what a user may pass as ``chunks``.
 
     Parameters
@@ -89,18 +87,14 @@ def normalize_chunks(
             if c == -1:
                 c = size
             if c <= 0:
-                raise ValueError(
-                    f"chunks must be positive block sizes (or -1 for a whole axis); got {chunks!r}."
-                )
+                raise ValueError(f"chunks must be positive block sizes (or -1 for a whole axis); got {chunks!r}.")
             out.append(regular(size, c))
         else:
             out.append(tuple(int(v) for v in c))
     result = (out[0], out[1])
     problem = chunks_problem(result, shape)
     if problem:
-        raise ValueError(
-            f"{problem} for a matrix of shape {tuple(shape)}. Fix the chunks or pass chunks=None."
-        )
+        raise ValueError(f"{problem} for a matrix of shape {tuple(shape)}. Fix the chunks or pass chunks=None.")
     return result
 
 

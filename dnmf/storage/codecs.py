@@ -27,9 +27,7 @@ def numeric_compressors(dtype: np.dtype, chunk_elements: int) -> tuple[Any, ...]
     """Compressor chain for a numeric array with chunks of ``chunk_elements``."""
     dtype = np.dtype(dtype)
     if chunk_elements * dtype.itemsize < _BLOSC_MAX_BYTES:
-        compressor: Any = BloscCodec(
-            cname="zstd", clevel=ZSTD_LEVEL, shuffle="shuffle", typesize=dtype.itemsize
-        )
+        compressor: Any = BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle="shuffle", typesize=dtype.itemsize)
     else:
         compressor = ZstdCodec(level=ZSTD_LEVEL)
     return (compressor, Crc32cCodec())

@@ -29,10 +29,7 @@ def id_kind(ids: Any) -> str:
         return "int64"
     if arr.dtype.kind in "UT" or (arr.dtype.kind == "O" and all(isinstance(v, str) for v in arr)):
         return "string"
-    raise TypeError(
-        f"IDs must be integers or strings; got dtype {arr.dtype}. Convert them, e.g. "
-        "ids.astype(str)."
-    )
+    raise TypeError(f"IDs must be integers or strings; got dtype {arr.dtype}. Convert them, e.g. ids.astype(str).")
 
 
 def _as_stored(ids: Any, kind: str) -> np.ndarray:
@@ -47,8 +44,7 @@ def check_ids(ids: Any, length: int, axis: str) -> str:
     index = pd.Index(_as_stored(ids, kind))
     if len(index) != length:
         raise ValueError(
-            f"{axis} IDs must have one entry per {axis[:-1]} ({length}); got {len(index)}. "
-            "Pass IDs matching X's shape."
+            f"{axis} IDs must have one entry per {axis[:-1]} ({length}); got {len(index)}. Pass IDs matching X's shape."
         )
     if not index.is_unique:
         dup = index[index.duplicated()][0]
@@ -56,20 +52,14 @@ def check_ids(ids: Any, length: int, axis: str) -> str:
     return kind
 
 
-def write_ids(
-    path: str, axis: str, ids: Any, storage_options: Mapping[str, Any] | None = None
-) -> str:
+def write_ids(path: str, axis: str, ids: Any, storage_options: Mapping[str, Any] | None = None) -> str:
     """Store the ID map of ``axis`` ("rows" or "cols"); return its kind."""
     kind = id_kind(ids)
-    nodes.write_1d(
-        path, f"{IDS_GROUP}/{axis}", _as_stored(ids, kind), storage_options, chunk=ID_CHUNK
-    )
+    nodes.write_1d(path, f"{IDS_GROUP}/{axis}", _as_stored(ids, kind), storage_options, chunk=ID_CHUNK)
     return kind
 
 
-def read_ids(
-    path: str, axis: str, length: int, storage_options: Mapping[str, Any] | None = None
-) -> pd.Index:
+def read_ids(path: str, axis: str, length: int, storage_options: Mapping[str, Any] | None = None) -> pd.Index:
     """The ID map of ``axis`` as a :class:`pandas.Index` (position -> ID).
 
     Raises

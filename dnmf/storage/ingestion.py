@@ -124,12 +124,7 @@ def sort_ids(ids: pa.Array, infer_ints: bool = False) -> tuple[np.ndarray, np.nd
     ("17", "-3"; not "017", "+3" or "1e3") become integers.
     """
     kind = "int64" if pa.types.is_integer(ids.type) else "string"
-    if (
-        infer_ints
-        and kind == "string"
-        and len(ids)
-        and pc.all(pc.match_substring_regex(ids, _CANONICAL_INT)).as_py()
-    ):
+    if infer_ints and kind == "string" and len(ids) and pc.all(pc.match_substring_regex(ids, _CANONICAL_INT)).as_py():
         ids, kind = ids.cast(pa.int64()), "int64"
     order = pc.sort_indices(ids).to_numpy()
     position = np.empty(len(ids), dtype=np.int64)
@@ -155,8 +150,7 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         return "parquet"
     raise ValueError(
-        f"Cannot tell the format of {path!r} from its name. Pass format='csv', 'parquet', "
-        "'mtx', 'npz' or 'npy'."
+        f"Cannot tell the format of {path!r} from its name. Pass format='csv', 'parquet', 'mtx', 'npz' or 'npy'."
     )
 
 
@@ -198,22 +192,17 @@ def ingest(
         raise FileNotFoundError(f"No input at {input!r}. Check the path.")
     if locations.exists(out, storage_options) and not overwrite:
         raise FileExistsError(
-            f"Cannot write to {out!r}: it already exists. Pass overwrite=True to replace it, "
-            "or choose another path."
+            f"Cannot write to {out!r}: it already exists. Pass overwrite=True to replace it, or choose another path."
         )
     opts = dict(read_options or {})
     if fmt == "csv" and "sep" not in opts and input.lower().removesuffix(".gz").endswith(".tsv"):
         opts["sep"] = "\t"
-    common = dict(
-        chunks=chunks, overwrite=overwrite, storage_options=storage_options, on_invalid=on_invalid
-    )
+    common = dict(chunks=chunks, overwrite=overwrite, storage_options=storage_options, on_invalid=on_invalid)
     if fmt in ("npz", "npy") or (fmt == "mtx" and read_mtx_header(input).layout == "array"):
         return _ingest_matrix_file(input, out, fmt, dtype=dtype, **common)
     source: Source
     if fmt == "csv":
-        source = CsvSource(
-            input, user_col, item_col, value_col, batch_records=batch_records, read_options=opts
-        )
+        source = CsvSource(input, user_col, item_col, value_col, batch_records=batch_records, read_options=opts)
     elif fmt == "parquet":
         source = ParquetSource(input, user_col, item_col, value_col, batch_records=batch_records)
     else:
@@ -293,9 +282,7 @@ def ingest_source(
                 rec["v"] = batch.values[keep]
                 rec.tofile(f)
                 n_kept += len(rec)
-        logger.info(
-            "ingest %s: parsed %d records in %.1fs", source.path, n_read, time.perf_counter() - t0
-        )
+        logger.info("ingest %s: parsed %d records in %.1fs", source.path, n_read, time.perf_counter() - t0)
         # Phase B: validation verdict, ID maps.
         if invalid.total:
             message = (
@@ -304,14 +291,10 @@ def ingest_source(
                 f"present. First at {invalid.first}."
             )
             if on_invalid == "raise":
-                raise ValueError(
-                    message + " Fix the input, or pass on_invalid='drop' to skip them."
-                )
+                raise ValueError(message + " Fix the input, or pass on_invalid='drop' to skip them.")
             logger.warning("%s Dropped them (on_invalid='drop').", message)
         if n_kept == 0:
-            raise ValueError(
-                f"{source.path!r} holds no valid records. Check the file and the column names."
-            )
+            raise ValueError(f"{source.path!r} holds no valid records. Check the file and the column names.")
         if source.keyed:
             row_ids, row_pos, row_kind = rows_coder.finish()
             col_ids, col_pos, col_kind = cols_coder.finish()
@@ -409,9 +392,7 @@ def _scatter(
     return paths
 
 
-def _build_row_block(
-    path: str, i: int, info: MatrixInfo, duplicates: str, storage_options
-) -> list[int]:
+def _build_row_block(path: str, i: int, info: MatrixInfo, duplicates: str, storage_options) -> list[int]:
     """Phase D for row block ``i``: merge duplicates, write its blocks; return their nnz."""
     rec = np.fromfile(path, dtype=RECORD)
     r0 = sum(info.row_chunks[:i])
@@ -519,9 +500,7 @@ def _ingest_matrix_file(
             overwrite,
             storage_options,
         )
-    return _ingest_dense(
-        input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options
-    )
+    return _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options)
 
 
 def _invalid_message(input: str, total: int, size: int, first: str, counts: str) -> str:
@@ -559,9 +538,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
         # Drop exactly the invalid entries; stored zeros are kept (observations).
         coo = X.tocoo()
         keep = ~bad
-        X = sp.csr_matrix(
-            (coo.data[keep], (coo.row[keep], coo.col[keep])), shape=X.shape, dtype=X.dtype
-        )
+        X = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=X.shape, dtype=X.dtype)
     row_chunks, col_chunks = normalize_chunks(chunks, X.shape, dtype, nnz=X.nnz)
     info = MatrixInfo(
         path=output,
@@ -611,10 +588,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
 def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options):
     row_chunks, col_chunks = normalize_chunks(chunks, X.shape, dtype)
     if not (is_regular(row_chunks) and is_regular(col_chunks)):
-        raise ValueError(
-            f"Dense stores need regular chunks; got {(row_chunks, col_chunks)}. "
-            "Pass chunks=(rows, cols)."
-        )
+        raise ValueError(f"Dense stores need regular chunks; got {(row_chunks, col_chunks)}. Pass chunks=(rows, cols).")
     bounds = np.cumsum((0,) + row_chunks)
     # Validate every row band before writing anything.
     total = n_nonfinite = 0

@@ -36,8 +36,7 @@ def is_job_dir(job_dir: str, storage_options: locations.StorageOptions = None) -
     return locations.is_file(locations.join(job_dir, RECORD), storage_options)
 
 
-def write_record(job_dir: str, record: dict[str, Any],
-                 storage_options: locations.StorageOptions = None) -> None:
+def write_record(job_dir: str, record: dict[str, Any], storage_options: locations.StorageOptions = None) -> None:
     """Replace the job record in one step (JSON only; fails loudly otherwise)."""
     body = dict(record, dnmf_format=JOB_FORMAT, version=JOB_VERSION)
     data = json.dumps(body, indent=1, allow_nan=True).encode()
@@ -48,11 +47,15 @@ def read_record(job_dir: str, storage_options: locations.StorageOptions = None) 
     """The job record, with a clear error for a missing or foreign directory."""
     path = locations.join(job_dir, RECORD)
     if not locations.exists(job_dir, storage_options):
-        raise StoreError(job_dir, "no such job directory",
-                         "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`.")
+        raise StoreError(
+            job_dir, "no such job directory", "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`."
+        )
     if not locations.is_file(path, storage_options):
-        raise StoreError(job_dir, f"it holds no {RECORD}, so it is not a dnmf job directory",
-                         "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`.")
+        raise StoreError(
+            job_dir,
+            f"it holds no {RECORD}, so it is not a dnmf job directory",
+            "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`.",
+        )
     try:
         if locations.is_url(path):
             fs, fspath = locations._fs(path, storage_options)
@@ -62,15 +65,24 @@ def read_record(job_dir: str, storage_options: locations.StorageOptions = None) 
                 raw = fh.read()
         record = json.loads(raw)
     except (OSError, ValueError) as exc:
-        raise StoreError(path, f"the job record cannot be read ({type(exc).__name__}: {exc})",
-                         "The record is damaged; `dnmf resume` can still continue from the "
-                         "checkpoints if you recreate the job with `dnmf fit --checkpoint`.") from None
+        raise StoreError(
+            path,
+            f"the job record cannot be read ({type(exc).__name__}: {exc})",
+            "The record is damaged; `dnmf resume` can still continue from the "
+            "checkpoints if you recreate the job with `dnmf fit --checkpoint`.",
+        ) from None
     if not isinstance(record, dict) or record.get("dnmf_format") != JOB_FORMAT:
-        raise StoreError(path, "it is not a dnmf job record",
-                         "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`.")
+        raise StoreError(
+            path,
+            "it is not a dnmf job record",
+            "Give the directory printed by `dnmf submit` or `dnmf fit --checkpoint`.",
+        )
     if record.get("version", 0) > JOB_VERSION:
-        raise StoreError(path, f"the job record has version {record.get('version')}, newer than "
-                         f"this dnmf understands ({JOB_VERSION})", "Upgrade dnmf.")
+        raise StoreError(
+            path,
+            f"the job record has version {record.get('version')}, newer than this dnmf understands ({JOB_VERSION})",
+            "Upgrade dnmf.",
+        )
     return record
 
 
@@ -102,6 +114,7 @@ def input_dir(job_dir: str) -> str:
 # A small local registry so that `dnmf status JOB_ID` works on the machine that
 # submitted the job; from anywhere else, the job directory itself is the handle.
 
+
 def _registry() -> str:
     home = os.environ.get("DNMF_HOME") or os.path.join(os.path.expanduser("~"), ".dnmf")
     return os.path.join(home, "jobs")
@@ -110,8 +123,9 @@ def _registry() -> str:
 def register(job_id: str, job_dir: str) -> None:
     """Remember where job ``job_id`` keeps its directory (best effort)."""
     try:
-        locations.write_atomic(os.path.join(_registry(), f"{job_id}.json"),
-                     json.dumps({"id": job_id, "dir": job_dir}).encode(), None)
+        locations.write_atomic(
+            os.path.join(_registry(), f"{job_id}.json"), json.dumps({"id": job_id, "dir": job_dir}).encode(), None
+        )
     except OSError:
         pass  # the directory printed at submission still works
 

@@ -33,10 +33,7 @@ BLOCKS_GROUP = "blocks"
 IDS_GROUP = "ids"
 ID_KINDS = ("string", "int64")
 
-_REWRITE = (
-    "Rewrite the store with dnmf.io.write_matrix or dnmf.io.ingest; dnmf never "
-    "repairs a store in place."
-)
+_REWRITE = "Rewrite the store with dnmf.io.write_matrix or dnmf.io.ingest; dnmf never repairs a store in place."
 
 
 def block_path(i: int, j: int) -> str:
@@ -115,16 +112,11 @@ class MatrixInfo:
         return r0, r0 + self.row_chunks[i], c0, c0 + self.col_chunks[j]
 
 
-def chunks_problem(
-    chunks: tuple[tuple[int, ...], tuple[int, ...]], shape: tuple[int, ...]
-) -> str | None:
+def chunks_problem(chunks: tuple[tuple[int, ...], tuple[int, ...]], shape: tuple[int, ...]) -> str | None:
     """Why ``chunks`` do not tile ``shape`` with positive blocks, or None if they do."""
     for axis, (sizes, size) in enumerate(zip(chunks, shape)):
         if not sizes or any(int(c) <= 0 for c in sizes) or sum(sizes) != size:
-            return (
-                f"chunks along axis {axis} must be positive block sizes summing to "
-                f"{size}; got {tuple(sizes)}"
-            )
+            return f"chunks along axis {axis} must be positive block sizes summing to {size}; got {tuple(sizes)}"
     return None
 
 
@@ -174,8 +166,7 @@ def parse_matrix_attrs(
     if fmt not in MATRIX_VERSIONS:
         raise StoreError(
             path,
-            f"{FORMAT_KEY}={fmt!r} is not a matrix layout (expected one of "
-            f"{sorted(MATRIX_VERSIONS)})",
+            f"{FORMAT_KEY}={fmt!r} is not a matrix layout (expected one of {sorted(MATRIX_VERSIONS)})",
             "Open models with dnmf.storage.read_model and matrices with dnmf.io.open_matrix.",
         )
     version = attrs.get(VERSION_KEY)
@@ -225,10 +216,7 @@ def parse_matrix_attrs(
         for i, row in enumerate(nnz_per_block):
             for j, v in enumerate(row):
                 if not 0 <= v <= row_chunks[i] * col_chunks[j]:
-                    raise bad(
-                        f"block ({i}, {j}) claims {v} entries, outside 0.."
-                        f"{row_chunks[i] * col_chunks[j]}"
-                    )
+                    raise bad(f"block ({i}, {j}) claims {v} entries, outside 0..{row_chunks[i] * col_chunks[j]}")
         if sum(map(sum, nnz_per_block)) != total:
             raise bad(f"nnz={total} but the blocks hold {sum(map(sum, nnz_per_block))}")
     else:

@@ -41,9 +41,7 @@ def new_write_id() -> str:
     return uuid.uuid4().hex
 
 
-def read_matrix_info(
-    path: str, storage_options: Mapping[str, Any] | None = None, *, warn: bool = True
-) -> MatrixInfo:
+def read_matrix_info(path: str, storage_options: Mapping[str, Any] | None = None, *, warn: bool = True) -> MatrixInfo:
     """Describe the matrix store (or bare 2-D Zarr array) at ``path``.
 
     Reads only metadata. Blocks are checked when read.
@@ -77,9 +75,7 @@ def read_matrix_info(
                 "The store is damaged; rewrite it with dnmf.io.write_matrix or dnmf.io.ingest.",
             )
     if warn and info.kind == "dense":
-        dense.warn_chunk_fit(
-            path, info.shape, (info.row_chunks[0], info.col_chunks[0]), info.dtype, stacklevel=5
-        )
+        dense.warn_chunk_fit(path, info.shape, (info.row_chunks[0], info.col_chunks[0]), info.dtype, stacklevel=5)
     return info
 
 
@@ -87,10 +83,8 @@ def _bare_array_info(path: str, arr: zarr.Array, storage_options) -> MatrixInfo:
     if arr.ndim != 2 or np.dtype(arr.dtype).kind not in "biuf" or min(arr.shape) < 1:
         raise StoreError(
             path,
-            f"the Zarr array has shape {arr.shape} and dtype {arr.dtype}; dnmf needs a "
-            "non-empty 2-D numeric array",
-            "Point at a 2-D numeric array, or reshape/convert it and write it with "
-            "dnmf.io.write_matrix.",
+            f"the Zarr array has shape {arr.shape} and dtype {arr.dtype}; dnmf needs a non-empty 2-D numeric array",
+            "Point at a 2-D numeric array, or reshape/convert it and write it with dnmf.io.write_matrix.",
         )
     # A shard is one object in the store: reading whole shards avoids
     # re-reading the shard index for every inner chunk.
@@ -171,9 +165,7 @@ def writing_store(
         raise
 
 
-def prepare_output(
-    path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
-) -> None:
+def prepare_output(path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None) -> None:
     """Check that ``path`` may be written, removing an old store if allowed."""
     if not locations.exists(path, storage_options):
         return
@@ -181,8 +173,7 @@ def prepare_output(
         raise FileExistsError(f"Cannot write to {path!r}: it already exists. {_WRITE_FIX}")
     if locations.is_file(path, storage_options):
         raise ValueError(
-            f"Cannot overwrite {path!r}: it is a file, not a Zarr store. Remove it yourself "
-            "or choose another path."
+            f"Cannot overwrite {path!r}: it is a file, not a Zarr store. Remove it yourself or choose another path."
         )
     names = locations.list_names(path, storage_options)
     if names and "zarr.json" not in names and ".zgroup" not in names and ".zarray" not in names:

@@ -274,17 +274,11 @@ def write_model(
     chunks = dict(chunks or {})
     for name in arrays:
         if not _NAME.match(name):
-            raise ValueError(
-                f"Model array names must be identifiers (letters, digits, _); got {name!r}."
-            )
+            raise ValueError(f"Model array names must be identifiers (letters, digits, _); got {name!r}.")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     _recover(path)
-    if (
-        os.path.exists(path)
-        and not _is_model_dir(path)
-        and (not os.path.isdir(path) or os.listdir(path))
-    ):
+    if os.path.exists(path) and not _is_model_dir(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ValueError(
             f"Cannot save a model to {path!r}: something other than a dnmf model is there, "
             "and dnmf never deletes foreign data. Choose another path or remove it yourself."
@@ -308,9 +302,7 @@ def write_model(
                 ch = tuple(chunks.get(name) or _default_chunks(shape, dtype))
                 arr = _create(tmp, name, shape, dtype, ch)
                 arr[...] = data
-            missing = [
-                ix for ix in _chunk_grid(shape, ch) if not nodes.chunk_exists(tmp, name, ix, None)
-            ]
+            missing = [ix for ix in _chunk_grid(shape, ch) if not nodes.chunk_exists(tmp, name, ix, None)]
             if missing:
                 raise RuntimeError(
                     f"Model array {name!r}: {len(missing)} block(s) were not written (first "
@@ -374,8 +366,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         problem = (
             f"{FORMAT_KEY}={fmt!r} names another layout, not {MODEL_FORMAT!r}"
             if fmt is not None
-            else f"the group has no {FORMAT_KEY!r} attribute: not a dnmf model, or a save "
-            "that did not finish"
+            else f"the group has no {FORMAT_KEY!r} attribute: not a dnmf model, or a save that did not finish"
         )
         raise StoreError(location, problem, fix)
     version = attrs.get(VERSION_KEY)
@@ -397,24 +388,16 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         user_attrs = dict(attrs.get("attrs") or {})
         write_id = str(attrs["write_id"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StoreError(
-            location, f"malformed model metadata ({type(exc).__name__}: {exc})", fix
-        ) from None
+        raise StoreError(location, f"malformed model metadata ({type(exc).__name__}: {exc})", fix) from None
     return ModelInfo(path, location, arrays, user_attrs, write_id, int(version))
 
 
 def _open_model_array(info: ModelInfo, name: str) -> zarr.Array:
     if name not in info.arrays:
-        raise KeyError(
-            f"The model at {info.path!r} has no array {name!r}; it has {sorted(info.arrays)}."
-        )
+        raise KeyError(f"The model at {info.path!r} has no array {name!r}; it has {sorted(info.arrays)}.")
     arr = nodes.open_array_readonly(info.location, name)
     spec = info.arrays[name]
-    if (
-        arr.shape != spec["shape"]
-        or arr.dtype != spec["dtype"]
-        or tuple(arr.chunks) != spec["chunks"]
-    ):
+    if arr.shape != spec["shape"] or arr.dtype != spec["dtype"] or tuple(arr.chunks) != spec["chunks"]:
         raise StoreError(
             locations.join(info.location, name),
             f"the array has shape {arr.shape}, dtype {arr.dtype}, chunks {arr.chunks} but the "
@@ -429,9 +412,7 @@ def read_model_block(info: ModelInfo, name: str, block_index: tuple[int, ...]) -
     arr = _open_model_array(info, name)
     where = locations.join(info.location, name)
     if not nodes.chunk_exists(info.location, name, tuple(block_index), None):
-        raise StoreError(
-            where, f"block {tuple(block_index)} is missing", "The model is damaged; save it again."
-        )
+        raise StoreError(where, f"block {tuple(block_index)} is missing", "The model is damaged; save it again.")
     region = tuple(slice(b * c, (b + 1) * c) for b, c in zip(block_index, arr.chunks))
     return nodes.read_region(arr, region, where)
 

@@ -17,9 +17,7 @@ from . import locations
 from .codecs import ARRAY_CONFIG, numeric_compressors, string_compressors
 from .errors import StoreError
 
-_NOT_ZARR_FIX = (
-    "Point at a store written by dnmf.io.write_matrix or dnmf.io.ingest, or at a 2-D Zarr array."
-)
+_NOT_ZARR_FIX = "Point at a store written by dnmf.io.write_matrix or dnmf.io.ingest, or at a 2-D Zarr array."
 _CORRUPT_FIX = (
     "The store is damaged; rewrite it with dnmf.io.write_matrix or dnmf.io.ingest "
     "(dnmf never repairs a store in place)."
@@ -58,15 +56,11 @@ def open_readonly(path: str, storage_options: Mapping[str, Any] | None = None):
         ) from None
 
 
-def open_array_readonly(
-    root: str, subpath: str, storage_options: Mapping[str, Any] | None = None
-) -> zarr.Array:
+def open_array_readonly(root: str, subpath: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Array:
     """The Zarr v3 array ``subpath`` inside the store ``root``, read-only."""
     where = locations.join(root, subpath)
     try:
-        return zarr.open_array(
-            store=root, path=subpath, mode="r", zarr_format=3, **zarr_kwargs(root, storage_options)
-        )
+        return zarr.open_array(store=root, path=subpath, mode="r", zarr_format=3, **zarr_kwargs(root, storage_options))
     except Exception as exc:
         problem = (
             "the array is missing"
@@ -150,32 +144,22 @@ def write_1d(
         arr[...] = values
 
 
-def open_for_writing(
-    root: str, subpath: str = "", storage_options: Mapping[str, Any] | None = None
-) -> zarr.Array:
+def open_for_writing(root: str, subpath: str = "", storage_options: Mapping[str, Any] | None = None) -> zarr.Array:
     """An existing array opened to write blocks into, writing every chunk.
 
     ``write_empty_chunks`` is runtime configuration, not stored metadata,
     so it must be set again on every opening.
     """
-    arr = zarr.open_array(
-        store=root, path=subpath, mode="r+", zarr_format=3, **zarr_kwargs(root, storage_options)
-    )
+    arr = zarr.open_array(store=root, path=subpath, mode="r+", zarr_format=3, **zarr_kwargs(root, storage_options))
     return arr.with_config(ARRAY_CONFIG)
 
 
 def create_root(path: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
     """A fresh, empty group at ``path`` (whatever was there is removed)."""
-    return zarr.open_group(
-        store=path, mode="w", zarr_format=3, **zarr_kwargs(path, storage_options)
-    )
+    return zarr.open_group(store=path, mode="w", zarr_format=3, **zarr_kwargs(path, storage_options))
 
 
-def set_root_attrs(
-    path: str, attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None
-) -> None:
+def set_root_attrs(path: str, attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> None:
     """Replace the root group's attributes: the commit of a store."""
-    group = zarr.open_group(
-        store=path, mode="r+", zarr_format=3, **zarr_kwargs(path, storage_options)
-    )
+    group = zarr.open_group(store=path, mode="r+", zarr_format=3, **zarr_kwargs(path, storage_options))
     group.attrs.put(dict(attrs))

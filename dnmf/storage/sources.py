@@ -87,11 +87,7 @@ def _item(values: Any, k: int) -> Any:
 
 
 def _missing_column(path: str, col: str, available: list[str], role: str) -> ValueError:
-    fix = (
-        "value_col=None for implicit feedback (every pair counts 1.0)"
-        if role == "value_col"
-        else ""
-    )
+    fix = "value_col=None for implicit feedback (every pair counts 1.0)" if role == "value_col" else ""
     return ValueError(
         f"{role}={col!r} is not a column of {path!r}; its columns are {available}. Pass "
         f"{role} naming the right column" + (f", or {fix}" if fix else "") + "."
@@ -193,9 +189,7 @@ class CsvSource(Source):
             quoted_strings_can_be_null=False,
         )
         stream = pa.input_stream(self.path, compression="detect")
-        return pcsv.open_csv(
-            stream, read_options=self._read, parse_options=self._parse, convert_options=convert
-        )
+        return pcsv.open_csv(stream, read_options=self._read, parse_options=self._parse, convert_options=convert)
 
     def _check_columns(self) -> None:
         reader = self._reader()
@@ -219,9 +213,7 @@ class CsvSource(Source):
                     continue
                 users, m1 = _ids(rb.column(self.user_col))
                 items, m2 = _ids(rb.column(self.item_col))
-                values = _to_values(
-                    rb.column(self.value_col) if self.value_col else None, rb.num_rows
-                )
+                values = _to_values(rb.column(self.value_col) if self.value_col else None, rb.num_rows)
                 yield Batch(users, items, values, m1 | m2, self.path, start)
                 start += rb.num_rows
         finally:
@@ -266,8 +258,7 @@ class ParquetSource(Source):
             )
             if not self.files:
                 raise ValueError(
-                    f"{path!r} is a directory without .parquet files. Point at a Parquet "
-                    "file or dataset directory."
+                    f"{path!r} is a directory without .parquet files. Point at a Parquet file or dataset directory."
                 )
         else:
             self.files = [path]
@@ -275,9 +266,7 @@ class ParquetSource(Source):
         for role, col in (("user_col", user_col), ("item_col", item_col), ("value_col", value_col)):
             if col is not None and col not in schema.names:
                 raise _missing_column(self.files[0], col, list(schema.names), role)
-        self.id_types = {
-            c: self._id_kind(schema.field(c).type, c, self.files[0]) for c in (user_col, item_col)
-        }
+        self.id_types = {c: self._id_kind(schema.field(c).type, c, self.files[0]) for c in (user_col, item_col)}
 
     def _id_kind(self, typ, col: str, file: str) -> str:
         if pa.types.is_dictionary(typ):
@@ -308,14 +297,10 @@ class ParquetSource(Source):
         cols = [self.user_col, self.item_col] + ([self.value_col] if self.value_col else [])
         for file in self.files:
             start = 0
-            for rb in pq.ParquetFile(file).iter_batches(
-                batch_size=self.batch_records, columns=cols
-            ):
+            for rb in pq.ParquetFile(file).iter_batches(batch_size=self.batch_records, columns=cols):
                 users, m1 = self._column_ids(rb.column(self.user_col), self.user_col, file)
                 items, m2 = self._column_ids(rb.column(self.item_col), self.item_col, file)
-                values = _to_values(
-                    rb.column(self.value_col) if self.value_col else None, rb.num_rows
-                )
+                values = _to_values(rb.column(self.value_col) if self.value_col else None, rb.num_rows)
                 yield Batch(users, items, values, m1 | m2, file, start)
                 start += rb.num_rows
 
@@ -382,10 +367,7 @@ class MtxSource(Source):
         self.header = read_mtx_header(path)
         h = self.header
         if h.layout != "coordinate":
-            raise ValueError(
-                f"{path!r} is a dense ('array') MatrixMarket file; read it with the "
-                "in-memory reader."
-            )
+            raise ValueError(f"{path!r} is a dense ('array') MatrixMarket file; read it with the in-memory reader.")
         if h.field not in ("real", "integer", "pattern") or h.symmetry not in (
             "general",
             "symmetric",

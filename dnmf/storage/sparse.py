@@ -122,17 +122,13 @@ def read_sparse_block(
         array_path = f"{base}/{name}"
         arr = nodes.open_array_readonly(path, array_path, storage_options)
         if arr.shape != (length,):
-            raise _corrupt(
-                where, f"{name} has shape {arr.shape}, expected ({length},) from the metadata"
-            )
+            raise _corrupt(where, f"{name} has shape {arr.shape}, expected ({length},) from the metadata")
         if length and not nodes.chunk_exists(path, array_path, (0,), storage_options):
             raise _corrupt(where, f"the chunk of {name} is missing")
         parts[name] = nodes.read_whole(arr, locations.join(path, array_path))
     indptr, indices, data = parts["indptr"], parts["indices"], parts["data"]
     if indptr.dtype.kind != "i" or indices.dtype.kind != "i":
-        raise _corrupt(
-            where, f"index arrays have dtypes {indptr.dtype}/{indices.dtype}, not integers"
-        )
+        raise _corrupt(where, f"index arrays have dtypes {indptr.dtype}/{indices.dtype}, not integers")
     if data.dtype != np.dtype(dtype):
         raise _corrupt(where, f"data has dtype {data.dtype}, the metadata says {np.dtype(dtype)}")
     if indptr[0] != 0 or indptr[-1] != nnz or (n_rows and np.any(np.diff(indptr) < 0)):

@@ -27,8 +27,15 @@ def _tmp_for(path: str) -> str:
     return tmp
 
 
-def write_table(path: str, blocks: Iterable[np.ndarray], shape: tuple[int, int], *, format: str,
-                ids: Sequence | None = None, dtype=np.float64) -> str:
+def write_table(
+    path: str,
+    blocks: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    *,
+    format: str,
+    ids: Sequence | None = None,
+    dtype=np.float64,
+) -> str:
     """Write a (rows, k) matrix given as consecutive row blocks.
 
     Parameters
@@ -56,7 +63,7 @@ def write_table(path: str, blocks: Iterable[np.ndarray], shape: tuple[int, int],
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             start = 0
             for b in blocks:
-                out[start:start + b.shape[0]] = b
+                out[start : start + b.shape[0]] = b
                 start += b.shape[0]
             out.flush()
             del out
@@ -92,7 +99,7 @@ def _write_columns(tmp: str, blocks, shape, format: str, ids) -> None:
             cols = [pa.array(np.ascontiguousarray(b[:, j])) for j in range(b.shape[1])]
             col_names = list(names)
             if ids is not None:
-                cols.insert(0, pa.array(list(ids[start:start + b.shape[0]])))
+                cols.insert(0, pa.array(list(ids[start : start + b.shape[0]])))
                 col_names.insert(0, "id")
             start += b.shape[0]
             batch = pa.record_batch(cols, names=col_names)
@@ -100,7 +107,8 @@ def _write_columns(tmp: str, blocks, shape, format: str, ids) -> None:
             writer.write_batch(batch)
         if writer is None:  # no rows: still a valid, empty table with its header
             fields = ([pa.field("id", pa.string())] if ids is not None else []) + [
-                pa.field(n, pa.float64()) for n in names]
+                pa.field(n, pa.float64()) for n in names
+            ]
             empty = pa.table({f.name: pa.array([], type=f.type) for f in fields})
             if format == "parquet":
                 import pyarrow.parquet as pq
@@ -140,9 +148,13 @@ def write_ranked(path: str, blocks: Iterable[dict], *, format: str) -> int:
     writer = None
     try:
         for block in blocks:
-            batch = pa.record_batch([pa.array(np.asarray(v).tolist() if np.asarray(v).dtype == object
-                                              else np.asarray(v)) for v in block.values()],
-                                    names=list(block))
+            batch = pa.record_batch(
+                [
+                    pa.array(np.asarray(v).tolist() if np.asarray(v).dtype == object else np.asarray(v))
+                    for v in block.values()
+                ],
+                names=list(block),
+            )
             writer = writer or _writer(tmp, batch.schema, format)
             writer.write_batch(batch)
             rows += batch.num_rows

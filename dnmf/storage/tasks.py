@@ -12,9 +12,7 @@ from .sparse import read_sparse_block, write_sparse_block
 
 
 def read_sparse_task(path, i, j, shape, dtype, nnz, storage_options):
-    return read_sparse_block(
-        path, i, j, shape=shape, dtype=dtype, nnz=nnz, storage_options=storage_options
-    )
+    return read_sparse_block(path, i, j, shape=shape, dtype=dtype, nnz=nnz, storage_options=storage_options)
 
 
 def read_dense_task(path, array_path, bounds, chunk, storage_options):
@@ -22,9 +20,7 @@ def read_dense_task(path, array_path, bounds, chunk, storage_options):
 
 
 def write_sparse_task(path, i, j, block, shape, dtype, storage_options) -> int:
-    return write_sparse_block(
-        path, i, j, block, shape=shape, dtype=dtype, storage_options=storage_options
-    )
+    return write_sparse_block(path, i, j, block, shape=shape, dtype=dtype, storage_options=storage_options)
 
 
 def write_dense_task(path, bounds, block, storage_options) -> int:
