@@ -71,7 +71,7 @@ class Recorder:
 
 def instrument(rec: Recorder):
     """Patch dnmf's module attributes (this process only); returns an undo list."""
-    from dnmf.engine import loop as driver
+    from dnmf.nmf import step as driver
     from dnmf.nmf import graph as blocked
     from dnmf.nmf import kernels
 

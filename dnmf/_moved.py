@@ -20,7 +20,7 @@ MOVED = {
     "dnmf.checkpoint": "dnmf.engine.checkpoint",
     "dnmf.cluster": "dnmf.cli.cluster",
     "dnmf.demo": "dnmf.cli.demo",
-    "dnmf.driver": "dnmf.engine.loop",
+    "dnmf.driver": "dnmf.nmf.step",
     "dnmf.estimator": "dnmf.nmf.estimator",
     "dnmf.evaluation": "dnmf.recommend.evaluation",
     "dnmf.init": "dnmf.nmf.init",

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
-import dnmf.engine.loop
+import dnmf.engine.runner
 from dnmf.storage import StoreError
 from dnmf.storage import checkpoints as ckpt_store
 
@@ -221,4 +221,4 @@ def test_graph_does_not_grow_over_200_iterations():
     # history: a sawtooth whose peaks and troughs do not rise.
     assert max(counts[-40:]) <= max(counts[:40])
     assert min(counts[-40:]) <= min(counts[:40]) + 5
-    assert max(counts) < 40 * dnmf.engine.loop.REBASE_EVERY, counts[:25]
+    assert max(counts) < 40 * dnmf.engine.runner.REBASE_EVERY, counts[:25]

@@ -239,7 +239,7 @@ def test_shuffle_matches_sklearn_for_int_random_state(update_H):
 
 def test_shuffle_permutation_stream_matches_sklearn():
     """The coordinate orders are RandomState(seed).permutation, W then H."""
-    from dnmf.engine import loop as driver
+    from dnmf.nmf import step as driver
 
     cfg = driver.LoopConfig(
         solver="cd",
@@ -257,12 +257,12 @@ def test_shuffle_permutation_stream_matches_sklearn():
     )
     rng, ref = np.random.RandomState(5), np.random.RandomState(5)
     for _ in range(3):
-        pw, ph = driver._permutations(cfg, 6, rng)
+        pw, ph = driver.permutations(cfg, 6, rng)
         assert pw == tuple(ref.permutation(6)) and ph == tuple(ref.permutation(6))
     cfg_w = driver.LoopConfig(**{**cfg.__dict__, "update_H": False})
-    pw, ph = driver._permutations(cfg_w, 6, rng)
+    pw, ph = driver.permutations(cfg_w, 6, rng)
     assert pw == tuple(ref.permutation(6)) and ph == tuple(range(6))
-    assert driver._permutations(cfg_w, 6, rng)[0] == tuple(ref.permutation(6))
+    assert driver.permutations(cfg_w, 6, rng)[0] == tuple(ref.permutation(6))
 
 
 # --------------------------------------------------------------------------

@@ -16,10 +16,23 @@ import dask
 import dask.array as da
 import numpy as np
 
-#: Without checkpoints, cut the lineage of the persisted factors this often...
+#: Without checkpoints, cut the lineage of the persisted state this often...
 REBASE_EVERY = 20
-#: ...when they are small enough to pass through the client (see Runner.rebase).
+#: ...when it is small enough to pass through the client (see Runner.rebase).
 REBASE_MAX_BYTES = 512 * 2**20
+
+
+def lineage_policy() -> tuple[int, int]:
+    """``(every, max_bytes)``: how often, and up to what state size, the loop cuts lineage.
+
+    The Dask config keys ``dnmf.lineage.every`` and ``dnmf.lineage.max-bytes``
+    override :data:`REBASE_EVERY` and :data:`REBASE_MAX_BYTES` (e.g.
+    ``dask.config.set({"dnmf.lineage.max-bytes": 2**30})``). Above the size,
+    only checkpoints cut the lineage (the state is reloaded from them).
+    """
+    every = int(dask.config.get("dnmf.lineage.every", REBASE_EVERY))
+    max_bytes = int(dask.config.get("dnmf.lineage.max-bytes", REBASE_MAX_BYTES))
+    return max(every, 1), max_bytes
 
 
 def nbytes(*arrays: da.Array) -> int:

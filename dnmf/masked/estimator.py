@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
-import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -23,18 +21,20 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..base import inputs
 from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
 from ..engine import checkpoint as checkpoint_mod
-from ..engine import loop as driver
+from ..engine import loop
+from ..engine.checkpoint import LoopState
+from ..engine.runner import Runner
 from ..nmf import init
 from ..storage import checkpoints as checkpoint_store
 from . import graph as masked_graph
 from . import kernels as masked
+from .step import MaskedStep
 
 logger = logging.getLogger("dnmf")
 
@@ -252,7 +252,7 @@ class RatingsNMF(DnmfEstimator):
         self._params()  # parameter combinations, before any pass over X
         client = self._client()
         data = _Data.prepare(X, self.chunks, client)
-        runner = driver.Runner(client, single_block=data.single_block)
+        runner = Runner(client, single_block=data.single_block)
         summ = data.summary(runner)
         _check_summary(summ, self.feedback)
         nnz = summ[1]
@@ -288,21 +288,25 @@ class RatingsNMF(DnmfEstimator):
             if checkpointer is not None and checkpoint_store.exists(checkpointer.path, self.storage_options):
                 Ur, Vr, st = self._resume_from(checkpointer.path, fingerprint)
             else:
-                (Ur, Vr), st = self._initial(data, p, seed, summ), driver.LoopState()
+                (Ur, Vr), st = self._initial(data, p, seed, summ), LoopState()
             return nb, Ur, Vr, st
 
-        U, V, history, n_iter = _loop(
-            bands,
-            U0,
-            V0,
-            p,
-            self,
-            runner,
+        result = loop.run(
+            MaskedStep(bands, p, self.tol, recover=recover),
+            (U0, V0),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            max_time=self.max_time,
+            verbose=self.verbose,
+            runner=runner,
             callback=callback,
             state=state,
             checkpointer=checkpointer,
-            recover=recover if runner.client is not None else None,
+            recover=runner.client is not None,
+            max_retries=self.max_retries,
         )
+        U, V, _ = result.state
+        history, n_iter = result.history, result.n_iter
         V_np = np.asarray(runner.compute(V))
         self._set_fitted(
             p, U if not data.in_memory else np.asarray(runner.compute(U)), V_np, history, n_iter, data, runner
@@ -361,7 +365,7 @@ class RatingsNMF(DnmfEstimator):
             )
         # The sum is computed exactly (order-independent), so it must match exactly.
         checkpoint_mod.check_resumable(where, record, self._resume_params(), fingerprint, rel_tol=0.0)
-        return U0, V0, driver.LoopState.from_json(record["state"])
+        return U0, V0, LoopState.from_json(record["state"])
 
     def _set_fitted(self, p, U, V, history, n_iter, data, runner):
         k = p.k
@@ -727,100 +731,6 @@ class RatingsNMF(DnmfEstimator):
                 arrays["seen_indices"] = seen.indices.astype(np.int64)
         client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
-
-
-# ---------------------------------------------------------------- the loop
-
-
-def _loop(bands, U, V, p, est, runner, *, callback, state, checkpointer, recover):
-    """Alternate masked steps until the objective stalls; returns (U, V, history, n_iter).
-
-    The state stays persisted on the workers; only the step's scalars come
-    to the driver. Checkpoints store ``U = [W, b]`` and ``V = [Hᵀ, c]`` as
-    the checkpoint's W and Ht.
-    """
-    implicit = p.feedback == "implicit"
-    st = state if state is not None else driver.LoopState()
-    start = time.perf_counter() - st.elapsed
-    retries = 0
-    recoverable = driver.recoverable_errors() if runner.client is not None else ()
-
-    def settle(U, V):
-        U, V = runner.persist(U, V)
-        GV = runner.persist(masked_graph.factor_gram(V, p))[0] if implicit else None
-        return U, V, GV
-
-    def save():
-        st.elapsed = time.perf_counter() - start
-        checkpointer.save(runner, U, V, st)
-
-    U, V, GV = settle(U, V)
-    converged = stop = False
-    while st.iteration < est.max_iter:
-        n_iter = st.iteration + 1
-        try:
-            U2, V2, G2, s = masked_graph.step(bands, U, V, GV, p)
-            if implicit:
-                U2, V2, G2, s = runner.persist(U2, V2, G2, s)
-            else:
-                U2, V2, s = runner.persist(U2, V2, s)
-            s = runner.fetch(s)
-        except recoverable as exc:
-            retries += 1
-            if recover is None or retries > est.max_retries:
-                raise driver.FitFailed(
-                    f"Iteration {n_iter} failed {retries} time(s) after workers or their data were "
-                    f"lost ({type(exc).__name__}: {exc}). Fit with checkpoint=PATH to keep progress."
-                ) from exc
-            logger.warning("iteration %d lost work (%s); recovering (%d/%d)", n_iter, exc, retries, est.max_retries)
-            bands, U, V, st = recover()
-            start = time.perf_counter() - st.elapsed
-            U, V, GV = settle(U, V)
-            continue
-        U, V, GV = U2, V2, G2
-        loss = float(s[masked_graph.S_LOSS])
-        st.history.append(loss)
-        st.iteration = n_iter
-        elapsed = time.perf_counter() - start
-        (logger.info if est.verbose else logger.debug)(
-            "iteration %d: loss %.8g (data %.6g, penalty %.6g), %.2f s",
-            n_iter,
-            loss,
-            s[masked_graph.S_DATA],
-            s[masked_graph.S_PENALTY],
-            elapsed,
-        )
-        if callback is not None and callback(n_iter, elapsed, loss) is False:
-            stop = True
-        if len(st.history) > 1 and est.tol > 0:
-            prev = st.history[-2]
-            if prev - loss <= est.tol * abs(prev):
-                converged = True
-                break
-        if stop:
-            break
-        if est.max_time is not None and elapsed >= est.max_time:
-            break
-        if checkpointer is not None and checkpointer.due(n_iter) and n_iter < est.max_iter:
-            save()
-            if runner.client is not None:
-                # Continue from the checkpoint's blocks: cuts the lineage.
-                _, _, U, V = checkpoint_mod.load(checkpointer.path, checkpointer.storage_options)
-                U, V, GV = settle(U, V)
-        elif runner.client is not None and n_iter % driver.REBASE_EVERY == 0:
-            U, V = runner.rebase(U, V)
-            if implicit:
-                (GV,) = runner.rebase(GV)
-    if checkpointer is not None:
-        save()
-    if not converged and not stop and st.iteration == est.max_iter and est.tol > 0:
-        warnings.warn(
-            f"Maximum number of iterations {est.max_iter} reached before the objective "
-            f"stopped decreasing by tol={est.tol}. Increase max_iter or tol.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return U, V, list(st.history), st.iteration
 
 
 # ---------------------------------------------------------------- inputs

@@ -17,9 +17,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..base import inputs
 from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
 from ..engine import checkpoint as checkpoint_mod
-from ..engine import loop as driver
+from ..engine.checkpoint import LoopState
+from ..engine.runner import Runner
 from ..storage import checkpoints as checkpoint_store
 from . import init, kernels
+from . import step as nmf_step
 from . import stats as stats_mod
 
 _BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
@@ -309,7 +311,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
     def _prepare(self, X, reset: bool):
         """Block X, validate its values; returns (X, in_memory, runner, stats)."""
         client = self._client()
-        runner = driver.Runner(client)
+        runner = Runner(client)
         if isinstance(X, (str, os.PathLike)):
             from ..storage import arrays as io
 
@@ -356,7 +358,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         Xd = inputs.from_memory(X, self.chunks, client=client)
         self._reload_X = lambda: inputs.from_memory(X, self.chunks, client=client)
         if Xd.npartitions == 1:
-            runner = driver.Runner(client, single_block=True)
+            runner = Runner(client, single_block=True)
         return Xd, True, runner, stats
 
     def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None, resume=None):
@@ -396,7 +398,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
         l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, self.alpha_W, alpha_H, self.l1_ratio)
         inner_W, inner_H = self._inner_sweeps(X, stats, k)
-        config = driver.LoopConfig(
+        config = nmf_step.LoopConfig(
             solver=self.solver,
             beta=beta,
             tol=self.tol,
@@ -437,9 +439,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner)
             else:
                 Wr, Hr = W0, Ht0
-            return Xn, Wr, Hr, driver.LoopState()
+            return Xn, Wr, Hr, LoopState()
 
-        result = driver.run(
+        result = nmf_step.run(
             X,
             W0,
             Ht0,
@@ -459,7 +461,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         info, record, W0, Ht0 = checkpoint_mod.load(path, self.storage_options)
         where = info.path
         checkpoint_mod.check_resumable(where, record, self._resume_params(), _fingerprint(X, stats))
-        state = driver.LoopState.from_json(record["state"])
+        state = LoopState.from_json(record["state"])
         return record, W0, Ht0, state
 
     def _inner_sweeps(self, X, stats, k):

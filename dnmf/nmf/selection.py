@@ -44,9 +44,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
-from ..engine import loop as driver
 from . import graph as blocked
 from . import init, kernels
+from . import step as nmf_step
 from . import stats as stats_mod
 from .estimator import NMF
 
@@ -278,7 +278,7 @@ class _Fitter:
         alpha_H = est.alpha_W if est.alpha_H == "same" else est.alpha_H
         l1_W, l1_H, l2_W, l2_H = kernels.regularization(m, n, est.alpha_W, alpha_H, est.l1_ratio)
         inner_W, inner_H = est._inner_sweeps(X, stats, k)
-        config = driver.LoopConfig(
+        config = nmf_step.LoopConfig(
             solver=est.solver,
             beta=2.0,
             tol=est.tol,
@@ -297,7 +297,7 @@ class _Fitter:
         with warnings.catch_warnings():
             # Convergence is reported once, for all fits, by the caller.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return driver.run(X, W0, Ht0, config, runner=self.runner, holdout=holdout)
+            return nmf_step.run(X, W0, Ht0, config, runner=self.runner, holdout=holdout)
 
 
 def _map(n_jobs, fn, items):

@@ -1,0 +1,62 @@
+"""RatingsNMF's plug-in for the engine loop: one masked step per iteration, stop when the objective stalls.
+
+The state on the cluster is ``(U, V, GV)``: ``U = [W, b]`` (users),
+``V = [Hᵀ, c]`` (items) and, for implicit feedback, the Gram of the item
+factors that the Gram trick needs (None otherwise). Checkpoints hold U and V.
+The fit converges when the objective decreased by at most ``tol`` times its
+previous value.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..engine.checkpoint import LoopState
+from ..engine.loop import Report, Verdict
+from . import graph as masked_graph
+from .kernels import MaskedParams
+
+#: Called after lost workers: ``(bands, U, V, loop_state)`` to continue from.
+Recover = Callable[[], tuple]
+
+
+class MaskedStep:
+    """The :class:`dnmf.engine.loop.Step` of masked NMF (explicit ratings and implicit feedback)."""
+
+    def __init__(self, bands: masked_graph.Bands, params: MaskedParams, tol: float, recover: Recover | None = None):
+        self.bands = bands
+        self.params = params
+        self.tol = tol
+        self._recover = recover
+        self.implicit = params.feedback == "implicit"
+        self.not_converged_hint = f" The objective had not stopped decreasing by tol={tol}. Increase max_iter or tol."
+
+    def settle(self, runner, factors):
+        U, V = runner.persist(*factors)
+        GV = runner.persist(masked_graph.factor_gram(V, self.params))[0] if self.implicit else None
+        return (U, V, GV)
+
+    def build(self, state, iteration):
+        U, V, GV = state
+        U2, V2, G2, s = masked_graph.step(self.bands, U, V, GV, self.params)
+        return (U2, V2, G2 if self.implicit else None), s
+
+    def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:
+        loss = float(s[masked_graph.S_LOSS])
+        detail = f"; data {s[masked_graph.S_DATA]:.6g}, penalty {s[masked_graph.S_PENALTY]:.6g}"
+        stop = not report(iteration, loss, detail)
+        if len(st.history) > 1 and self.tol > 0:
+            prev = st.history[-2]
+            if prev - loss <= self.tol * abs(prev):
+                return Verdict(converged=True, stop=stop)
+        return Verdict(stop=stop)
+
+    def finish(self, runner, state, st: LoopState, converged: bool, report: Report) -> float:
+        return st.history[-1] if st.history else float("nan")
+
+    def recover(self):
+        assert self._recover is not None
+        self.bands, U, V, st = self._recover()
+        return U, V, st
