@@ -262,7 +262,7 @@ def run(
             rebased = iter(runner.rebase(*rest))
             current = (A, B, *(next(rebased) if a is not None else None for a in current[2:]))
             cuts += 1
-        elif runner.client is None or n_iter % cut_every:
+        elif runner.client is None or n_iter % cut_every or n_iter == max_iter:
             continue
         elif nbytes(*_present(current)) <= cut_max_bytes:
             rebased = iter(runner.rebase(*_present(current)))
