@@ -1,5 +1,9 @@
 """Turning user inputs into the blocked layout the solvers work on.
 
+:func:`resolve_input` is the one place that knows the kinds of input dnmf
+accepts (arrays, SciPy and pydata sparse matrices, DataFrames, Dask arrays,
+store paths and URLs, opened stores).
+
 Every input becomes a Dask array whose blocks are ``numpy.ndarray`` (dense)
 or ``scipy.sparse.csr_matrix`` (sparse): SciPy's CSR products are several
 times faster than pydata-sparse's, and Dask's own ``@`` does not accept SciPy
@@ -9,7 +13,10 @@ chunks, which is why the solvers build their graphs by hand.
 from __future__ import annotations
 
 import math
+import os
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -26,7 +33,57 @@ MAX_BLOCK_COLS = 2**17
 
 
 def is_pydata_sparse(X) -> bool:
+    """Whether X is a pydata ``sparse`` array (COO, GCXS, ...)."""
     return type(X).__module__.split(".")[0] == "sparse" and hasattr(X, "nnz")
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    """An accepted input, resolved.
+
+    Attributes
+    ----------
+    data : dask array, ndarray, SciPy sparse matrix or DataFrame
+        A Dask array for Dask and store inputs (a store's blocks are read
+        where they are used); the in-memory input otherwise (pydata sparse
+        converted to SciPy), for the estimator to validate and block.
+    row_ids, col_ids : pandas.Index or None
+        The store's ID maps (None for other inputs).
+    store : str or None
+        The store's location when X is a store.
+    """
+
+    data: Any
+    row_ids: Any = None
+    col_ids: Any = None
+    store: str | None = None
+
+    @property
+    def is_dask(self) -> bool:
+        return isinstance(self.data, da.Array)
+
+
+def resolve_input(X, storage_options: dict | None = None) -> ResolvedInput:
+    """Resolve any input dnmf accepts; see :class:`ResolvedInput`.
+
+    Parameters
+    ----------
+    X : array-like, sparse matrix, DataFrame, dask array, str, os.PathLike or MatrixStore
+        A store path or URL is opened (with ``storage_options`` for fsspec).
+    storage_options : dict, optional
+        Passed to fsspec when X is a path or URL.
+    """
+    from ..storage.arrays import MatrixStore, open_matrix
+
+    if isinstance(X, (str, os.PathLike)):
+        X = open_matrix(X, storage_options=storage_options)
+    if isinstance(X, MatrixStore):
+        return ResolvedInput(X.data, X.row_ids, X.col_ids, X.path)
+    if isinstance(X, da.Array):
+        return ResolvedInput(X)
+    if is_pydata_sparse(X):
+        X = X.to_scipy_sparse()
+    return ResolvedInput(X)
 
 
 def to_block(x, dtype=None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -251,7 +250,7 @@ class RatingsNMF(DnmfEstimator):
         self._validate_params()
         self._params()  # parameter combinations, before any pass over X
         client = self._client()
-        data = _Data.prepare(X, self.chunks, client)
+        data = _Data.prepare(X, self.chunks, client, self.storage_options)
         runner = Runner(client, single_block=data.single_block)
         summ = data.summary(runner)
         _check_summary(summ, self.feedback)
@@ -523,12 +522,7 @@ class RatingsNMF(DnmfEstimator):
         """CSR (len(rows), n_items) of the entries to exclude for these rows."""
         if source is True:
             source = self._training_ratings()
-        if isinstance(source, (str, os.PathLike)):
-            from ..storage import arrays as io
-
-            source = io.open_matrix(source).data
-        if type(source).__name__ == "MatrixStore":
-            source = source.data
+        source = inputs.resolve_input(source, self.storage_options).data
         if isinstance(source, da.Array):
             return _dask_rows(source, rows)
         return masked.observed(_as_2d(source))[rows]
@@ -663,12 +657,7 @@ class RatingsNMF(DnmfEstimator):
         """The exclusion matrix for ``recommend_all`` (any blocking: it is re-blocked to W's)."""
         if source is True:
             source = self._training_ratings()
-        if isinstance(source, (str, os.PathLike)):
-            from ..storage import arrays as io
-
-            source = io.open_matrix(source)
-        if type(source).__name__ == "MatrixStore":
-            source = source.data
+        source = inputs.resolve_input(source, self.storage_options).data
         return source if isinstance(source, da.Array) else masked.observed(_as_2d(source))
 
     def similar_items(self, item_id, n: int = 10) -> pd.DataFrame:
@@ -748,17 +737,12 @@ class _Data:
         self._bands = None
 
     @classmethod
-    def prepare(cls, X, chunks, client) -> _Data:
+    def prepare(cls, X, chunks, client, storage_options=None) -> _Data:
         self = cls()
         self.client = client
-        if isinstance(X, (str, os.PathLike)):
-            from ..storage import arrays as io
-
-            X = io.open_matrix(X)
-        if type(X).__name__ == "MatrixStore":
-            self.store_path = X.path
-            self.row_ids, self.col_ids = X.row_ids, X.col_ids
-            X = X.data
+        source = inputs.resolve_input(X, storage_options)
+        X = source.data
+        self.store_path, self.row_ids, self.col_ids = source.store, source.row_ids, source.col_ids
         if isinstance(X, da.Array):
             if X.ndim != 2 or any(math.isnan(s) for s in X.shape):
                 raise ValueError(
@@ -832,8 +816,7 @@ def _store_backed(X: da.Array) -> bool:
 
 
 def _as_2d(X):
-    if inputs.is_pydata_sparse(X):
-        X = X.to_scipy_sparse()
+    X = inputs.resolve_input(X).data
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (users × items); got shape {X.shape}.")

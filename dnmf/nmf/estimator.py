@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from numbers import Integral, Real
 
@@ -21,8 +20,8 @@ from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
 from ..storage import checkpoints as checkpoint_store
 from . import init, kernels
-from . import step as nmf_step
 from . import stats as stats_mod
+from . import step as nmf_step
 
 _BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -312,19 +311,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         """Block X, validate its values; returns (X, in_memory, runner, stats)."""
         client = self._client()
         runner = Runner(client)
-        if isinstance(X, (str, os.PathLike)):
-            from ..storage import arrays as io
-
-            X = io.open_matrix(X, storage_options=self.storage_options)
-        if type(X).__name__ == "MatrixStore":
-            # A store: its blocks are re-read every iteration, never persisted.
-            if reset:
-                self.feature_ids_ = X.col_ids
-                self.sample_ids_ = X.row_ids
-            X = X.data
-        elif reset:
+        source = inputs.resolve_input(X, self.storage_options)
+        X = source.data
+        if reset:
             for name in ("feature_ids_", "sample_ids_"):
                 self.__dict__.pop(name, None)
+            if source.store is not None:
+                # A store: its blocks are re-read every iteration, never persisted.
+                self.feature_ids_ = source.col_ids
+                self.sample_ids_ = source.row_ids
         if isinstance(X, da.Array):
             Xd = inputs.from_dask(X)
             if reset:
@@ -344,8 +339,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             stats = stats_mod.compute_stats(Xd, runner)
             stats_mod.check_values(stats)
             return Xd, False, runner, stats
-        if inputs.is_pydata_sparse(X):
-            X = X.to_scipy_sparse()
         X = validate_data(
             self,
             X,

@@ -46,8 +46,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import graph as blocked
 from . import init, kernels
-from . import step as nmf_step
 from . import stats as stats_mod
+from . import step as nmf_step
 from .estimator import NMF
 
 _METHODS = ("cv", "consensus")

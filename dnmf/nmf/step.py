@@ -27,8 +27,8 @@ state of iteration ``t``, so the result is exactly scikit-learn's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import dask.array as da
 import numpy as np

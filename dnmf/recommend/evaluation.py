@@ -19,7 +19,6 @@ sums and an item bitmap travel.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -32,6 +31,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from ..base.estimator import current_client
+from ..base.inputs import resolve_input
 from ..engine.graph import assemble, tree_reduce
 from . import kernels as topn
 from .factors import (
@@ -177,7 +177,7 @@ def train_test_split(
     """
     _check_split_params(method, test_size, k, timestamps)
     seed = _seed(random_state)
-    X = _unwrap_split(X)
+    X = resolve_input(X).data
     if not isinstance(X, da.Array):
         X, ts = _canonical_with_times(X, timestamps)
         n = X.shape[1]
@@ -191,12 +191,6 @@ def train_test_split(
     if timestamps is not None:
         ts = _dask_times(X, timestamps)
     return _split_dask(X, ts, method, float(test_size), int(k), seed)
-
-
-def _unwrap_split(X):
-    if isinstance(X, (str, os.PathLike)) or type(X).__name__ == "MatrixStore":
-        return unwrap(X)
-    return X
 
 
 def _dask_times(X: da.Array, timestamps: Any) -> da.Array:

@@ -36,7 +36,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..base.estimator import current_client
-from ..base.inputs import even_split
+from ..base.inputs import even_split, resolve_input
 from ..engine.graph import tree_reduce
 from . import kernels as topn
 
@@ -482,14 +482,7 @@ def popularity_baseline(X: Any, *, row_ids=None, col_ids=None) -> Factors:
 
 def unwrap(X: Any) -> Any:
     """A matrix store (or its path) as its Dask array; anything else as is."""
-    import os
-
-    if isinstance(X, (str, os.PathLike)):
-        from ..storage import arrays as io
-
-        X = io.open_matrix(X)
-    if type(X).__name__ == "MatrixStore":
-        return X.data
+    X = resolve_input(X).data
     if isinstance(X, da.Array):
         return X
     if sp.issparse(X):
