@@ -81,7 +81,7 @@ def normalize_chunks(chunks: ChunksLike, shape: tuple[int, int], dtype: np.dtype
             f"pair of tuples of block sizes; got {chunks!r}."
         )
     out = []
-    for c, size in zip(chunks, shape):  # type: ignore[arg-type]
+    for c, size in zip(chunks, shape, strict=True):  # type: ignore[arg-type]
         if isinstance(c, (int, np.integer)):
             c = int(c)
             if c == -1:

@@ -593,7 +593,7 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
     # Validate every row band before writing anything.
     total = n_nonfinite = 0
     first = None
-    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
         band = np.asarray(X[r0:r1])
         nonfinite = ~np.isfinite(band)
         bad = nonfinite | (band < 0)
@@ -618,12 +618,12 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
     )
     col_bounds = np.cumsum((0,) + col_chunks)
     with writing_store(info, overwrite=overwrite, storage_options=storage_options):
-        for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
             band = np.array(X[r0:r1])  # one row band of the memory map in memory
             if total:  # on_invalid="drop": a dropped entry of a dense matrix is a zero
                 band[~np.isfinite(band) | (band < 0)] = 0
             band = band.astype(dtype, copy=False)
-            for c0, c1 in zip(col_bounds[:-1], col_bounds[1:]):
+            for c0, c1 in zip(col_bounds[:-1], col_bounds[1:], strict=True):
                 write_dense_block(
                     output,
                     DENSE_ARRAY,
