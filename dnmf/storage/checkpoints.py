@@ -40,7 +40,6 @@ POINTER_FORMAT = "dnmf-checkpoint-pointer"
 VERSION = 1
 POINTER = "LATEST.json"
 _NAME = re.compile(r"^it-(\d{8})-[0-9a-f]{8}$")
-FACTORS = ("W", "Ht")
 
 
 @dataclass(frozen=True)
