@@ -253,7 +253,7 @@ def _open(path: str, storage_options, *, verify: bool, warn: bool) -> MatrixStor
         for j, w in enumerate(info.col_chunks):
             if info.kind == "sparse":
                 assert info.nnz_per_block is not None
-                task = (
+                task: tuple[Any, ...] = (
                     _tasks.read_sparse_task,
                     path,
                     i,
@@ -414,6 +414,7 @@ def write_matrix(
     if col_ids is not None:
         _ids.check_ids(col_ids, shape[1], "cols")
 
+    target: tuple[tuple[int, ...], ...]
     if is_dask and chunks is None:
         target = (tuple(X.chunks[0]), tuple(X.chunks[1]))
     else:

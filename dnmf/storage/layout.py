@@ -224,7 +224,7 @@ def parse_matrix_attrs(
     return MatrixInfo(
         path=path,
         kind="sparse" if fmt == SPARSE_FORMAT else "dense",
-        shape=shape,  # type: ignore[arg-type]
+        shape=shape,
         dtype=dtype,
         row_chunks=row_chunks,
         col_chunks=col_chunks,
