@@ -71,10 +71,8 @@ def machine_info() -> dict:
     except OSError:  # pragma: no cover
         load = None
     mem_gib = None
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # pragma: no cover
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        pass
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -312,11 +310,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: str 
     align = align or ("l" + "r" * (len(headers) - 1))
 
     def line(r):
-        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align, strict=True))
+            + " |"
+        )
 
     sep = (
         "|"
-        + "|".join((":" + "-" * (w + 1)) if a == "l" else ("-" * (w + 1) + ":") for w, a in zip(widths, align))
+        + "|".join(
+            (":" + "-" * (w + 1)) if a == "l" else ("-" * (w + 1) + ":") for w, a in zip(widths, align, strict=True)
+        )
         + "|"
     )
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])

@@ -165,7 +165,7 @@ def bare_kernels(X, W, Ht, row_chunks, repeat: int, cores: int) -> dict:
 
     def xtw_blocks():
         out = Xb[0].T @ Wb[0]
-        for x, w in zip(Xb[1:], Wb[1:]):
+        for x, w in zip(Xb[1:], Wb[1:], strict=True):
             out += x.T @ w
         return out
 
@@ -190,7 +190,7 @@ def bare_kernels(X, W, Ht, row_chunks, repeat: int, cores: int) -> dict:
 
         def parallel_iteration():
             xh = list(pool.map(lambda x: x @ Htb[0], Xb))
-            parts = list(pool.map(lambda xw: xw[0].T @ xw[1], zip(Xb, Wb)))
+            parts = list(pool.map(lambda xw: xw[0].T @ xw[1], zip(Xb, Wb, strict=True)))
             total = parts[0].copy()
             for p in parts[1:]:
                 total += p
@@ -265,7 +265,7 @@ class SklearnClock:
             return [], None
         starts = [calls[i][1] for i in range(0, len(calls), per)]
         end = calls[-1][2]
-        return [b - a for a, b in zip(starts, starts[1:] + [end])], starts[0]
+        return [b - a for a, b in zip(starts, starts[1:] + [end], strict=True)], starts[0]
 
 
 def run_sklearn(X, W0, H0, k: int, solver: str, iters: int) -> dict:
@@ -651,7 +651,7 @@ def render(results: dict) -> tuple[str, list[dict]]:
 
     kh = ["problem", "row blocks", "threads", "X@Ht", "X.T@W (CSC view)", "sum X_i.T@W_i", "W.T@W", "Ht.T@Ht", "total"]
     krows = []
-    for name, p in results["problems"].items():
+    for p in results["problems"].values():
         b = p["bare"]
         for mode, label in (("1t", "1"), ("default", "default BLAS")):
             t = b[mode]

@@ -34,7 +34,9 @@ def generate(path: str, rows: int, users: int, items: int, seed: int = 0) -> Non
             u = (users * rng.random(n) ** 2).astype(np.int64) * 2654435761 % users
             i = (items * rng.random(n) ** 3).astype(np.int64) * 40503 % items
             r = rng.integers(1, 11, n) / 2
-            lines = [f"user_{a:07d},item_{b:06d},{c:g}\n" for a, b, c in zip(u.tolist(), i.tolist(), r.tolist())]
+            lines = [
+                f"user_{a:07d},item_{b:06d},{c:g}\n" for a, b, c in zip(u.tolist(), i.tolist(), r.tolist(), strict=True)
+            ]
             f.writelines(lines)
     os.replace(tmp, path)
 

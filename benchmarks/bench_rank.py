@@ -201,8 +201,8 @@ def render(results) -> str:
         cols = [k for k in t if k != "chosen"]
         out += ["", f"{c['title']}, seed {c['seed']}, {c['method']}:", ""]
         body = [
-            [("%.4g" % v) if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
-            for *vals, ch in zip(*[t[k] for k in cols], t["chosen"])
+            [f"{v:.4g}" if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
+            for *vals, ch in zip(*[t[k] for k in cols], t["chosen"], strict=True)
         ]
         out.append(markdown_table(cols + ["chosen"], body))
     load = results.get("loadavg_at_end")

@@ -154,7 +154,7 @@ def brute_force(args, H, item_bias, global_mean, user_chunks, users):
         S = (W @ H).astype(np.float64) + item_bias + global_mean
         S[seen.nonzero()] = -np.inf
         item = np.arange(args.items)
-        for t, row in zip(here, S):
+        for t, row in zip(here, S, strict=True):
             order = np.lexsort((item, -row))[: args.n]
             idx[t], sc[t] = order, row[order]
     return idx, sc

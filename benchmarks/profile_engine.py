@@ -159,7 +159,7 @@ def _main(a):
     with blas_threads(1):
         bare = {
             "X@Ht": time_call(lambda: X @ Ht, repeat=3)["median"],
-            "sum X_i.T@W_i": time_call(lambda: sum(x.T @ w for x, w in zip(Xb, Wb)), repeat=3)["median"],
+            "sum X_i.T@W_i": time_call(lambda: sum(x.T @ w for x, w in zip(Xb, Wb, strict=True)), repeat=3)["median"],
             "W.T@W": time_call(lambda: W0.T @ W0, repeat=3)["median"],
             "Ht.T@Ht": time_call(lambda: Ht.T @ Ht, repeat=3)["median"],
         }
@@ -199,7 +199,7 @@ def _main(a):
     bounds = [t for _, t in marks]
     per = defaultdict(list)
     walls = []
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
         walls.append(hi - lo)
         sums = defaultdict(float)
         for name, _, s, e in rec.between(lo, hi):

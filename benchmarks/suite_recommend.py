@@ -170,7 +170,7 @@ def run_spark(args, cache: dict) -> dict:
 
         def frame(M):
             M = M.tocoo()
-            rows = list(zip(M.row.tolist(), M.col.tolist(), M.data.astype(float).tolist()))
+            rows = list(zip(M.row.tolist(), M.col.tolist(), M.data.astype(float).tolist(), strict=True))
             return spark.createDataFrame(rows, ["user", "item", "rating"])
 
         train, test = frame(data["train"]), frame(data["test"])

@@ -74,7 +74,7 @@ def _bare_pass(X, k: int, repeat: int) -> float:
     W = rng.random((X.shape[0], k))
     Ht = rng.random((X.shape[1], k))
     offs = np.concatenate([[0], np.cumsum(dnmf_row_chunks(X))]).astype(int)
-    blocks = [(X[a:b], W[a:b]) for a, b in zip(offs[:-1], offs[1:])]
+    blocks = [(X[a:b], W[a:b]) for a, b in zip(offs[:-1], offs[1:], strict=True)]
 
     def one():
         X @ Ht

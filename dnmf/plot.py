@@ -240,7 +240,7 @@ def component_grid(
     cell = 1.2  # inches per image width
     fig = plt.figure(figsize=(cell * cols_total + 0.2, rows * (cell * height / width + 0.3) + 0.5))
     outer = fig.add_gridspec(1, len(sets), width_ratios=[c for _, c in grids], wspace=0.15)
-    for p, ((name, arr, caps), (r, c)) in enumerate(zip(sets, grids)):
+    for p, ((name, arr, caps), (_, c)) in enumerate(zip(sets, grids, strict=True)):
         inner = outer[0, p].subgridspec(rows, c, wspace=0.08, hspace=0.3)
         signed = arr.min() < 0
         for i in range(rows * c):

@@ -53,7 +53,7 @@ def generate_ratings(path: str, n_users: int, n_items: int, per_user: int, seed:
         chosen = rng.choice(n_items, size=min(count, n_items), replace=False, p=weight / weight.sum())
         base = np.where(fav[chosen], 4.1, 2.4)
         rating = np.clip(np.round(2 * (base + quality[chosen] + rng.normal(0, 0.5, chosen.size))) / 2, 0.5, 5.0)
-        for j, r in zip(chosen, rating):
+        for j, r in zip(chosen, rating, strict=True):
             rows.append((f"u{u:05d}", items[j], float(r), 1_600_000_000 + len(rows)))
     pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(path, index=False)
 
@@ -66,7 +66,9 @@ def _titles(args) -> dict | None:
     if path is None:
         return None
     movies = pd.read_csv(path)
-    return dict(zip(movies.iloc[:, 0].astype(str), movies["title"] if "title" in movies else movies.iloc[:, 1]))
+    return dict(
+        zip(movies.iloc[:, 0].astype(str), movies["title"] if "title" in movies else movies.iloc[:, 1], strict=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  favourite genres (ratings >= 4): " + ", ".join(f"{g} ({c})" for g, c in liked.items()))
         width = max([len("item")] + [len(label(item)) for item in items])
         print(f"\n{'rank':>4}  {'item':<{width}}  {'score':>8}")
-        for r, (item, s) in enumerate(zip(items, scores), 1):
+        for r, (item, s) in enumerate(zip(items, scores, strict=True), 1):
             print(f"{r:>4}  {label(item):<{width}}  {s:>8.4f}")
         already = len(set(map(str, items)) & set(map(str, seen_ids)))
         print(f"\nalready rated by {user}: {already} of {len(items)} recommended items")

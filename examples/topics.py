@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     X = vectorizer.fit_transform(docs).astype(np.float64).tocsr()
     keep = np.asarray(X.sum(axis=1)).ravel() > 0  # documents with no vocabulary word carry no topic
     X = X[keep]
-    origin = [o for o, kept in zip(origin, keep) if kept]
+    origin = [o for o, kept in zip(origin, keep, strict=True) if kept]
     vocab = vectorizer.get_feature_names_out()
     t_corpus = time.perf_counter() - t0
     print(f"corpus: {source}: {X.shape[0]:,} documents x {X.shape[1]:,} words, {X.nnz:,} non-zeros ({t_corpus:.1f} s)")

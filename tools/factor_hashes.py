@@ -63,10 +63,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "dnmf", "__init__.py")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import numpy as np
-import scipy.sparse as sp
+import numpy as np  # noqa: E402 -- after the sys.path insertion above
+import scipy.sparse as sp  # noqa: E402
 
-import dnmf
+import dnmf  # noqa: E402
 
 M, N, K = 300, 200, 5
 BLOCK = (100, 100)  # 3 x 2 blocks

@@ -14,7 +14,6 @@ import io
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -519,20 +518,7 @@ def write_report(
         If ``model`` has not been fitted.
     """
     text = render_report(model, timings=timings, cluster=cluster, title=title, extra=extra)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=folder)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the report from other users
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..storage.locations import write_atomic
+
+    # 0644: the temporary file's 0600 would hide the report from other users.
+    write_atomic(os.fspath(path), text.encode("utf-8"), mode=0o644)

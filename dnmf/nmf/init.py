@@ -107,7 +107,7 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
     ``U`` and ``V`` are Dask arrays chunked like X's rows and columns.
     """
     m, n = X.shape
-    l = min(k + n_oversamples, m, n)
+    l = min(k + n_oversamples, m, n)  # noqa: E741 -- the sketch width, named as in Halko et al. and the comments
     Xf = X if X.dtype == np.float64 else X.map_blocks(lambda b: b.astype(np.float64), dtype=np.float64)
     omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, np.float64, absolute=False)
     (Y,) = runner.persist(blocked.xdot(Xf, omega))

@@ -52,8 +52,6 @@ RANKING_METRICS = ("precision", "recall", "ndcg", "map", "coverage")
 #: Candidate cutoffs per pass of the distributed time-cutoff search.
 TIME_BINS = 1024
 
-_CSR_META = sp.csr_matrix((0, 0))
-
 
 # --------------------------------------------------------------------------
 # Splits
@@ -420,7 +418,7 @@ def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item
     train = None if train is None else unwrap(train)
     err, rank = _metrics_graph(factors, test, train, k, threshold, want_errors, want_ranking, item_block)
     # One compute: blocks shared by both (test, W) are read once.
-    values = dict(zip(("err", "rank"), dask.compute(err, rank)))
+    values = dict(zip(("err", "rank"), dask.compute(err, rank), strict=True))
     out: dict[str, float] = {}
     if err is not None:
         sse, sae, count = values["err"]

@@ -253,7 +253,7 @@ def _open(path: str, storage_options, *, verify: bool, warn: bool) -> MatrixStor
         for j, w in enumerate(info.col_chunks):
             if info.kind == "sparse":
                 assert info.nnz_per_block is not None
-                task = (
+                task: tuple[Any, ...] = (
                     _tasks.read_sparse_task,
                     path,
                     i,
@@ -328,7 +328,7 @@ def _in_memory_blocks(X, chunks, client) -> da.Array:
             blocks.append(band[:, col_starts[j] : col_starts[j + 1]])
     if client is not None:
         blocks = client.scatter(blocks)
-    dsk = dict(zip(keys, blocks))
+    dsk = dict(zip(keys, blocks, strict=True))
     meta = sp.csr_matrix((0, 0), dtype=X.dtype) if sparse_in else np.empty((0, 0), dtype=X.dtype)
     return da.Array(HighLevelGraph.from_collections(name, dsk, ()), name, chunks, meta=meta)
 
@@ -414,6 +414,7 @@ def write_matrix(
     if col_ids is not None:
         _ids.check_ids(col_ids, shape[1], "cols")
 
+    target: tuple[tuple[int, ...], ...]
     if is_dask and chunks is None:
         target = (tuple(X.chunks[0]), tuple(X.chunks[1]))
     else:
@@ -427,7 +428,7 @@ def write_matrix(
         target = chunking.normalize_chunks(chunks, shape, dtype, nnz=nnz)
     if not sparse_out and not all(map(chunking.is_regular, target)):
         if is_dask and chunks is None:
-            target = tuple(chunking.regular(s, max(c)) for s, c in zip(shape, target))
+            target = tuple(chunking.regular(s, max(c)) for s, c in zip(shape, target, strict=True))
         else:
             raise ValueError(
                 f"Dense stores need regular chunks (all equal but a shorter last one); got "
@@ -722,7 +723,7 @@ def load_factors(path: str | os.PathLike[str]) -> tuple[dict[str, da.Array], dic
     for name, spec in info.arrays.items():
         shape, chunks = spec["shape"], spec["chunks"]
         key = "dnmf-model-" + tokenize(info.location, info.write_id, name)
-        block_chunks = tuple(chunking.regular(s, c) if s else (0,) for s, c in zip(shape, chunks))
+        block_chunks = tuple(chunking.regular(s, c) if s else (0,) for s, c in zip(shape, chunks, strict=True))
         dsk = {
             (key, *ix): (read_model_block, info, name, tuple(int(v) for v in ix))
             for ix in np.ndindex(*(len(c) for c in block_chunks))

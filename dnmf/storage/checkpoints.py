@@ -40,7 +40,6 @@ POINTER_FORMAT = "dnmf-checkpoint-pointer"
 VERSION = 1
 POINTER = "LATEST.json"
 _NAME = re.compile(r"^it-(\d{8})-[0-9a-f]{8}$")
-FACTORS = ("W", "Ht")
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def write_block(
     zarr.create_array(
         store=block_url(root, name, factor, index),
         data=block,
-        chunks=block.shape if block.size else None,
+        chunks=block.shape if block.size else None,  # type: ignore[arg-type]  # None: Zarr picks (empty block)
         storage_options=storage_options or None,
         overwrite=True,
     )
@@ -166,7 +165,9 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
         )
     group_url = f"{str(root).rstrip('/')}/{name}"
     try:
-        attrs = dict(zarr.open_group(group_url, mode="r", storage_options=storage_options or None).attrs)
+        attrs: dict[str, Any] = dict(
+            zarr.open_group(group_url, mode="r", storage_options=storage_options or None).attrs
+        )
         state = attrs["state"]
         ok = attrs.get("dnmf_format") == CHECKPOINT_FORMAT and attrs.get("version") == VERSION
     except Exception as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -75,13 +75,14 @@ def normalize_chunks(chunks: ChunksLike, shape: tuple[int, int], dtype: np.dtype
         return auto_chunks(shape, dtype, nnz)
     if isinstance(chunks, (int, np.integer)):
         chunks = (int(chunks), -1)
-    if isinstance(chunks, str) or len(chunks) != 2:  # type: ignore[arg-type]
+    if isinstance(chunks, str) or len(chunks) != 2:
         raise ValueError(
             f"chunks must be None, 'auto', an int (rows per block), a pair of ints or a "
             f"pair of tuples of block sizes; got {chunks!r}."
         )
     out = []
-    for c, size in zip(chunks, shape):  # type: ignore[arg-type]
+    axes: Sequence[Any] = chunks  # per axis: a block size or the block sizes
+    for c, size in zip(axes, shape, strict=True):
         if isinstance(c, (int, np.integer)):
             c = int(c)
             if c == -1:

@@ -19,8 +19,9 @@ ZSTD_LEVEL = 3
 _BLOSC_MAX_BYTES = 2**31 - 2**16
 
 #: Zarr array options that make a missing chunk detectable: every chunk is
-#: written, even one equal to the fill value.
-ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
+#: written, even one equal to the fill value. (Typed Any: Zarr types it as
+#: ``zarr.core.array_spec.ArrayConfigParams``, a TypedDict of a private module.)
+ARRAY_CONFIG: Any = {"write_empty_chunks": True}
 
 
 def numeric_compressors(dtype: np.dtype, chunk_elements: int) -> tuple[Any, ...]:

@@ -197,7 +197,9 @@ def ingest(
     opts = dict(read_options or {})
     if fmt == "csv" and "sep" not in opts and input.lower().removesuffix(".gz").endswith(".tsv"):
         opts["sep"] = "\t"
-    common = dict(chunks=chunks, overwrite=overwrite, storage_options=storage_options, on_invalid=on_invalid)
+    common: dict[str, Any] = dict(
+        chunks=chunks, overwrite=overwrite, storage_options=storage_options, on_invalid=on_invalid
+    )
     if fmt in ("npz", "npy") or (fmt == "mtx" and read_mtx_header(input).layout == "array"):
         return _ingest_matrix_file(input, out, fmt, dtype=dtype, **common)
     source: Source
@@ -295,6 +297,13 @@ def ingest_source(
             logger.warning("%s Dropped them (on_invalid='drop').", message)
         if n_kept == 0:
             raise ValueError(f"{source.path!r} holds no valid records. Check the file and the column names.")
+        # ID maps (sorted IDs, position of each code, kind): keyed sources only.
+        row_ids: np.ndarray | None
+        col_ids: np.ndarray | None
+        row_pos: np.ndarray | None
+        col_pos: np.ndarray | None
+        row_kind: str | None
+        col_kind: str | None
         if source.keyed:
             row_ids, row_pos, row_kind = rows_coder.finish()
             col_ids, col_pos, col_kind = cols_coder.finish()
@@ -375,6 +384,7 @@ def _scatter(
         open(p, "wb").close()
     for rec in _spill_chunks(spill, n):
         if row_pos is not None:
+            assert col_pos is not None  # both or neither
             rec["r"] = row_pos[rec["r"]]
             rec["c"] = col_pos[rec["c"]]
         block = np.searchsorted(bounds, rec["r"], side="right")
@@ -593,7 +603,7 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
     # Validate every row band before writing anything.
     total = n_nonfinite = 0
     first = None
-    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
         band = np.asarray(X[r0:r1])
         nonfinite = ~np.isfinite(band)
         bad = nonfinite | (band < 0)
@@ -618,12 +628,12 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
     )
     col_bounds = np.cumsum((0,) + col_chunks)
     with writing_store(info, overwrite=overwrite, storage_options=storage_options):
-        for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
             band = np.array(X[r0:r1])  # one row band of the memory map in memory
             if total:  # on_invalid="drop": a dropped entry of a dense matrix is a zero
                 band[~np.isfinite(band) | (band < 0)] = 0
             band = band.astype(dtype, copy=False)
-            for c0, c1 in zip(col_bounds[:-1], col_bounds[1:]):
+            for c0, c1 in zip(col_bounds[:-1], col_bounds[1:], strict=True):
                 write_dense_block(
                     output,
                     DENSE_ARRAY,

@@ -16,6 +16,7 @@ read-modify-write race between the job and a user.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -122,12 +123,10 @@ def _registry() -> str:
 
 def register(job_id: str, job_dir: str) -> None:
     """Remember where job ``job_id`` keeps its directory (best effort)."""
-    try:
+    with contextlib.suppress(OSError):  # the directory printed at submission still works
         locations.write_atomic(
             os.path.join(_registry(), f"{job_id}.json"), json.dumps({"id": job_id, "dir": job_dir}).encode(), None
         )
-    except OSError:
-        pass  # the directory printed at submission still works
 
 
 def lookup(job_id: str) -> str | None:

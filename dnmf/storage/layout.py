@@ -114,7 +114,7 @@ class MatrixInfo:
 
 def chunks_problem(chunks: tuple[tuple[int, ...], tuple[int, ...]], shape: tuple[int, ...]) -> str | None:
     """Why ``chunks`` do not tile ``shape`` with positive blocks, or None if they do."""
-    for axis, (sizes, size) in enumerate(zip(chunks, shape)):
+    for axis, (sizes, size) in enumerate(zip(chunks, shape, strict=True)):
         if not sizes or any(int(c) <= 0 for c in sizes) or sum(sizes) != size:
             return f"chunks along axis {axis} must be positive block sizes summing to {size}; got {tuple(sizes)}"
     return None
@@ -224,7 +224,7 @@ def parse_matrix_attrs(
     return MatrixInfo(
         path=path,
         kind="sparse" if fmt == SPARSE_FORMAT else "dense",
-        shape=shape,  # type: ignore[arg-type]
+        shape=shape,
         dtype=dtype,
         row_chunks=row_chunks,
         col_chunks=col_chunks,

@@ -84,12 +84,14 @@ def remove(path: str, storage_options: StorageOptions = None) -> None:
         fs.rm(fspath, recursive=True)
 
 
-def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None) -> None:
+def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None, *, mode: int | None = None) -> None:
     """Replace the file at ``path`` with ``data`` in one step.
 
     Locally: a temporary file in the same directory, fsynced, then
     ``os.replace`` and an fsync of the directory, so a crash leaves the old
     file or the new one. On object stores: one PUT, which is atomic.
+    ``mode``: the local file's permission bits (default: the temporary
+    file's 0600); ignored on object stores.
     """
     if is_url(path):
         fs, fspath = _fs(path, storage_options)
@@ -99,6 +101,8 @@ def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None)
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

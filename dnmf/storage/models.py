@@ -167,18 +167,18 @@ def write_model_block(location: str, block_index: tuple[int, ...], block: Any) -
     """
     arr = nodes.open_for_writing(location)
     block = np.asarray(block)
-    region = tuple(slice(b * c, b * c + s) for b, c, s in zip(block_index, arr.chunks, block.shape))
-    expected = tuple(min(c, n - b * c) for b, c, n in zip(block_index, arr.chunks, arr.shape))
+    expected = tuple(min(c, n - b * c) for b, c, n in zip(block_index, arr.chunks, arr.shape, strict=True))
     if block.shape != expected:
         raise ValueError(
             f"block {tuple(block_index)} of {location!r} must have shape {expected}; got "
             f"{block.shape}. Rechunk the array to the chunks given to DeferredArray."
         )
+    region = tuple(slice(b * c, b * c + s) for b, c, s in zip(block_index, arr.chunks, block.shape, strict=True))
     arr[region] = block.astype(arr.dtype, copy=False)
 
 
 def _chunk_grid(shape, chunks) -> list[tuple[int, ...]]:
-    grid = [max(1, -(-s // c)) if s else 0 for s, c in zip(shape, chunks)]
+    grid = [max(1, -(-s // c)) if s else 0 for s, c in zip(shape, chunks, strict=True)]
     return [tuple(ix) for ix in np.ndindex(*grid)] if all(grid) else []
 
 
@@ -413,7 +413,7 @@ def read_model_block(info: ModelInfo, name: str, block_index: tuple[int, ...]) -
     where = locations.join(info.location, name)
     if not nodes.chunk_exists(info.location, name, tuple(block_index), None):
         raise StoreError(where, f"block {tuple(block_index)} is missing", "The model is damaged; save it again.")
-    region = tuple(slice(b * c, (b + 1) * c) for b, c in zip(block_index, arr.chunks))
+    region = tuple(slice(b * c, (b + 1) * c) for b, c in zip(block_index, arr.chunks, strict=True))
     return nodes.read_region(arr, region, where)
 
 

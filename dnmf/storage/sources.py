@@ -401,7 +401,7 @@ class MtxSource(Source):
             for df in reader:
                 rows = df["r"].to_numpy() - 1
                 cols = df["c"].to_numpy() - 1
-                values = _to_values(df["v"] if "v" in df else None, len(df))
+                values = _to_values(df.get("v"), len(df))
                 missing = np.zeros(len(df), dtype=bool)
                 batch = Batch(rows, cols, values, missing, self.path, start)
                 start += len(df)
