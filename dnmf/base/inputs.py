@@ -139,7 +139,8 @@ def normalize_chunks(chunks, shape, nbytes) -> tuple[tuple[int, ...], tuple[int,
             f"(rows, cols) pair or explicit chunk tuples for shape {shape}; got "
             f"{chunks!r} ({exc})."
         ) from None
-    return tuple(tuple(int(c) for c in axis) for axis in normal)
+    rows, cols = (tuple(int(c) for c in axis) for axis in normal)
+    return rows, cols
 
 
 def from_memory(X, chunks="auto", client=None) -> da.Array:

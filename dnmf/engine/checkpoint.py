@@ -112,7 +112,7 @@ class Checkpointer:
     def due(self, iteration: int) -> bool:
         if self.every and iteration % self.every == 0:
             return True
-        return bool(self.seconds) and time.monotonic() - self._last_time >= self.seconds
+        return self.seconds is not None and self.seconds > 0 and time.monotonic() - self._last_time >= self.seconds
 
     def save(self, runner, W: da.Array, Ht: da.Array, state: LoopState) -> store.CheckpointInfo:
         """Write W and Ht block by block on the workers, then commit ``state``."""
@@ -121,7 +121,7 @@ class Checkpointer:
         name = store.new_name(state.iteration)
         token = tokenize("dnmf-checkpoint", self.path, name, W.name, Ht.name)
         core = f"dnmf-ckpt-write-{token}"
-        layer = {}
+        layer: dict[tuple, tuple] = {}
         keys = []
         for factor, A in (("W", W), ("Ht", Ht)):
             for i in range(A.numblocks[0]):

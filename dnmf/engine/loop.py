@@ -108,6 +108,13 @@ class LoopResult:
         return list(self.loop_state.history)
 
 
+def _restore(rng: np.random.RandomState, saved: list | None) -> None:
+    """Put ``rng`` back in the state ``rng_to_json`` recorded."""
+    restored = rng_from_json(saved)
+    if restored is not None:
+        rng.set_state(restored.get_state())
+
+
 def _present(state: State) -> list[da.Array]:
     return [a for a in state if a is not None]
 
@@ -176,7 +183,7 @@ def run(
     runner = runner or Runner()
     st = state if state is not None else LoopState()
     if rng is not None and st.rng_state is not None:
-        rng.set_state(rng_from_json(st.rng_state).get_state())
+        _restore(rng, st.rng_state)
     initial_rng = rng_to_json(rng)
     start = time.perf_counter() - st.elapsed
     cut_every, cut_max_bytes = lineage_policy()
@@ -234,7 +241,7 @@ def run(
             )
             A, B, st = step.recover()
             if rng is not None:
-                rng.set_state(rng_from_json(st.rng_state or initial_rng).get_state())
+                _restore(rng, st.rng_state or initial_rng)
             start = time.perf_counter() - st.elapsed
             current = step.settle(runner, (A, B))
             continue

@@ -102,7 +102,7 @@ class Runner:
             graph = dict(a.__dask_graph__())
             values = self.client.gather([graph[key] for key in keys])
             name = f"dnmf-rebased-{uuid.uuid4().hex}"
-            futures = self.client.scatter({(name, *key[1:]): v for key, v in zip(keys, values)})
+            futures = self.client.scatter({(name, *key[1:]): v for key, v in zip(keys, values, strict=True)})
             out.append(da.Array(futures, name, chunks=a.chunks, meta=np.empty((0,) * a.ndim, dtype=a.dtype)))
         return tuple(out)
 

@@ -585,7 +585,9 @@ class RatingsNMF(DnmfEstimator):
                 top = top[0][top[0] >= 0]
                 frames.append((user, item_ids[top].tolist(), np.full(top.size, np.nan)))
         rows_out = [
-            (u, rank + 1, it, float(sc)) for u, its, scs in frames for rank, (it, sc) in enumerate(zip(its, scs))
+            (u, rank + 1, it, float(sc))
+            for u, its, scs in frames
+            for rank, (it, sc) in enumerate(zip(its, scs, strict=True))
         ]
         return pd.DataFrame(rows_out, columns=["user", "rank", "item", "score"])
 
@@ -621,8 +623,8 @@ class RatingsNMF(DnmfEstimator):
         )
         out = [
             (user, rank + 1, self.item_ids_[int(j)], float(sc))
-            for user, its, scs in zip(f.row_ids, np.asarray(idx), np.asarray(scores))
-            for rank, (j, sc) in enumerate(zip(its, scs))
+            for user, its, scs in zip(f.row_ids, np.asarray(idx), np.asarray(scores), strict=True)
+            for rank, (j, sc) in enumerate(zip(its, scs, strict=True))
             if j >= 0
         ]
         return pd.DataFrame(out, columns=["user", "rank", "item", "score"])
@@ -675,7 +677,7 @@ class RatingsNMF(DnmfEstimator):
         out = []
         for t, it in enumerate(ids):
             valid = idx[t] >= 0
-            for rank, (j, s) in enumerate(zip(idx[t][valid], scores[t][valid])):
+            for rank, (j, s) in enumerate(zip(idx[t][valid], scores[t][valid], strict=True)):
                 out.append((it, rank + 1, self.item_ids_[int(j)], float(s)))
         return pd.DataFrame(out, columns=["item", "rank", "similar", "score"])
 
@@ -863,7 +865,7 @@ def _dask_rows(X: da.Array, rows: np.ndarray) -> sp.csr_matrix:
     for b in np.unique(block_of):
         blocks = dask.compute(*[X.blocks[int(b), j] for j in range(X.numblocks[1])])
         bands[int(b)] = masked.row_band(blocks)
-    return sp.vstack([bands[int(b)][int(r - off[b])] for r, b in zip(rows, block_of)], format="csr")
+    return sp.vstack([bands[int(b)][int(r - off[b])] for r, b in zip(rows, block_of, strict=True)], format="csr")
 
 
 def _map_ids(block, ids, fill):

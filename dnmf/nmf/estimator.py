@@ -373,6 +373,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 "the initialization, and so leads to poorer results when used jointly "
                 "with init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
                 UserWarning,
+                stacklevel=3,
             )
         seed = init.seed_from(self.random_state)
         dtype = X.dtype
@@ -485,6 +486,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             warnings.warn(
                 "When init!='custom', provided W or H are ignored. Set init='custom' to use them as initialization.",
                 RuntimeWarning,
+                stacklevel=3,
             )
         if k in ("auto", None):
             k = n
@@ -552,7 +554,7 @@ def _check_init(A, shape, whom, dtype):
     if isinstance(A, da.Array):
         A = A.compute()
     A = np.asarray(A)
-    for axis, (got, want) in enumerate(zip(A.shape, shape)):
+    for axis, (got, want) in enumerate(zip(A.shape, shape, strict=False)):
         if want is not None and got != want:
             raise ValueError(
                 f"Array with wrong {'first' if axis == 0 else 'second'} dimension passed "

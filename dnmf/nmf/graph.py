@@ -118,7 +118,7 @@ def _combine_stats(parts):
 
 def _row_xdot(x_blocks, b_blocks):
     out = kernels.xdot(x_blocks[0], b_blocks[0])
-    for x, b in zip(x_blocks[1:], b_blocks[1:]):
+    for x, b in zip(x_blocks[1:], b_blocks[1:], strict=True):
         out += kernels.xdot(x, b)
     return out
 
@@ -230,7 +230,7 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     if p.beta == 2:
         XHt = _row_xdot(x_blocks, ht_blocks)
         if m_blocks is not None:
-            for m, ht in zip(m_blocks, ht_blocks):
+            for m, ht in zip(m_blocks, ht_blocks, strict=True):
                 fill = kernels.holdout_values(m, W, ht)
                 XHt += kernels.xdot(fill, ht)
                 s[S_IMPUTED_IN] += kernels.squared_norm(fill)
@@ -244,7 +244,7 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     else:
         num = den = None
         loss = 0.0
-        for x, ht in zip(x_blocks, ht_blocks):
+        for x, ht in zip(x_blocks, ht_blocks, strict=True):
             n_, d_, l_ = kernels.mu_beta_terms(x, W, ht, p.beta, with_loss=True)
             num = n_ if num is None else num + n_
             den = d_ if den is None else den + d_
@@ -269,12 +269,14 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
         if p.beta == 2:
             out["P"] = [kernels.xtdot(x, W_new) for x in x_blocks]
             if m_blocks is not None:
-                for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks)):
+                for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks, strict=True)):
                     fill = kernels.holdout_values(m, W_new, ht)
                     out["P"][j] += kernels.xtdot(fill, W_new)
                     s[S_IMPUTED] += kernels.squared_norm(fill)
         else:
-            terms = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks)]
+            terms = [
+                kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)
+            ]
             out["P"] = terms
     return out
 
@@ -422,7 +424,7 @@ def _row_objective(x_blocks, W, ht_blocks, HHt, beta):
         XHt = _row_xdot(x_blocks, ht_blocks)
         return np.array([float(np.vdot(XHt, W)), float(np.vdot(kernels.gram(W), HHt))])
     total = 0.0
-    for x, ht in zip(x_blocks, ht_blocks):
+    for x, ht in zip(x_blocks, ht_blocks, strict=True):
         total += kernels.beta_divergence_block(x, W, ht, beta)
     return np.array([total, 0.0])
 

@@ -388,7 +388,7 @@ def one_standard_error(ks, mean, std, n_repeats) -> int:
     """The smallest k whose mean error is within one standard error of the best."""
     best = int(np.argmin(mean))
     limit = mean[best] + std[best] / math.sqrt(n_repeats)
-    return int(next(k for k, v in zip(ks, mean) if v <= limit))
+    return int(next(k for k, v in zip(ks, mean, strict=True) if v <= limit))
 
 
 # --------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def _consensus(fitter: _Fitter, ks, n_repeats, base, n_jobs, max_rows, tol) -> R
     items = [(r, k) for k in ks for r in range(n_repeats)]
     out = _map(n_jobs, one, items)
     coph = np.empty(len(ks))
-    for a, k in enumerate(ks):
+    for a in range(len(ks)):
         labels = [out[a * n_repeats + r][0] for r in range(n_repeats)]
         coph[a] = cophenetic_correlation(consensus_matrix(labels), linkage, cophenet, squareform)
     errors = np.array([o[1] for o in out]).reshape(len(ks), n_repeats)
@@ -480,4 +480,4 @@ def stable_rank(ks, coph, errors, tol) -> int:
     stable = coph >= coph.max() - tol
     best = errors[stable].min()
     limit = best + _CONSENSUS_ERROR_RTOL * (errors.max() - best)
-    return int(next(k for k, s, e in zip(ks, stable, errors) if s and e <= limit))
+    return int(next(k for k, s, e in zip(ks, stable, errors, strict=True) if s and e <= limit))
