@@ -131,7 +131,7 @@ def dnmf_row_chunks(X) -> tuple[int, ...]:
     try:
         from dnmf.base import inputs
 
-        return tuple(inputs.auto_chunks(X.shape, nbytes)[0])
+        return tuple(inputs.memory_auto_chunks(X.shape, nbytes)[0])
     except Exception:
         parts = max(1, min(X.shape[0], math.ceil(nbytes / (16 * 2**20))))
         base, extra = divmod(X.shape[0], parts)

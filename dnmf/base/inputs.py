@@ -105,10 +105,13 @@ def float_dtype(dtype) -> np.dtype:
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
-def auto_chunks(shape: tuple[int, int], nbytes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Default blocking of an in-memory matrix.
+def memory_auto_chunks(shape: tuple[int, int], nbytes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Default blocking of an in-memory matrix (stores have their own: ``dnmf.storage.auto_chunks``).
 
-    Depends only on the matrix (never on the cluster), so a given input is
+    In-memory blocks are smaller (``BLOCK_BYTES``, even sizes) than a
+    store's (64 MiB, regular sizes a Zarr array can hold): they are scattered
+    from the client, and more of them give the workers more to do in
+    parallel; a store's block is one read. Depends only on the matrix (never on the cluster), so a given input is
     always blocked the same way and results are reproducible across
     clusters. Rows are split into blocks of about ``BLOCK_BYTES``; columns
     only when wider than ``MAX_BLOCK_COLS``.
@@ -125,10 +128,11 @@ def even_split(size: int, parts: int) -> tuple[int, ...]:
     return tuple(base + (1 if p < extra else 0) for p in range(parts))
 
 
-def normalize_chunks(chunks, shape, nbytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``"auto"``, an int (rows per block), a pair, or explicit chunk tuples."""
+def memory_chunks(chunks, shape, nbytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Blocks of an in-memory input from ``chunks``: ``"auto"`` (:func:`memory_auto_chunks`), an int
+    (rows per block), a pair, or explicit chunk tuples."""
     if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
-        return auto_chunks(shape, nbytes)
+        return memory_auto_chunks(shape, nbytes)
     if isinstance(chunks, (int, np.integer)):
         chunks = (int(chunks), shape[1])
     try:
@@ -151,7 +155,7 @@ def from_memory(X, chunks="auto", client=None) -> da.Array:
     """
     X = to_block(X)
     nbytes = X.data.nbytes + X.indices.nbytes if sp.issparse(X) else X.nbytes
-    rows, cols = normalize_chunks(chunks, X.shape, nbytes)
+    rows, cols = memory_chunks(chunks, X.shape, nbytes)
     r_off = np.concatenate([[0], np.cumsum(rows)])
     c_off = np.concatenate([[0], np.cumsum(cols)])
     blocks = {}

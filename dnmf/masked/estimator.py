@@ -2,11 +2,12 @@
 
 The estimator fits only the *observed* entries of a ratings matrix (a missing
 rating is unknown, not zero), with non-negative user and item factors and,
-optionally, free user/item biases and a global mean (see :mod:`dnmf.masked`
-for the objectives and solvers, :mod:`dnmf.masked_graph` for the blocked
-step). The loop reuses the engine's runner, checkpoints and recovery
-(:mod:`dnmf.driver`, :mod:`dnmf.checkpoint`); recommendations and metrics are
-delegated to :mod:`dnmf.recommend` and :mod:`dnmf.evaluation`.
+optionally, free user/item biases and a global mean (see
+:mod:`dnmf.masked.kernels` for the objectives and solvers,
+:mod:`dnmf.masked.graph` for the blocked step, :mod:`dnmf.masked.data` for
+the input). It runs on the engine's loop (:mod:`dnmf.engine.loop`, with
+:class:`dnmf.masked.step.MaskedStep`), checkpoints and recovery;
+recommendations and metrics are delegated to :mod:`dnmf.recommend`.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from ..nmf import init
 from ..storage import checkpoints as checkpoint_store
 from . import graph as masked_graph
 from . import kernels as masked
+from .data import RatingsData, as_2d, check_summary, dask_rows, is_str, map_ids
 from .step import MaskedStep
 
 logger = logging.getLogger("dnmf")
 
 _ESTIMATOR = "RatingsNMF"
-#: With chunks="auto", in-memory inputs get one band per this many ratings (up to 4).
-AUTO_BAND_NNZ = 16384
 
 
 class RatingsNMF(DnmfEstimator):
@@ -250,10 +250,10 @@ class RatingsNMF(DnmfEstimator):
         self._validate_params()
         self._params()  # parameter combinations, before any pass over X
         client = self._client()
-        data = _Data.prepare(X, self.chunks, client, self.storage_options)
+        data = RatingsData.prepare(X, self.chunks, client, self.storage_options)
         runner = Runner(client, single_block=data.single_block)
         summ = data.summary(runner)
-        _check_summary(summ, self.feedback)
+        check_summary(summ, self.feedback)
         nnz = summ[1]
         p = self._params(mean=masked.exact_value(summ[0], nnz))
         bands = data.bands(runner)
@@ -463,7 +463,7 @@ class RatingsNMF(DnmfEstimator):
         """``{item_id: rating}`` (one user) as a (1, n_items) CSR row; anything else as is."""
         if not isinstance(X_new, Mapping):
             return X_new
-        cols = self.factors_.col_index(np.asarray(list(X_new.keys()), dtype=object if _is_str(list(X_new)) else None))
+        cols = self.factors_.col_index(np.asarray(list(X_new.keys()), dtype=object if is_str(list(X_new)) else None))
         values = np.asarray(list(X_new.values()), dtype=np.float64)
         return sp.csr_matrix((values, (np.zeros(cols.size, dtype=np.int64), cols)), shape=(1, self.n_features_in_))
 
@@ -478,13 +478,13 @@ class RatingsNMF(DnmfEstimator):
                 raise ValueError(f"X_new has shape {X_new.shape}; the model expects (n_users, {n}).")
             bands = masked_graph.bands_from_store(X_new)
             return masked_graph.fold_in(bands, V, G, p)
-        band = masked.observed(_as_2d(X_new))
+        band = masked.observed(as_2d(X_new))
         if band.shape[1] != n:
             raise ValueError(
                 f"X_new has {band.shape[1]} items (columns), but the model was fitted on {n}. "
                 "Put the new ratings in the model's item order (see item_ids_)."
             )
-        _check_summary(masked.block_summary(band), self.feedback, allow_empty=True)
+        check_summary(masked.block_summary(band), self.feedback, allow_empty=True)
         return masked.update(band, np.zeros((band.shape[0], p.q)), V, p, G, solver="als")
 
     # ------------------------------------------------------------ scoring
@@ -498,7 +498,7 @@ class RatingsNMF(DnmfEstimator):
     def score(self, X, y=None) -> float:
         """Minus the RMSE at the observed entries of X (rows and columns as in fit)."""
         check_is_fitted(self)
-        band = masked.observed(_as_2d(X))
+        band = masked.observed(as_2d(X))
         rows = np.repeat(np.arange(band.shape[0]), np.diff(band.indptr))
         pred = self.factors_.predict(rows, band.indices)
         return -float(np.sqrt(np.mean((band.data - pred) ** 2)))
@@ -524,11 +524,11 @@ class RatingsNMF(DnmfEstimator):
             source = self._training_ratings()
         source = inputs.resolve_input(source, self.storage_options).data
         if isinstance(source, da.Array):
-            return _dask_rows(source, rows)
-        return masked.observed(_as_2d(source))[rows]
+            return dask_rows(source, rows)
+        return masked.observed(as_2d(source))[rows]
 
     def _positions(self, user_ids, cold_start):
-        ids = np.atleast_1d(np.asarray(user_ids, dtype=object if _is_str(user_ids) else None))
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=object if is_str(user_ids) else None))
         pos = self.factors_.row_index(ids, strict=cold_start == "raise")
         return ids, pos, pos < 0
 
@@ -615,7 +615,7 @@ class RatingsNMF(DnmfEstimator):
         check_is_fitted(self)
         from ..recommend import factors as rec
 
-        rows = masked.observed(_as_2d(self._new_rows(ratings)))
+        rows = masked.observed(as_2d(self._new_rows(ratings)))
         f = self.fold_in(rows, user_ids=user_ids)
         cand = None if items is None else self.factors_.col_index(np.asarray(items).ravel())
         idx, scores = rec.recommend(
@@ -652,7 +652,7 @@ class RatingsNMF(DnmfEstimator):
         if isinstance(self.item_ids_, pd.RangeIndex):
             return self.user_ids_, idx, scores
         fill = -1 if ids.dtype.kind in "iu" else None
-        mapped = idx.map_blocks(_map_ids, ids, fill, dtype=ids.dtype if fill == -1 else object)
+        mapped = idx.map_blocks(map_ids, ids, fill, dtype=ids.dtype if fill == -1 else object)
         return self.user_ids_, mapped, scores
 
     def _seen_dask(self, source):
@@ -660,7 +660,7 @@ class RatingsNMF(DnmfEstimator):
         if source is True:
             source = self._training_ratings()
         source = inputs.resolve_input(source, self.storage_options).data
-        return source if isinstance(source, da.Array) else masked.observed(_as_2d(source))
+        return source if isinstance(source, da.Array) else masked.observed(as_2d(source))
 
     def similar_items(self, item_id, n: int = 10) -> pd.DataFrame:
         """The n items most similar to ``item_id`` (cosine of H's columns).
@@ -670,7 +670,7 @@ class RatingsNMF(DnmfEstimator):
         check_is_fitted(self)
         from ..recommend import factors as rec
 
-        ids = np.atleast_1d(np.asarray(item_id, dtype=object if _is_str(item_id) else None))
+        ids = np.atleast_1d(np.asarray(item_id, dtype=object if is_str(item_id) else None))
         pos = self.factors_.col_index(ids)
         idx, scores = rec.similar_items(self.factors_, pos, n=n)
         idx, scores = np.asarray(idx), np.asarray(scores)
@@ -722,162 +722,6 @@ class RatingsNMF(DnmfEstimator):
                 arrays["seen_indices"] = seen.indices.astype(np.int64)
         client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
-
-
-# ---------------------------------------------------------------- inputs
-
-
-class _Data:
-    """X in the form the fit needs: its bands, blocking, IDs and summary."""
-
-    def __init__(self):
-        self.csr = None  # in-memory observed entries
-        self.dask = None  # a Dask X
-        self.store_path = None
-        self.client = None
-        self.row_ids = self.col_ids = None
-        self._bands = None
-
-    @classmethod
-    def prepare(cls, X, chunks, client, storage_options=None) -> _Data:
-        self = cls()
-        self.client = client
-        source = inputs.resolve_input(X, storage_options)
-        X = source.data
-        self.store_path, self.row_ids, self.col_ids = source.store, source.row_ids, source.col_ids
-        if isinstance(X, da.Array):
-            if X.ndim != 2 or any(math.isnan(s) for s in X.shape):
-                raise ValueError(
-                    f"X must be a 2-D Dask array with known chunk sizes; got shape {X.shape}. "
-                    "Call X.compute_chunk_sizes() first."
-                )
-            self.dask = X
-            self.shape = tuple(int(s) for s in X.shape)
-            self.row_chunks, self.col_chunks = X.chunks
-        else:
-            self.csr = masked.observed(_as_2d(X))
-            self.shape = self.csr.shape
-            nbytes = self.csr.data.nbytes + self.csr.indices.nbytes
-            if isinstance(chunks, str) and chunks == "auto":
-                # A masked step costs O(q²) per rating, far more than a plain
-                # product: split even small inputs (up to 4 bands, a function
-                # of X alone, so results do not depend on the machine).
-                parts = max(1, math.ceil(nbytes / inputs.BLOCK_BYTES), min(4, math.ceil(self.csr.nnz / AUTO_BAND_NNZ)))
-                self.row_chunks = inputs.even_split(self.shape[0], min(parts, self.shape[0]))
-                self.col_chunks = inputs.even_split(self.shape[1], min(parts, self.shape[1]))
-            else:
-                self.row_chunks, self.col_chunks = inputs.normalize_chunks(chunks, self.shape, nbytes)
-        if 0 in self.shape:
-            raise ValueError(
-                f"Found a ratings matrix of shape {self.shape}; RatingsNMF needs at least one user "
-                "and one item. Check how X was built or filtered."
-            )
-        m, n = self.shape
-        self.row_ids = pd.RangeIndex(m) if self.row_ids is None else self.row_ids
-        self.col_ids = pd.RangeIndex(n) if self.col_ids is None else self.col_ids
-        return self
-
-    @property
-    def in_memory(self) -> bool:
-        return self.csr is not None
-
-    @property
-    def single_block(self) -> bool:
-        return len(self.row_chunks) == 1 and len(self.col_chunks) == 1
-
-    @property
-    def seen(self):
-        return self.csr if self.csr is not None else (None if self.store_path else self.dask)
-
-    def summary(self, runner):
-        if self.csr is not None:
-            return masked.block_summary(self.csr)
-        return np.asarray(runner.compute(masked_graph.summary(self.dask)))[0]
-
-    def bands(self, runner, reload: bool = False):
-        if self._bands is not None and not reload:
-            return self._bands
-        if self.csr is not None:
-            self._bands, self._R, self._C = masked_graph.bands_from_memory(
-                self.csr, self.row_chunks, self.col_chunks, client=runner.client
-            )
-        elif self.store_path is not None or _store_backed(self.dask):
-            self._bands, self._R, self._C = masked_graph.bands_from_store(self.dask), None, None
-        else:
-            self._bands, self._R, self._C = masked_graph.persist_bands(self.dask, runner)
-        return self._bands
-
-    def item_counts(self, runner) -> np.ndarray:
-        if self.csr is not None:
-            return np.bincount(self.csr.indices, minlength=self.shape[1]).astype(np.int64)
-        return np.asarray(runner.compute(masked_graph.col_counts(self._bands)))
-
-
-def _store_backed(X: da.Array) -> bool:
-    return all(str(name).startswith("dnmf-store") for name in X.__dask_graph__().layers)
-
-
-def _as_2d(X):
-    X = inputs.resolve_input(X).data
-    if sp.issparse(X):
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (users × items); got shape {X.shape}.")
-        return X
-    if isinstance(X, pd.DataFrame):
-        X = X.to_numpy(dtype=np.float64, na_value=np.nan)
-    a = np.asarray(X)
-    if a.ndim != 2:
-        raise ValueError(
-            f"X must be 2-D (users × items); got shape {a.shape}. For one user's ratings use X.reshape(1, -1)."
-        )
-    return a
-
-
-def _check_summary(summ, feedback: str, allow_empty: bool = False) -> None:
-    _, nnz, vmin, _, n_bad = summ
-    if n_bad:
-        raise ValueError(
-            f"X holds {n_bad} infinite or NaN stored value(s). Observed ratings must be finite; "
-            "drop those entries (for a dense X, NaN marks a missing rating, infinity is an error)."
-        )
-    if nnz == 0 and not allow_empty:
-        raise ValueError(
-            "X has no observed entries (a sparse X with no stored values, or an all-NaN dense X); "
-            "there is nothing to fit."
-        )
-    if feedback == "implicit" and vmin < 0:
-        raise ValueError(
-            f"Negative values in X with feedback='implicit': the smallest is {vmin:g}. Implicit "
-            "feedback is a count or strength >= 0 (confidence 1 + confidence·x); use "
-            "feedback='explicit' for signed ratings."
-        )
-
-
-def _dask_rows(X: da.Array, rows: np.ndarray) -> sp.csr_matrix:
-    """The given rows of a Dask X of CSR/NumPy blocks as one CSR matrix (reads their row bands)."""
-    import dask
-
-    off = np.concatenate([[0], np.cumsum(X.chunks[0])])
-    block_of = np.searchsorted(off, rows, side="right") - 1
-    if rows.size == 0:
-        return sp.csr_matrix((0, X.shape[1]))
-    bands = {}
-    for b in np.unique(block_of):
-        blocks = dask.compute(*[X.blocks[int(b), j] for j in range(X.numblocks[1])])
-        bands[int(b)] = masked.row_band(blocks)
-    return sp.vstack([bands[int(b)][int(r - off[b])] for r, b in zip(rows, block_of, strict=True)], format="csr")
-
-
-def _map_ids(block, ids, fill):
-    out = np.empty(block.shape, dtype=ids.dtype if fill == -1 else object)
-    valid = block >= 0
-    out[valid] = ids[block[valid]]
-    out[~valid] = fill
-    return out
-
-
-def _is_str(x) -> bool:
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and any(isinstance(v, str) for v in x))
 
 
 # ---------------------------------------------------------------- loading

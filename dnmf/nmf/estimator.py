@@ -85,6 +85,25 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
     client : distributed.Client or None, default=None
         Cluster to run on; None uses the active default Client if there is
         one, else the current Dask scheduler (threads).
+    checkpoint : str, os.PathLike or None, default=None
+        Directory (local path or fsspec URL) for checkpoints of the fit: the
+        factors, written block by block by the workers that hold them, and
+        the loop's state, committed by a small pointer record. With a
+        Client, each checkpoint also cuts the task graph's lineage.
+        ``fit(X, resume=checkpoint)`` continues a stopped fit bit-identically.
+    checkpoint_every : int or None, default=10
+        Checkpoint every this many iterations (and once at the end).
+    checkpoint_seconds : float or None, default=None
+        ...and/or when this many seconds passed since the last checkpoint.
+    keep_checkpoints : int, default=2
+        Complete checkpoints kept; older ones are deleted after each commit.
+    max_retries : int, default=3
+        Iterations that failed because workers (or the data they held) were
+        lost are retried this many times in one fit, from the last checkpoint
+        (or the initial factors); then :class:`dnmf.engine.runner.FitFailed`.
+    storage_options : dict or None, default=None
+        fsspec options (credentials, endpoint) for store paths, URLs and
+        checkpoints given as URLs.
     inner_iter : int >= 1 or "auto", default=1
         Sweeps per half-step of the "cd" solver, reusing the same ``X Hᵀ``
         and ``H Hᵀ``. 1 is scikit-learn's HALS; more (or "auto": Gillis &
@@ -210,6 +229,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         callback : callable, optional
             ``callback(iteration, elapsed, loss)`` after each iteration;
             returning False stops the fit.
+        resume : str or os.PathLike, optional
+            Continue from the latest checkpoint in this directory (written by
+            a fit with ``checkpoint=``): the same X and parameters are required (``max_iter``, ``tol``,
+            ``max_time``, ``verbose`` and the run parameters may change). The
+            fit ends with the factors an uninterrupted fit would have had, bit
+            for bit, and keeps checkpointing there unless ``checkpoint``
+            names another directory.
 
         Returns
         -------
