@@ -179,8 +179,9 @@ def ingest(
 ) -> MatrixInfo:
     """Turn a ratings table or matrix file into a matrix store, out of core.
 
-    See :func:`dnmf.io.ingest` for the parameters; this is its storage-side
-    implementation (no Dask) and returns the new store's metadata.
+    The engine of :func:`dnmf.ingest` (whose docstring describes every
+    parameter); returns the new store's :class:`MatrixInfo` instead of the
+    opened store.
     """
     input = os.fspath(input)
     out = locations.normalize(output)
