@@ -1,4 +1,4 @@
-"""Turning user inputs into the blocked layout the solvers work on.
+"""Turning user inputs into the blocked layout the solvers work on: `resolve_input` and the in-memory blocking.
 
 :func:`resolve_input` is the one place that knows the kinds of input dnmf
 accepts (arrays, SciPy and pydata sparse matrices, DataFrames, Dask arrays,

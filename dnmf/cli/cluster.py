@@ -1,4 +1,4 @@
-"""Where a fit runs: an embedded local cluster, or an existing Dask scheduler.
+"""Where the dnmf command line runs a fit: an embedded local cluster, or an existing Dask scheduler.
 
 :func:`connect` turns :class:`ClusterOptions` (what the ``dnmf`` command
 line's ``--scheduler``, ``--scheduler-file``, ``--workers`` and ``--tls-*``

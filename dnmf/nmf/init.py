@@ -1,4 +1,4 @@
-"""Initial factors, computed on the cluster.
+"""Initial NMF factors (random, NNDSVD and its variants, randomized SVD), computed on the cluster.
 
 Random numbers come from fixed panels of ``PANEL_ROWS`` rows, each with its
 own stream derived from the seed, so a factor's values do not depend on how

@@ -1,4 +1,4 @@
-"""Choosing the number of components k.
+"""Rank selection for NMF: choosing the number of components k by held-out error or by consensus.
 
 Two methods, both built from the blocked step and the driver loop:
 

@@ -1,4 +1,4 @@
-"""Top-n recommendation, pair scores and similar items from fitted factors.
+"""`Factors` (fitted W, H, biases and ID maps) and its queries: top-n, pair scores, similar items, popularity.
 
 Every function works on a :class:`Factors`: the prediction model is
 
