@@ -26,11 +26,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..base import inputs
 from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
+from ..base.seeds import seed_from
 from ..engine import checkpoint as checkpoint_mod
 from ..engine import loop
 from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
-from ..nmf import init
 from ..storage import checkpoints as checkpoint_store
 from . import graph as masked_graph
 from . import kernels as masked
@@ -257,7 +257,7 @@ class RatingsNMF(DnmfEstimator):
         nnz = summ[1]
         p = self._params(mean=masked.exact_value(summ[0], nnz))
         bands = data.bands(runner)
-        seed = init.seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         m, n = data.shape
         fingerprint = {
             "shape": [int(m), int(n)],

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..base import inputs
 from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
+from ..base.seeds import seed_from
 from ..engine import checkpoint as checkpoint_mod
 from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
@@ -401,7 +402,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 UserWarning,
                 stacklevel=3,
             )
-        seed = init.seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         dtype = X.dtype
         state = None
         if update_H and resume is not None:

@@ -25,19 +25,6 @@ PANEL_ROWS = 1 << 16
 _TAGS = {"W": 1, "H": 2, "omega": 3, "fillW": 4, "fillH": 5}
 
 
-def seed_from(random_state) -> int:
-    """An int seed from None, an int, or a RandomState/Generator."""
-    if random_state is None:
-        return int(np.random.SeedSequence().entropy % (2**63))
-    if isinstance(random_state, (int, np.integer)):
-        return int(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(np.iinfo(np.int32).max))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**63))
-    raise ValueError(f"random_state must be None, an int, or a numpy RandomState; got {random_state!r}.")
-
-
 def _normal_rows(seed: int, tag: str, start: int, stop: int, k: int) -> np.ndarray:
     """Rows [start, stop) of an endless (rows, k) standard-normal matrix."""
     out = np.empty((stop - start, k))

@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
+from ..base.seeds import seed_from
 from . import graph as blocked
 from . import init, kernels
 from . import stats as stats_mod
@@ -224,7 +225,7 @@ def select_rank(
             f"init={init!r} needs k <= min(n_samples, n_features) = {min(m, n)}; "
             f"the largest k is {ks[-1]}. Lower ks or use init='random'."
         )
-    base = _seed(random_state)  # (the ``init`` argument shadows the module here)
+    base = seed_from(random_state)
     if n_jobs is None:
         n_jobs = len(ks) if runner.client is not None else 1
 
@@ -232,10 +233,6 @@ def select_rank(
     if method == "cv":
         return _cv(fitter, ks, n_repeats, holdout, base, n_jobs)
     return _consensus(fitter, ks, n_repeats, base, n_jobs, max_rows, cophenetic_tol)
-
-
-def _seed(random_state) -> int:
-    return init.seed_from(random_state)
 
 
 def _derive(*parts) -> int:

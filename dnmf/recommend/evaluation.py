@@ -32,6 +32,7 @@ from dask.delayed import Delayed
 
 from ..base.estimator import current_client
 from ..base.inputs import resolve_input
+from ..base.seeds import seed_from
 from ..engine.graph import assemble, tree_reduce
 from . import kernels as topn
 from .factors import (
@@ -56,18 +57,6 @@ TIME_BINS = 1024
 # --------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------
-
-
-def _seed(random_state: Any) -> int:
-    if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
-    if isinstance(random_state, (Integral, np.integer)) and not isinstance(random_state, bool):
-        return int(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**63 - 1))
-    raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator; got {random_state!r}.")
 
 
 def _check_split_params(method, test_size, k, timestamps):
@@ -174,7 +163,7 @@ def train_test_split(
         (a few passes that count timestamps per block; only counts travel).
     """
     _check_split_params(method, test_size, k, timestamps)
-    seed = _seed(random_state)
+    seed = seed_from(random_state)
     X = resolve_input(X).data
     if not isinstance(X, da.Array):
         X, ts = _canonical_with_times(X, timestamps)
