@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,17 +163,10 @@ def from_memory(X, chunks="auto", client=None) -> da.Array:
         for j in range(len(cols)):
             blk = band[:, c_off[j] : c_off[j + 1]] if len(cols) > 1 else band
             blocks[(i, j)] = to_block(blk)
-    if client is not None:
-        # A fresh name per call: content-hashed keys could be released by an
-        # earlier fit of the same data while this one scatters them again.
-        # The futures' keys are the array's chunk keys, so no alias tasks.
-        name = f"dnmf-X-{uuid.uuid4().hex}"
-        graph = client.scatter({(name, i, j): b for (i, j), b in blocks.items()})
-    else:
-        name = "dnmf-X-" + tokenize(X, rows, cols)
-        graph = {(name, i, j): b for (i, j), b in blocks.items()}
-    meta = _meta_of(X)
-    return da.Array(graph, name, chunks=(rows, cols), meta=meta)
+    # Imported here: workers import this module for to_block and should not load pandas.
+    from ..storage.arrays import blocks_array
+
+    return blocks_array(blocks, (rows, cols), _meta_of(X), client, prefix="dnmf-X", token=tokenize(X, rows, cols))
 
 
 def _meta_of(x):

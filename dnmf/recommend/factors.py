@@ -25,7 +25,6 @@ eligible items are padded with item ``-1`` and score ``-inf``.
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from dask.highlevelgraph import HighLevelGraph
 from ..base.estimator import current_client
 from ..base.inputs import even_split, resolve_input
 from ..engine.graph import tree_reduce
+from ..storage.arrays import blocks_array
 from . import kernels as topn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -516,17 +516,8 @@ def tall(A: Any, row_chunks: tuple[int, ...] | None, client, what: str) -> da.Ar
     rest = (0,) * (A.ndim - 1)
     blocks = {(i,) + rest: A[offsets[i] : offsets[i + 1]] for i in range(len(rows))}
     chunks = (rows,) + tuple((s,) for s in A.shape[1:])
-    meta = sp.csr_matrix((0, 0), dtype=A.dtype) if sp.issparse(A) else None
-    if client is not None:
-        # A fresh name: scattered keys must not collide with a released earlier scatter.
-        name = f"dnmf-{what}-{uuid.uuid4().hex}"
-        graph = client.scatter({(name,) + k: b for k, b in blocks.items()})
-    else:
-        name = f"dnmf-{what}-" + tokenize(A, rows)
-        graph = {(name,) + k: b for k, b in blocks.items()}
-    if meta is not None:
-        return da.Array(graph, name, chunks=chunks, meta=meta)
-    return da.Array(graph, name, chunks=chunks, dtype=A.dtype)
+    meta = sp.csr_matrix((0, 0), dtype=A.dtype) if sp.issparse(A) else np.empty((0,) * A.ndim, dtype=A.dtype)
+    return blocks_array(blocks, chunks, meta, client, prefix=f"dnmf-{what}", token=tokenize(A, rows))
 
 
 def placed_factors(factors: Factors, rows: tuple[int, ...] | None, client):

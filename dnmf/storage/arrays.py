@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
@@ -306,12 +307,28 @@ def _run(delayed: Delayed, client, scheduler):
     return delayed.compute(scheduler=scheduler)
 
 
-def _in_memory_blocks(X, chunks, client) -> da.Array:
-    """A Dask array over the blocks of an in-memory matrix.
+def blocks_array(
+    blocks: Mapping[tuple, Any], chunks: tuple, meta: Any, client=None, *, prefix: str, token=None
+) -> da.Array:
+    """A Dask array over in-memory blocks (``{block index: block}``).
 
-    With a distributed client the blocks are scattered first: embedding
-    them in the graph would ship the whole matrix inside it.
+    With a distributed client the blocks are scattered first: embedding them
+    in the graph would ship the whole matrix inside it. Scattered keys get a
+    fresh name, so that they never collide with the released keys of an
+    earlier scatter; without a client the name is ``prefix`` plus ``token``
+    (deterministic) when one is given.
     """
+    if client is not None:
+        name = f"{prefix}-{uuid.uuid4().hex}"
+        graph = client.scatter({(name, *k): b for k, b in blocks.items()})
+    else:
+        name = f"{prefix}-{token if token is not None else uuid.uuid4().hex}"
+        graph = {(name, *k): b for k, b in blocks.items()}
+    return da.Array(graph, name, chunks=chunks, meta=meta)
+
+
+def _in_memory_blocks(X, chunks, client) -> da.Array:
+    """A Dask array over the blocks of an in-memory matrix (see :func:`blocks_array`)."""
     row_starts = np.cumsum((0,) + chunks[0])
     col_starts = np.cumsum((0,) + chunks[1])
     sparse_in = _is_sparse(X)
@@ -319,18 +336,13 @@ def _in_memory_blocks(X, chunks, client) -> da.Array:
         X = X.to_scipy_sparse()
     if sparse_in:
         X = sp.csr_matrix(X)
-    keys, blocks = [], []
-    name = "dnmf-input-" + tokenize(id(X), chunks, new_write_id())
+    blocks = {}
     for i in range(len(chunks[0])):
         band = X[row_starts[i] : row_starts[i + 1]]
         for j in range(len(chunks[1])):
-            keys.append((name, i, j))
-            blocks.append(band[:, col_starts[j] : col_starts[j + 1]])
-    if client is not None:
-        blocks = client.scatter(blocks)
-    dsk = dict(zip(keys, blocks, strict=True))
+            blocks[(i, j)] = band[:, col_starts[j] : col_starts[j + 1]]
     meta = sp.csr_matrix((0, 0), dtype=X.dtype) if sparse_in else np.empty((0, 0), dtype=X.dtype)
-    return da.Array(HighLevelGraph.from_collections(name, dsk, ()), name, chunks, meta=meta)
+    return blocks_array(blocks, chunks, meta, client, prefix="dnmf-input")
 
 
 def write_matrix(
