@@ -40,12 +40,17 @@ MOVED = {
 class _Alias(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
+        self.spec = None
 
     def create_module(self, spec):
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self.spec = module.__spec__
+        return module
 
     def exec_module(self, module) -> None:
-        pass
+        # importlib set the alias's spec on the module object it got back; the module
+        # keeps its own (its real name and file), so reloading or inspecting it still works.
+        module.__spec__ = self.spec
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
