@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -111,6 +112,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         Glineur's accelerated HALS, which chooses the largest count from the
         relative costs and stops each row's sweeps once they no longer pay
         off) usually reaches a given loss in fewer passes over X.
+    n_init : int, default=1
+        Number of initialisations: the fit is run from ``n_init`` starting
+        points and the one with the lowest final loss is kept (NMF's objective
+        is not convex). The first is exactly the ``n_init=1`` fit (so more
+        restarts never end with a higher loss); the others use seeds derived
+        from ``random_state`` and, when ``init`` is deterministic (None,
+        "nndsvd", "nndsvda"), random initial factors. On a distributed Client
+        the restarts run side by side. With ``checkpoint=DIR`` restart ``i``
+        checkpoints into ``DIR/init-<i>``, and ``fit(X, resume=DIR)`` continues
+        every restart from there. ``callback`` is called for every restart's
+        iterations.
     stopping : {"auto", "loss", "stationarity"}, default="auto"
         Stopping rule. "stationarity": the projected-gradient measure
         (``stationarity_history_``) falls to ``tol`` relative to the first
@@ -129,6 +141,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         Frobenius norm of ``X - W @ H`` (or ``sqrt(2 * divergence)``).
     loss_history_ : ndarray of shape (n_iter_,)
         The same measure after every iteration.
+    init_errors_ : ndarray of shape (n_init,)
+        The final loss of every initialisation (the kept one is the smallest).
     stationarity_history_ : ndarray of shape (n_iter_,)
         Σ|projected gradient| of every iteration relative to the first one's
         (scikit-learn's coordinate-descent "violation" ratio for "cd"; for
@@ -159,6 +173,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         **RUN_CONSTRAINTS,
         "inner_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "stopping": [StrOptions({"auto", "loss", "stationarity"})],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -187,6 +202,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         storage_options=None,
         inner_iter=1,
         stopping="auto",
+        n_init=1,
     ):
         self.n_components = n_components
         self.init = init
@@ -211,6 +227,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         self.storage_options = storage_options
         self.inner_iter = inner_iter
         self.stopping = stopping
+        self.n_init = n_init
 
     # ------------------------------------------------------------------ API
 
@@ -255,9 +272,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         """
         self._validate_params()
         Xd, in_memory, runner, stats = self._prepare(X, reset=True)
-        W_out, Ht, result = self._fit_transform(
-            Xd, stats, runner, W=W, H=H, update_H=True, callback=callback, resume=resume
-        )
+        if self.n_init == 1:
+            W_out, Ht, result = self._fit_transform(
+                Xd, stats, runner, W=W, H=H, update_H=True, callback=callback, resume=resume
+            )
+            errors = [result.reconstruction_err]
+        else:
+            W_out, Ht, result, errors = self._best_of_inits(Xd, stats, runner, W, H, callback, resume)
+        self.init_errors_ = np.asarray(errors, dtype=np.float64)
         self.components_ = np.ascontiguousarray(np.asarray(runner.compute(Ht)).T)
         self.n_components_ = self.components_.shape[0]
         self.n_iter_ = result.n_iter
@@ -289,6 +311,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             "n_iter": int(self.n_iter_),
             "reconstruction_err": float(self.reconstruction_err_),
             "loss_history": [float(v) for v in self.loss_history_],
+            "init_errors": [float(v) for v in self.__dict__.get("init_errors_", [self.reconstruction_err_])],
             "n_features_in": int(self.n_features_in_),
         }
         import pandas as pd
@@ -381,7 +404,22 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             runner = Runner(client, single_block=True)
         return Xd, True, runner, stats
 
-    def _fit_transform(self, X, stats, runner, W=None, H=None, update_H=True, callback=None, resume=None):
+    def _fit_transform(
+        self,
+        X,
+        stats,
+        runner,
+        W=None,
+        H=None,
+        update_H=True,
+        callback=None,
+        resume=None,
+        *,
+        seed=None,
+        init=None,
+        checkpoint=None,
+        reload_X=None,
+    ):
         m, n = X.shape
         beta = _BETA[self.beta_loss] if isinstance(self.beta_loss, str) else float(self.beta_loss)
         if self.solver != "mu" and beta != 2:
@@ -402,14 +440,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 UserWarning,
                 stacklevel=3,
             )
-        seed = seed_from(self.random_state)
+        seed = seed_from(self.random_state) if seed is None else seed
         dtype = X.dtype
         state = None
         if update_H and resume is not None:
             record, W0, Ht0, state = self._resume_from(resume, X, stats)
             k = W0.shape[1]
         elif update_H:
-            W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner)
+            W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner, init)
         else:
             H = np.asarray(H, dtype=dtype)
             k = H.shape[0]
@@ -439,7 +477,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         )
         rng = np.random.RandomState(seed) if self.shuffle else None
         checkpointer = None
-        path = self.checkpoint if self.checkpoint is not None else resume
+        checkpoint = self.checkpoint if checkpoint is None else checkpoint
+        path = checkpoint if checkpoint is not None else resume
         if update_H and path is not None:
             checkpointer = checkpoint_mod.Checkpointer(
                 path,
@@ -449,7 +488,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 meta={"params": self._resume_params(), "fingerprint": _fingerprint(X, stats)},
                 storage_options=self.storage_options,
             )
-        reload_X = self.__dict__.pop("_reload_X", None)
+        if reload_X is None:
+            reload_X = self.__dict__.pop("_reload_X", None)
 
         def recover():
             Xn = reload_X() if reload_X is not None else X
@@ -457,7 +497,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 _, Wr, Hr, st = self._resume_from(checkpointer.path, Xn, stats)
                 return Xn, Wr, Hr, st
             if update_H:
-                Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner)
+                Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner, init)
             else:
                 Wr, Hr = W0, Ht0
             return Xn, Wr, Hr, LoopState()
@@ -476,6 +516,64 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             max_retries=self.max_retries,
         )
         return result.W, result.Ht, result
+
+    def _best_of_inits(self, X, stats, runner, W, H, callback, resume):
+        """``n_init`` fits from different seeds, run side by side on a Client; the lowest final loss wins.
+
+        Restart 0 is exactly the ``n_init=1`` fit (same seed and init), so
+        more restarts never end with a higher loss; ties go to the lowest
+        restart. Restarts after the first use derived seeds, and ``"random"``
+        initial factors when ``init`` is deterministic (None, "nndsvd",
+        "nndsvda"). With checkpoints, restart ``i`` checkpoints into
+        ``<checkpoint>/init-<i>`` and ``resume=`` continues each restart
+        from there.
+        """
+        if self.init == "custom":
+            raise ValueError(
+                f"n_init={self.n_init} needs starting points that differ, but init='custom' gives one. "
+                "Use n_init=1 with init='custom', or another init with n_init."
+            )
+        base = seed_from(self.random_state)
+        seeds = [base] + [
+            int(np.random.SeedSequence([base, i]).generate_state(1, np.uint64)[0] % (2**63))
+            for i in range(1, self.n_init)
+        ]
+        deterministic = self.init in (None, "nndsvd", "nndsvda")
+        reload_X = self.__dict__.pop("_reload_X", None)
+
+        def one(i):
+            def sub(root):
+                return None if root is None else os.path.join(os.fspath(root), f"init-{i}")
+
+            start = sub(resume)
+            if start is not None and not checkpoint_store.exists(start, self.storage_options):
+                start = None  # this restart had not started: it starts now, checkpointing there
+            return self._fit_transform(
+                X,
+                stats,
+                runner,
+                W=W,
+                H=H,
+                callback=callback,
+                resume=start,
+                seed=seeds[i],
+                init=self.init if i == 0 or not deterministic else "random",
+                checkpoint=sub(self.checkpoint if self.checkpoint is not None else resume),
+                reload_X=reload_X,
+            )
+
+        if runner.client is not None:
+            # Each restart's loop submits its own graphs; the scheduler runs them side by side.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.n_init) as pool:
+                fits = list(pool.map(one, range(self.n_init)))
+        else:
+            fits = [one(i) for i in range(self.n_init)]
+        errors = [f[2].reconstruction_err for f in fits]
+        best = min(range(self.n_init), key=lambda i: (math.isnan(errors[i]), errors[i], i))
+        W_out, Ht, result = fits[best]
+        return W_out, Ht, result, errors
 
     def _resume_from(self, path, X, stats):
         """Load the current checkpoint at ``path`` after checking it fits X and self."""
@@ -501,7 +599,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             return kernels.hals_inner_limits(m, n, cost, k)
         return int(self.inner_iter), int(self.inner_iter)
 
-    def _initial_factors(self, X, stats, W, H, seed, runner):
+    def _initial_factors(self, X, stats, W, H, seed, runner, method=None):
         m, n = X.shape
         k = self.n_components
         if self.init == "custom":
@@ -517,7 +615,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             )
         if k in ("auto", None):
             k = n
-        method = self.init
+        method = self.init if method is None else method
         if method is None:
             method = "nndsvda" if k <= min(m, n) else "random"
         if method != "random" and k > min(m, n):
@@ -553,6 +651,7 @@ def load_model(arrays: dict, attrs: dict, path) -> NMF:
     model.n_iter_ = attrs["n_iter"]
     model.reconstruction_err_ = attrs["reconstruction_err"]
     model.loss_history_ = np.asarray(attrs["loss_history"], dtype=np.float64)
+    model.init_errors_ = np.asarray(attrs.get("init_errors", [model.reconstruction_err_]), dtype=np.float64)
     model.n_features_in_ = attrs["n_features_in"]
     import pandas as pd
 
