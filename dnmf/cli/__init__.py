@@ -4,10 +4,13 @@ Built on click. This layer parses options, starts or connects to a cluster
 and prints; the work is done by :mod:`dnmf.io`, :mod:`dnmf.jobs` and the
 estimator.
 
-Exit codes: 0 success; 1 the job failed (or another unexpected error);
-2 usage error or bad input (a wrong option, a missing file, invalid data,
-an unreachable scheduler). Errors are one line on standard error; the
-traceback only with ``--verbose``.
+Exit codes: 0 success; 1 the job itself failed (a bug, a worker that kept
+dying); 2 usage error, bad input or environment (a wrong option, a missing
+or unreadable file, a damaged store, an existing output without
+``--overwrite``, an unwritable directory, an unreachable scheduler).
+Errors are one line on standard error, naming the thing and the fix in the
+command line's words; the traceback (and Dask's own log messages) only with
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,35 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
     PermissionError,
     ConnectionError,
     KeyError,
+    FileExistsError,
+    OSError,
+    EOFError,
+    UnicodeError,
 )
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """_INPUT_ERRORS plus the errors of the storage libraries (a damaged or foreign store)."""
+    extra: list[type[BaseException]] = []
+    try:
+        import zarr.errors as ze
+
+        extra += [
+            v for v in vars(ze).values() if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == ze.__name__
+        ]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import pyarrow as pa
+
+        extra += [pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import numcodecs  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    return _INPUT_ERRORS + tuple(extra)
 
 
 class InputError(click.ClickException):
@@ -52,10 +83,30 @@ class JobFailed(click.ClickException):
 
 
 def _one_line(exc: BaseException) -> str:
+    from ..storage.matrix import OutputExistsError
+
+    if isinstance(exc, OutputExistsError):
+        return f"{exc.path!r} already exists. Pass --overwrite to replace it, or choose another path."
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = str(exc.args[0])
+    # The Python API's wording of a fix, in the command line's words.
+    text = text.replace("Pass overwrite=True", "Pass --overwrite").replace("overwrite=True", "--overwrite")
+    text = text.replace("on_invalid='drop'", "--on-invalid drop")
     return " ".join(text.split())
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Dask's, tornado's and asyncio's log messages (worker tracebacks, "Task exception was
+    never retrieved" at Ctrl-C) only with --verbose, here and in worker processes started later."""
+    import os
+
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("distributed", "tornado", "bokeh", "asyncio"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
@@ -66,8 +117,7 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
-    for name in ("distributed", "tornado", "bokeh"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    quiet_libraries(verbose)
 
     def show(message, category, filename, lineno, file=None, line=None):
         if quiet:
@@ -81,18 +131,28 @@ class _Group(click.Group):
     """Turns exceptions into one readable line and the documented exit codes."""
 
     def invoke(self, ctx: click.Context):
+        argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        quiet_libraries("-v" in argv or "--verbose" in argv)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, InputError, JobFailed):
+            raise
+        except click.UsageError as exc:
+            # One line: the problem and where the options are documented.
+            name = exc.ctx.command_path if exc.ctx is not None else "dnmf"
+            hint = f" (`{name} --help` lists the options)"
+            raise InputError(" ".join(exc.format_message().split()) + hint) from None
+        except click.ClickException:
             raise
         except KeyboardInterrupt:
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:
             if ctx.meta.get("dnmf.verbose"):
                 traceback.print_exc()
             message = _one_line(exc)
-            if isinstance(exc, _INPUT_ERRORS):
+            if isinstance(exc, _input_error_types()):
                 raise InputError(message) from None
             raise JobFailed(f"job failed: {type(exc).__name__}: {message}") from None
 

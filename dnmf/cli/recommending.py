@@ -118,9 +118,13 @@ def split(
     """
     from ..recommend.evaluation import train_test_split
     from ..storage import arrays as io
+    from . import guards
     from .fitting import _check_input
 
     _check_input(input)
+    guards.disjoint([("--train", train_out), ("--test", test_out)], [("INPUT", input)])
+    guards.store_output(train_out, "--train", overwrite=overwrite)
+    guards.store_output(test_out, "--test", overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="dnmf-split-") as tmp:
         if os.path.isfile(input):
             store = io.ingest(input, os.path.join(tmp, "input.zarr"), **o.ingest_kwargs(kw))
