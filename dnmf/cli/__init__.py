@@ -82,6 +82,42 @@ class JobFailed(click.ClickException):
     exit_code = 1
 
 
+_INPUT_ERROR_NAMES = {
+    "StoreError",
+    "OutputExistsError",
+    "SamePathError",
+    "ValueError",
+    "TypeError",
+    "FileNotFoundError",
+    "NotADirectoryError",
+    "IsADirectoryError",
+    "PermissionError",
+    "FileExistsError",
+    "KeyError",
+    "OSError",
+    "ArrowInvalid",
+}
+
+
+def _unwrap(exc: BaseException) -> tuple[BaseException, bool]:
+    """A worker's exception that distributed could not ship as itself arrives as
+    ``Exception("StoreError('...')")``: the message inside, and whether it is an input error."""
+    import ast
+    import re
+
+    if type(exc) is not Exception or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+        return exc, False
+    m = re.fullmatch(r"(\w+)\((.*)\)", exc.args[0].strip(), flags=re.S)
+    if not m:
+        return exc, False
+    try:
+        args = ast.literal_eval(f"({m.group(2)},)")
+    except (ValueError, SyntaxError):
+        return exc, False
+    text = " ".join(str(a) for a in args) if args else m.group(1)
+    return Exception(text), m.group(1) in _INPUT_ERROR_NAMES
+
+
 def _one_line(exc: BaseException) -> str:
     from ..storage.matrix import OutputExistsError
 
@@ -93,6 +129,8 @@ def _one_line(exc: BaseException) -> str:
     # The Python API's wording of a fix, in the command line's words.
     text = text.replace("Pass overwrite=True", "Pass --overwrite").replace("overwrite=True", "--overwrite")
     text = text.replace("on_invalid='drop'", "--on-invalid drop")
+    text = text.replace("rewrite it with dnmf.io.write_matrix or dnmf.io.ingest", "ingest it again (`dnmf ingest`)")
+    text = text.replace("(copy a matrix store with dnmf.write_matrix)", "")
     return " ".join(text.split())
 
 
@@ -151,8 +189,9 @@ class _Group(click.Group):
         except Exception as exc:
             if ctx.meta.get("dnmf.verbose"):
                 traceback.print_exc()
-            message = _one_line(exc)
-            if isinstance(exc, _input_error_types()):
+            inner, input_error = _unwrap(exc)
+            message = _one_line(inner)
+            if input_error or isinstance(exc, _input_error_types()):
                 raise InputError(message) from None
             raise JobFailed(f"job failed: {type(exc).__name__}: {message}") from None
 

@@ -48,6 +48,9 @@ class OutputExistsError(FileExistsError):
         self.path = path
         super().__init__(f"Cannot write to {path!r}: it already exists. {_WRITE_FIX}")
 
+    def __reduce__(self):
+        return (type(self), (self.path,))
+
 
 def new_write_id() -> str:
     """A fresh identifier for one write of a store."""

@@ -256,6 +256,11 @@ class ParquetSource(Source):
                 for f in fs
                 if f.endswith((".parquet", ".pq")) and not f.startswith((".", "_"))
             )
+            if not self.files and os.path.exists(os.path.join(path, "zarr.json")):
+                raise ValueError(
+                    f"{path!r} is already a Zarr store, not a file to ingest. Give it to fit, split or info "
+                    "directly (copy a matrix store with dnmf.write_matrix)."
+                )
             if not self.files:
                 raise ValueError(
                     f"{path!r} is a directory without .parquet files. Point at a Parquet file or dataset directory."
