@@ -227,6 +227,10 @@ def transform(
 
     setup_logging(verbose, quiet)
     fmt = out_format or _format_of(output)
+    from . import guards
+
+    guards.disjoint([("-o", output)], [("MODEL", model_path), ("INPUT", input)])
+    guards.file_output(output, "-o")
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     model = load(model_path)
@@ -288,7 +292,11 @@ def export(model_path: str, fmt: str, output: str) -> None:
                   id holds the store's user/item IDs when the model has them
     """
     from ..base.estimator import load
+    from . import guards
 
+    guards.disjoint([("-o", output)], [("MODEL", model_path)])
+    if os.path.isfile(output):
+        raise click.UsageError(f"-o {output!r} is a file; give a directory for W.{fmt} and H.{fmt}.")
     model = load(model_path)
     os.makedirs(output, exist_ok=True)
     written = []

@@ -28,6 +28,31 @@ def _check_input(path: str) -> None:
         )
 
 
+def _check_outputs(input: str, output: str, report: str | None, job_dir: str | None, job_option: str) -> None:
+    """Everything a fit will write, checked before the cluster starts and the fit runs."""
+    from . import guards
+
+    outputs = [("-o", output), ("--report", report)]
+    if job_dir is not None and "://" not in job_dir:
+        outputs.append((job_option, job_dir))
+        if os.path.exists(job_dir) and not os.path.isdir(job_dir):
+            raise click.UsageError(f"{job_option} {job_dir!r} is a file; give a directory.")
+        from ..storage import locations
+
+        try:
+            locations.check_writable_parent(os.path.join(os.path.abspath(job_dir), "job.json"))
+        except OSError as exc:
+            raise click.UsageError(f"{job_option}: {exc}") from None
+    guards.disjoint(outputs[:2], [("INPUT", input)])
+    if job_dir is not None and "://" not in job_dir:
+        for option, path in (("-o", output), ("--report", report)):
+            if path is not None and os.path.realpath(path) == os.path.realpath(job_dir):
+                raise click.UsageError(f"{option} and {job_option} are the same path {path!r}. Give them different paths.")
+    guards.model_output(output, "-o")
+    if report is not None:
+        guards.file_output(report, "--report")
+
+
 def _resolve_input(
     path: str, ingest_kw: dict, workdir: str | None, progress: Progress, storage_options: dict | None
 ) -> str:
@@ -206,6 +231,7 @@ def _fit(
             "or give another --checkpoint directory."
         )
     _check_input(input)
+    _check_outputs(input, output, report, job_dir, "--checkpoint")
     with contextlib.ExitStack() as stack:
         client, info = stack.enter_context(_cluster(copts, progress))
         if job_dir is not None:
@@ -337,10 +363,12 @@ def submit(
         )
     progress = Progress.choose(params["max_iter"], quiet=quiet, log_json=log_json)
     _check_input(input)
+    _check_outputs(input, output, report, job_dir, "--job-dir")
     local = "://" not in job_dir
-    if local:
-        os.makedirs(job_dir, exist_ok=True)
     with connect(copts) as (client, link):
+        # Created once the scheduler answered: an unreachable one leaves nothing behind.
+        if local:
+            os.makedirs(job_dir, exist_ok=True)
         store = _resolve_input(input, ingest_kw, job_dir if local else None, progress, so)
         record = jobs.create(
             job_dir, input=store, model=output, params=params, storage_options=so, report=report, state="submitted"

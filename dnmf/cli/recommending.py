@@ -255,6 +255,10 @@ def recommend_all(
     fmt = "parquet" if output.endswith(".parquet") else "csv" if output.endswith(".csv") else None
     if fmt is None:
         raise click.UsageError(f"Cannot tell the format of {output!r}: name it *.parquet or *.csv.")
+    from . import guards
+
+    guards.disjoint([("-o", output)], [("MODEL", model_path), ("--exclude-seen", exclude_seen)])
+    guards.file_output(output, "-o")
     copts = o.cluster_from(kw)
     model = _load(model_path)
     progress = Progress(0, "quiet" if quiet or log_json else "lines")
