@@ -171,7 +171,7 @@ def recommend(
     model = _load(model_path)
     if type(model).__name__ == "RatingsNMF":
         ids = _ids_like(users, model.user_ids_)
-        exclude: Any = False if include_seen else (exclude_seen or True)
+        exclude = _ratings_exclude(model, exclude_seen, include_seen)
         frame = model.recommend(ids, n=n, exclude_seen=exclude, cold_start=cold_start)
     else:
         frame = _recommend_nmf(model, users, n, None if include_seen else exclude_seen, cold_start)
@@ -180,6 +180,37 @@ def recommend(
             click.echo(json.dumps(rec, default=str))
         return
     click.echo(frame.to_string(index=False))
+
+
+def _ratings_exclude(model, exclude_seen: str | None, include_seen: bool) -> Any:
+    """What a RatingsNMF model leaves out: nothing, the store the user named, the ratings saved
+    in the model, or the training store the model recorded, once it is checked to be that store."""
+    from ..recommend.factors import recorded_training_store
+
+    if include_seen:
+        return False
+    if exclude_seen:
+        return exclude_seen
+    if model.__dict__.get("_seen") is not None:
+        return True
+    recorded = model.__dict__.get("_train_store")
+    if not recorded:
+        raise click.UsageError(
+            "The model holds no training ratings to leave out. Name them with --exclude-seen STORE, or "
+            "pass --include-seen."
+        )
+    try:
+        path = recorded_training_store(
+            recorded, user_ids=model.user_ids_, item_ids=model.item_ids_, item_counts=model.item_counts_
+        )
+    except ValueError as exc:
+        raise click.UsageError(
+            str(exc).replace("(--exclude-seen STORE / exclude_seen=PATH)", "with --exclude-seen STORE")
+            .replace("do not leave out seen items", "pass --include-seen")
+        ) from None
+    from ..storage import arrays as io
+
+    return io.open_matrix(path).data
 
 
 def _recommend_nmf(model, users, n, exclude_path, cold_start):
@@ -265,7 +296,7 @@ def recommend_all(
     with _cluster(copts, progress) as (client, _):
         if type(model).__name__ == "RatingsNMF":
             model.set_params(client=client)
-            exclude: Any = False if include_seen else (exclude_seen or True)
+            exclude = _ratings_exclude(model, exclude_seen, include_seen)
             user_ids, items, scores = model.recommend_all(n, exclude_seen=exclude)
         else:
             factors = _nmf_factors(model)

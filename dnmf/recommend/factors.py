@@ -25,6 +25,7 @@ eligible items are padded with item ``-1`` and score ``-inf``.
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -715,3 +716,55 @@ def recommend_all(
         da.Array(graph, idx_name, chunks=chunks, dtype=np.int64),
         da.Array(graph, sc_name, chunks=chunks, dtype=dtype),
     )
+
+
+def recorded_training_store(
+    path: Any, *, user_ids: Any, item_ids: Any, item_counts: Any, storage_options: Any = None
+) -> str:
+    """The training store a loaded model recorded, once checked to be that store.
+
+    A model file is data, and its recorded ``train_store`` path could point
+    anywhere (another store, a URL). It is used only when it is a local
+    matrix store whose fingerprint matches the model: the same shape, the
+    same user and item IDs, and as many stored ratings as the model counted
+    at fit time (``item_counts``).
+
+    Returns
+    -------
+    str
+        The store's path.
+
+    Raises
+    ------
+    ValueError
+        Naming what differs; pass the training store explicitly (or do not
+        exclude seen items) instead.
+    """
+    import pandas as pd
+
+    from ..storage import arrays as io
+    from ..storage import locations
+
+    fix = "Name the training store explicitly (--exclude-seen STORE / exclude_seen=PATH) or do not leave out seen items."
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"The model records no usable training store ({path!r}). {fix}")
+    path = os.fspath(path)
+    if locations.is_url(path) and not path.startswith("file://"):
+        raise ValueError(f"The model's recorded training store {path!r} is a URL, which is never followed unasked. {fix}")
+    if not os.path.isdir(locations.normalize(path)):
+        raise ValueError(f"The model's recorded training store {path!r} does not exist. {fix}")
+    store = io.open_matrix(path, storage_options=storage_options)
+    counts = np.asarray(item_counts, dtype=np.float64)
+    problems = []
+    if store.shape != (len(user_ids), len(item_ids)):
+        problems.append(f"shape {store.shape} instead of {(len(user_ids), len(item_ids))}")
+    elif not store.row_ids.equals(pd.Index(user_ids)) or not store.col_ids.equals(pd.Index(item_ids)):
+        problems.append("other user or item IDs")
+    elif store.nnz is not None and int(store.nnz) != int(round(counts.sum())):
+        problems.append(f"{store.nnz} ratings instead of {int(round(counts.sum()))}")
+    if problems:
+        raise ValueError(
+            f"The store at the model's recorded training store path {path!r} is not the one it was fitted on "
+            f"({'; '.join(problems)}). {fix}"
+        )
+    return store.path
