@@ -45,8 +45,8 @@ def test_dataframe_string_column_is_named():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs fix in dnmf/base/inputs.py (RatingsNMF input conversion): upcast float16 to float32 "
-    "before building SciPy matrices (or refuse it naming the dtype and the fix)",
+    reason="needs fix in dnmf/masked/estimator.py (prepare(), before masked.kernels.observed builds a SciPy "
+    "matrix): upcast float16 to float32 (with a warning) as dnmf.NMF does",
 )
 def test_float16_to_ratings_nmf():
     X = np.abs(np.random.default_rng(0).random((10, 8))).astype(np.float16)
