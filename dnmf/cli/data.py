@@ -82,23 +82,29 @@ def _model_info(path: str) -> dict[str, Any]:
     model = load(path)
     hist = [float(v) for v in model.loss_history_]
     W = model.__dict__.get("_W")
+    if W is None:
+        W = model.__dict__.get("user_factors_")  # RatingsNMF
+    err = getattr(model, "reconstruction_err_", None)
+    n_components = getattr(model, "n_components_", None)
+    if n_components is None:
+        n_components = model.components_.shape[0]
     return {
         "kind": "model",
         "path": path,
         "estimator": type(model).__name__,
-        "n_components": int(model.n_components_),
+        "n_components": int(n_components),
         "n_features": int(model.n_features_in_),
         "n_samples": int(W.shape[0]) if W is not None else None,
         "has_W": W is not None,
         "n_iter": int(model.n_iter_),
         "converged": bool(model.n_iter_ < model.max_iter),
-        "reconstruction_err": float(model.reconstruction_err_),
+        "reconstruction_err": None if err is None else float(err),
         "loss_first": hist[0] if hist else None,
         "loss_last": hist[-1] if hist else None,
         "loss_history": hist,
         "params": {k: v for k, v in model.get_params(deep=False).items() if k != "client"},
-        "feature_ids": hasattr(model, "feature_ids_"),
-        "sample_ids": hasattr(model, "sample_ids_"),
+        "feature_ids": hasattr(model, "feature_ids_") or hasattr(model, "item_ids_"),
+        "sample_ids": hasattr(model, "sample_ids_") or hasattr(model, "user_ids_"),
     }
 
 
@@ -152,18 +158,13 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
         f"  components: {out['n_components']}, features {out['n_features']}, samples "
         f"{out['n_samples'] if out['has_W'] else '- (W not saved)'}"
     )
-    click.echo(
-        f"  solver {p['solver']}, beta_loss {p['beta_loss']}, init {p['init']}, tol {p['tol']}, "
-        f"max_iter {p['max_iter']}, alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, "
-        f"l1_ratio {p['l1_ratio']}, random_state {p['random_state']}"
-    )
+    shown = ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("n_components", "verbose", "checkpoint"))
+    click.echo(f"  {shown}")
     how = "converged" if out["converged"] else "stopped at max_iter"
     first = "-" if out["loss_first"] is None else f"{out['loss_first']:.6g}"
     last = "-" if out["loss_last"] is None else f"{out['loss_last']:.6g}"
-    click.echo(
-        f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}; reconstruction error "
-        f"{out['reconstruction_err']:.6g}"
-    )
+    tail = "" if out["reconstruction_err"] is None else f"; reconstruction error {out['reconstruction_err']:.6g}"
+    click.echo(f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}{tail}")
 
 
 def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
