@@ -195,11 +195,11 @@ def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", required=True, help="Output file: .npy, .csv or .parquet.")
 @click.option(
-    "--format",
+    "--output-format",
     "out_format",
     type=click.Choice(["npy", "csv", "parquet"]),
     default=None,
-    help="Output format (default: from the file name).",
+    help="Output format (default: from the file name). --format is INPUT's format.",
 )
 @o.ingest_options
 @o.cluster_options
@@ -254,7 +254,9 @@ def _format_of(path: str) -> str:
     for fmt in ("npy", "csv", "parquet"):
         if path.endswith(f".{fmt}"):
             return fmt
-    raise click.UsageError(f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give --format.")
+    raise click.UsageError(
+        f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give --output-format."
+    )
 
 
 def _blocks(A):
