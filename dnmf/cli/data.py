@@ -304,15 +304,21 @@ def export(model_path: str, fmt: str, output: str) -> None:
     os.makedirs(output, exist_ok=True)
     written = []
     W = model.__dict__.get("_W")
+    if W is None:
+        W = model.__dict__.get("user_factors_")  # RatingsNMF
+    row_ids = getattr(model, "sample_ids_", None)
+    row_ids = getattr(model, "user_ids_", None) if row_ids is None else row_ids
+    col_ids = getattr(model, "feature_ids_", None)
+    col_ids = getattr(model, "item_ids_", None) if col_ids is None else col_ids
     if W is not None:
         path = os.path.join(output, f"W.{fmt}")
-        _write_factor(path, W, getattr(model, "sample_ids_", None), fmt)
+        _write_factor(path, W, row_ids, fmt)
         written.append(path)
     path = os.path.join(output, f"H.{fmt}")
     if fmt == "npy":
         _write_factor(path, model.components_, None, fmt)
     else:
-        _write_factor(path, model.components_.T, getattr(model, "feature_ids_", None), fmt)
+        _write_factor(path, model.components_.T, col_ids, fmt)
     written.append(path)
     for p in written:
         click.echo(p)

@@ -84,6 +84,25 @@ def remove(path: str, storage_options: StorageOptions = None) -> None:
         fs.rm(fspath, recursive=True)
 
 
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: 0o666 less the process's umask.
+
+    Temporary files (``tempfile.mkstemp``) are created 0600; files renamed into
+    place from them get this mode instead, so results on a shared volume are as
+    readable as any other file the user writes.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no way to read it without setting it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None) -> None:
     """Replace the file at ``path`` with ``data`` in one step.
 
@@ -99,6 +118,7 @@ def write_atomic(path: str, data: bytes, storage_options: StorageOptions = None)
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
