@@ -50,7 +50,9 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
         import zarr.errors as ze
 
         extra += [
-            v for v in vars(ze).values() if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == ze.__name__
+            v
+            for v in vars(ze).values()
+            if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == ze.__name__
         ]
     except ImportError:  # pragma: no cover
         pass
@@ -58,10 +60,6 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
         import pyarrow as pa
 
         extra += [pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import numcodecs  # noqa: F401
     except ImportError:  # pragma: no cover
         pass
     return _INPUT_ERRORS + tuple(extra)

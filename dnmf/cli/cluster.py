@@ -317,7 +317,10 @@ def connect(opts: ClusterOptions) -> Iterator[tuple[Client, str | None]]:
             )
         with _embedded(opts) as client:
             # Without a dashboard the scheduler still serves its HTTP routes; no link to show.
-            yield client, (getattr(client, "_dnmf_dashboard_link", None) if opts.dashboard_address is not None else None)
+            yield (
+                client,
+                (getattr(client, "_dnmf_dashboard_link", None) if opts.dashboard_address is not None else None),
+            )
         return
     if opts.scheduler is not None:
         address = _with_scheme(str(opts.scheduler), sec is not None)

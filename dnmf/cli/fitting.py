@@ -47,7 +47,9 @@ def _check_outputs(input: str, output: str, report: str | None, job_dir: str | N
     if job_dir is not None and "://" not in job_dir:
         for option, path in (("-o", output), ("--report", report)):
             if path is not None and os.path.realpath(path) == os.path.realpath(job_dir):
-                raise click.UsageError(f"{option} and {job_option} are the same path {path!r}. Give them different paths.")
+                raise click.UsageError(
+                    f"{option} and {job_option} are the same path {path!r}. Give them different paths."
+                )
     guards.model_output(output, "-o")
     if report is not None:
         guards.file_output(report, "--report")

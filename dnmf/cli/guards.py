@@ -50,9 +50,7 @@ def model_output(path: str, option: str = "-o") -> None:
         return  # models.write_model refuses URLs with its own message
     if os.path.exists(path):
         if os.path.isfile(path):
-            raise _err(
-                f"{option} {path!r} is a file; a model is saved as a directory. Choose another path."
-            )
+            raise _err(f"{option} {path!r} is a file; a model is saved as a directory. Choose another path.")
         if os.listdir(path) and not models._is_model_dir(path):
             raise _err(
                 f"{option} {path!r} holds something other than a dnmf model, and dnmf never deletes "

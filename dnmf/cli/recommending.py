@@ -205,7 +205,8 @@ def _ratings_exclude(model, exclude_seen: str | None, include_seen: bool) -> Any
         )
     except ValueError as exc:
         raise click.UsageError(
-            str(exc).replace("(--exclude-seen STORE / exclude_seen=PATH)", "with --exclude-seen STORE")
+            str(exc)
+            .replace("(--exclude-seen STORE / exclude_seen=PATH)", "with --exclude-seen STORE")
             .replace("do not leave out seen items", "pass --include-seen")
         ) from None
     from ..storage import arrays as io

@@ -745,12 +745,16 @@ def recorded_training_store(
     from ..storage import arrays as io
     from ..storage import locations
 
-    fix = "Name the training store explicitly (--exclude-seen STORE / exclude_seen=PATH) or do not leave out seen items."
+    fix = (
+        "Name the training store explicitly (--exclude-seen STORE / exclude_seen=PATH) or do not leave out seen items."
+    )
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"The model records no usable training store ({path!r}). {fix}")
     path = os.fspath(path)
     if locations.is_url(path) and not path.startswith("file://"):
-        raise ValueError(f"The model's recorded training store {path!r} is a URL, which is never followed unasked. {fix}")
+        raise ValueError(
+            f"The model's recorded training store {path!r} is a URL, which is never followed unasked. {fix}"
+        )
     if not os.path.isdir(locations.normalize(path)):
         raise ValueError(f"The model's recorded training store {path!r} does not exist. {fix}")
     store = io.open_matrix(path, storage_options=storage_options)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import replace
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np

@@ -18,7 +18,7 @@ def _save(path, seed, rounds, queue):
     for _ in range(rounds):
         try:
             models.write_model(path, {"W": rng.random((200, 8)), "H": rng.random((8, 50))}, {"seed": seed})
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     queue.put(errors)
 

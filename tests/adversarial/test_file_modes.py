@@ -26,7 +26,9 @@ def _mode(p):
 def test_results_respect_the_umask(tmp_path, umask_022):
     ratings_csv(tmp_path / "r.csv")
     io.ingest(tmp_path / "r.csv", tmp_path / "s.zarr")
-    assert invoke("fit-ratings", tmp_path / "s.zarr", "-k", 2, "-o", tmp_path / "m", "--max-iter", 2, "-q").exit_code == 0
+    assert (
+        invoke("fit-ratings", tmp_path / "s.zarr", "-k", 2, "-o", tmp_path / "m", "--max-iter", 2, "-q").exit_code == 0
+    )
     assert invoke("recommend-all", tmp_path / "m", "-o", tmp_path / "all.parquet", "-q").exit_code == 0
     assert invoke("export", tmp_path / "m", "--format", "csv", "-o", tmp_path / "f").exit_code == 0
     assert invoke("fit", tmp_path / "s.zarr", "-k", 2, "-o", tmp_path / "n", "--max-iter", 2, "-q").exit_code == 0

@@ -42,7 +42,13 @@ def csv_bytes(draw):
     sep = draw(st.sampled_from([",", ",", ";", "\t", "|"]))
     header = draw(
         st.sampled_from(
-            [["user", "item", "rating"], ["user", "item"], ["userId", "movieId", "rating"], ["user", "user", "rating"], []]
+            [
+                ["user", "item", "rating"],
+                ["user", "item"],
+                ["userId", "movieId", "rating"],
+                ["user", "user", "rating"],
+                [],
+            ]
         )
     )
     rows = draw(st.lists(st.lists(_token, min_size=1, max_size=4), max_size=25))

@@ -43,7 +43,9 @@ def test_transform_declares_each_option_once_and_output_format_works(store, tmp_
         res = invoke("transform", "--help")
     assert res.exit_code == 0 and "--output-format" in res.stdout
     assert invoke("fit", store, "-k", 2, "-o", tmp_path / "m", "--max-iter", 3, "-q").exit_code == 0
-    res = invoke("transform", tmp_path / "m", tmp_path / "r.csv", "-o", tmp_path / "W.out", "--output-format", "csv", "-q")
+    res = invoke(
+        "transform", tmp_path / "m", tmp_path / "r.csv", "-o", tmp_path / "W.out", "--output-format", "csv", "-q"
+    )
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "W.out").read_text().replace('"', "").startswith("id,c0,c1")
 
