@@ -71,9 +71,9 @@ class Recorder:
 
 def instrument(rec: Recorder):
     """Patch dnmf's module attributes (this process only); returns an undo list."""
-    from dnmf.nmf import step as driver
     from dnmf.nmf import graph as blocked
     from dnmf.nmf import kernels
+    from dnmf.nmf import step as driver
 
     undo = []
 

@@ -12,9 +12,9 @@ from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
 from dnmf.base.inputs import from_memory
-from dnmf.nmf import step as driver
 from dnmf.nmf import kernels
 from dnmf.nmf import selection as rank
+from dnmf.nmf import step as driver
 from dnmf.nmf.stats import compute_stats
 
 

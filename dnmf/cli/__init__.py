@@ -4,10 +4,13 @@ Built on click. This layer parses options, starts or connects to a cluster
 and prints; the work is done by :mod:`dnmf.io`, :mod:`dnmf.jobs` and the
 estimator.
 
-Exit codes: 0 success; 1 the job failed (or another unexpected error);
-2 usage error or bad input (a wrong option, a missing file, invalid data,
-an unreachable scheduler). Errors are one line on standard error; the
-traceback only with ``--verbose``.
+Exit codes: 0 success; 1 the job itself failed (a bug, a worker that kept
+dying); 2 usage error, bad input or environment (a wrong option, a missing
+or unreadable file, a damaged store, an existing output without
+``--overwrite``, an unwritable directory, an unreachable scheduler).
+Errors are one line on standard error, naming the thing and the fix in the
+command line's words; the traceback (and Dask's own log messages) only with
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -15,84 +18,40 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-import warnings
 
 import click
 
 from .._version import __version__
-
-logger = logging.getLogger("dnmf")
-
-#: Exceptions that mean "your input or options are wrong", exit code 2.
-_INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    ConnectionError,
-    KeyError,
-)
-
-
-class InputError(click.ClickException):
-    """Bad input or options: exit code 2."""
-
-    exit_code = 2
-
-    def format_message(self) -> str:
-        return self.message
-
-
-class JobFailed(click.ClickException):
-    """The job (or the command) failed: exit code 1."""
-
-    exit_code = 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        text = str(exc.args[0])
-    return " ".join(text.split())
-
-
-def setup_logging(verbose: bool, quiet: bool) -> None:
-    """dnmf's logger on standard error; Dask's own messages only with --verbose."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("dnmf")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
-    for name in ("distributed", "tornado", "bokeh"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if quiet:
-            return
-        print(f"warning: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr)
-
-    warnings.showwarning = show
+from .console import InputError, JobFailed, input_error_types, one_line, quiet_libraries, unwrap_worker_error
 
 
 class _Group(click.Group):
     """Turns exceptions into one readable line and the documented exit codes."""
 
     def invoke(self, ctx: click.Context):
+        argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        quiet_libraries("-v" in argv or "--verbose" in argv)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, InputError, JobFailed):
+            raise
+        except click.UsageError as exc:
+            # One line: the problem and where the options are documented.
+            name = exc.ctx.command_path if exc.ctx is not None else "dnmf"
+            hint = f" (`{name} --help` lists the options)"
+            raise InputError(" ".join(exc.format_message().split()) + hint) from None
+        except click.ClickException:
             raise
         except KeyboardInterrupt:
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:
             if ctx.meta.get("dnmf.verbose"):
                 traceback.print_exc()
-            message = _one_line(exc)
-            if isinstance(exc, _INPUT_ERRORS):
+            inner, input_error = unwrap_worker_error(exc)
+            message = one_line(inner)
+            if input_error or isinstance(exc, input_error_types()):
                 raise InputError(message) from None
             raise JobFailed(f"job failed: {type(exc).__name__}: {message}") from None
 

@@ -91,7 +91,11 @@ class ClusterOptions:
         are relative to the file. ``tls_*`` options given as well override it.
     dashboard_address : str or None, default=":0"
         Embedded cluster only: where its dashboard listens (``":0"``: a free
-        port; None: no dashboard).
+        port on ``host``; None: no dashboard).
+    host : str, default="127.0.0.1"
+        Embedded cluster only: the interface its scheduler, workers and
+        dashboard listen on. Only this machine can reach them unless another
+        host (``"0.0.0.0"``: every interface) is given.
     timeout : float, default=10.0
         Seconds to wait for the scheduler (or the scheduler file).
     """
@@ -108,6 +112,7 @@ class ClusterOptions:
     tls_config: str | None = None
     dashboard_address: str | None = ":0"
     timeout: float = 10.0
+    host: str = "127.0.0.1"
 
     @property
     def uses_tls(self) -> bool:
@@ -312,7 +317,10 @@ def connect(opts: ClusterOptions) -> Iterator[tuple[Client, str | None]]:
             )
         with _embedded(opts) as client:
             # Without a dashboard the scheduler still serves its HTTP routes; no link to show.
-            yield client, (_dashboard(client) if opts.dashboard_address is not None else None)
+            yield (
+                client,
+                (getattr(client, "_dnmf_dashboard_link", None) if opts.dashboard_address is not None else None),
+            )
         return
     if opts.scheduler is not None:
         address = _with_scheme(str(opts.scheduler), sec is not None)
@@ -329,7 +337,17 @@ def connect(opts: ClusterOptions) -> Iterator[tuple[Client, str | None]]:
 def _embedded(opts: ClusterOptions) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
-    kwargs: dict[str, Any] = {"processes": opts.processes, "dashboard_address": opts.dashboard_address}
+    dashboard = opts.dashboard_address
+    if dashboard is not None and str(dashboard).startswith(":"):
+        dashboard = f"{opts.host}{dashboard}"  # ":0" alone would listen on every interface
+    kwargs: dict[str, Any] = {
+        "processes": opts.processes,
+        "dashboard_address": dashboard,
+        # Workers serve HTTP too (metrics, call stacks): on ``host`` as well.
+        "worker_dashboard_address": f"{opts.host}:0",
+    }
+    if opts.processes:
+        kwargs["host"] = opts.host  # in-process clusters talk inproc://, no socket
     if opts.n_workers is not None:
         kwargs["n_workers"] = opts.n_workers
     if opts.threads_per_worker is not None:
@@ -337,4 +355,56 @@ def _embedded(opts: ClusterOptions) -> Iterator[Client]:
     if opts.memory_limit is not None:
         kwargs["memory_limit"] = opts.memory_limit
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        link = None
+        server = getattr(cluster.scheduler, "http_server", None)
+        if dashboard is not None and server is not None and getattr(server, "port", None):
+            # The address it listens on: Dask's own link shows the machine's public address
+            # for an in-process cluster, which nothing listens on.
+            host = opts.host if opts.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+            link = f"http://{host}:{server.port}/status"
+        client._dnmf_dashboard_link = link
         yield client
+
+
+def _blas_limit(in_process: bool):
+    """One BLAS thread per Dask thread for an in-process cluster (worker processes pin it themselves).
+
+    Dask threads each run a kernel; BLAS threads on top of them oversubscribe the cores.
+    """
+    if not in_process:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def cluster_info(client, link: str | None, embedded: bool) -> dict[str, Any]:
+    """What the report and the progress events say about the cluster (best effort)."""
+    try:
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        return {
+            "scheduler": info.get("address"),
+            "embedded": embedded,
+            "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+            "memory_limit": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
+            "dashboard": link,
+        }
+    except Exception:  # informational only
+        return {"dashboard": link, "embedded": embedded}
+
+
+@contextlib.contextmanager
+def session(copts, progress):
+    """Connect (or start the embedded cluster) and say where the job runs."""
+    embedded = copts.scheduler is None and copts.scheduler_file is None
+    with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
+        info = cluster_info(client, link, embedded)
+        where = "embedded local cluster" if embedded else f"scheduler {info.get('scheduler')}"
+        progress.note(
+            f"running on {where}: {info.get('workers')} worker(s), {info.get('threads')} "
+            f"thread(s); dashboard: {link or 'none'}"
+        )
+        progress.event("start", cluster=info)
+        yield client, info

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from . import guards
 from . import options as o
 
 
@@ -82,23 +83,29 @@ def _model_info(path: str) -> dict[str, Any]:
     model = load(path)
     hist = [float(v) for v in model.loss_history_]
     W = model.__dict__.get("_W")
+    if W is None:
+        W = model.__dict__.get("user_factors_")  # RatingsNMF
+    err = getattr(model, "reconstruction_err_", None)
+    n_components = getattr(model, "n_components_", None)
+    if n_components is None:
+        n_components = model.components_.shape[0]
     return {
         "kind": "model",
         "path": path,
         "estimator": type(model).__name__,
-        "n_components": int(model.n_components_),
+        "n_components": int(n_components),
         "n_features": int(model.n_features_in_),
         "n_samples": int(W.shape[0]) if W is not None else None,
         "has_W": W is not None,
         "n_iter": int(model.n_iter_),
         "converged": bool(model.n_iter_ < model.max_iter),
-        "reconstruction_err": float(model.reconstruction_err_),
+        "reconstruction_err": None if err is None else float(err),
         "loss_first": hist[0] if hist else None,
         "loss_last": hist[-1] if hist else None,
         "loss_history": hist,
         "params": {k: v for k, v in model.get_params(deep=False).items() if k != "client"},
-        "feature_ids": hasattr(model, "feature_ids_"),
-        "sample_ids": hasattr(model, "sample_ids_"),
+        "feature_ids": hasattr(model, "feature_ids_") or hasattr(model, "item_ids_"),
+        "sample_ids": hasattr(model, "sample_ids_") or hasattr(model, "user_ids_"),
     }
 
 
@@ -152,26 +159,20 @@ def info(path: str, as_json: bool, storage_options: dict | None) -> None:
         f"  components: {out['n_components']}, features {out['n_features']}, samples "
         f"{out['n_samples'] if out['has_W'] else '- (W not saved)'}"
     )
-    click.echo(
-        f"  solver {p['solver']}, beta_loss {p['beta_loss']}, init {p['init']}, tol {p['tol']}, "
-        f"max_iter {p['max_iter']}, alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, "
-        f"l1_ratio {p['l1_ratio']}, random_state {p['random_state']}"
-    )
+    shown = ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("n_components", "verbose", "checkpoint"))
+    click.echo(f"  {shown}")
     how = "converged" if out["converged"] else "stopped at max_iter"
     first = "-" if out["loss_first"] is None else f"{out['loss_first']:.6g}"
     last = "-" if out["loss_last"] is None else f"{out['loss_last']:.6g}"
-    click.echo(
-        f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}; reconstruction error "
-        f"{out['reconstruction_err']:.6g}"
-    )
+    tail = "" if out["reconstruction_err"] is None else f"; reconstruction error {out['reconstruction_err']:.6g}"
+    click.echo(f"  iterations: {out['n_iter']} ({how}); loss {first} -> {last}{tail}")
 
 
 def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
     """INPUT as something ``model.transform`` takes, with columns in the model's order."""
     from ..storage import arrays as io
-    from .fitting import _exists
 
-    if not _exists(input):
+    if not guards.exists(input):
         raise FileNotFoundError(f"INPUT {input!r} does not exist.")
     if os.path.isfile(input) or (os.path.isdir(input) and not os.path.exists(os.path.join(input, "zarr.json"))):
         store = io.ingest(input, os.path.join(tmp, "input"), **ingest_kw)
@@ -194,11 +195,11 @@ def _input_matrix(model, input: str, ingest_kw: dict, tmp: str):
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", required=True, help="Output file: .npy, .csv or .parquet.")
 @click.option(
-    "--format",
+    "--output-format",
     "out_format",
     type=click.Choice(["npy", "csv", "parquet"]),
     default=None,
-    help="Output format (default: from the file name).",
+    help="Output format (default: from the file name). --format is INPUT's format.",
 )
 @o.ingest_options
 @o.cluster_options
@@ -222,11 +223,14 @@ def transform(
     import tempfile
 
     from ..base.estimator import load
-    from . import setup_logging
     from .cluster import connect
+    from .console import setup_logging
 
     setup_logging(verbose, quiet)
     fmt = out_format or _format_of(output)
+
+    guards.disjoint([("-o", output)], [("MODEL", model_path), ("INPUT", input)])
+    guards.file_output(output, "-o")
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
     model = load(model_path)
@@ -249,7 +253,9 @@ def _format_of(path: str) -> str:
     for fmt in ("npy", "csv", "parquet"):
         if path.endswith(f".{fmt}"):
             return fmt
-    raise click.UsageError(f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give --format.")
+    raise click.UsageError(
+        f"Cannot tell the format of {path!r}: name it *.npy, *.csv or *.parquet, or give --output-format."
+    )
 
 
 def _blocks(A):
@@ -289,19 +295,28 @@ def export(model_path: str, fmt: str, output: str) -> None:
     """
     from ..base.estimator import load
 
+    guards.disjoint([("-o", output)], [("MODEL", model_path)])
+    if os.path.isfile(output):
+        raise click.UsageError(f"-o {output!r} is a file; give a directory for W.{fmt} and H.{fmt}.")
     model = load(model_path)
     os.makedirs(output, exist_ok=True)
     written = []
     W = model.__dict__.get("_W")
+    if W is None:
+        W = model.__dict__.get("user_factors_")  # RatingsNMF
+    row_ids = getattr(model, "sample_ids_", None)
+    row_ids = getattr(model, "user_ids_", None) if row_ids is None else row_ids
+    col_ids = getattr(model, "feature_ids_", None)
+    col_ids = getattr(model, "item_ids_", None) if col_ids is None else col_ids
     if W is not None:
         path = os.path.join(output, f"W.{fmt}")
-        _write_factor(path, W, getattr(model, "sample_ids_", None), fmt)
+        _write_factor(path, W, row_ids, fmt)
         written.append(path)
     path = os.path.join(output, f"H.{fmt}")
     if fmt == "npy":
         _write_factor(path, model.components_, None, fmt)
     else:
-        _write_factor(path, model.components_.T, getattr(model, "feature_ids_", None), fmt)
+        _write_factor(path, model.components_.T, col_ids, fmt)
     written.append(path)
     for p in written:
         click.echo(p)

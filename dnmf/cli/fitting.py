@@ -12,20 +12,36 @@ from typing import Any
 
 import click
 
+from . import cluster as cluster_mod
+from . import guards
 from . import options as o
 from .progress import Progress
 
 
-def _exists(path: str) -> bool:
-    return "://" in path or os.path.exists(path)
+def _check_outputs(input: str, output: str, report: str | None, job_dir: str | None, job_option: str) -> None:
+    """Everything a fit will write, checked before the cluster starts and the fit runs."""
 
+    outputs = [("-o", output), ("--report", report)]
+    if job_dir is not None and "://" not in job_dir:
+        outputs.append((job_option, job_dir))
+        if os.path.exists(job_dir) and not os.path.isdir(job_dir):
+            raise click.UsageError(f"{job_option} {job_dir!r} is a file; give a directory.")
+        from ..storage import locations
 
-def _check_input(path: str) -> None:
-    if not _exists(path):
-        raise FileNotFoundError(
-            f"INPUT {path!r} does not exist. Give a matrix store (made by "
-            "`dnmf ingest`) or a ratings/matrix file (csv, parquet, mtx, npz, npy)."
-        )
+        try:
+            locations.check_writable_parent(os.path.join(os.path.abspath(job_dir), "job.json"))
+        except OSError as exc:
+            raise click.UsageError(f"{job_option}: {exc}") from None
+    guards.disjoint(outputs[:2], [("INPUT", input)])
+    if job_dir is not None and "://" not in job_dir:
+        for option, path in (("-o", output), ("--report", report)):
+            if path is not None and os.path.realpath(path) == os.path.realpath(job_dir):
+                raise click.UsageError(
+                    f"{option} and {job_option} are the same path {path!r}. Give them different paths."
+                )
+    guards.model_output(output, "-o")
+    if report is not None:
+        guards.file_output(report, "--report")
 
 
 def _resolve_input(
@@ -34,7 +50,7 @@ def _resolve_input(
     """A matrix store for INPUT: itself, or a store ingested from the file into ``workdir``."""
     from ..storage import arrays as io
 
-    _check_input(path)
+    guards.check_input(path)
     is_file_input = os.path.isfile(path) or (
         os.path.isdir(path) and not os.path.exists(os.path.join(path, "zarr.json"))
     )
@@ -55,22 +71,6 @@ def _resolve_input(
         f"ingested {store.shape[0]} x {store.shape[1]}, {store.nnz} non-zeros ({time.perf_counter() - t0:.1f} s)"
     )
     return store.path
-
-
-def _cluster_info(client, link: str | None, embedded: bool) -> dict[str, Any]:
-    try:
-        info = client.scheduler_info()
-        workers = info.get("workers", {})
-        return {
-            "scheduler": info.get("address"),
-            "embedded": embedded,
-            "workers": len(workers),
-            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-            "memory_limit": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
-            "dashboard": link,
-        }
-    except Exception:  # informational only
-        return {"dashboard": link, "embedded": embedded}
 
 
 def _summary(model, model_path: str, progress: Progress) -> None:
@@ -99,35 +99,6 @@ def _summary(model, model_path: str, progress: Progress) -> None:
     how = "converged" if converged else "max_iter reached"
     tail = "" if err is None else f", reconstruction error {err:.6g}"
     click.echo(f"model saved to {model_path}: {model.n_iter_} iterations ({how}), loss {loss:.6g}{tail}")
-
-
-def _blas_limit(in_process: bool):
-    """One BLAS thread per Dask thread for an in-process cluster (worker processes pin it themselves).
-
-    Dask threads each run a kernel; BLAS threads on top of them oversubscribe the cores.
-    """
-    if not in_process:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-@contextlib.contextmanager
-def _cluster(copts, progress: Progress):
-    """Connect (or start the embedded cluster) and say where the job runs."""
-    from .cluster import connect
-
-    embedded = copts.scheduler is None and copts.scheduler_file is None
-    with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
-        info = _cluster_info(client, link, embedded)
-        where = "embedded local cluster" if embedded else f"scheduler {info.get('scheduler')}"
-        progress.note(
-            f"running on {where}: {info.get('workers')} worker(s), {info.get('threads')} "
-            f"thread(s); dashboard: {link or 'none'}"
-        )
-        progress.event("start", cluster=info)
-        yield client, info
 
 
 def _run(job_dir: str | None, spec: dict | None, client, info: dict, progress: Progress):
@@ -173,7 +144,7 @@ def fit(
     reads (csv, parquet, mtx, npz, npy), ingested on the fly. Without
     --scheduler the fit runs on an embedded local cluster on this machine.
     """
-    from . import setup_logging
+    from .console import setup_logging
 
     setup_logging(verbose, quiet)
     params = o.model_params(kw)
@@ -205,9 +176,10 @@ def _fit(
             f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, "
             "or give another --checkpoint directory."
         )
-    _check_input(input)
+    guards.check_input(input)
+    _check_outputs(input, output, report, job_dir, "--checkpoint")
     with contextlib.ExitStack() as stack:
-        client, info = stack.enter_context(_cluster(copts, progress))
+        client, info = stack.enter_context(cluster_mod.session(copts, progress))
         if job_dir is not None:
             workdir = job_dir if "://" not in job_dir else None
             if workdir is not None:
@@ -276,7 +248,7 @@ def fit_ratings(
         1 + alpha * x; ranks top-n lists (precision@k) far better.
     Then: `dnmf recommend MODEL --user ID`, `dnmf recommend-all`, `dnmf evaluate`.
     """
-    from . import setup_logging
+    from .console import setup_logging
 
     setup_logging(verbose, quiet)
     params = o.ratings_params(kw)
@@ -317,8 +289,9 @@ def submit(
     directory; `dnmf status`, `dnmf cancel` and `dnmf resume` take either.
     """
     from ..storage import jobs as job_store
-    from . import jobs, setup_logging
+    from . import jobs
     from .cluster import connect
+    from .console import setup_logging
 
     setup_logging(verbose, quiet)
     if kw.get("scheduler") is None and kw.get("scheduler_file") is None:
@@ -336,11 +309,13 @@ def submit(
             f"{job_dir} already holds a job. Continue it with `dnmf resume {job_dir}`, or give another --job-dir."
         )
     progress = Progress.choose(params["max_iter"], quiet=quiet, log_json=log_json)
-    _check_input(input)
+    guards.check_input(input)
+    _check_outputs(input, output, report, job_dir, "--job-dir")
     local = "://" not in job_dir
-    if local:
-        os.makedirs(job_dir, exist_ok=True)
     with connect(copts) as (client, link):
+        # Created once the scheduler answered: an unreachable one leaves nothing behind.
+        if local:
+            os.makedirs(job_dir, exist_ok=True)
         store = _resolve_input(input, ingest_kw, job_dir if local else None, progress, so)
         record = jobs.create(
             job_dir, input=store, model=output, params=params, storage_options=so, report=report, state="submitted"
@@ -385,7 +360,7 @@ def _wait_received(client, key: str, timeout: float = 30.0) -> None:
 def _job_dir(job: str) -> str:
     from ..storage import jobs as job_store
 
-    if _exists(job) and ("://" in job or os.path.isdir(job)):
+    if guards.exists(job) and ("://" in job or os.path.isdir(job)):
         return job
     found = job_store.lookup(job)
     if found is None:
@@ -537,8 +512,9 @@ def resume(
     would have produced.
     """
     from ..storage import jobs as job_store
-    from . import jobs, setup_logging
+    from . import jobs
     from .cluster import connect
+    from .console import setup_logging
 
     setup_logging(verbose, quiet)
     job_dir = _job_dir(job)
@@ -571,7 +547,7 @@ def resume(
         click.echo(f"resumed job {record['id']} on the cluster; watch it with `dnmf status {job_dir}`")
         return
     progress = Progress.choose(int(record["max_iter"]), quiet=quiet, log_json=log_json)
-    with _cluster(copts, progress) as (client, info):
+    with cluster_mod.session(copts, progress) as (client, info):
         model = _run(job_dir, None, client, info, progress)
     _summary(model, record["spec"]["model"], progress)
 
@@ -594,8 +570,8 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
     import numpy as np
 
     from ..nmf.estimator import NMF
-    from . import setup_logging
     from .cluster import connect
+    from .console import setup_logging
     from .demo import planted_sparse
 
     setup_logging(False, True)
@@ -604,8 +580,8 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
     X = planted_sparse(rows, cols, density, k, seed)
     click.echo(f"X: {X.shape[0]} x {X.shape[1]}, {X.nnz} non-zeros ({time.perf_counter() - t0:.1f} s to generate)")
     embedded = copts.scheduler is None and copts.scheduler_file is None
-    with _blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
-        info = _cluster_info(client, link, embedded)
+    with cluster_mod._blas_limit(embedded and not copts.processes), connect(copts) as (client, link):
+        info = cluster_mod.cluster_info(client, link, embedded)
         click.echo(
             f"cluster: {info.get('workers')} worker(s), {info.get('threads')} thread(s), dashboard {link or 'none'}"
         )
@@ -674,13 +650,16 @@ def select_rank(
     """Choose the number of components k for INPUT (a store or a file to ingest)."""
     from ..nmf.selection import select_rank as select
     from ..storage import arrays as io
-    from . import setup_logging
+    from .console import setup_logging
 
     setup_logging(False, True)
     copts = o.cluster_from(kw)
     ingest_kw = o.ingest_kwargs(kw)
-    _check_input(input)
-    with tempfile.TemporaryDirectory(prefix="dnmf-rank-") as tmp, _cluster(copts, Progress(0, "quiet")) as (client, _):
+    guards.check_input(input)
+    with (
+        tempfile.TemporaryDirectory(prefix="dnmf-rank-") as tmp,
+        cluster_mod.session(copts, Progress(0, "quiet")) as (client, _),
+    ):
         store = io.open_matrix(_resolve_input(input, ingest_kw, tmp, Progress(0, "quiet"), None))
         result = select(
             store.data,
@@ -697,7 +676,10 @@ def select_rank(
         from ..plot import rank_curve
 
         rank_curve(result, path=plot)
-    rows = [{"k": int(k), "mean": float(m), "std": float(s)} for k, m, s in zip(result.ks, result.mean, result.std)]
+    rows = [
+        {"k": int(k), "mean": float(m), "std": float(s)}
+        for k, m, s in zip(result.ks, result.mean, result.std, strict=True)
+    ]
     if as_json:
         click.echo(json.dumps({"method": method, "chosen_k": int(result.chosen_k), "scores": rows}))
         return

@@ -50,7 +50,7 @@ def _now() -> str:
 
 
 #: The estimators a job can fit, by the name its record stores.
-ESTIMATORS = {"NMF": ("dnmf.estimator", "NMF"), "RatingsNMF": ("dnmf.ratings", "RatingsNMF")}
+ESTIMATORS = {"NMF": ("dnmf.nmf.estimator", "NMF"), "RatingsNMF": ("dnmf.masked.estimator", "RatingsNMF")}
 
 
 def _estimator(name: str):

@@ -44,14 +44,14 @@ def _read_config(path: str) -> dict[str, Any]:
         try:
             data = tomllib.loads(raw.decode())
         except tomllib.TOMLDecodeError as exc:
-            raise click.BadParameter(f"{path} is not valid TOML ({exc}).", param_hint="--config")
+            raise click.BadParameter(f"{path} is not valid TOML ({exc}).", param_hint="--config") from None
     elif path.endswith((".yaml", ".yml")):
         import yaml
 
         try:
             data = yaml.safe_load(raw) or {}
         except yaml.YAMLError as exc:
-            raise click.BadParameter(f"{path} is not valid YAML ({exc}).", param_hint="--config")
+            raise click.BadParameter(f"{path} is not valid YAML ({exc}).", param_hint="--config") from None
     else:
         raise click.BadParameter(
             f"{path}: unknown configuration format; name it *.toml, *.yaml or *.yml.", param_hint="--config"
@@ -68,7 +68,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     known = {
         p.name
         for p in ctx.command.params
-        if p.name and p.name != "config" and not getattr(p, "nargs", 1) == -1 and isinstance(p, click.Option)
+        if p.name and p.name != "config" and getattr(p, "nargs", 1) != -1 and isinstance(p, click.Option)
     }
     defaults: dict[str, Any] = {}
     for key, v in data.items():

@@ -16,7 +16,9 @@ from typing import Any
 import click
 import numpy as np
 
+from . import guards
 from . import options as o
+from .cluster import session as cluster_session
 
 
 def _ids_like(values: tuple[str, ...], index) -> list:
@@ -57,9 +59,8 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
     import scipy.sparse as sp
 
     from ..storage import arrays as io
-    from .fitting import _check_input
 
-    _check_input(path)
+    guards.check_input(path)
     if os.path.isfile(path):
         store = io.ingest(path, os.path.join(tmp, os.path.basename(path) + ".zarr"), **ingest_kw)
     else:
@@ -118,9 +119,11 @@ def split(
     """
     from ..recommend.evaluation import train_test_split
     from ..storage import arrays as io
-    from .fitting import _check_input
 
-    _check_input(input)
+    guards.check_input(input)
+    guards.disjoint([("--train", train_out), ("--test", test_out)], [("INPUT", input)])
+    guards.store_output(train_out, "--train", overwrite=overwrite)
+    guards.store_output(test_out, "--test", overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="dnmf-split-") as tmp:
         if os.path.isfile(input):
             store = io.ingest(input, os.path.join(tmp, "input.zarr"), **o.ingest_kwargs(kw))
@@ -167,7 +170,7 @@ def recommend(
     model = _load(model_path)
     if type(model).__name__ == "RatingsNMF":
         ids = _ids_like(users, model.user_ids_)
-        exclude: Any = False if include_seen else (exclude_seen or True)
+        exclude = _ratings_exclude(model, exclude_seen, include_seen)
         frame = model.recommend(ids, n=n, exclude_seen=exclude, cold_start=cold_start)
     else:
         frame = _recommend_nmf(model, users, n, None if include_seen else exclude_seen, cold_start)
@@ -176,6 +179,38 @@ def recommend(
             click.echo(json.dumps(rec, default=str))
         return
     click.echo(frame.to_string(index=False))
+
+
+def _ratings_exclude(model, exclude_seen: str | None, include_seen: bool) -> Any:
+    """What a RatingsNMF model leaves out: nothing, the store the user named, the ratings saved
+    in the model, or the training store the model recorded, once it is checked to be that store."""
+    from ..recommend.factors import recorded_training_store
+
+    if include_seen:
+        return False
+    if exclude_seen:
+        return exclude_seen
+    if model.__dict__.get("_seen") is not None:
+        return True
+    recorded = model.__dict__.get("_train_store")
+    if not recorded:
+        raise click.UsageError(
+            "The model holds no training ratings to leave out. Name them with --exclude-seen STORE, or "
+            "pass --include-seen."
+        )
+    try:
+        path = recorded_training_store(
+            recorded, user_ids=model.user_ids_, item_ids=model.item_ids_, item_counts=model.item_counts_
+        )
+    except ValueError as exc:
+        raise click.UsageError(
+            str(exc)
+            .replace("(--exclude-seen STORE / exclude_seen=PATH)", "with --exclude-seen STORE")
+            .replace("do not leave out seen items", "pass --include-seen")
+        ) from None
+    from ..storage import arrays as io
+
+    return io.open_matrix(path).data
 
 
 def _recommend_nmf(model, users, n, exclude_path, cold_start):
@@ -205,7 +240,7 @@ def _recommend_nmf(model, users, n, exclude_path, cold_start):
     out = []
     for t, user in enumerate(np.asarray(ids, dtype=object)[known]):
         valid = idx[t] >= 0
-        for r, (j, s) in enumerate(zip(idx[t][valid], scores[t][valid])):
+        for r, (j, s) in enumerate(zip(idx[t][valid], scores[t][valid], strict=True)):
             out.append((user, r + 1, item_ids[int(j)], float(s)))
     return pd.DataFrame(out, columns=["user", "rank", "item", "score"])
 
@@ -243,21 +278,23 @@ def recommend_all(
     from ..recommend import factors as rec
     from ..storage import arrays as io
     from ..storage import tables
-    from . import setup_logging
-    from .fitting import _cluster
+    from .console import setup_logging
     from .progress import Progress
 
     setup_logging(verbose, quiet)
     fmt = "parquet" if output.endswith(".parquet") else "csv" if output.endswith(".csv") else None
     if fmt is None:
         raise click.UsageError(f"Cannot tell the format of {output!r}: name it *.parquet or *.csv.")
+
+    guards.disjoint([("-o", output)], [("MODEL", model_path), ("--exclude-seen", exclude_seen)])
+    guards.file_output(output, "-o")
     copts = o.cluster_from(kw)
     model = _load(model_path)
     progress = Progress(0, "quiet" if quiet or log_json else "lines")
-    with _cluster(copts, progress) as (client, _):
+    with cluster_session(copts, progress) as (client, _):
         if type(model).__name__ == "RatingsNMF":
             model.set_params(client=client)
-            exclude: Any = False if include_seen else (exclude_seen or True)
+            exclude = _ratings_exclude(model, exclude_seen, include_seen)
             user_ids, items, scores = model.recommend_all(n, exclude_seen=exclude)
         else:
             factors = _nmf_factors(model)

@@ -416,7 +416,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         resume=None,
         *,
         seed=None,
-        init=None,
+        init_method=None,
         checkpoint=None,
         reload_X=None,
     ):
@@ -447,7 +447,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             record, W0, Ht0, state = self._resume_from(resume, X, stats)
             k = W0.shape[1]
         elif update_H:
-            W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner, init)
+            W0, Ht0, k = self._initial_factors(X, stats, W, H, seed, runner, init_method)
         else:
             H = np.asarray(H, dtype=dtype)
             k = H.shape[0]
@@ -497,7 +497,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 _, Wr, Hr, st = self._resume_from(checkpointer.path, Xn, stats)
                 return Xn, Wr, Hr, st
             if update_H:
-                Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner, init)
+                Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner, init_method)
             else:
                 Wr, Hr = W0, Ht0
             return Xn, Wr, Hr, LoopState()
@@ -557,7 +557,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 callback=callback,
                 resume=start,
                 seed=seeds[i],
-                init=self.init if i == 0 or not deterministic else "random",
+                init_method=self.init if i == 0 or not deterministic else "random",
                 checkpoint=sub(self.checkpoint if self.checkpoint is not None else resume),
                 reload_X=reload_X,
             )

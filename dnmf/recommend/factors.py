@@ -25,6 +25,7 @@ eligible items are padded with item ``-1`` and score ``-inf``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -303,10 +304,16 @@ def _candidates(items: Any, n_items: int) -> np.ndarray | None:
     return np.unique(_positions(items, n_items, "item"))
 
 
-def _check_n(n: Any) -> int:
+def _check_n(n: Any, cap: int | None = None) -> int:
+    """``n`` as an int, at most ``cap`` (the number of items that can be listed).
+
+    A list never holds more items than there are, so a huge ``n`` (10**9) costs
+    what ``n = cap`` costs instead of allocating ``users x n`` entries.
+    """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer (list length); got {n!r}.")
-    return int(n)
+    n = int(n)
+    return n if cap is None else max(1, min(n, int(cap)))
 
 
 def _exclude_rows(exclude: Any, u: int, n_items: int):
@@ -340,6 +347,7 @@ def recommend(
     rows : array-like of int of shape (u,)
         User positions (see :meth:`Factors.row_index`).
     n : int, default=10
+        List length, capped at the number of candidate items.
     exclude : sparse matrix or ndarray of shape (u, n_items), optional
         Items to leave out per user (e.g. the training ratings ``X[rows]``):
         stored entries of a sparse matrix, non-zeros of a dense one.
@@ -355,7 +363,8 @@ def recommend(
     scores : ndarray of shape (u, n)
         Their scores; -inf pads.
     """
-    n = _check_n(n)
+    cand = _candidates(items, factors.n_items)
+    n = _check_n(n, factors.n_items if cand is None else cand.size)
     rows = _positions(rows, factors.n_users, "user")
     W, ub = factors.user_factors(rows)
     ex = _exclude_rows(exclude, rows.size, factors.n_items)
@@ -367,7 +376,7 @@ def recommend(
         factors.item_bias,
         n,
         exclude=ex,
-        items=_candidates(items, factors.n_items),
+        items=cand,
         item_block_size=int(item_block),
     )
 
@@ -391,7 +400,7 @@ def similar_items(factors: Factors, items: Any, n: int = 10) -> tuple[np.ndarray
         Cosines in [0, 1] for non-negative factors; items with an all-zero
         column have similarity 0 to every item.
     """
-    n = _check_n(n)
+    n = _check_n(n, factors.n_items - 1)
     q = _positions(items, factors.n_items, "item")
     H = np.asarray(factors.H, dtype=np.float64)
     norm = np.linalg.norm(H, axis=0)
@@ -627,10 +636,10 @@ def recommend_all(
     of fan-in 8, O(n_users * n) data moved per tree level. Results are
     identical for any user or item blocking (ties by item index).
     """
-    n = _check_n(n)
     client = client if client is not None else current_client()
     cand = _candidates(items, factors.n_items)
     cand = np.arange(factors.n_items, dtype=np.int64) if cand is None else cand
+    n = _check_n(n, cand.size)
     size = int(item_block or topn.ITEM_BLOCK)
     if size < 1:
         raise ValueError(f"item_block must be a positive number of items; got {item_block!r}.")
@@ -691,3 +700,59 @@ def recommend_all(
         da.Array(graph, idx_name, chunks=chunks, dtype=np.int64),
         da.Array(graph, sc_name, chunks=chunks, dtype=dtype),
     )
+
+
+def recorded_training_store(
+    path: Any, *, user_ids: Any, item_ids: Any, item_counts: Any, storage_options: Any = None
+) -> str:
+    """The training store a loaded model recorded, once checked to be that store.
+
+    A model file is data, and its recorded ``train_store`` path could point
+    anywhere (another store, a URL). It is used only when it is a local
+    matrix store whose fingerprint matches the model: the same shape, the
+    same user and item IDs, and as many stored ratings as the model counted
+    at fit time (``item_counts``).
+
+    Returns
+    -------
+    str
+        The store's path.
+
+    Raises
+    ------
+    ValueError
+        Naming what differs; pass the training store explicitly (or do not
+        exclude seen items) instead.
+    """
+    import pandas as pd
+
+    from ..storage import arrays as io
+    from ..storage import locations
+
+    fix = (
+        "Name the training store explicitly (--exclude-seen STORE / exclude_seen=PATH) or do not leave out seen items."
+    )
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"The model records no usable training store ({path!r}). {fix}")
+    path = os.fspath(path)
+    if locations.is_url(path) and not path.startswith("file://"):
+        raise ValueError(
+            f"The model's recorded training store {path!r} is a URL, which is never followed unasked. {fix}"
+        )
+    if not os.path.isdir(locations.normalize(path)):
+        raise ValueError(f"The model's recorded training store {path!r} does not exist. {fix}")
+    store = io.open_matrix(path, storage_options=storage_options)
+    counts = np.asarray(item_counts, dtype=np.float64)
+    problems = []
+    if store.shape != (len(user_ids), len(item_ids)):
+        problems.append(f"shape {store.shape} instead of {(len(user_ids), len(item_ids))}")
+    elif not store.row_ids.equals(pd.Index(user_ids)) or not store.col_ids.equals(pd.Index(item_ids)):
+        problems.append("other user or item IDs")
+    elif store.nnz is not None and int(store.nnz) != int(round(counts.sum())):
+        problems.append(f"{store.nnz} ratings instead of {int(round(counts.sum()))}")
+    if problems:
+        raise ValueError(
+            f"The store at the model's recorded training store path {path!r} is not the one it was fitted on "
+            f"({'; '.join(problems)}). {fix}"
+        )
+    return store.path

@@ -41,6 +41,7 @@ from .errors import StoreError
 from .ingestion import ingest as _ingest_impl
 from .layout import DENSE_ARRAY, MatrixInfo
 from .matrix import (
+    check_output,
     commit_matrix_store,
     new_write_id,
     read_matrix_info,
@@ -379,8 +380,10 @@ def write_matrix(
         IDs of the rows/columns, stored as the store's ID maps.
     overwrite : bool, default False
         Replace an existing store (only a Zarr store or an empty directory;
-        dnmf never deletes other data). Not atomic: the old store is removed
-        before the new one is written.
+        dnmf never deletes other data). Atomic for local paths: the new store
+        is written beside the old one and renamed over it, so a failed write
+        leaves the old store intact. ``path`` may not be (or lie inside, or
+        contain) a store that X is read from.
     client : distributed.Client, optional
         Cluster that writes the blocks. Default: for Dask inputs, Dask's
         default scheduler; for in-memory inputs, the default distributed
@@ -425,6 +428,9 @@ def write_matrix(
         _ids.check_ids(row_ids, shape[0], "rows")
     if col_ids is not None:
         _ids.check_ids(col_ids, shape[1], "cols")
+    if is_dask:
+        locations.check_disjoint([("path", path)], [("the store X reads", p) for p in _source_stores(X)])
+    check_output(path, overwrite=overwrite, storage_options=storage_options)
 
     target: tuple[tuple[int, ...], ...]
     if is_dask and chunks is None:
@@ -466,18 +472,32 @@ def write_matrix(
     )
     if not sparse_out:
         warn_chunk_fit(path, shape, (target[0][0], target[1][0]), dtype, stacklevel=3)
-    with writing_store(info, overwrite=overwrite, storage_options=storage_options):
+    with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
         results = _write_blocks(Xd, info, client, scheduler)
         if row_ids is not None:
-            info = replace(info, row_ids=_ids.write_ids(path, "rows", row_ids, storage_options))
+            info = replace(info, row_ids=_ids.write_ids(info.path, "rows", row_ids, storage_options))
         if col_ids is not None:
-            info = replace(info, col_ids=_ids.write_ids(path, "cols", col_ids, storage_options))
+            info = replace(info, col_ids=_ids.write_ids(info.path, "cols", col_ids, storage_options))
         if sparse_out:
             n_cols = len(target[1])
             grid = tuple(tuple(results[i * n_cols : (i + 1) * n_cols]) for i in range(len(target[0])))
             info = replace(info, nnz_per_block=grid)
         commit_matrix_store(info, storage_options)
     return _open(path, storage_options, verify=False, warn=False)
+
+
+def _source_stores(X: da.Array) -> list[str]:
+    """Paths of the stores a Dask array made by :func:`open_matrix` reads (through any graph)."""
+    paths = []
+    for name, layer in X.__dask_graph__().layers.items():
+        if not str(name).startswith(STORE_KEY_PREFIX):
+            continue
+        for task in layer.values():
+            args = task[1:] if isinstance(task, tuple) else tuple(getattr(task, "args", ()))
+            if args and isinstance(args[0], str):
+                paths.append(args[0])
+            break
+    return paths
 
 
 def _check_format(format: str) -> None:

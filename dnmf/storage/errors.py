@@ -25,3 +25,8 @@ class StoreError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"Cannot use the store at {path!r}: {problem}. {fix}")
+
+    def __reduce__(self):
+        # Picklable with its three fields, so an error raised in a worker process (or
+        # shipped by distributed) arrives as a StoreError, not as a generic Exception.
+        return (type(self), (self.path, self.problem, self.fix))

@@ -42,7 +42,7 @@ from .chunking import ChunksLike, is_regular, normalize_chunks
 from .dense import write_dense_block
 from .ids import write_ids
 from .layout import DENSE_ARRAY, MatrixInfo
-from .matrix import commit_matrix_store, new_write_id, writing_store
+from .matrix import check_output, commit_matrix_store, new_write_id, writing_store
 from .sources import Batch, CsvSource, MtxSource, ParquetSource, Source, read_mtx_header
 from .sparse import write_sparse_block
 
@@ -191,10 +191,8 @@ def ingest(
     _check_choice("on_invalid", on_invalid, ("raise", "drop"))
     if not os.path.exists(input) and "://" not in input:
         raise FileNotFoundError(f"No input at {input!r}. Check the path.")
-    if locations.exists(out, storage_options) and not overwrite:
-        raise FileExistsError(
-            f"Cannot write to {out!r}: it already exists. Pass overwrite=True to replace it, or choose another path."
-        )
+    locations.check_disjoint([("output", out)], [("input", input)])
+    check_output(out, overwrite=overwrite, storage_options=storage_options)
     opts = dict(read_options or {})
     if fmt == "csv" and "sep" not in opts and input.lower().removesuffix(".gz").endswith(".tsv"):
         opts["sep"] = "\t"
@@ -331,14 +329,14 @@ def ingest_source(
             write_id=new_write_id(),
             storage_options=storage_options,
         )
-        with writing_store(info, overwrite=overwrite, storage_options=storage_options):
+        with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
             nnz = []
             for i, path in enumerate(block_files):
                 nnz.append(_build_row_block(path, i, info, duplicates, storage_options))
                 os.remove(path)
             if row_ids is not None:
-                write_ids(output, "rows", row_ids, storage_options)
-                write_ids(output, "cols", col_ids, storage_options)
+                write_ids(info.path, "rows", row_ids, storage_options)
+                write_ids(info.path, "cols", col_ids, storage_options)
             total = sum(map(sum, nnz))
             provenance = {
                 "source": os.path.basename(source.path.rstrip("/")),
@@ -352,6 +350,7 @@ def ingest_source(
             }
             info = replace(info, nnz_per_block=tuple(map(tuple, nnz)), provenance=provenance)
             commit_matrix_store(info, storage_options)
+        info = replace(info, path=output)
         logger.info(
             "ingest %s: %d x %d, %d entries in %.1fs",
             source.path,
@@ -562,7 +561,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
         write_id=new_write_id(),
         storage_options=storage_options,
     )
-    with writing_store(info, overwrite=overwrite, storage_options=storage_options):
+    with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
         nnz = []
         r0 = 0
         for i, h in enumerate(row_chunks):
@@ -571,7 +570,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
             for j, w in enumerate(col_chunks):
                 row.append(
                     write_sparse_block(
-                        output,
+                        info.path,
                         i,
                         j,
                         band[:, c0 : c0 + w],
@@ -593,7 +592,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
             },
         )
         commit_matrix_store(info, storage_options)
-    return info
+    return replace(info, path=output)
 
 
 def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options):
@@ -628,7 +627,7 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
         storage_options=storage_options,
     )
     col_bounds = np.cumsum((0,) + col_chunks)
-    with writing_store(info, overwrite=overwrite, storage_options=storage_options):
+    with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
         for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
             band = np.array(X[r0:r1])  # one row band of the memory map in memory
             if total:  # on_invalid="drop": a dropped entry of a dense matrix is a zero
@@ -636,7 +635,7 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
             band = band.astype(dtype, copy=False)
             for c0, c1 in zip(col_bounds[:-1], col_bounds[1:], strict=True):
                 write_dense_block(
-                    output,
+                    info.path,
                     DENSE_ARRAY,
                     (int(r0), int(r1), int(c0), int(c1)),
                     band[:, c0:c1],
@@ -645,4 +644,4 @@ def _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, s
         provenance = {"source": os.path.basename(input), "source_format": fmt}
         info = replace(info, provenance={**provenance, "entries_zeroed": total})
         commit_matrix_store(info, storage_options)
-    return info
+    return replace(info, path=output)

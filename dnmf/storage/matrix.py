@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,21 @@ from .layout import (
 )
 
 _WRITE_FIX = "Pass overwrite=True to replace it, or choose another path."
+
+
+class OutputExistsError(FileExistsError):
+    """Something exists at an output path and overwriting was not asked for.
+
+    ``path`` names it; the message gives the Python fix (``overwrite=True``),
+    the command line says ``--overwrite`` instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"Cannot write to {path!r}: it already exists. {_WRITE_FIX}")
+
+    def __reduce__(self):
+        return (type(self), (self.path,))
 
 
 def new_write_id() -> str:
@@ -151,26 +167,50 @@ def begin_matrix_store(
 @contextmanager
 def writing_store(
     info: MatrixInfo, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
-) -> Iterator[None]:
+) -> Iterator[MatrixInfo]:
     """Begin the store of ``info``; if the body fails, remove what was written.
 
-    The store was created from nothing and never committed, so removing it
-    loses nothing. The body must end with :func:`commit_matrix_store`.
+    Yields the :class:`MatrixInfo` to write with: ``info`` itself for a new
+    store, or, when a local store is overwritten, the same with the path of a
+    fresh hidden sibling. The body writes there and ends with
+    :func:`commit_matrix_store`; the sibling then replaces the old store in
+    one rename, so a failed or interrupted overwrite leaves the old store
+    intact (on object stores, which have no rename, the old store is removed
+    first). The store was created from nothing and never committed, so
+    removing it on failure loses nothing.
     """
-    begin_matrix_store(info, overwrite=overwrite, storage_options=storage_options)
+    final = info.path
+    target = info
+    replacing = False
+    if locations.exists(final, storage_options):
+        check_replaceable(final, overwrite=overwrite, storage_options=storage_options)
+        if locations.is_url(final):
+            locations.remove(final, storage_options)
+        else:
+            replacing = True
+            target = replace(info, path=locations.sibling(final, "dnmf-new"))
+    begin_matrix_store(target, overwrite=False, storage_options=storage_options)
     try:
-        yield
+        yield target
+        if replacing:
+            locations.swap_in(target.path, final)
     except BaseException:
-        locations.remove(info.path, storage_options)
+        locations.remove(target.path, storage_options)
         raise
 
 
-def prepare_output(path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Check that ``path`` may be written, removing an old store if allowed."""
-    if not locations.exists(path, storage_options):
-        return
+def check_replaceable(path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Check that an existing ``path`` may be replaced by a new store (nothing is removed).
+
+    Raises
+    ------
+    OutputExistsError
+        ``overwrite`` is False.
+    ValueError
+        The path holds a file or a non-empty directory that is not a Zarr store.
+    """
     if not overwrite:
-        raise FileExistsError(f"Cannot write to {path!r}: it already exists. {_WRITE_FIX}")
+        raise OutputExistsError(path)
     if locations.is_file(path, storage_options):
         raise ValueError(
             f"Cannot overwrite {path!r}: it is a file, not a Zarr store. Remove it yourself or choose another path."
@@ -182,6 +222,21 @@ def prepare_output(path: str, *, overwrite: bool, storage_options: Mapping[str, 
             f"store (it holds {names[:3]}...), and dnmf never deletes foreign data. "
             "Remove it yourself or choose another path."
         )
+
+
+def check_output(path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Validate a store output before any work: replaceable if it exists, its directory writable."""
+    if locations.exists(path, storage_options):
+        check_replaceable(path, overwrite=overwrite, storage_options=storage_options)
+    if not locations.is_url(path):
+        locations.check_writable_parent(path)
+
+
+def prepare_output(path: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Check that ``path`` may be written, removing an old store if allowed."""
+    if not locations.exists(path, storage_options):
+        return
+    check_replaceable(path, overwrite=overwrite, storage_options=storage_options)
     locations.remove(path, storage_options)
 
 

@@ -9,8 +9,10 @@ A model store is a Zarr v3 group whose root attributes are::
 with one Zarr array per name at the root. No pickle anywhere.
 
 Saving over an existing model never leaves it unloadable. The protocol,
-for a model at ``parent/name`` (local filesystems only, one writer at a
-time):
+for a model at ``parent/name`` (local filesystems only; concurrent writers
+take turns for steps 2-5 under an advisory lock on ``parent``, and each holds
+a lock on its own temporary directory so that no other save deletes it; the
+last writer's model wins, every writer's save succeeds):
 
 1. Write the new model, root attributes last, into a fresh sibling
    ``parent/.name.dnmf-tmp-XXXX`` and fsync it.
@@ -226,12 +228,52 @@ def _recover(path: str) -> None:
         os.rename(old, path)
 
 
+class ConcurrentSaveError(RuntimeError):
+    """Another writer saved a model to the same path and removed this save's files."""
+
+
+def _flock(path: str, blocking: bool = True):
+    """An exclusive advisory lock on the directory ``path``, or None when held elsewhere."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd) -> None:
+    import fcntl
+
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _remove_stale_tmp(path: str) -> None:
+    """Delete temporary directories of saves that are over (crashed); never a running one's.
+
+    A running save holds a lock on its directory.
+    """
     parent, name = os.path.split(path)
     prefix = f".{name}{_TMP_TAG}"
     for entry in os.listdir(parent):
-        if entry.startswith(prefix):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        if not entry.startswith(prefix):
+            continue
+        full = os.path.join(parent, entry)
+        try:
+            fd = _flock(full, blocking=False)
+        except OSError:
+            continue  # gone meanwhile
+        if fd is None:
+            continue  # a save in progress
+        try:
+            shutil.rmtree(full, ignore_errors=True)
+        finally:
+            _unlock(fd)
 
 
 def write_model(
@@ -277,16 +319,55 @@ def write_model(
             raise ValueError(f"Model array names must be identifiers (letters, digits, _); got {name!r}.")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    _recover(path)
-    if os.path.exists(path) and not _is_model_dir(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise ValueError(
-            f"Cannot save a model to {path!r}: something other than a dnmf model is there, "
-            "and dnmf never deletes foreign data. Choose another path or remove it yourself."
-        )
-    _remove_stale_tmp(path)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{_TMP_TAG}", dir=parent)
+    # Renames and clean-ups of one model path happen under one lock, so concurrent saves
+    # serialise their commits (the last one wins) and never delete each other's files.
+    # (A lock on the parent directory: no lock file is left behind.)
+    swap_lock = parent
+    fd = _flock(swap_lock)
     try:
-        zarr.open_group(store=tmp, mode="w", zarr_format=3)
+        _recover(path)
+        if os.path.exists(path) and not _is_model_dir(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise ValueError(
+                f"Cannot save a model to {path!r}: something other than a dnmf model is there, "
+                "and dnmf never deletes foreign data. Choose another path or remove it yourself."
+            )
+        _remove_stale_tmp(path)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{_TMP_TAG}", dir=parent)
+        own = _flock(tmp)  # held until this save ends: cleaners leave this directory alone
+    finally:
+        _unlock(fd)
+    try:
+        _write_tmp(tmp, path, arrays, chunks, user_attrs)
+        fd = _flock(swap_lock)
+        try:
+            if not os.path.isdir(tmp):
+                raise ConcurrentSaveError(
+                    f"Cannot save the model to {path!r}: another writer replaced it while this save "
+                    "ran and removed this save's files. The model there is the other writer's, complete; "
+                    "save again if this one should win."
+                )
+            old = _old(path)
+            _recover(path)
+            if os.path.exists(path):
+                os.rename(path, old)
+            os.rename(tmp, path)
+            _fsync_dir(parent)
+            if os.path.exists(old):
+                shutil.rmtree(old)
+        finally:
+            _unlock(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _unlock(own)
+
+
+def _write_tmp(tmp: str, path: str, arrays, chunks, user_attrs) -> None:
+    """Protocol step 1: the complete new model in ``tmp``, commit record last, fsynced."""
+    try:
+        # "a", not "w": "w" deletes and recreates the directory, dropping this save's lock on it.
+        zarr.open_group(store=tmp, mode="a", zarr_format=3)
         specs: dict[str, dict[str, Any]] = {}
         for name, value in arrays.items():
             location = os.path.join(tmp, name)
@@ -324,15 +405,13 @@ def write_model(
             None,
         )
         _fsync_tree(tmp)
-        old = _old(path)
-        if os.path.exists(path):
-            os.rename(path, old)
-        os.rename(tmp, path)
-        _fsync_dir(parent)
-        if os.path.exists(old):
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not os.path.isdir(tmp):
+            raise ConcurrentSaveError(
+                f"Cannot save the model to {path!r}: another writer replaced it while this save ran "
+                "and removed this save's files. The model there is the other writer's, complete; save "
+                "again if this one should win."
+            ) from exc
         raise
 
 

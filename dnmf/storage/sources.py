@@ -44,6 +44,8 @@ class Batch:
     #: Record offset (from ``start``) of each record when they are not
     #: consecutive, e.g. mirrored entries of a symmetric matrix.
     origin: np.ndarray | None = None
+    #: The values as found in the file (text), to show a non-numeric one as written.
+    raw_values: Any = None
 
     def record(self, k: int) -> int:
         """Index in its file of record ``k`` of this batch."""
@@ -75,8 +77,17 @@ class Source:
         return (
             f"{self.locate(batch, k)}: {self.row_label}={_item(batch.rows, k)!r}, "
             f"{self.col_label}={_item(batch.cols, k)!r}, "
-            f"{self.value_label}={float(batch.values[k])!r}"
+            f"{self.value_label}={_value_text(batch, k)}"
         )
+
+
+def _value_text(batch: Batch, k: int) -> str:
+    value = float(batch.values[k])
+    if np.isnan(value) and batch.raw_values is not None:
+        raw = _item(batch.raw_values, k)
+        if raw is not None:
+            return repr(raw)
+    return repr(value)
 
 
 def _item(values: Any, k: int) -> Any:
@@ -191,8 +202,25 @@ class CsvSource(Source):
         stream = pa.input_stream(self.path, compression="detect")
         return pcsv.open_csv(stream, read_options=self._read, parse_options=self._parse, convert_options=convert)
 
+    def _csv_error(self, exc: Exception) -> ValueError:
+        """pyarrow's CSV error, with the path and the likely cause."""
+        with open(self.path, "rb") as fh:
+            magic = fh.read(2)
+        text = " ".join(str(exc).split())
+        if magic == b"\x1f\x8b" and not self.path.lower().endswith(".gz"):
+            return ValueError(
+                f"{self.path!r} holds gzip-compressed data but is not named *.gz. Rename it to *.csv.gz "
+                "(or decompress it)."
+            )
+        if "Empty CSV file" in text:
+            return ValueError(f"{self.path!r} is empty: no header line and no records. Check the file.")
+        return ValueError(f"Cannot read {self.path!r} as CSV: {text}. Check the file and the separator (--sep).")
+
     def _check_columns(self) -> None:
-        reader = self._reader()
+        try:
+            reader = self._reader()
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise self._csv_error(exc) from None
         available = list(reader.schema.names)
         reader.close()
         for role, col in (
@@ -206,15 +234,25 @@ class CsvSource(Source):
     def batches(self) -> Iterator[Batch]:
         cols = [self.user_col, self.item_col] + ([self.value_col] if self.value_col else [])
         start = 0
-        reader = self._reader(cols)
         try:
-            for rb in reader:
+            reader = self._reader(cols)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise self._csv_error(exc) from None
+        try:
+            while True:
+                try:
+                    rb = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                    raise self._csv_error(exc) from None
                 if rb.num_rows == 0:
                     continue
                 users, m1 = _ids(rb.column(self.user_col))
                 items, m2 = _ids(rb.column(self.item_col))
-                values = _to_values(rb.column(self.value_col) if self.value_col else None, rb.num_rows)
-                yield Batch(users, items, values, m1 | m2, self.path, start)
+                raw = rb.column(self.value_col) if self.value_col else None
+                values = _to_values(raw, rb.num_rows)
+                yield Batch(users, items, values, m1 | m2, self.path, start, raw_values=raw)
                 start += rb.num_rows
         finally:
             reader.close()
@@ -256,6 +294,11 @@ class ParquetSource(Source):
                 for f in fs
                 if f.endswith((".parquet", ".pq")) and not f.startswith((".", "_"))
             )
+            if not self.files and os.path.exists(os.path.join(path, "zarr.json")):
+                raise ValueError(
+                    f"{path!r} is already a Zarr store, not a file to ingest. Give it to fit, split or info "
+                    "directly (copy a matrix store with dnmf.write_matrix)."
+                )
             if not self.files:
                 raise ValueError(
                     f"{path!r} is a directory without .parquet files. Point at a Parquet file or dataset directory."

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from . import locations
+
 FORMATS = ("npy", "csv", "parquet")
 
 
@@ -23,7 +25,10 @@ def _tmp_for(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, locations.file_mode())  # mkstemp's 0600 would stay after the rename
+    finally:
+        os.close(fd)
     return tmp
 
 
