@@ -62,6 +62,26 @@ class ResolvedInput:
         return isinstance(self.data, da.Array)
 
 
+def check_frame_columns(X, whom: str) -> None:
+    """Refuse a DataFrame with non-numeric columns, naming them (before NumPy's cryptic error)."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(X, "columns"):
+        return
+    import pandas as pd
+
+    bad = [
+        str(c)
+        for c, t in zip(X.columns, dtypes, strict=True)
+        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))
+    ]
+    if bad:
+        listed = ", ".join(repr(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(
+            f"{whom} needs numbers, but the DataFrame's column(s) {listed} hold text or other non-numeric "
+            "values. Drop them, or map them to numbers, before fitting."
+        )
+
+
 def resolve_input(X, storage_options: dict | None = None) -> ResolvedInput:
     """Resolve any input dnmf accepts; see :class:`ResolvedInput`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -111,8 +112,14 @@ def as_2d(X):
             raise ValueError(f"X must be 2-D (users × items); got shape {X.shape}.")
         return X
     if isinstance(X, pd.DataFrame):
+        inputs.check_frame_columns(X, "RatingsNMF")
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
     a = np.asarray(X)
+    if a.dtype == np.float16:
+        warnings.warn(
+            "RatingsNMF computes in float32 or float64; float16 X is upcast to float32.", UserWarning, stacklevel=4
+        )
+        a = a.astype(np.float32)
     if a.ndim != 2:
         raise ValueError(
             f"X must be 2-D (users × items); got shape {a.shape}. For one user's ratings use X.reshape(1, -1)."

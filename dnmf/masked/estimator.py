@@ -510,6 +510,17 @@ class RatingsNMF(DnmfEstimator):
         source = self.__dict__.get("_seen")
         if source is None and self.__dict__.get("_train_store"):
             source = self._train_store
+            if self.__dict__.get("_train_store_from_file"):
+                # A model file is data: its recorded path is followed only when it is that store.
+                from ..recommend.factors import recorded_training_store
+
+                source = recorded_training_store(
+                    source,
+                    user_ids=self.user_ids_,
+                    item_ids=self.item_ids_,
+                    item_counts=self.item_counts_,
+                    storage_options=self.storage_options,
+                )
         if source is None:
             raise ValueError(
                 "exclude_seen=True needs the ratings the model was fitted on, which this model "
@@ -755,6 +766,7 @@ def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
             ids[axis] = pd.RangeIndex(size)
     model.user_ids_, model.item_ids_ = ids["user_ids"], ids["item_ids"]
     model._train_store = attrs.get("train_store")
+    model._train_store_from_file = True
     model._seen = None
     if "seen_indptr" in arrays:
         indptr = np.asarray(arrays["seen_indptr"].compute())

@@ -389,13 +389,23 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             stats = stats_mod.compute_stats(Xd, runner)
             stats_mod.check_values(stats)
             return Xd, False, runner, stats
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=("csr", "csc", "coo"),
-            dtype=[np.float64, np.float32],
-            reset=reset,
-        )
+        inputs.check_frame_columns(X, "NMF")
+        try:
+            X = validate_data(
+                self,
+                X,
+                accept_sparse=("csr", "csc", "coo"),
+                dtype=[np.float64, np.float32],
+                reset=reset,
+            )
+        except ValueError as exc:
+            if "NaN" not in str(exc):
+                raise
+            # scikit-learn's message suggests estimators that accept NaN; for NMF NaN means missing.
+            raise ValueError(
+                "Input X contains NaN. NMF treats every entry of X as observed: for missing ratings use "
+                "dnmf.RatingsNMF (NaN marks a missing entry there), otherwise fill (e.g. with 0) or drop them."
+            ) from None
         stats = stats_mod.MatrixStats.from_vector(kernels.block_stats(X))
         stats_mod.check_values(stats)
         Xd = inputs.from_memory(X, self.chunks, client=client)

@@ -178,7 +178,8 @@ class NMFStep:
                 if len(st.history) < t and not report(t, lagged):
                     stop = True
                 if self.rule == "loss" and c.tol > 0 and t % 10 == 0:
-                    if (st.previous_error - lagged) / st.error_at_init < c.tol:
+                    # A zero initial loss (all-zero X) has nothing left to decrease.
+                    if not st.error_at_init or (st.previous_error - lagged) / st.error_at_init < c.tol:
                         st.iteration = t
                         return Verdict(converged=True, rollback=True, stop=stop)
                     st.previous_error = lagged
@@ -191,7 +192,7 @@ class NMFStep:
             if st.violation_init == 0 or violation / st.violation_init <= c.tol:
                 return Verdict(converged=True, stop=stop)
         elif c.beta == 2 and self.rule == "loss" and c.tol > 0 and iteration % 10 == 0:
-            if (st.previous_error - error) / st.error_at_init < c.tol:
+            if not st.error_at_init or (st.previous_error - error) / st.error_at_init < c.tol:
                 return Verdict(converged=True, stop=stop)
             st.previous_error = error
         return Verdict(stop=stop)

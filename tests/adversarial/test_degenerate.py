@@ -24,13 +24,6 @@ def test_cd_on_all_zero_matrix(kind):
     assert model.reconstruction_err_ == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="needs fix in dnmf/engine/loop.py (run(), the loss check `(st.previous_error - error) / "
-    "st.error_at_init < config.tol`): treat error_at_init == 0 as converged (stop: the loss is already 0), "
-    "as scikit-learn's _fit_multiplicative_update would divide by zero too; cd already handles it",
-)
 @pytest.mark.parametrize("kind", list(ZERO))
 def test_mu_on_all_zero_matrix(kind):
     with warnings.catch_warnings():
@@ -39,7 +32,6 @@ def test_mu_on_all_zero_matrix(kind):
     assert model.reconstruction_err_ == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in dnmf/engine/loop.py: see test_mu_on_all_zero_matrix")
 def test_cli_fit_mu_on_stored_zero_ratings_exits_0(tmp_path):
     from .helpers import invoke
 

@@ -33,32 +33,17 @@ def test_non_numeric_rating_is_shown_as_written(tmp_path):
     assert res.exit_code == 2 and "rating='five'" in line and "nan" not in line and "--on-invalid drop" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix in dnmf/base/inputs.py: check DataFrame columns' dtypes before np.asarray and name "
-    "the non-numeric ones ('column b holds text')",
-)
 def test_dataframe_string_column_is_named():
     with pytest.raises(ValueError, match="'b'"):
         dnmf.NMF(1, max_iter=2).fit(pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix in dnmf/masked/estimator.py (prepare(), before masked.kernels.observed builds a SciPy "
-    "matrix): upcast float16 to float32 (with a warning) as dnmf.NMF does",
-)
 def test_float16_to_ratings_nmf():
     X = np.abs(np.random.default_rng(0).random((10, 8))).astype(np.float16)
     with pytest.warns(Warning):
         dnmf.RatingsNMF(2, max_iter=2).fit(X)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix in dnmf/base/inputs.py: replace scikit-learn's HistGradientBoosting hint for NaN input "
-    "with dnmf's own message (NaN means missing: use RatingsNMF, or fill/drop them)",
-)
 def test_nan_input_message_is_dnmfs_own():
     with pytest.raises(ValueError) as info:
         dnmf.NMF(1, max_iter=2).fit(np.array([[1.0, np.nan], [2.0, 3.0]]))

@@ -63,12 +63,6 @@ def test_edited_train_store_is_refused(fitted, target):
     assert invoke("recommend", fitted / "m", "--user", _user(fitted), "--include-seen").exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix in dnmf/masked/estimator.py: RatingsNMF._training_ratings must pass a loaded model's "
-    "_train_store through dnmf.recommend.factors.recorded_training_store (shape, IDs, rating count) and "
-    "record the store's write_id at fit time",
-)
 def test_python_api_refuses_an_edited_train_store(fitted):
     _set_train_store(fitted / "m", str(fitted / "other.zarr"))
     model = dnmf.load(fitted / "m")
