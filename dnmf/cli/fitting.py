@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -560,12 +561,23 @@ def resume(
 @click.option("--solver", type=click.Choice(["cd", "mu", "anls-bpp"]), default="cd", show_default=True)
 @click.option("--max-iter", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--report",
+    "report",
+    default="dnmf-demo.html",
+    show_default=True,
+    help="Where to write the fit's HTML report (replaced if it exists).",
+)
 @o.cluster_options
-def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: int, seed: int, **kw: Any) -> None:
+def demo(
+    rows: int, cols: int, density: float, k: int, solver: str, max_iter: int, seed: int, report: str, **kw: Any
+) -> None:
     """Factorize a generated sparse matrix on the embedded cluster (the README's first command).
 
     Prints the loss of every iteration and the final relative error
-    ||X - WH||_F / ||X||_F (about 0.04: the planted noise).
+    ||X - WH||_F / ||X||_F (about 0.04: the planted noise), writes the HTML
+    report and prints its path. In a terminal the cluster and its dashboard
+    stay up until Enter is pressed, so the dashboard link can be opened.
     """
     import numpy as np
 
@@ -594,9 +606,19 @@ def demo(rows: int, cols: int, density: float, k: int, solver: str, max_iter: in
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            t_fit = time.perf_counter()
             model.fit(X, callback=show)
-    rel = model.reconstruction_err_ / np.sqrt((X.data.astype(np.float64) ** 2).sum())
-    click.echo(f"done: {model.n_iter_} iterations, relative error {rel:.4f}")
+            t_fit = time.perf_counter() - t_fit
+        rel = model.reconstruction_err_ / np.sqrt((X.data.astype(np.float64) ** 2).sum())
+        click.echo(f"done: {model.n_iter_} iterations, relative error {rel:.4f}")
+        from .report import write_report
+
+        write_report(report, model, timings={"fit": t_fit}, cluster=info, title="dnmf demo")
+        click.echo(f"report: {os.path.abspath(report)}")
+        if link and sys.stdin.isatty() and sys.stdout.isatty():
+            click.echo(f"the dashboard stays up at {link}: press Enter to stop")
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input()
 
 
 def _ks(ctx, param, value: str):
