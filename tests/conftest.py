@@ -36,5 +36,4 @@ def make_data(m=40, n=30, k=4, density=None, seed=0, dtype=np.float64):
         X = sp.random(m, n, density=density, random_state=rng, format="csr") * 5
     W0 = np.abs(rng.randn(m, k))
     H0 = np.abs(rng.randn(k, n))
-    cast = lambda a: a.astype(dtype)
-    return cast(X), cast(W0), cast(H0)
+    return X.astype(dtype), W0.astype(dtype), H0.astype(dtype)

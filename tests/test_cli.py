@@ -234,16 +234,17 @@ def real_cluster(tmp_path):
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     logs = tmp_path / "logs"
     logs.mkdir()
-    sched = subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        stdout=open(logs / "s.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    worker = subprocess.Popen(
-        [dask, "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--memory-limit", "2GiB"],
-        stdout=open(logs / "w.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    with open(logs / "s.log", "w") as s_log, open(logs / "w.log", "w") as w_log:
+        sched = subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=s_log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--memory-limit", "2GiB"],
+            stdout=w_log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         from distributed import Client
 

@@ -1,6 +1,7 @@
 """The estimator's contract: scikit-learn compatibility, types in and out,
 and clear errors for bad input."""
 
+import itertools
 import logging
 import warnings
 
@@ -149,7 +150,7 @@ def test_callback_logging_and_early_stop(caplog):
         m = dnmf.NMF(3, max_iter=50, tol=0, verbose=1, random_state=0)
         m.fit(X, callback=lambda it, el, loss: seen.append((it, el, loss)) or it < 5)
     assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
-    assert all(b[1] >= a[1] for a, b in zip(seen, seen[1:]))
+    assert all(b[1] >= a[1] for a, b in itertools.pairwise(seen))
     assert m.n_iter_ == 5
     assert any("iteration 3: loss" in r.getMessage() for r in caplog.records)
 

@@ -54,7 +54,7 @@ def dense(f):
 
 def entries(X):
     X = sp.coo_matrix(X)
-    return {(int(i), int(j)): float(v) for i, j, v in zip(X.row, X.col, X.data)}
+    return {(int(i), int(j)): float(v) for i, j, v in zip(X.row, X.col, X.data, strict=True)}
 
 
 def naive_errors(f, test):
@@ -70,7 +70,9 @@ def naive_ranking(f, test, train, k, threshold=None):
     totals = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0}
     users, shown = 0, set()
     for u in range(m):
-        rel = {int(j) for j, v in zip(test[u].indices, test[u].data) if threshold is None or v >= threshold}
+        rel = {
+            int(j) for j, v in zip(test[u].indices, test[u].data, strict=True) if threshold is None or v >= threshold
+        }
         if not rel:
             continue
         seen = set() if train is None else set(train[u].indices.tolist())

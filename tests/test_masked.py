@@ -50,14 +50,14 @@ def naive_row(cols, x, V, p, n_items):
     if p.feedback == "implicit":
         conf = np.ones(n_items)
         pref = np.zeros(n_items)
-        for j, v in zip(cols, x):
+        for j, v in zip(cols, x, strict=True):
             conf[j] = 1.0 + p.confidence * v
             pref[j] = 1.0
         for j in range(n_items):
             rows.append(math.sqrt(conf[j]) * V[j, :k])
             rhs.append(math.sqrt(conf[j]) * pref[j])
     else:
-        for j, v in zip(cols, x):
+        for j, v in zip(cols, x, strict=True):
             phi = np.append(V[j, :k], 1.0) if p.biases else V[j, :k]
             rows.append(phi)
             rhs.append(v - p.global_mean - (V[j, k] if p.biases else 0.0))
@@ -108,7 +108,7 @@ def naive_objective(mask, values, U, V, p):
                 pred = s + p.global_mean + (U[i, k] + V[j, k] if p.biases else 0.0)
                 total += (values[i, j] - pred) ** 2
     for A, counts in ((U, mask.sum(axis=1)), (V, mask.sum(axis=0))):
-        for a, c in zip(A, counts):
+        for a, c in zip(A, counts, strict=True):
             scale = c if p.count_scaled else 1.0
             total += scale * (
                 p.l2 * (a[:k] @ a[:k]) + p.l1 * a[:k].sum() + (p.l2_bias * a[k] ** 2 if p.biases else 0.0)
@@ -335,5 +335,5 @@ def test_explicit_step_is_bit_identical_for_any_blocking_and_batching(monkeypatc
     monkeypatch.setattr(masked, "BATCH_ROWS", 3)
     monkeypatch.setattr(masked, "TABLE_BYTES", 0)
     b = _step_on(X, ((3, 17, 1, 19), (5, 1, 17)), U, V, p, "threads")
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)

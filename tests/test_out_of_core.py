@@ -81,9 +81,7 @@ def test_fit_store_three_times_the_memory_limit(tmp_path):
         finally:
             stop.set()
             watcher.join()
-        spilled = client.run(
-            lambda dask_worker: [(k[0] if isinstance(k, tuple) else k) for k in dask_worker.data.slow.keys()]
-        )
+        spilled = client.run(lambda dask_worker: [(k[0] if isinstance(k, tuple) else k) for k in dask_worker.data.slow])
         assert client.run(os.getpid) == pids, "a worker was restarted"
 
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2]

@@ -21,7 +21,7 @@ from dnmf.nmf.stats import compute_stats
 def chunks_for(draw, size):
     cuts = draw(st.lists(st.integers(1, size - 1), max_size=4, unique=True)) if size > 1 else []
     bounds = [0, *sorted(cuts), size]
-    return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
 @st.composite

@@ -1,5 +1,6 @@
 """Rank selection: held-out masks, the masked fit, select_rank and its plot."""
 
+import itertools
 import multiprocessing
 import time
 import warnings
@@ -133,7 +134,7 @@ def test_masked_loss_never_increases_and_ignores_held_out_values(solver):
         losses.append((((X - W @ H) ** 2)[~held]).sum())
         # The reported loss majorises the loss on the kept entries.
         assert res.loss_history[-1] ** 2 >= losses[-1] * (1 - 1e-10)
-    assert all(b <= a * (1 + 1e-10) for a, b in zip(losses, losses[1:]))
+    assert all(b <= a * (1 + 1e-10) for a, b in itertools.pairwise(losses))
     # Changing X at the held-out entries changes nothing in the fit.
     X2 = X.copy()
     X2[held] = 100.0

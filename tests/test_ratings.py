@@ -97,7 +97,7 @@ def test_fold_in_is_the_exact_masked_regularised_nnls_of_each_row(name):
     # and so do a {item: rating} dict and a Dask array of the same ratings.
     np.testing.assert_array_equal(model.transform(new[2]), model.transform(new)[2:3])
     row = new[2]
-    as_dict = dict(zip(row.indices.tolist(), row.data.tolist()))
+    as_dict = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
     np.testing.assert_array_equal(model.transform(as_dict), model.transform(row))
     import dask.array as da
 

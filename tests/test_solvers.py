@@ -1,5 +1,6 @@
 """ANLS-BPP, accelerated HALS, shuffle, the stationarity measure and stopping rules."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_anls_objective_never_increases(m, n, k, seed, sparse, alpha, l1_ratio):
         )
         losses.append(f)
     scale = max(losses[0], 1e-12)
-    assert all(b <= a + 1e-9 * scale for a, b in zip(losses, losses[1:]))
+    assert all(b <= a + 1e-9 * scale for a, b in itertools.pairwise(losses))
     # Without regularisation the loss history itself is monotone.
     if alpha == 0:
         hist = mdl.loss_history_

@@ -207,7 +207,7 @@ def test_tls_config_paths_resolve_against_the_file(names, absolute):
         folder.mkdir()
         elsewhere.mkdir()
         paths = []
-        for name, is_abs in zip(names, absolute):
+        for name, is_abs in zip(names, absolute, strict=True):
             target = (elsewhere if is_abs else folder) / name
             target.write_text("x")
             paths.append(str(target) if is_abs else name)
@@ -217,5 +217,5 @@ def test_tls_config_paths_resolve_against_the_file(names, absolute):
             )
         )
         sec = security(ClusterOptions(tls_config=str(folder / "tls.yaml")))
-        expected = [str((elsewhere if a else folder) / n) for n, a in zip(names, absolute)]
+        expected = [str((elsewhere if a else folder) / n) for n, a in zip(names, absolute, strict=True)]
         assert [sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key] == expected

@@ -20,7 +20,8 @@ The hashes depend on the machine: its BLAS (OpenBLAS/MKL and their kernels
 for the CPU), the NumPy/SciPy/Dask versions and the number of threads all
 change the last bits of floating-point results. So record and check **on the
 same machine, in the same environment**; a baseline from another machine
-says nothing. The whole run takes about a minute on 2 cores.
+says nothing (the file records its environment under ``_environment`` and
+``--check`` says when it differs from the running one). The whole run takes about a minute on 2 cores.
 
 What is hashed
 --------------
@@ -53,6 +54,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -409,6 +411,29 @@ def select(names, pattern):
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
 
 
+ENV_KEY = "_environment"
+
+
+def environment() -> dict:
+    """What the hashes depend on besides the code: library versions and the BLAS in use."""
+    import dask
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    blas = sorted(
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    )
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "dask": dask.__version__,
+        "blas": blas,
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -433,9 +458,17 @@ def main(argv=None):
         print(f"no case matches {args.cases!r}; --list shows them", file=sys.stderr)
         return 2
     expected = None
+    env = environment()
     if args.check:
         with open(args.check) as f:
             expected = json.load(f)
+        recorded_env = expected.pop(ENV_KEY, None)
+        if recorded_env != env:
+            print(
+                f"note: {args.check} was recorded in another environment ({recorded_env}); this one is {env}. "
+                "Hashes differ across environments: record a baseline of the old code here first.",
+                flush=True,
+            )
 
     _quiet_warnings()
     print(f"dnmf {dnmf.__version__} from {os.path.dirname(dnmf.__file__)}", flush=True)
@@ -467,7 +500,7 @@ def main(argv=None):
 
     if args.record:
         with open(args.record, "w") as f:
-            json.dump(hashes, f, indent=2, sort_keys=True)
+            json.dump({ENV_KEY: env, **hashes}, f, indent=2, sort_keys=True)
             f.write("\n")
         print(f"recorded to {args.record}")
     if expected is not None:

@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..engine.blocks import aligned_inputs
 from ..engine.graph import assemble, sum_list, tree_top, x_block_refs
 from ..nmf import init
 from . import kernels as masked
@@ -267,6 +268,7 @@ def factor_gram(A: da.Array, p: masked.MaskedParams) -> da.Array:
 # --------------------------------------------------------------------------
 
 
+@aligned_inputs
 def _row_task(band, U, v_blocks, G, p: masked.MaskedParams):
     V = _concat(v_blocks)
     U_new = masked.update(band, U, V, p, G)
@@ -276,6 +278,7 @@ def _row_task(band, U, v_blocks, G, p: masked.MaskedParams):
     return out
 
 
+@aligned_inputs
 def _col_task(band, V, u_blocks, G, p: masked.MaskedParams):
     U = _concat(u_blocks)
     V_new = masked.update(band, V, U, p, G)
@@ -293,6 +296,7 @@ def _pick(result, name):
     return result[name]
 
 
+@aligned_inputs
 def _finish(data, pen, GU, GV, p: masked.MaskedParams):
     data_v = masked.exact_value(data)
     if p.feedback == "implicit":
@@ -378,6 +382,7 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     return U_new, V_new, GV_new, scalars
 
 
+@aligned_inputs
 def _band_counts(band):
     return np.diff(band.indptr).astype(np.int64)
 
@@ -395,6 +400,7 @@ def col_counts(bands: Bands) -> da.Array:
 # --------------------------------------------------------------------------
 
 
+@aligned_inputs
 def _fold_task(band, V, G, p):
     U0 = np.zeros((band.shape[0], p.q))
     return masked.update(band, U0, V, p, G, solver="als")

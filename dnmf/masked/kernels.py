@@ -53,7 +53,7 @@ from fractions import Fraction
 import numpy as np
 import scipy.sparse as sp
 
-from ..engine.blocks import as_block
+from ..engine.blocks import aligned_inputs, as_block
 from ..nmf import nnls
 
 #: Bytes of temporaries per batch of rows (gathered features and their
@@ -204,6 +204,7 @@ def col_band(blocks) -> sp.csr_matrix:
     return out
 
 
+@aligned_inputs
 def block_summary(block) -> tuple:
     """Validation summary of one block's observed entries.
 
@@ -659,6 +660,7 @@ def penalty(U: np.ndarray, counts: np.ndarray, p: MaskedParams) -> ExactSum:
     return exact_sum(per_row)
 
 
+@aligned_inputs
 def gram(U: np.ndarray, p: MaskedParams) -> np.ndarray:
     """``U[:, :k]ᵀ U[:, :k]`` (k, k) of one block."""
     W = U[:, : p.k]

@@ -35,6 +35,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..engine.blocks import aligned_inputs
 from ..engine.graph import SPLIT_EVERY, assemble, pick, sum_list, tree_reduce, x_block_refs
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
@@ -109,6 +110,7 @@ def stats(X: da.Array) -> da.Array:
     return da.Array(graph, name, chunks=((6,),), dtype=np.float64)
 
 
+@aligned_inputs
 def _combine_stats(parts):
     arr = np.stack(parts)
     out = arr.sum(axis=0)
@@ -116,6 +118,7 @@ def _combine_stats(parts):
     return out
 
 
+@aligned_inputs
 def _row_xdot(x_blocks, b_blocks):
     out = kernels.xdot(x_blocks[0], b_blocks[0])
     for x, b in zip(x_blocks[1:], b_blocks[1:], strict=True):
@@ -219,6 +222,7 @@ def _frobenius_update(solver, A, G, AX, l1, l2, perm, n_inner, inner_tol):
     return kernels.mu_apply(A, AX.copy(), den, l1, l2), violation
 
 
+@aligned_inputs
 def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     """Stage A for one row block. Returns a dict of outputs (see module doc).
 
@@ -281,6 +285,7 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     return out
 
 
+@aligned_inputs
 def _col_task(Ht, total, small, p: StepParams):
     """Stage B for one column block: update ``Ht_j`` from the summed partials."""
     G, _ = small
@@ -308,6 +313,7 @@ def _col_task(Ht, total, small, p: StepParams):
     return {"Ht": Ht_new, "small": (kernels.gram(Ht_new), s)}
 
 
+@aligned_inputs
 def _finish(row_small, col_small, HHt_old, update_H):
     """Stage C: the new HHt and the step's scalar vector."""
     G, s = row_small
@@ -419,6 +425,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
 # --------------------------------------------------------------------------
 
 
+@aligned_inputs
 def _row_objective(x_blocks, W, ht_blocks, HHt, beta):
     if beta == 2:
         XHt = _row_xdot(x_blocks, ht_blocks)

@@ -19,6 +19,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..engine.blocks import aligned_inputs
 from . import graph as blocked
 
 PANEL_ROWS = 1 << 16
@@ -119,6 +120,7 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
 # --------------------------------------------------------------------------
 
 
+@aligned_inputs
 def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=None):
     out = np.maximum(U, 0) * coef_pos + np.maximum(-U, 0) * coef_neg
     out[out < eps] = 0

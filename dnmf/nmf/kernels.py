@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..engine.blocks import aligned_inputs
+
 # scikit-learn's NMF clamps with float32's epsilon whatever the dtype.
 EPSILON = float(np.finfo(np.float32).eps)
 # ...and clips small factor entries with float64's epsilon for beta <= 1.
@@ -38,6 +40,7 @@ _SAMPLE_BATCH = 1 << 18
 # --------------------------------------------------------------------------
 
 
+@aligned_inputs
 def gram(A: np.ndarray) -> np.ndarray:
     """``A.T @ A`` for a tall factor block ``A`` of shape (rows, k)."""
     return A.T @ A
@@ -55,6 +58,7 @@ def xdot(X, B: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+@aligned_inputs
 def xtdot(X, A: np.ndarray) -> np.ndarray:
     """``X.T @ A`` for a block ``X`` (r, c) and dense ``A`` (r, k): (c, k).
 
@@ -70,6 +74,7 @@ def squared_norm(X) -> float:
     return float(np.dot(data, data))
 
 
+@aligned_inputs
 def block_stats(X) -> np.ndarray:
     """Validation and summary statistics of one block.
 
@@ -484,6 +489,7 @@ def _sample_zeros(rng, sorted_nz: np.ndarray, total: int, count: int) -> np.ndar
     return rng.permutation(out)[:count]
 
 
+@aligned_inputs
 def holdout_zero(X, M: sp.csr_matrix):
     """The block with its held-out entries set to zero (removed if sparse)."""
     if M.nnz == 0:
@@ -514,6 +520,7 @@ def holdout_values(M: sp.csr_matrix, W: np.ndarray, Ht: np.ndarray) -> sp.csr_ma
     return sp.csr_matrix((values.astype(W.dtype, copy=False), M.indices, M.indptr), shape=M.shape)
 
 
+@aligned_inputs
 def holdout_error(X, M: sp.csr_matrix, W: np.ndarray, Ht: np.ndarray) -> np.ndarray:
     """``[Σ (X - W Ht.T)², Σ X², count]`` over the held-out coordinates of one block."""
     if M.nnz == 0:
