@@ -1,9 +1,10 @@
 """Old module paths of dnmf (before the package was split into layers), still importable.
 
-``import dnmf.estimator`` or ``from dnmf import blocked`` gives the module at
-its new place (``dnmf.nmf.estimator``, ``dnmf.nmf.graph``) under the old
-name, with a :class:`DeprecationWarning` naming the new path. Nothing is
-imported until an old path is asked for.
+``import dnmf.estimator`` or ``from dnmf import blocked`` gives a module under the
+old name whose attributes are those of the module at its new place
+(``dnmf.nmf.estimator``, ``dnmf.nmf.graph``), plus the few names that moved
+to a third module (``MOVED_NAMES``), with a :class:`DeprecationWarning` naming
+the new path. Nothing is imported until an old path is asked for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 #: Old module path -> new module path.
@@ -37,20 +39,58 @@ MOVED = {
 }
 
 
+#: Names that left their old module for another one: (old module, name) -> "new.module:name".
+#: ``dnmf.kernels.is_sparse`` was dead code and is gone.
+MOVED_NAMES = {
+    ("dnmf.estimator", "load"): "dnmf.base.estimator:load",
+    ("dnmf.ratings", "load"): "dnmf.base.estimator:load",
+    ("dnmf.init", "seed_from"): "dnmf.base.seeds:seed_from",
+    ("dnmf.inputs", "auto_chunks"): "dnmf.base.inputs:memory_auto_chunks",
+    ("dnmf.inputs", "normalize_chunks"): "dnmf.base.inputs:memory_chunks",
+    ("dnmf.inputs", "MatrixStats"): "dnmf.nmf.stats:MatrixStats",
+    ("dnmf.inputs", "compute_stats"): "dnmf.nmf.stats:compute_stats",
+    ("dnmf.inputs", "check_values"): "dnmf.nmf.stats:check_values",
+    ("dnmf.kernels", "as_block"): "dnmf.engine.blocks:as_block",
+}
+
+
+def resolve(target: str):
+    """The object a ``"module:name"`` string names."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class OldModule(types.ModuleType):
+    """A module at an old path: every attribute is looked up at the new path (or in MOVED_NAMES)."""
+
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__(old, f"Moved to {new}; this old path forwards to it.")
+        self.__dict__["_dnmf_new"] = new
+
+    def __getattr__(self, name: str):
+        old = self.__name__
+        moved = MOVED_NAMES.get((old, name))
+        if moved is not None:
+            return resolve(moved)
+        return getattr(importlib.import_module(self.__dict__["_dnmf_new"]), name)
+
+    def __dir__(self):
+        new = importlib.import_module(self.__dict__["_dnmf_new"])
+        extra = [n for (o, n) in MOVED_NAMES if o == self.__name__]
+        return sorted(set(dir(new)) | set(extra))
+
+
 class _Alias(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
-        self.spec = None
 
     def create_module(self, spec):
-        module = importlib.import_module(self.target)
-        self.spec = module.__spec__
-        return module
+        return OldModule(spec.name, self.target)
 
     def exec_module(self, module) -> None:
-        # importlib set the alias's spec on the module object it got back; the module
-        # keeps its own (its real name and file), so reloading or inspecting it still works.
-        module.__spec__ = self.spec
+        # Nothing to run: attributes resolve on use. Import the new module now so that an
+        # old path that no longer imports fails at the import statement, as it used to.
+        importlib.import_module(self.target)
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):

@@ -282,7 +282,7 @@ def rank_curve(result: Any, ax: Axes | None = None, *, path: str | os.PathLike[s
 
     Parameters
     ----------
-    result : dnmf.rank.RankSelection
+    result : dnmf.RankSelection
     ax : matplotlib Axes, optional
         Draw there; by default on a new figure.
     path : str or path-like, optional

@@ -1,7 +1,7 @@
 """The ``dnmf`` command line: ingest, fit or submit, watch, resume, inspect, export.
 
 Built on click. This layer parses options, starts or connects to a cluster
-and prints; the work is done by :mod:`dnmf.io`, :mod:`dnmf.jobs` and the
+and prints; the work is done by :mod:`dnmf.storage.arrays`, :mod:`dnmf.cli.jobs` and the
 estimator.
 
 Exit codes: 0 success; 1 the job itself failed (a bug, a worker that kept

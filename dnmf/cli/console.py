@@ -117,7 +117,7 @@ def one_line(exc: BaseException) -> str:
     # The Python API's wording of a fix, in the command line's words.
     text = text.replace("Pass overwrite=True", "Pass --overwrite").replace("overwrite=True", "--overwrite")
     text = text.replace("on_invalid='drop'", "--on-invalid drop")
-    text = text.replace("rewrite it with dnmf.io.write_matrix or dnmf.io.ingest", "ingest it again (`dnmf ingest`)")
+    text = text.replace("rewrite it with dnmf.write_matrix or dnmf.ingest", "ingest it again (`dnmf ingest`)")
     text = text.replace("(copy a matrix store with dnmf.write_matrix)", "")
     return " ".join(text.split())
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +32,7 @@ import dask.array as da
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from .. import caller
 from .checkpoint import Checkpointer, LoopState, rng_from_json, rng_to_json
 from .checkpoint import load as load_checkpoint
 from .runner import FitFailed, Runner, lineage_policy, nbytes, recoverable_errors
@@ -142,7 +142,6 @@ def run(
     checkpointer: Checkpointer | None = None,
     recover: bool = False,
     max_retries: int = 3,
-    warn_stacklevel: int = 3,
 ) -> LoopResult:
     """Iterate ``step`` from ``factors`` until it converges, stops, or runs out of iterations or time.
 
@@ -173,8 +172,6 @@ def run(
         from ``step.recover()``; without it such errors propagate.
     max_retries : int
         Recoveries allowed in one fit before :class:`FitFailed` is raised.
-    warn_stacklevel : int
-        ``stacklevel`` of the ConvergenceWarning (point it at the user's call).
 
     Returns
     -------
@@ -284,11 +281,7 @@ def run(
     if checkpointer is not None:
         save_checkpoint(current)
     if not converged and not stopped and st.iteration == max_iter and tol > 0:
-        warnings.warn(
-            f"Maximum number of iterations {max_iter} reached.{step.not_converged_hint}",
-            ConvergenceWarning,
-            stacklevel=warn_stacklevel,
-        )
+        caller.warn(f"Maximum number of iterations {max_iter} reached.{step.not_converged_hint}", ConvergenceWarning)
     return LoopResult(
         state=current,
         loop_state=st,

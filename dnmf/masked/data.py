@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import caller
 from ..base import inputs
 from ..engine.graph import is_store_backed
 from . import graph as masked_graph
@@ -116,9 +116,7 @@ def as_2d(X):
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
     a = np.asarray(X)
     if a.dtype == np.float16:
-        warnings.warn(
-            "RatingsNMF computes in float32 or float64; float16 X is upcast to float32.", UserWarning, stacklevel=4
-        )
+        caller.warn("RatingsNMF computes in float32 or float64; float16 X is upcast to float32.")
         a = a.astype(np.float32)
     if a.ndim != 2:
         raise ValueError(

@@ -438,7 +438,7 @@ class RatingsNMF(DnmfEstimator):
         dnmf.recommend.Factors
             For the new users (W NumPy, or Dask for Dask input), sharing H,
             the item biases and the global mean; pass it to
-            :func:`dnmf.recommend.recommend`.
+            :func:`dnmf.recommend.factors.recommend`.
         """
         check_is_fitted(self)
         U = self._fold(X_new)

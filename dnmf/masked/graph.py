@@ -108,7 +108,7 @@ def bands_from_memory(X: sp.csr_matrix, row_chunks, col_chunks, client=None) -> 
     if client is not None:
         import uuid
 
-        token = uuid.uuid4().hex  # fresh keys: see dnmf.inputs.from_memory
+        token = uuid.uuid4().hex  # fresh keys: see dnmf.base.inputs.from_memory
     rname, cname = f"dnmf-rowbands-{token}", f"dnmf-colbands-{token}"
     rgraph = {(rname, i, 0): b for i, b in rows.items()}
     cgraph = {(cname, j, 0): b for j, b in cols.items()}
@@ -234,7 +234,7 @@ def _init_block(seed, tag, start, stop, k, scale, biases):
 def initial_state(chunks: tuple[int, ...], p: masked.MaskedParams, seed: int, tag: str, scale: float) -> da.Array:
     """``|scale·N(0, 1)|`` factors (bias column 0): (sum(chunks), q), one column chunk.
 
-    The random numbers come from :mod:`dnmf.init`'s fixed panels, so they do
+    The random numbers come from :mod:`dnmf.nmf.init`'s fixed panels, so they do
     not depend on the blocking.
     """
     name = "dnmf-masked-init-" + tokenize(chunks, p.k, seed, tag, scale, p.biases)

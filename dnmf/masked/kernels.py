@@ -1,6 +1,6 @@
 """Per-block kernels of masked (weighted) NMF: explicit ratings and implicit feedback.
 
-Pure NumPy/SciPy, no Dask: the graphs of :mod:`dnmf.masked_graph` call these
+Pure NumPy/SciPy, no Dask: the graphs of :mod:`dnmf.masked.graph` call these
 functions on one *band* of rows at a time (a CSR matrix holding whole rows).
 
 Model. ``score(i, j) = mu + b_i + c_j + w_i · h_j`` with ``w_i, h_j >= 0``;
@@ -499,13 +499,13 @@ def nnls_rows(
 ) -> np.ndarray:
     """Solve ``min ½ xᵀC_r x − d_rᵀx`` subject to ``x[~free] >= 0``, for every row r.
 
-    Block principal pivoting (Kim & Park 2011) as :func:`dnmf.nnls.nnls_bpp`,
+    Block principal pivoting (Kim & Park 2011) as :func:`dnmf.nmf.nnls.nnls_bpp`,
     but every row has its own Gram ``C_r`` (a masked problem) and the
     ``free`` coordinates (biases) are always passive. Each round solves the
     rows still infeasible with one batched LAPACK call on the systems
     ``C_r[F, F] x_F = d_r[F]`` (embedded in q×q with an identity outside F);
     rows that cycle past ``max_iter`` are finished by Lawson–Hanson
-    (:func:`dnmf.nnls.nnls_active_set`) after eliminating the free
+    (:func:`dnmf.nmf.nnls.nnls_active_set`) after eliminating the free
     coordinates. Every row's result depends on its own data only.
 
     Parameters

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from numbers import Integral, Real
 
 import dask.array as da
@@ -14,6 +13,7 @@ from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .. import caller
 from ..base import inputs
 from ..base.estimator import RUN_CONSTRAINTS, DnmfEstimator, params_from_json
 from ..base.seeds import seed_from
@@ -238,7 +238,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         ----------
         X : array-like, sparse matrix, Dask array, or path of a matrix store
             Shape (n_samples, n_features). A store path (or an opened
-            ``dnmf.io.MatrixStore``) is streamed: its blocks are read from
+            ``dnmf.MatrixStore``) is streamed: its blocks are read from
             storage on every iteration and X is never held in memory whole;
             ``feature_ids_`` then holds the store's column IDs.
         y : ignored
@@ -443,12 +443,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 "Please add small values to X, or use a positive beta_loss."
             )
         if update_H and self.solver == "mu" and self.init == "nndsvd":
-            warnings.warn(
+            caller.warn(
                 "The multiplicative update ('mu') solver cannot update zeros present in "
                 "the initialization, and so leads to poorer results when used jointly "
                 "with init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
                 UserWarning,
-                stacklevel=3,
             )
         seed = seed_from(self.random_state) if seed is None else seed
         dtype = X.dtype
@@ -618,10 +617,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             W = _check_init(W, (m, k), "NMF (input W)", X.dtype)
             return init.as_tall(W, X.chunks[0], X.dtype), init.as_tall(H.T, X.chunks[1], X.dtype), k
         if W is not None or H is not None:
-            warnings.warn(
+            caller.warn(
                 "When init!='custom', provided W or H are ignored. Set init='custom' to use them as initialization.",
                 RuntimeWarning,
-                stacklevel=3,
             )
         if k in ("auto", None):
             k = n

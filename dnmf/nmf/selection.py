@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
+from .. import caller
 from ..base.seeds import seed_from
 from . import graph as blocked
 from . import init, kernels
@@ -306,11 +307,10 @@ def _map(n_jobs, fn, items):
 
 def _warn_unconverged(converged: np.ndarray, max_iter: int) -> None:
     if not converged.all():
-        warnings.warn(
+        caller.warn(
             f"{int((~converged).sum())} of {converged.size} fits reached max_iter={max_iter} "
             "before converging. Increase max_iter (or tol) for a more reliable choice of k.",
             ConvergenceWarning,
-            stacklevel=3,
         )
 
 

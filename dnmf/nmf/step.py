@@ -279,7 +279,6 @@ def run(
         checkpointer=checkpointer,
         recover=recover is not None,
         max_retries=max_retries,
-        warn_stacklevel=4,
     )
     W_out, Ht_out, _ = out.state
     return FitResult(

@@ -2,7 +2,7 @@
 
 Pure NumPy/SciPy functions on one block (never imports Dask, pandas or
 scikit-learn, so workers stay lean): the tasks that ``dnmf.recommend`` and
-``dnmf.evaluation`` build call them.
+``dnmf.recommend.evaluation`` build call them.
 
 Order. A top-n list ranks items by decreasing score, ties broken by the
 smaller item index, so every result is deterministic. A list that has fewer

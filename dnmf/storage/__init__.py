@@ -1,7 +1,7 @@
 """Storage: the only part of dnmf that touches Zarr and files.
 
 Everything here works one block at a time and never builds Dask graphs, so
-any worker process can call it on its own; :mod:`dnmf.io` assembles these
+any worker process can call it on its own; :mod:`dnmf.storage.arrays` assembles these
 calls into Dask arrays and graphs. Layouts are described in
 ``docs/storage-format.md``.
 """

@@ -90,8 +90,8 @@ class MatrixStore:
 
     Unpacks as ``(data, ids)``::
 
-        X, ids = dnmf.io.open_matrix("ratings.zarr")
-        m = dnmf.io.open_matrix("ratings.zarr"); m.data, m.row_ids, m.col_ids
+        X, ids = dnmf.open_matrix("ratings.zarr")
+        m = dnmf.open_matrix("ratings.zarr"); m.data, m.row_ids, m.col_ids
 
     Attributes
     ----------
@@ -471,7 +471,7 @@ def write_matrix(
         storage_options=storage_options,
     )
     if not sparse_out:
-        warn_chunk_fit(path, shape, (target[0][0], target[1][0]), dtype, stacklevel=3)
+        warn_chunk_fit(path, shape, (target[0][0], target[1][0]), dtype)
     with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
         results = _write_blocks(Xd, info, client, scheduler)
         if row_ids is not None:

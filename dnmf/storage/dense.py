@@ -7,7 +7,6 @@ chunk (i, j), so a task reads exactly one chunk.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
+from .. import caller
 from . import locations, nodes
 from .codecs import ARRAY_CONFIG, numeric_compressors
 from .errors import StoreError
@@ -102,7 +102,7 @@ def read_dense_block(
         raise StoreError(
             where,
             f"chunk {chunk} is missing",
-            "The store is damaged; rewrite it with dnmf.io.write_matrix.",
+            "The store is damaged; rewrite it with dnmf.write_matrix.",
         )
     r0, r1, c0, c1 = bounds
     return nodes.read_region(arr, (slice(r0, r1), slice(c0, c1)), where)
@@ -113,7 +113,6 @@ def warn_chunk_fit(
     shape: tuple[int, int],
     chunk_shape: tuple[int, int],
     dtype: np.dtype,
-    stacklevel: int = 3,
 ) -> None:
     """Warn when a dense array's chunks are too small or too large for block-wise work.
 
@@ -130,11 +129,10 @@ def warn_chunk_fit(
         problem = f"{chunk_bytes / 2**20:.0f} MiB, above 512 MiB: workers may run out of memory"
     else:
         return
-    warnings.warn(
+    caller.warn(
         f"The Zarr array at {path!r} has chunks of shape {tuple(chunk_shape)} "
         f"({np.dtype(dtype)}), i.e. {problem}. Rewrite it with better chunks, e.g. "
-        f'dnmf.io.write_matrix(dnmf.io.open_matrix(path).data, new_path, chunks="auto") '
+        f'dnmf.write_matrix(dnmf.open_matrix(path).data, new_path, chunks="auto") '
         f"(about 64 MiB per block).",
         UserWarning,
-        stacklevel=stacklevel,
     )

@@ -70,7 +70,7 @@ def read_ids(path: str, axis: str, length: int, storage_options: Mapping[str, An
     array_path = f"{IDS_GROUP}/{axis}"
     where = locations.join(path, array_path)
     arr = nodes.open_array_readonly(path, array_path, storage_options)
-    fix = "The store is damaged; rewrite it with dnmf.io.ingest or dnmf.io.write_matrix."
+    fix = "The store is damaged; rewrite it with dnmf.ingest or dnmf.write_matrix."
     if arr.shape != (length,):
         raise StoreError(where, f"the ID map has shape {arr.shape}, expected ({length},)", fix)
     n_chunks = -(-length // arr.chunks[0])

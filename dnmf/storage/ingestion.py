@@ -483,7 +483,7 @@ def _ingest_matrix_file(
         except (ValueError, KeyError, OSError, TypeError) as exc:
             raise ValueError(
                 f"{input!r} is not a SciPy sparse .npz file ({exc}). Save it with "
-                "scipy.sparse.save_npz, or load it yourself and call dnmf.io.write_matrix."
+                "scipy.sparse.save_npz, or load it yourself and call dnmf.write_matrix."
             ) from None
     elif fmt == "npy":
         X = np.load(input, mmap_mode="r")

@@ -33,7 +33,7 @@ BLOCKS_GROUP = "blocks"
 IDS_GROUP = "ids"
 ID_KINDS = ("string", "int64")
 
-_REWRITE = "Rewrite the store with dnmf.io.write_matrix or dnmf.io.ingest; dnmf never repairs a store in place."
+_REWRITE = "Rewrite the store with dnmf.write_matrix or dnmf.ingest; dnmf never repairs a store in place."
 
 
 def block_path(i: int, j: int) -> str:
@@ -160,14 +160,14 @@ def parse_matrix_attrs(
             path,
             f"the Zarr group has no {FORMAT_KEY!r} attribute, so it was not written by "
             "dnmf or its write did not finish (dnmf writes this attribute last)",
-            "Write it with dnmf.io.write_matrix or dnmf.io.ingest; to read a plain Zarr "
+            "Write it with dnmf.write_matrix or dnmf.ingest; to read a plain Zarr "
             "array inside this group, pass the array's own path.",
         )
     if fmt not in MATRIX_VERSIONS:
         raise StoreError(
             path,
             f"{FORMAT_KEY}={fmt!r} is not a matrix layout (expected one of {sorted(MATRIX_VERSIONS)})",
-            "Open models with dnmf.storage.read_model and matrices with dnmf.io.open_matrix.",
+            "Open models with dnmf.storage.read_model and matrices with dnmf.open_matrix.",
         )
     version = attrs.get(VERSION_KEY)
     if version not in MATRIX_VERSIONS[fmt]:

@@ -88,10 +88,10 @@ def read_matrix_info(path: str, storage_options: Mapping[str, Any] | None = None
             raise StoreError(
                 path,
                 f"the {BLOCKS_GROUP!r} group is missing",
-                "The store is damaged; rewrite it with dnmf.io.write_matrix or dnmf.io.ingest.",
+                "The store is damaged; rewrite it with dnmf.write_matrix or dnmf.ingest.",
             )
     if warn and info.kind == "dense":
-        dense.warn_chunk_fit(path, info.shape, (info.row_chunks[0], info.col_chunks[0]), info.dtype, stacklevel=5)
+        dense.warn_chunk_fit(path, info.shape, (info.row_chunks[0], info.col_chunks[0]), info.dtype)
     return info
 
 
@@ -100,7 +100,7 @@ def _bare_array_info(path: str, arr: zarr.Array, storage_options) -> MatrixInfo:
         raise StoreError(
             path,
             f"the Zarr array has shape {arr.shape} and dtype {arr.dtype}; dnmf needs a non-empty 2-D numeric array",
-            "Point at a 2-D numeric array, or reshape/convert it and write it with dnmf.io.write_matrix.",
+            "Point at a 2-D numeric array, or reshape/convert it and write it with dnmf.write_matrix.",
         )
     # A shard is one object in the store: reading whole shards avoids
     # re-reading the shard index for every inner chunk.
@@ -126,7 +126,7 @@ def _check_dense_array(info: MatrixInfo, storage_options) -> None:
             locations.join(info.path, info.array_path),
             f"the array has shape {arr.shape}, dtype {arr.dtype} and chunks {arr.chunks}, but "
             f"the metadata says {info.shape}, {info.dtype} and {chunk}",
-            "The store was modified by another program; rewrite it with dnmf.io.write_matrix.",
+            "The store was modified by another program; rewrite it with dnmf.write_matrix.",
         )
 
 

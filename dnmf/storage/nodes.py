@@ -17,10 +17,9 @@ from . import locations
 from .codecs import ARRAY_CONFIG, numeric_compressors, string_compressors
 from .errors import StoreError
 
-_NOT_ZARR_FIX = "Point at a store written by dnmf.io.write_matrix or dnmf.io.ingest, or at a 2-D Zarr array."
+_NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
 _CORRUPT_FIX = (
-    "The store is damaged; rewrite it with dnmf.io.write_matrix or dnmf.io.ingest "
-    "(dnmf never repairs a store in place)."
+    "The store is damaged; rewrite it with dnmf.write_matrix or dnmf.ingest (dnmf never repairs a store in place)."
 )
 
 

@@ -4,7 +4,7 @@ Block (i, j) of a ``sparse-csr-blocks`` store lives in the group
 ``blocks/{i}_{j}`` as ``indptr`` (rows + 1 entries), ``indices`` (column
 within the block) and ``data``, each a single compressed chunk. A worker
 reads or writes one block without touching any other, so these functions
-are what the Dask tasks of :mod:`dnmf.io` call.
+are what the Dask tasks of :mod:`dnmf.storage.arrays` call.
 """
 
 from __future__ import annotations
@@ -147,6 +147,5 @@ def _corrupt(where: str, problem: str) -> StoreError:
     return StoreError(
         where,
         problem,
-        "The store is damaged or was modified by another program; rewrite it with "
-        "dnmf.io.write_matrix or dnmf.io.ingest.",
+        "The store is damaged or was modified by another program; rewrite it with dnmf.write_matrix or dnmf.ingest.",
     )

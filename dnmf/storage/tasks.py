@@ -1,6 +1,6 @@
 """Block tasks: what the workers run to read and write matrix stores.
 
-Kept apart from :mod:`dnmf.io` so that a worker unpickling them imports only
+Kept apart from :mod:`dnmf.storage.arrays` so that a worker unpickling them imports only
 Zarr, NumPy and SciPy, not pandas or pyarrow (which ingestion needs).
 """
 
