@@ -116,7 +116,7 @@ def one_line(exc: BaseException) -> str:
         text = str(exc.args[0])
     # The Python API's wording of a fix, in the command line's words.
     text = text.replace("Pass overwrite=True", "Pass --overwrite").replace("overwrite=True", "--overwrite")
-    text = text.replace("on_invalid='drop'", "--on-invalid drop")
+    text = text.replace("on_invalid='drop'", "--on-invalid drop").replace("dtype='float64'", "--dtype float64")
     text = text.replace("rewrite it with dnmf.write_matrix or dnmf.ingest", "ingest it again (`dnmf ingest`)")
     text = text.replace("(copy a matrix store with dnmf.write_matrix)", "")
     return " ".join(text.split())

@@ -125,12 +125,22 @@ def as_2d(X):
     return a
 
 
+#: Largest |rating| accepted: squares and sums of ratings must stay far from float64's 1.8e308.
+VALUE_LIMIT = 1e120
+
+
 def check_summary(summ, feedback: str, allow_empty: bool = False) -> None:
-    _, nnz, vmin, _, n_bad = summ
+    _, nnz, vmin, vmax, n_bad = summ
     if n_bad:
         raise ValueError(
             f"X holds {n_bad} infinite or NaN stored value(s). Observed ratings must be finite; "
             "drop those entries (for a dense X, NaN marks a missing rating, infinity is an error)."
+        )
+    largest = max(abs(vmin), abs(vmax)) if nnz else 0.0
+    if largest > VALUE_LIMIT:
+        raise ValueError(
+            f"X holds values as large as {largest:g}, too large for float64 arithmetic (limit "
+            f"{VALUE_LIMIT:g}). Scale the ratings first (e.g. X / abs(X).max())."
         )
     if nnz == 0 and not allow_empty:
         raise ValueError(

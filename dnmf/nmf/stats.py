@@ -9,6 +9,10 @@ import numpy as np
 
 from . import graph as blocked
 
+#: Largest sum of squares of X that a fit accepts: products of X with the factors and their
+#: Grams must stay finite, so X's squares get a wide margin below float64's 1.8e308.
+SQ_NORM_LIMIT = 1e250
+
 
 @dataclass(frozen=True)
 class MatrixStats:
@@ -49,6 +53,12 @@ def check_values(stats: MatrixStats, whom: str = "NMF (input X)") -> None:
             f"Input X contains NaN or infinity: {stats.n_nonfinite} non-finite "
             f"value(s) passed to {whom}. NMF needs finite values; replace them "
             "(e.g. with 0 for unobserved entries) before fitting."
+        )
+    if not stats.sq_norm < SQ_NORM_LIMIT:
+        raise ValueError(
+            f"X passed to {whom} is too large for float64 arithmetic: its sum of squares is "
+            f"{stats.sq_norm:g} (limit {SQ_NORM_LIMIT:g}). Scale it first (e.g. X / X.max()); "
+            "W scales back by the same factor."
         )
     if stats.min < 0:
         raise ValueError(

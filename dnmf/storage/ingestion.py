@@ -53,7 +53,13 @@ InputFormat = Literal["auto", "csv", "parquet", "mtx", "npz", "npy"]
 RECORD = np.dtype([("r", "<i8"), ("c", "<i8"), ("v", "<f8")])
 #: Records per read when scattering the spill file (about 48 MiB).
 SCATTER_RECORDS = 2**21
-_REASONS = ("missing ID", "index out of range", "non-finite or non-numeric value", "negative value")
+_REASONS = (
+    "missing ID",
+    "index out of range",
+    "non-finite or non-numeric value",
+    "negative value",
+    "value too large for the store's dtype",
+)
 
 
 @dataclass
@@ -219,13 +225,15 @@ def ingest(
     )
 
 
-def _validate(batch: Batch, source: Source, invalid: InvalidRecords) -> np.ndarray:
+def _validate(batch: Batch, source: Source, invalid: InvalidRecords, dtype: np.dtype) -> np.ndarray:
     """Mask of invalid records in ``batch``; updates the counts."""
     values = batch.values
     masks = {
         "missing ID": batch.missing,
         "non-finite or non-numeric value": ~np.isfinite(values),
         "negative value": values < 0,
+        # Cast to the store's dtype they would become infinity.
+        "value too large for the store's dtype": np.abs(values) > np.finfo(dtype).max,
     }
     if not source.keyed:
         m, n = source.shape  # type: ignore[misc]
@@ -269,7 +277,7 @@ def ingest_source(
         with open(spill, "wb") as f:
             for batch in source.batches():
                 n_read += len(batch.values)
-                bad = _validate(batch, source, invalid)
+                bad = _validate(batch, source, invalid, np.dtype(dtype))
                 if invalid.total and on_invalid == "raise":
                     continue  # keep counting; nothing more to spill
                 keep = ~bad
@@ -291,6 +299,8 @@ def ingest_source(
                 f"({invalid.summary()}); NMF needs finite, non-negative values with both IDs "
                 f"present. First at {invalid.first}."
             )
+            if invalid.counts["value too large for the store's dtype"]:
+                message += f" Values above {np.finfo(dtype).max:g} do not fit {np.dtype(dtype)}: pass dtype='float64'."
             if on_invalid == "raise":
                 raise ValueError(message + " Fix the input, or pass on_invalid='drop' to skip them.")
             logger.warning("%s Dropped them (on_invalid='drop').", message)
