@@ -160,6 +160,20 @@ cluster_options = _stack(
         "(the default: on one machine it has the lowest per-iteration overhead).",
     ),
     click.option(
+        "--host",
+        metavar="INTERFACE",
+        default="127.0.0.1",
+        show_default=True,
+        help="Embedded cluster: the interface its scheduler, workers and dashboard listen on. "
+        "The default lets only this machine connect; 0.0.0.0 opens them to the network (the "
+        "dashboard shows logs and call stacks to anyone who can reach it).",
+    ),
+    click.option(
+        "--dashboard/--no-dashboard",
+        default=True,
+        help="Embedded cluster: serve the Dask dashboard (on --host, a free port).",
+    ),
+    click.option(
         "--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="TLS: the cluster's CA certificate (PEM)."
     ),
     click.option(
@@ -190,6 +204,8 @@ CLUSTER_KEYS = (
     "threads_per_worker",
     "memory_limit",
     "processes",
+    "host",
+    "dashboard",
     "tls_ca_file",
     "tls_cert",
     "tls_key",
@@ -222,6 +238,8 @@ def cluster_from(kwargs: dict[str, Any]):
         threads_per_worker=threads,
         memory_limit=v["memory_limit"],
         processes=processes,
+        host=v["host"] or "127.0.0.1",
+        dashboard_address=":0" if v["dashboard"] in (None, True) else None,
         tls_ca_file=v["tls_ca_file"],
         tls_cert=v["tls_cert"],
         tls_key=v["tls_key"],

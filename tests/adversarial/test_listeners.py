@@ -65,3 +65,20 @@ def test_fit_with_worker_processes_listens_only_on_localhost(tmp_path):
     )
     assert rc == 0, out
     assert seen and {ip for ip, _ in seen} <= LOCAL, seen
+
+
+def test_host_option_moves_every_listener_and_the_link(tmp_path):
+    # 127.0.0.2 is another loopback address on Linux: a host other than the default, reachable only here.
+    ratings_csv(tmp_path / "r.csv", n_users=300, n_items=80, n=4000)
+    cmd = ["fit", tmp_path / "r.csv", "-k", 3, "-o", tmp_path / "m", "--max-iter", 5, "--workers", 2]
+    rc, out, seen = _watch([*cmd, "--host", "127.0.0.2"], tmp_path)
+    assert rc == 0, out
+    assert seen and {ip for ip, _ in seen} == {"127.0.0.2"}, seen
+    assert "dashboard: http://127.0.0.2:" in out, out
+
+
+def test_no_dashboard_option(tmp_path):
+    ratings_csv(tmp_path / "r.csv", n_users=300, n_items=80, n=4000)
+    cmd = ["fit", tmp_path / "r.csv", "-k", 3, "-o", tmp_path / "m", "--max-iter", 5, "--no-dashboard"]
+    rc, out, _ = _watch(cmd, tmp_path)
+    assert rc == 0 and "dashboard: none" in out, out
