@@ -119,6 +119,7 @@ def one_line(exc: BaseException) -> str:
     text = text.replace("on_invalid='drop'", "--on-invalid drop").replace("dtype='float64'", "--dtype float64")
     text = text.replace("rewrite it with dnmf.write_matrix or dnmf.ingest", "ingest it again (`dnmf ingest`)")
     text = text.replace("(copy a matrix store with dnmf.write_matrix)", "")
+    text = text.replace("unknown='baseline'", "--unknown baseline").replace("unknown='nan'", "--unknown nan")
     return " ".join(text.split())
 
 

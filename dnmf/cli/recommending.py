@@ -47,13 +47,10 @@ def _nmf_factors(model):
     return Factors.from_model(model)
 
 
-def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, lazy: bool = False):
-    """A store or ratings file in the model's (rows, columns) order, matched by ID.
+def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict):
+    """A store or ratings file in the model's (rows, columns) order, matched by ID, as a CSR matrix.
 
-    Returns (matrix, dropped entries of unknown users/items, stored entries kept). With
-    ``lazy`` and a store whose ID maps are the model's (e.g. from `dnmf split`), the matrix
-    is the store's Dask array, read block by block where it is used; otherwise a CSR matrix
-    built here.
+    Returns (matrix, dropped entries of unknown users/items, stored entries kept).
     """
     import pandas as pd
     import scipy.sparse as sp
@@ -65,12 +62,6 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
         store = io.ingest(path, os.path.join(tmp, os.path.basename(path) + ".zarr"), **ingest_kw)
     else:
         store = io.open_matrix(path)
-    same_ids = all(
-        ids is None or store_ids.equals(pd.Index(ids))
-        for ids, store_ids in ((row_ids, store.row_ids), (col_ids, store.col_ids))
-    )
-    if lazy and same_ids and store.nnz is not None:
-        return store.data, 0, int(store.nnz)
     X, _, _ = io.align_columns(store, pd.Index(col_ids) if col_ids is not None else store.col_ids)
     X = X.tocoo()
     if row_ids is None:
@@ -82,6 +73,25 @@ def _store_matrix(path: str, row_ids, col_ids, tmp: str, ingest_kw: dict, *, laz
     out = sp.csr_matrix((X.data[keep], (rows[X.row[keep]], X.col[keep])), shape=(n_rows, X.shape[1]))
     total = store.nnz if store.nnz is not None else X.nnz
     return out, int(total - out.nnz), int(out.nnz)
+
+
+def _open_store(path: str, scratch: str, ingest_kw: dict):
+    """The matrix store at ``path``, or the ratings file at ``path`` ingested into ``scratch``."""
+    from ..storage import arrays as io
+
+    guards.check_input(path)
+    if os.path.isfile(path):
+        return io.ingest(path, scratch, **ingest_kw)
+    return io.open_matrix(path)
+
+
+def _stored_entries(store) -> int:
+    """Stored entries of a matrix store (non-zeros of a dense one)."""
+    if store.nnz is not None:
+        return int(store.nnz)
+    import dask.array as da
+
+    return int(da.count_nonzero(store.data).compute())
 
 
 @click.command()
@@ -369,6 +379,15 @@ def _ranked_blocks(user_ids, items, scores):
     help="Comma-separated subset of rmse,mae,precision,recall,ndcg,map,coverage (default all).",
 )
 @click.option("--threshold", type=float, default=None, help="Minimum test rating of a relevant item.")
+@click.option(
+    "--unknown",
+    type=click.Choice(["raise", "baseline", "nan"]),
+    default="raise",
+    show_default=True,
+    help="Test ratings of users or items the model does not know: an error; scored with the global mean "
+    "plus the known side's bias (RMSE and MAE over all ratings); or left out of RMSE and MAE. The count "
+    "is printed (n_unknown).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @o.ingest_options
 def evaluate(
@@ -378,34 +397,35 @@ def evaluate(
     k: int,
     metrics: str | None,
     threshold: float | None,
+    unknown: str,
     as_json: bool,
     **kw: Any,
 ) -> None:
     """Accuracy of a saved model on held-out ratings: RMSE, MAE and ranking metrics at k.
 
     Test (and train) entries are matched to the model's users and items by
-    ID; entries of users or items the model does not know are left out and
-    counted.
+    ID. Test ratings of users or items the model does not know are an error
+    unless --unknown says what to do with them (baseline or nan); ranking
+    metrics count the known users and items only. Training ratings of
+    unknown users or items are ignored.
     """
     from ..recommend.evaluation import evaluate as run_evaluate
 
     model = _load(model_path)
-    if type(model).__name__ == "RatingsNMF":
-        target = model
-        row_ids, col_ids = model.user_ids_, model.item_ids_
-    else:
-        target = _nmf_factors(model)
-        row_ids, col_ids = target.row_ids, target.col_ids
+    target = model if type(model).__name__ == "RatingsNMF" else _nmf_factors(model)
     ingest_kw = o.ingest_kwargs(kw)
     with tempfile.TemporaryDirectory(prefix="dnmf-eval-") as tmp:
-        test, dropped, n_test = _store_matrix(test_path, row_ids, col_ids, tmp, ingest_kw, lazy=True)
+        test = _open_store(test_path, os.path.join(tmp, "test.zarr"), ingest_kw)
         train = None
         if train_path is not None:
-            train, _, _ = _store_matrix(train_path, row_ids, col_ids, tmp, ingest_kw, lazy=True)
+            train = _open_store(train_path, os.path.join(tmp, "train.zarr"), ingest_kw)
         names = [m.strip() for m in metrics.split(",")] if metrics else None
-        result = run_evaluate(target, test, train=train, k=k, metrics=names, threshold=threshold)
-    result = {name: (int(v) if name == "n_users" else float(v)) for name, v in result.items()}
-    result["test_entries"] = n_test
+        result = run_evaluate(target, test, train=train, k=k, metrics=names, threshold=threshold, unknown=unknown)
+        n_total = _stored_entries(test)
+    result = {name: (int(v) if name in ("n_users", "n_unknown") else float(v)) for name, v in result.items()}
+    n_unknown = result.setdefault("n_unknown", 0)
+    dropped = n_unknown if unknown == "nan" else 0
+    result["test_entries"] = n_total - dropped
     result["dropped_test_entries"] = dropped
     if as_json:
         click.echo(json.dumps(result))

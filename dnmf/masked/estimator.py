@@ -135,6 +135,11 @@ class RatingsNMF(DnmfEstimator):
     item_bias_ : ndarray of shape (n_items,) or None
     global_mean_ : float
         Mean observed rating (0 without biases).
+    rating_mean_ : float
+        Mean observed rating, with or without biases (the baseline of an
+        explicit model without biases for unknown users and items, see
+        :meth:`predict`). Models saved before it was recorded load with
+        ``global_mean_`` when they have biases (the same value), else NaN.
     user_ids_, item_ids_ : pandas.Index
         External IDs of the rows and columns (a store's ID maps; positions
         for in-memory input).
@@ -308,7 +313,14 @@ class RatingsNMF(DnmfEstimator):
         history, n_iter = result.history, result.n_iter
         V_np = np.asarray(runner.compute(V))
         self._set_fitted(
-            p, U if not data.in_memory else np.asarray(runner.compute(U)), V_np, history, n_iter, data, runner
+            p,
+            U if not data.in_memory else np.asarray(runner.compute(U)),
+            V_np,
+            history,
+            n_iter,
+            data,
+            runner,
+            rating_mean=masked.exact_value(summ[0], nnz),
         )
         return self
 
@@ -366,13 +378,14 @@ class RatingsNMF(DnmfEstimator):
         checkpoint_mod.check_resumable(where, record, self._resume_params(), fingerprint, rel_tol=0.0)
         return U0, V0, LoopState.from_json(record["state"])
 
-    def _set_fitted(self, p, U, V, history, n_iter, data, runner):
+    def _set_fitted(self, p, U, V, history, n_iter, data, runner, rating_mean):
         k = p.k
         self.n_components_ = k
         self.n_features_in_ = data.shape[1]
         self.n_iter_ = int(n_iter)
         self.loss_history_ = np.asarray(history, dtype=np.float64)
         self.global_mean_ = float(p.global_mean)
+        self.rating_mean_ = float(rating_mean)
         self.components_ = np.ascontiguousarray(V[:, :k].T)
         self.item_bias_ = np.ascontiguousarray(V[:, k]) if p.biases else None
         if isinstance(U, da.Array):
@@ -400,7 +413,23 @@ class RatingsNMF(DnmfEstimator):
             global_mean=self.global_mean_,
             row_ids=row_ids,
             col_ids=self.item_ids_,
+            baseline_mean=self._baseline_mean(),
         )
+
+    def _baseline_mean(self) -> float:
+        """The score of a pair whose user and item are both unknown (``unknown="baseline"``).
+
+        With biases the global mean; an explicit model without biases, the
+        mean training rating (NaN for models saved before it was recorded);
+        an implicit model, the mean of what it fits, the 0/1 preference, over
+        all pairs: the share of pairs observed.
+        """
+        if self.item_bias_ is not None:
+            return float(self.global_mean_)
+        if self.feedback == "implicit":
+            n_users = int(self.user_factors_.shape[0])
+            return float(np.sum(self.item_counts_)) / (n_users * int(self.n_features_in_))
+        return float(self.__dict__.get("rating_mean_", math.nan))
 
     # ------------------------------------------------------------ fold-in
 
@@ -489,11 +518,42 @@ class RatingsNMF(DnmfEstimator):
 
     # ------------------------------------------------------------ scoring
 
-    def predict(self, users, items) -> np.ndarray:
-        """Scores of (user, item) pairs given by their IDs (``user_ids_``, ``item_ids_``)."""
+    def predict(self, users, items, *, unknown: str = "raise") -> np.ndarray:
+        """Scores of (user, item) pairs given by their IDs (``user_ids_``, ``item_ids_``).
+
+        Parameters
+        ----------
+        users, items : ID or array-like of IDs, broadcastable to shape (p,)
+        unknown : {"raise", "baseline", "nan"}, default="raise"
+            Pairs whose user or item the model does not know (a new user or
+            item in a test set): "raise" a :class:`~dnmf.recommend.UnknownIDError`
+            (a ``KeyError``) naming them; "baseline" scores them, as Surprise
+            does, with the global mean plus the known side's bias (the user's
+            bias when the user is known, the item's when the item is known,
+            the mean alone when neither is); "nan" gives NaN for them. The
+            mean is ``global_mean_`` with biases, the mean training rating
+            (``rating_mean_``) without, and for ``feedback="implicit"`` the
+            share of observed pairs (the mean 0/1 preference). Scores are not
+            clipped, known or baseline. :func:`dnmf.evaluate` counts such pairs.
+
+        Returns
+        -------
+        ndarray of shape (p,), float64
+        """
         check_is_fitted(self)
+        from ..recommend.factors import check_unknown
+
+        check_unknown(unknown)
         f = self.factors_
-        return f.predict(f.row_index(np.asarray(users).ravel()), f.col_index(np.asarray(items).ravel()))
+        strict = unknown == "raise"
+        fix = (
+            "Pass unknown='baseline' to score them with the global mean plus the known side's bias, "
+            "or unknown='nan' for NaN."
+        )
+        users, items = np.asarray(users).ravel(), np.asarray(items).ravel()
+        rows = f.row_index(users, strict=strict, fix=fix)
+        cols = f.col_index(items, strict=strict, fix=fix)
+        return f.predict(rows, cols, unknown=unknown)
 
     def score(self, X, y=None) -> float:
         """Minus the RMSE at the observed entries of X (rows and columns as in fit)."""
@@ -713,6 +773,7 @@ class RatingsNMF(DnmfEstimator):
         attrs = {
             **self._model_attrs(),
             "global_mean": self.global_mean_,
+            "rating_mean": _json_float(self.__dict__.get("rating_mean_", math.nan)),
             "n_iter": self.n_iter_,
             "loss_history": [float(v) for v in self.loss_history_],
             "n_features_in": int(self.n_features_in_),
@@ -738,6 +799,11 @@ class RatingsNMF(DnmfEstimator):
 # ---------------------------------------------------------------- loading
 
 
+def _json_float(value: float) -> float | None:
+    """A float for a model's JSON attributes: None for NaN (not recorded)."""
+    return None if math.isnan(value) else float(value)
+
+
 def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
     """A :class:`RatingsNMF` from a model store's arrays and attributes (see :func:`dnmf.load`).
 
@@ -755,6 +821,11 @@ def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
     model.user_bias_ = np.asarray(arrays["user_bias"].compute()) if "user_bias" in arrays else None
     model.item_bias_ = np.asarray(arrays["item_bias"].compute()) if "item_bias" in arrays else None
     model.item_counts_ = np.asarray(arrays["item_counts"].compute())
+    # Recorded since unknown="baseline"; before, it equals global_mean with biases and is unknown without.
+    rating_mean = attrs.get("rating_mean")
+    if rating_mean is None:
+        rating_mean = model.global_mean_ if model.item_bias_ is not None else math.nan
+    model.rating_mean_ = float(rating_mean)
     m = model.user_factors_.shape[0]
     ids = {}
     for axis, size in (("user_ids", m), ("item_ids", model.n_features_in_)):

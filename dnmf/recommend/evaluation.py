@@ -11,6 +11,12 @@
   coverage, from each user's top-k with the training items left out.
 - :func:`evaluate`: any of these for a fitted model or :class:`Factors`.
 
+A test (or train) set given as a matrix store, or its path, is matched to
+the model's users and items by ID when both have ID maps; its entries of
+users or items the model does not know are the *unknown pairs*, which
+:func:`evaluate` scores with a baseline, leaves out or refuses
+(``unknown=``). Other inputs are taken by position.
+
 Everything runs block-wise over row blocks of users (one task per block,
 fixed-order sums), on the active Dask scheduler or client; only per-block
 sums and an item bitmap travel.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
@@ -38,6 +45,7 @@ from . import kernels as topn
 from .factors import (
     USER_BLOCK,
     Factors,
+    check_unknown,
     even_chunks,
     placed_factors,
     row_parts,
@@ -313,6 +321,107 @@ def _as_factors(model: Any) -> Factors:
     return model if isinstance(model, Factors) else Factors.from_model(model)
 
 
+@dataclass(frozen=True)
+class _Unknown:
+    """The entries of a test set whose user or item the model does not know.
+
+    ``rows``/``cols`` are model positions, -1 where unknown; ``users``/``items``
+    the unknown IDs (each once, in order of appearance); ``total`` the entries
+    of the whole test set.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    users: list
+    items: list
+    total: int
+
+    @property
+    def count(self) -> int:
+        return int(self.values.size)
+
+    def message(self, fix: str) -> str:
+        def shown(ids: list) -> str:
+            return ", ".join(repr(v) for v in ids[:5]) + (", ..." if len(ids) > 5 else "")
+
+        parts = [
+            f"{len(ids)} {what}{'s' if len(ids) != 1 else ''} ({shown(ids)})"
+            for what, ids in (
+                ("new user", self.users),
+                ("new item", self.items),
+            )
+            if ids
+        ]
+        return (
+            f"{self.count} of {self.total} test entries have a user or item the model does not know: "
+            f"{' and '.join(parts)}. {fix}"
+        )
+
+
+def _store_entries(A: da.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, values)`` of every stored entry of a Dask array of blocks, in this process."""
+    r_off = np.concatenate([[0], np.cumsum(A.chunks[0])]).astype(np.int64)
+    c_off = np.concatenate([[0], np.cumsum(A.chunks[1])]).astype(np.int64)
+    grid = A.to_delayed()
+    blocks = dask.compute(*grid.ravel().tolist())
+    parts = []
+    for (i, j), block in zip(np.ndindex(*grid.shape), blocks, strict=True):
+        r, c, v = topn.coords(block)
+        parts.append((r + r_off[i], c + c_off[j], np.asarray(v)))
+    rows, cols, vals = (np.concatenate([p[t] for p in parts]) for t in range(3))
+    return rows, cols, vals
+
+
+def _by_id(factors: Factors, X: Any, what: str) -> tuple[Any, _Unknown | None]:
+    """X in the model's (user, item) positions, and its entries of unknown users or items.
+
+    A matrix store (or its path) whose ID maps differ from the model's is
+    matched by ID, in this process (the entries of known pairs become a CSR
+    matrix of the model's shape); anything else, and a store with the
+    model's IDs, is returned as is (matched by position, unknown None).
+    """
+    resolved = resolve_input(X)
+    axes = ((factors.row_ids, resolved.row_ids, factors.n_users), (factors.col_ids, resolved.col_ids, factors.n_items))
+    if not any(mine is not None and theirs is not None and not mine.equals(theirs) for mine, theirs, _ in axes):
+        return resolved.data, None
+    A = resolved.data
+    positions = []
+    for axis, (mine, theirs, size) in enumerate(axes):
+        if mine is None or theirs is None:
+            if A.shape[axis] != size:
+                raise ValueError(
+                    f"{what} has shape {tuple(A.shape)} but the model scores {factors.n_users} users x "
+                    f"{factors.n_items} items; pass the {what} matrix of the data the model was fitted on "
+                    "(same ID maps)."
+                )
+            positions.append(np.arange(size, dtype=np.int64))
+        else:
+            positions.append(np.asarray(mine.get_indexer(theirs), dtype=np.int64))
+    r, c, v = _store_entries(A)
+    rows, cols = positions[0][r], positions[1][c]
+    known = (rows >= 0) & (cols >= 0)
+    aligned = sp.csr_matrix((v[known], (rows[known], cols[known])), shape=(factors.n_users, factors.n_items))
+    new = ~known
+    unknown = _Unknown(
+        rows=rows[new],
+        cols=cols[new],
+        values=np.asarray(v[new], dtype=np.float64),
+        users=_first_seen(resolved.row_ids, r[new & (rows < 0)]),
+        items=_first_seen(resolved.col_ids, c[new & (cols < 0)]),
+        total=int(v.size),
+    )
+    return aligned, unknown
+
+
+def _first_seen(ids: Any, positions: np.ndarray) -> list:
+    """The IDs at these positions, each once, in order of first appearance."""
+    if ids is None or positions.size == 0:
+        return []
+    _, first = np.unique(positions, return_index=True)
+    return ids[positions[np.sort(first)]].tolist()
+
+
 def _row_blocks(factors: Factors, test: Any) -> tuple[int, ...]:
     if isinstance(factors.W, da.Array):
         return tuple(factors.W.chunks[0])
@@ -402,7 +511,9 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item_block):
+def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item_block, unknown=None, policy="raise"):
+    """The metrics of the known pairs; with ``policy="baseline"`` RMSE and MAE also count ``unknown``'s
+    pairs, scored by :meth:`Factors.baseline` (``"nan"``: they are left out)."""
     test = unwrap(test)
     train = None if train is None else unwrap(train)
     err, rank = _metrics_graph(factors, test, train, k, threshold, want_errors, want_ranking, item_block)
@@ -411,10 +522,14 @@ def _compute(factors, test, train, k, threshold, want_errors, want_ranking, item
     out: dict[str, float] = {}
     if err is not None:
         sse, sae, count = values["err"]
-        if count == 0:
+        n_unknown = 0 if unknown is None else unknown.count
+        if policy == "baseline" and n_unknown:
+            e = unknown.values - factors.baseline(unknown.rows, unknown.cols)
+            sse, sae, count = sse + float(e @ e), sae + float(np.abs(e).sum()), count + e.size
+        if count == 0 and not n_unknown:
             raise ValueError("test has no stored entries: nothing to score. Check the split.")
-        out["rmse"] = float(math.sqrt(sse / count))
-        out["mae"] = float(sae / count)
+        out["rmse"] = float(math.sqrt(sse / count)) if count else math.nan
+        out["mae"] = float(sae / count) if count else math.nan
     if rank is not None:
         sums, recommended = values["rank"]
         users = sums[topn.R_USERS]
@@ -442,13 +557,40 @@ def rmse(factors: Any, test: Any) -> float:
     Returns
     -------
     float
+
+    Notes
+    -----
+    A store is matched to the model by ID (see the module's notes); entries
+    of users or items the model does not know are an error: score them with
+    :func:`evaluate`'s ``unknown=``.
     """
-    return _compute(_as_factors(factors), test, None, 1, None, True, False, topn.ITEM_BLOCK)["rmse"]
+    f = _as_factors(factors)
+    return _compute(f, _known_only(f, test, "test"), None, 1, None, True, False, topn.ITEM_BLOCK)["rmse"]
 
 
 def mae(factors: Any, test: Any) -> float:
     """Mean absolute error of the predicted scores at the test entries (as :func:`rmse`)."""
-    return _compute(_as_factors(factors), test, None, 1, None, True, False, topn.ITEM_BLOCK)["mae"]
+    f = _as_factors(factors)
+    return _compute(f, _known_only(f, test, "test"), None, 1, None, True, False, topn.ITEM_BLOCK)["mae"]
+
+
+_FIX_EVALUATE = (
+    "Evaluate with dnmf.evaluate(model, test, unknown='baseline') to score them with the global mean plus "
+    "the known side's bias, or unknown='nan' to leave them out."
+)
+_FIX = (
+    "Pass unknown='baseline' to score them with the global mean plus the known side's bias (RMSE and MAE "
+    "over all entries), or unknown='nan' to leave them out of RMSE and MAE; either way the result counts "
+    "them (n_unknown)."
+)
+
+
+def _known_only(factors: Factors, test: Any, what: str) -> Any:
+    """``test`` by ID in the model's positions; unknown users or items are an error."""
+    test, unknown = _by_id(factors, test, what)
+    if unknown is not None and unknown.count:
+        raise ValueError(unknown.message(_FIX_EVALUATE))
+    return test
 
 
 def ranking_metrics(
@@ -488,7 +630,10 @@ def ranking_metrics(
         ``coverage``: share of all items that appear in at least one of
         those users' lists; ``n_users``: the number of users counted.
     """
-    return _compute(_as_factors(factors), test, train, _check_k(k), threshold, False, True, int(item_block))
+    f = _as_factors(factors)
+    test = _known_only(f, test, "test")
+    train = None if train is None else _by_id(f, train, "train")[0]
+    return _compute(f, test, train, _check_k(k), threshold, False, True, int(item_block))
 
 
 def evaluate(
@@ -499,6 +644,7 @@ def evaluate(
     k: int = 10,
     metrics: Sequence[str] | None = None,
     threshold: float | None = None,
+    unknown: str = "raise",
 ) -> dict[str, float]:
     """Accuracy of a recommender on held-out entries, in one pass over the data.
 
@@ -507,9 +653,12 @@ def evaluate(
     model_or_factors : Factors, dnmf.RatingsNMF, dnmf.NMF (with its W) or any object with ``factors_``
     test : sparse matrix, dask array of sparse blocks, matrix store or its path
         Shape (n_users, n_items): held-out entries, e.g. from
-        :func:`train_test_split`.
+        :func:`train_test_split`. A store is matched to the model's users and
+        items by ID (both with ID maps; then its shape may differ), so it
+        may hold users and items the model does not know: see ``unknown``.
     train : same kinds, optional
-        Entries left out of the top-k lists (exclude-seen).
+        Entries left out of the top-k lists (exclude-seen); a store's entries
+        of unknown users or items are ignored.
     k : int, default=10
         Cutoff of the ranking metrics.
     metrics : sequence of str, optional
@@ -518,13 +667,23 @@ def evaluate(
         items for every test user; the rating metrics only O(nnz(test) k).
     threshold : float, optional
         Minimum test value of a relevant item (default: every test item).
+    unknown : {"raise", "baseline", "nan"}, default="raise"
+        Test entries whose user or item the model does not know: "raise" a
+        ``ValueError`` naming them; "baseline" scores them as
+        ``model.predict(..., unknown="baseline")`` does (the global mean plus
+        the known side's bias, see :meth:`Factors.baseline`), so RMSE and MAE
+        are over **all** test entries; "nan" leaves them out of RMSE and MAE
+        (over the known pairs only; NaN when none is known). Ranking metrics
+        always rank the known users over the known items.
 
     Returns
     -------
     dict of str to float
         The metrics asked for (see :func:`rmse`, :func:`ranking_metrics`),
         plus ``n_users`` (users counted by the ranking metrics) when any
-        ranking metric is asked for.
+        ranking metric is asked for, plus ``n_unknown`` (test entries with an
+        unknown user or item, 0 when the test set is taken by position) when
+        ``unknown`` is "baseline" or "nan".
 
     Examples
     --------
@@ -534,16 +693,26 @@ def evaluate(
     {'rmse': 0.86, 'mae': 0.66, 'precision': 0.05, ...}
     """
     names = list(RATING_METRICS + RANKING_METRICS) if metrics is None else list(metrics)
-    unknown = [m for m in names if m not in RATING_METRICS + RANKING_METRICS]
-    if unknown or not names:
+    bad = [m for m in names if m not in RATING_METRICS + RANKING_METRICS]
+    if bad or not names:
         raise ValueError(
-            f"Unknown metrics {unknown}; choose from {list(RATING_METRICS + RANKING_METRICS)}."
-            if unknown
+            f"Unknown metrics {bad}; choose from {list(RATING_METRICS + RANKING_METRICS)}."
+            if bad
             else "metrics is empty; ask for at least one metric or pass None for all."
         )
+    policy = check_unknown(unknown)
+    k = _check_k(k)
     factors = _as_factors(model_or_factors)
+    test, new = _by_id(factors, test, "test")
+    if new is not None and new.count and policy == "raise":
+        raise ValueError(new.message(_FIX))
+    if train is not None:
+        train = _by_id(factors, train, "train")[0]
     want_err = any(m in RATING_METRICS for m in names)
     want_rank = any(m in RANKING_METRICS for m in names)
-    out = _compute(factors, test, train, _check_k(k), threshold, want_err, want_rank, topn.ITEM_BLOCK)
+    out = _compute(factors, test, train, k, threshold, want_err, want_rank, topn.ITEM_BLOCK, new, policy)
     keep = names + (["n_users"] if want_rank else [])
-    return {name: out[name] for name in keep}
+    result = {name: out[name] for name in keep}
+    if policy != "raise":
+        result["n_unknown"] = 0 if new is None else new.count
+    return result

@@ -96,6 +96,12 @@ class Factors:
     row_ids, col_ids : pandas.Index, optional
         External user and item IDs by position (a store's ID maps). None:
         the IDs are the positions.
+    baseline_mean : float, optional
+        The baseline score of a pair whose user and item are both unknown
+        (``unknown="baseline"`` of :meth:`predict`); a known side adds its
+        bias. None: ``global_mean``. :class:`dnmf.RatingsNMF` sets it to its
+        global mean (with biases), the mean training rating (explicit,
+        without biases) or the share of observed pairs (implicit).
     """
 
     W: Any
@@ -105,6 +111,7 @@ class Factors:
     global_mean: float = 0.0
     row_ids: pd.Index | None = None
     col_ids: pd.Index | None = None
+    baseline_mean: float | None = None
 
     def __post_init__(self) -> None:
         self.H = np.asarray(self.H)
@@ -128,6 +135,8 @@ class Factors:
             if self.item_bias.shape != (n,):
                 raise ValueError(f"item_bias must have shape ({n},) like H's columns; got {self.item_bias.shape}.")
         self.global_mean = float(self.global_mean)
+        if self.baseline_mean is not None:
+            self.baseline_mean = float(self.baseline_mean)
         for name, ids, size in (("row_ids", self.row_ids, m), ("col_ids", self.col_ids, n)):
             if ids is not None and len(ids) != size:
                 raise ValueError(f"{name} has {len(ids)} IDs for {size} positions; pass the ID map of the same matrix.")
@@ -194,7 +203,7 @@ class Factors:
 
     # ------------------------------------------------------------ IDs
 
-    def row_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+    def row_index(self, ids: Any, *, strict: bool = True, fix: str | None = None) -> np.ndarray:
         """Positions of user IDs.
 
         Parameters
@@ -202,16 +211,19 @@ class Factors:
         ids : scalar or array-like of shape (u,)
         strict : bool, default=True
             Raise :class:`UnknownIDError` for unknown IDs; False gives -1 for them.
+        fix : str, optional
+            The error's last sentence, what to do (default: fold new users in
+            or use a ``cold_start`` fallback).
 
         Returns
         -------
         ndarray of shape (u,), int64
         """
-        return _index(self.row_ids, ids, self.n_users, "user", strict)
+        return _index(self.row_ids, ids, self.n_users, "user", strict, fix)
 
-    def col_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+    def col_index(self, ids: Any, *, strict: bool = True, fix: str | None = None) -> np.ndarray:
         """Positions of item IDs; as :meth:`row_index`."""
-        return _index(self.col_ids, ids, self.n_items, "item", strict)
+        return _index(self.col_ids, ids, self.n_items, "item", strict, fix)
 
     # ------------------------------------------------------------ scores
 
@@ -228,24 +240,92 @@ class Factors:
             W, ub = W[uniq], None if ub is None else ub[uniq]
         return np.asarray(W)[inv], None if ub is None else np.asarray(ub)[inv]
 
-    def predict(self, rows: Any, cols: Any) -> np.ndarray:
+    def predict(self, rows: Any, cols: Any, *, unknown: str = "raise") -> np.ndarray:
         """Scores of (user, item) pairs.
 
         Parameters
         ----------
         rows, cols : array-like of int, broadcastable to shape (p,)
-            User and item positions (see :meth:`row_index`, :meth:`col_index`).
+            User and item positions (see :meth:`row_index`, :meth:`col_index`);
+            with ``unknown`` other than "raise", -1 (what ``strict=False``
+            gives) marks an unknown user or item.
+        unknown : {"raise", "baseline", "nan"}, default="raise"
+            Pairs with a -1 position: an ``IndexError``; the baseline
+            (:meth:`baseline`); or NaN.
 
         Returns
         -------
         ndarray of shape (p,)
             ``global_mean + user_bias + item_bias + W[rows] @ H[:, cols]``.
         """
+        check_unknown(unknown)
         rows, cols = np.broadcast_arrays(np.atleast_1d(rows), np.atleast_1d(cols))
+        rows, cols = rows.ravel(), cols.ravel()
+        if unknown != "raise" and rows.dtype.kind in "iu" and cols.dtype.kind in "iu":
+            rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+            known = (rows >= 0) & (cols >= 0)
+            if not known.all():
+                out = np.full(rows.size, np.nan)
+                if known.any():
+                    out[known] = self.predict(rows[known], cols[known])
+                if unknown == "baseline":
+                    out[~known] = self.baseline(rows[~known], cols[~known])
+                return out
         cols = _positions(cols, self.n_items, "item")
-        W, ub = self.user_factors(rows.ravel())
+        W, ub = self.user_factors(rows)
         local = np.arange(W.shape[0])
-        return topn.pair_scores(W, ub, self.global_mean, self.H, self.item_bias, local, cols.ravel())
+        return topn.pair_scores(W, ub, self.global_mean, self.H, self.item_bias, local, cols)
+
+    def baseline(self, rows: Any, cols: Any) -> np.ndarray:
+        """Baseline scores of (user, item) pairs, for users or items the model does not know.
+
+        The baseline mean (``baseline_mean``, else ``global_mean``) plus the
+        user's bias when the user is known and the item's bias when the item
+        is known (absent biases count as 0), as Surprise's baseline for
+        unknown users and items.
+
+        Parameters
+        ----------
+        rows, cols : array-like of int, broadcastable to shape (p,)
+            Positions; -1 (any negative) marks an unknown user or item.
+
+        Returns
+        -------
+        ndarray of shape (p,), float64
+        """
+        rows, cols = np.broadcast_arrays(np.atleast_1d(rows), np.atleast_1d(cols))
+        rows, cols = np.asarray(rows, dtype=np.int64).ravel(), np.asarray(cols, dtype=np.int64).ravel()
+        mean = self.global_mean if self.baseline_mean is None else self.baseline_mean
+        if math.isnan(mean) and rows.size:
+            raise ValueError(
+                "These factors have no baseline mean for unknown users and items (baseline_mean is NaN: "
+                "a RatingsNMF without biases saved before dnmf recorded its mean training rating, "
+                "rating_mean_). Refit the model to score unknown pairs with unknown='baseline', or use "
+                "unknown='nan'."
+            )
+        out = np.full(rows.size, mean, dtype=np.float64)
+        known_rows = rows >= 0
+        if self.user_bias is not None and known_rows.any():
+            r = _positions(rows[known_rows], self.n_users, "user")
+            uniq, inv = np.unique(r, return_inverse=True)
+            ub = self.user_bias[uniq]
+            ub = np.asarray(ub.compute() if isinstance(ub, da.Array) else ub, dtype=np.float64)
+            out[known_rows] += ub[inv]
+        known_cols = cols >= 0
+        if self.item_bias is not None and known_cols.any():
+            out[known_cols] += self.item_bias[_positions(cols[known_cols], self.n_items, "item")]
+        return out
+
+
+#: What to do with (user, item) pairs whose user or item the model does not know.
+UNKNOWN_POLICIES = ("raise", "baseline", "nan")
+
+
+def check_unknown(unknown: Any) -> str:
+    """``unknown`` if it is one of :data:`UNKNOWN_POLICIES`; else a ValueError naming them."""
+    if not isinstance(unknown, str) or unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown must be 'raise', 'baseline' or 'nan'; got {unknown!r}.")
+    return unknown
 
 
 def _positions(values: Any, size: int, what: str) -> np.ndarray:
@@ -265,7 +345,7 @@ def _positions(values: Any, size: int, what: str) -> np.ndarray:
     return arr
 
 
-def _index(index, ids: Any, size: int, what: str, strict: bool) -> np.ndarray:
+def _index(index, ids: Any, size: int, what: str, strict: bool, fix: str | None = None) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(ids, dtype=object if isinstance(ids, str) else None))
     if index is None:
         if arr.dtype.kind in "iu":
@@ -286,7 +366,7 @@ def _index(index, ids: Any, size: int, what: str, strict: bool) -> np.ndarray:
         shown = ", ".join(repr(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise UnknownIDError(
             f"{len(unknown)} of {arr.size} {what} IDs are unknown to the model: {shown}. {hint} "
-            f"New users can be folded in (transform) or handled with a cold_start fallback.",
+            + (fix or "New users can be folded in (transform) or handled with a cold_start fallback."),
             unknown,
             missing,
         )
