@@ -237,9 +237,11 @@ def test_cli_unknown_baseline_prints_the_count(split):
     assert "n_unknown  2" in text.stdout and "dropped_test_entries  2" in text.stdout
 
 
-def test_cli_default_fails_in_one_line_naming_the_option(split):
+def test_cli_default_leaves_unknown_out_and_raise_fails_in_one_line_naming_the_option(split):
     base, _, _ = split
-    res = run_cli("evaluate", base / "model", "--test", base / "test.zarr")
+    default = run_cli("evaluate", base / "model", "--test", base / "test.zarr", "--json")
+    assert default.exit_code == 0 and json.loads(default.stdout)["n_unknown"] > 0, default.output
+    res = run_cli("evaluate", base / "model", "--test", base / "test.zarr", "--unknown", "raise")
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--unknown baseline" in lines[0] and "'new'" in lines[0], res.stderr

@@ -382,11 +382,11 @@ def _ranked_blocks(user_ids, items, scores):
 @click.option(
     "--unknown",
     type=click.Choice(["raise", "baseline", "nan"]),
-    default="raise",
+    default="nan",
     show_default=True,
     help="Test ratings of users or items the model does not know: an error; scored with the global mean "
-    "plus the known side's bias (RMSE and MAE over all ratings); or left out of RMSE and MAE. The count "
-    "is printed (n_unknown).",
+    "plus the known side's bias (RMSE and MAE over all ratings); or left out of RMSE and MAE (the "
+    "default, as before this option existed). The count is printed (n_unknown).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @o.ingest_options
