@@ -10,19 +10,11 @@ import time
 import numpy as np
 import psutil
 import pytest
-from deploy_support import (
-    dask_local,
-    dnmf_executable,
-    free_port,
-    group_pids,
-    planted,
-    recorded_pids,
-    start_cluster,
-    transitions,
-)
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect
+from tests.deploy.helpers import dask_local, dnmf_executable, group_pids, recorded_pids, start_cluster, transitions
+from tests.helpers import free_port, planted
 
 
 @pytest.fixture(scope="module")

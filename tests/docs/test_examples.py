@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT as ROOT
+
 EXAMPLES = ROOT / "examples"
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from deploy_support import MAKE_CERTS, dask_local, dnmf_executable, planted, start_cluster, transitions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect, security
+from tests.deploy.helpers import MAKE_CERTS, dask_local, dnmf_executable, start_cluster, transitions
+from tests.helpers import planted
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="deploy/tls/make-certs needs the openssl command"

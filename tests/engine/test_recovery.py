@@ -19,6 +19,7 @@ import dnmf
 import dnmf.engine.runner
 from dnmf.storage import StoreError
 from dnmf.storage import checkpoints as ckpt_store
+from tests.helpers import REPO_ROOT
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -76,9 +77,9 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time, warnings
     import numpy as np, scipy.sparse as sp
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
     import dnmf
-    from test_reliability import PARAMS, data
+    from tests.engine.test_recovery import PARAMS, data
     warnings.simplefilter("ignore")
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "crash-in-commit":
@@ -100,7 +101,7 @@ SCRIPT = textwrap.dedent(
 
 def run_script(tmp_path, mode):
     script = tmp_path / "fit.py"
-    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+    script.write_text(SCRIPT.format(root=str(REPO_ROOT)))
     return subprocess.Popen([sys.executable, str(script), mode, str(tmp_path / "ck")])
 
 

@@ -12,11 +12,11 @@ import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from test_masked import as_csr, naive_half_step, naive_objective, ratings
 
 import dnmf
 from dnmf import RatingsNMF
 from dnmf.recommend.factors import UnknownIDError
+from tests.masked.helpers import as_csr, naive_half_step, naive_objective, ratings
 
 
 def fit(X, **kw):

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import ROOT, dnmf_executable
+
+from tests.deploy.helpers import dnmf_executable
+from tests.helpers import REPO_ROOT as ROOT
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker" / "compose.yaml"

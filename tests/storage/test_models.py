@@ -22,8 +22,9 @@ from dnmf.storage import (
     write_model,
     write_model_block,
 )
+from tests.helpers import REPO_ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 
 
 def snapshot(root) -> dict[str, tuple[int, str]]:
