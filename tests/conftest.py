@@ -11,6 +11,14 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests on the shared 2-worker cluster are ``cluster`` tests (those that start their own
+    cluster carry the marker themselves)."""
+    for item in items:
+        if "dist_client" in item.fixturenames:
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def dist_client():
     """A real LocalCluster with 2 worker processes, shared by the session."""

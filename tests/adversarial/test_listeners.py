@@ -11,7 +11,7 @@ import pytest
 
 from .helpers import ratings_csv
 
-pytestmark = pytest.mark.adversarial
+pytestmark = [pytest.mark.adversarial, pytest.mark.subprocess]
 
 LOCAL = {"127.0.0.1", "::1"}
 
@@ -58,6 +58,7 @@ def test_demo_listens_only_on_localhost_and_prints_the_local_link(tmp_path):
     assert link.startswith("http://127.0.0.1:"), out
 
 
+@pytest.mark.cluster
 def test_fit_with_worker_processes_listens_only_on_localhost(tmp_path):
     ratings_csv(tmp_path / "r.csv", n_users=300, n_items=80, n=4000)
     rc, out, seen = _watch(

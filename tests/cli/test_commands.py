@@ -17,6 +17,8 @@ import pytest
 from tests.cli.helpers import BIN, dnmf, write_ratings
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.subprocess
+
 SUBCOMMANDS = [
     "ingest",
     "fit",
@@ -243,6 +245,7 @@ def _wait_state(job_dir, states, timeout=240):
     raise AssertionError(f"job {job_dir} not in {states} after {timeout} s: {st}")
 
 
+@pytest.mark.cluster
 def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     from dnmf import load
 

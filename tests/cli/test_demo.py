@@ -5,6 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
 
 

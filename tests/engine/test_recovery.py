@@ -38,6 +38,7 @@ def reference(max_iter):
 # ------------------------------------------------------------ lost workers
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("with_checkpoint", [True, False], ids=["checkpoint", "no-checkpoint"])
 def test_killed_worker_costs_time_not_the_job(tmp_path, with_checkpoint):
     from distributed import Client, LocalCluster
@@ -119,6 +120,7 @@ def resume(path, max_iter=40):
         return m.fit_transform(data(), resume=str(path)), m
 
 
+@pytest.mark.subprocess
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "plain")
     deadline = time.time() + 120
@@ -136,6 +138,7 @@ def test_killed_driver_resumes_bit_identical(tmp_path):
     np.testing.assert_array_equal(m.components_, H_ref)
 
 
+@pytest.mark.subprocess
 def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     proc = run_script(tmp_path, "crash-in-commit")
     assert proc.wait(timeout=120) == -signal.SIGKILL
@@ -200,6 +203,7 @@ def test_corrupt_checkpoints_are_refused_naming_the_file(checkpointed):
 # ------------------------------------------------------------------ lineage
 
 
+@pytest.mark.cluster
 def test_graph_does_not_grow_over_200_iterations():
     from distributed import Client, LocalCluster
 

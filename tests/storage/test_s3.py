@@ -19,6 +19,8 @@ s3fs = pytest.importorskip("s3fs", reason="s3fs is needed for s3:// URLs (pip in
 pytest.importorskip("moto.server", reason="moto's server mode is needed (pip install -e '.[test]')")
 pytest.importorskip("flask", reason="moto's server mode needs flask (pip install -e '.[test]')")
 
+pytestmark = pytest.mark.subprocess  # every test uses the moto server process (s3)
+
 BUCKET = "dnmf-test"
 
 
