@@ -37,7 +37,10 @@ def _watch(cmd, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "dnmf")
     log = tmp_path / "out.txt"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([exe, *map(str, cmd)], stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy())
+        # In tmp_path: `dnmf demo` writes its report (dnmf-demo.html) to the working directory.
+        proc = subprocess.Popen(
+            [exe, *map(str, cmd)], stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=tmp_path
+        )
         seen = set()
         deadline = time.monotonic() + 180
         while proc.poll() is None and time.monotonic() < deadline:
