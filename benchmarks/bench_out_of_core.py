@@ -70,7 +70,7 @@ MB = 1e6
 MiB = 2**20
 
 # --------------------------------------------------------------------------
-# Data: a sparse store generated block by block (as in tests/test_out_of_core.py)
+# Data: a sparse store generated block by block (as in tests/engine/test_out_of_core.py)
 # --------------------------------------------------------------------------
 
 
@@ -214,7 +214,7 @@ def cluster_pass(client, X) -> tuple[float, int]:
 
 
 # --------------------------------------------------------------------------
-# Worker monitoring (as in tests/test_out_of_core.py)
+# Worker monitoring (as in tests/engine/test_out_of_core.py)
 # --------------------------------------------------------------------------
 
 

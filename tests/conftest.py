@@ -1,9 +1,7 @@
 import os
 import warnings
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 from hypothesis import settings
 
 # CI draws the same examples every run, so a failure reproduces and nothing flickers;
@@ -11,6 +9,14 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the shared 2-worker cluster are ``cluster`` tests (those that start their own
+    cluster carry the marker themselves)."""
+    for item in items:
+        if "dist_client" in item.fixturenames:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")
@@ -25,15 +31,3 @@ def dist_client():
     yield client
     client.close()
     cluster.close()
-
-
-def make_data(m=40, n=30, k=4, density=None, seed=0, dtype=np.float64):
-    """A non-negative X (dense, or CSR if density is given) and a starting (W, H)."""
-    rng = np.random.RandomState(seed)
-    if density is None:
-        X = np.abs(rng.randn(m, n))
-    else:
-        X = sp.random(m, n, density=density, random_state=rng, format="csr") * 5
-    W0 = np.abs(rng.randn(m, k))
-    H0 = np.abs(rng.randn(k, n))
-    return X.astype(dtype), W0.astype(dtype), H0.astype(dtype)

@@ -23,6 +23,7 @@ def _save(path, seed, rounds, queue):
     queue.put(errors)
 
 
+@pytest.mark.subprocess
 def test_concurrent_saves_succeed_or_fail_clearly(tmp_path):
     path = str(tmp_path / "model")
     ctx = mp.get_context("fork")

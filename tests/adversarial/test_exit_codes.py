@@ -46,7 +46,11 @@ def test_ingest_a_store_says_it_is_a_store(store, tmp_path):
     assert "already a Zarr store" in line and ".parquet" not in line
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["threads", "processes"])
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "workers",
+    [pytest.param([], id="threads"), pytest.param(["--workers", "2"], id="processes", marks=pytest.mark.cluster)],
+)
 def test_deleted_block_group_exit_2_one_line_no_worker_traceback(store, tmp_path, workers):
     shutil.rmtree(store / "blocks" / "0_0")
     proc = dnmf_run("fit", store, "-k", 2, "-o", tmp_path / "m", "--max-iter", 2, "-q", *workers)
@@ -58,6 +62,7 @@ def test_deleted_block_group_exit_2_one_line_no_worker_traceback(store, tmp_path
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     ratings_csv(tmp_path / "big.csv", n_users=3000, n_items=500, n=60000)
     exe = os.path.join(os.path.dirname(sys.executable), "dnmf")

@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 from dnmf.storage import arrays as io
+from tests.helpers import REPO_ROOT
 
 from .helpers import invoke, ratings_csv
 
@@ -52,12 +53,11 @@ def test_transform_declares_each_option_once_and_output_format_works(store, tmp_
 
 def test_readme_command_lines_run_as_written(tmp_path, monkeypatch):
     """The README's ingest/fit/transform lines, on a CSV with the README's column names."""
-    import pathlib
     import shlex
 
     import pandas as pd
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     lines = {}
     for name in ("ingest", "transform"):
         m = re.search(rf"^dnmf {name} (ratings|model)\.\S+ .*$", readme, flags=re.M)

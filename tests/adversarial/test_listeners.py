@@ -11,7 +11,7 @@ import pytest
 
 from .helpers import ratings_csv
 
-pytestmark = pytest.mark.adversarial
+pytestmark = [pytest.mark.adversarial, pytest.mark.subprocess]
 
 LOCAL = {"127.0.0.1", "::1"}
 
@@ -37,7 +37,10 @@ def _watch(cmd, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "dnmf")
     log = tmp_path / "out.txt"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([exe, *map(str, cmd)], stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy())
+        # In tmp_path: `dnmf demo` writes its report (dnmf-demo.html) to the working directory.
+        proc = subprocess.Popen(
+            [exe, *map(str, cmd)], stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=tmp_path
+        )
         seen = set()
         deadline = time.monotonic() + 180
         while proc.poll() is None and time.monotonic() < deadline:
@@ -58,6 +61,7 @@ def test_demo_listens_only_on_localhost_and_prints_the_local_link(tmp_path):
     assert link.startswith("http://127.0.0.1:"), out
 
 
+@pytest.mark.cluster
 def test_fit_with_worker_processes_listens_only_on_localhost(tmp_path):
     ratings_csv(tmp_path / "r.csv", n_users=300, n_items=80, n=4000)
     rc, out, seen = _watch(

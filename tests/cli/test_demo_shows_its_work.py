@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.cluster]
+pytestmark = pytest.mark.subprocess  # the demo's embedded cluster is a worker of threads in that process
 
 BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
 SMALL = ["demo", "--rows", "600", "--cols", "200", "--density", "0.05", "-k", "3", "--max-iter", "3"]

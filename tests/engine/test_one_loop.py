@@ -21,8 +21,6 @@ from dnmf.engine.runner import Runner
 from dnmf.masked.step import MaskedStep
 from dnmf.nmf.step import NMFStep
 
-pytestmark = pytest.mark.cluster
-
 
 def _matrix(seed=3):
     X = sp.random(90, 60, density=0.25, random_state=seed, format="csr", dtype=np.float64)
@@ -65,6 +63,7 @@ def test_both_estimators_fit_through_the_one_loop(monkeypatch):
     assert steps == [NMFStep, MaskedStep]
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("name", list(MODELS))
 def test_killed_worker_recovers_through_the_engine(name, tmp_path, caplog):
     """SIGKILL a worker mid-fit: the engine's recovery reloads the checkpoint; same bits as no failure."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
+from tests.helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DASK_LOCAL = ROOT / "deploy" / "local" / "dask-local"
-MAKE_CERTS = ROOT / "deploy" / "tls" / "make-certs"
+DASK_LOCAL = REPO_ROOT / "deploy" / "local" / "dask-local"
+MAKE_CERTS = REPO_ROOT / "deploy" / "tls" / "make-certs"
 
 
 def dask_local(state_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -68,20 +65,6 @@ def dnmf_executable() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return path if ok else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def planted(m: int = 240, n: int = 90, k: int = 4, seed: int = 0) -> sp.csr_matrix:
-    """An exactly rank-``k`` non-negative sparse matrix (NMF can fit it to ~0 error)."""
-    rng = np.random.default_rng(seed)
-    W = rng.gamma(1.0, 1.0, (m, k)) * (rng.random((m, k)) < 0.5)
-    H = rng.gamma(1.0, 1.0, (k, n)) * (rng.random((k, n)) < 0.5)
-    return sp.csr_matrix(W @ H)
 
 
 def transitions(address: str, security=None) -> int:

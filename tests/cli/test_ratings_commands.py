@@ -6,7 +6,11 @@ import json
 
 import numpy as np
 import pandas as pd
-from test_cli import dnmf, write_ratings
+import pytest
+
+from tests.cli.helpers import dnmf, write_ratings
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_ratings_flow_from_csv_to_recommendations(tmp_path):

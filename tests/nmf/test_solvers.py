@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import make_data
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
@@ -15,6 +14,7 @@ from sklearn.decomposition._nmf import _update_coordinate_descent
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
+from tests.helpers import make_data
 
 CHUNKS = ((7, 13, 1, 19), (4, 11, 15))
 

@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
+from tests.cli.helpers import BIN, dnmf, write_ratings
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.subprocess
+
 SUBCOMMANDS = [
     "ingest",
     "fit",
@@ -28,28 +32,6 @@ SUBCOMMANDS = [
     "select-rank",
     "demo",
 ]
-
-
-def dnmf(*args, check=True, timeout=300, env=None, **kw):
-    proc = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dnmf {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def write_ratings(path, n_users=300, n_items=60, n=4000, seed=0, negative=False):
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame(
-        {
-            "user": [f"u{u}" for u in rng.integers(0, n_users, n)],
-            "item": rng.integers(1000, 1000 + n_items, n),
-            "rating": rng.integers(1, 6, n).astype(float),
-        }
-    )
-    if negative:
-        df.loc[7, "rating"] = -2.0
-    df.to_csv(path, index=False)
-    return df
 
 
 def test_help_of_every_subcommand():
@@ -218,18 +200,10 @@ def test_progress_bar_only_in_a_terminal(tmp_path):
 # ----------------------------------------------------------------- submit / status / cancel / resume
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def real_cluster(tmp_path):
     """`dask scheduler` and one `dask worker` (2 threads) as separate processes on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     logs = tmp_path / "logs"
@@ -271,6 +245,7 @@ def _wait_state(job_dir, states, timeout=240):
     raise AssertionError(f"job {job_dir} not in {states} after {timeout} s: {st}")
 
 
+@pytest.mark.cluster
 def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     from dnmf import load
 

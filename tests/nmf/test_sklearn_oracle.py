@@ -9,11 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_data
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
+from tests.helpers import make_data
 
 CHUNKINGS = {
     "one-block": "auto",

@@ -53,6 +53,7 @@ def _watch(client, stop, samples):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_fit_store_three_times_the_memory_limit(tmp_path):
     from distributed import Client, LocalCluster
 

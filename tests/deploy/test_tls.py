@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from deploy_support import MAKE_CERTS, dask_local, dnmf_executable, planted, start_cluster, transitions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect, security
+from tests.deploy.helpers import MAKE_CERTS, dask_local, dnmf_executable, start_cluster, transitions
+from tests.helpers import planted
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="deploy/tls/make-certs needs the openssl command"
@@ -48,6 +49,7 @@ def _client_files(certs) -> dict:
     )
 
 
+@pytest.mark.subprocess
 def test_make_certs_writes_a_ca_and_role_certificates(certs):
     for role in ("scheduler", "worker", "client"):
         subprocess.run(
@@ -60,6 +62,8 @@ def test_make_certs_writes_a_ca_and_role_certificates(certs):
     assert "require-encryption: true" in text and str(certs / "client-key.pem") in text
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_plain_tcp_is_refused(tls_cluster):
     assert tls_cluster.startswith("tls://127.0.0.1:")
     plain = tls_cluster.replace("tls://", "tcp://")
@@ -68,6 +72,8 @@ def test_plain_tcp_is_refused(tls_cluster):
             pass
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_certificates_from_another_ca_are_refused(tls_cluster, tmp_path):
     make_certs(tmp_path)
     with pytest.raises(ConnectError, match="Could not connect"):
@@ -75,6 +81,8 @@ def test_certificates_from_another_ca_are_refused(tls_cluster, tmp_path):
             pass
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_connect_with_certificate_files_runs_dnmf(tls_cluster, certs, tmp_path):
     X = planted(m=120, n=60)
     params = dict(n_components=3, solver="mu", init="random", random_state=1, max_iter=5, tol=0.0)
@@ -88,6 +96,8 @@ def test_connect_with_certificate_files_runs_dnmf(tls_cluster, certs, tmp_path):
     np.testing.assert_array_equal(remote.components_, local.components_)
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_connect_with_a_tls_config_file(tls_cluster, certs, tmp_path):
     # Relative paths in the file are relative to the file.
     for name in ("ca.pem", "client.pem", "client-key.pem"):
@@ -101,6 +111,7 @@ def test_connect_with_a_tls_config_file(tls_cluster, certs, tmp_path):
         assert client.submit(sum, [2, 3]).result() == 5
 
 
+@pytest.mark.subprocess
 def test_bad_tls_settings_are_usage_errors(certs, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         security(ClusterOptions(tls_ca_file=str(tmp_path / "nope.pem"), tls_cert=str(certs / "client.pem")))
@@ -124,6 +135,8 @@ def tls_store(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_cli_fit_over_tls(tls_cluster, certs, tls_store, tmp_path):
     exe = dnmf_executable()
     if exe is None:
@@ -165,6 +178,8 @@ def test_cli_fit_over_tls(tls_cluster, certs, tls_store, tmp_path):
     assert model.components_.shape == (3, 60) and model.n_iter_ == 4
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_tls_only_worker_refuses_plain_scheduler_address(tls_cluster, certs):
     """A worker without certificates cannot join the TLS-only scheduler."""
     proc = subprocess.run(

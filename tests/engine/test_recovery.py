@@ -19,6 +19,7 @@ import dnmf
 import dnmf.engine.runner
 from dnmf.storage import StoreError
 from dnmf.storage import checkpoints as ckpt_store
+from tests.helpers import REPO_ROOT
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -37,6 +38,7 @@ def reference(max_iter):
 # ------------------------------------------------------------ lost workers
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("with_checkpoint", [True, False], ids=["checkpoint", "no-checkpoint"])
 def test_killed_worker_costs_time_not_the_job(tmp_path, with_checkpoint):
     from distributed import Client, LocalCluster
@@ -76,9 +78,9 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time, warnings
     import numpy as np, scipy.sparse as sp
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
     import dnmf
-    from test_reliability import PARAMS, data
+    from tests.engine.test_recovery import PARAMS, data
     warnings.simplefilter("ignore")
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "crash-in-commit":
@@ -100,7 +102,7 @@ SCRIPT = textwrap.dedent(
 
 def run_script(tmp_path, mode):
     script = tmp_path / "fit.py"
-    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+    script.write_text(SCRIPT.format(root=str(REPO_ROOT)))
     return subprocess.Popen([sys.executable, str(script), mode, str(tmp_path / "ck")])
 
 
@@ -118,6 +120,7 @@ def resume(path, max_iter=40):
         return m.fit_transform(data(), resume=str(path)), m
 
 
+@pytest.mark.subprocess
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "plain")
     deadline = time.time() + 120
@@ -135,6 +138,7 @@ def test_killed_driver_resumes_bit_identical(tmp_path):
     np.testing.assert_array_equal(m.components_, H_ref)
 
 
+@pytest.mark.subprocess
 def test_crash_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     proc = run_script(tmp_path, "crash-in-commit")
     assert proc.wait(timeout=120) == -signal.SIGKILL
@@ -199,6 +203,7 @@ def test_corrupt_checkpoints_are_refused_naming_the_file(checkpointed):
 # ------------------------------------------------------------------ lineage
 
 
+@pytest.mark.cluster
 def test_graph_does_not_grow_over_200_iterations():
     from distributed import Client, LocalCluster
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import sparse as pydata_sparse
-from conftest import make_data
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import check_estimator
 
 import dnmf
+from tests.helpers import make_data
 
 # scikit-learn's own NMF() fails these two at the default max_iter=200 with the
 # very same numbers: the check's problem is not converged after 200 iterations,

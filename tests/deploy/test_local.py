@@ -10,19 +10,11 @@ import time
 import numpy as np
 import psutil
 import pytest
-from deploy_support import (
-    dask_local,
-    dnmf_executable,
-    free_port,
-    group_pids,
-    planted,
-    recorded_pids,
-    start_cluster,
-    transitions,
-)
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect
+from tests.deploy.helpers import dask_local, dnmf_executable, group_pids, recorded_pids, start_cluster, transitions
+from tests.helpers import free_port, planted
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +40,8 @@ def _params():
     return dict(n_components=4, solver="cd", init="random", random_state=0, max_iter=5, tol=0.0)
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_start_status_and_scheduler_file(cluster):
     address, state = cluster
     assert address.startswith("tcp://127.0.0.1:")
@@ -60,6 +54,8 @@ def test_start_status_and_scheduler_file(cluster):
     assert again.returncode != 0 and "still running" in again.stderr
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_connect_fits_on_the_processes_bit_identical_to_threads(cluster, store):
     """The same seed gives the same factors on the 2-process cluster as on local threads."""
     address, state = cluster
@@ -75,6 +71,8 @@ def test_connect_fits_on_the_processes_bit_identical_to_threads(cluster, store):
     assert remote.loss_history_[-1] < remote.loss_history_[0]
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_connect_with_scheduler_file_and_address_without_scheme(cluster):
     address, state = cluster
     with connect(ClusterOptions(scheduler_file=str(state / "scheduler.json"))) as (client, _):
@@ -123,6 +121,8 @@ def test_embedded_cluster_is_started_and_closed():
     assert client.status == "closed" and cluster.status.name == "closed"
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_stop_ends_exactly_its_processes(cluster, tmp_path):
     """Another cluster and a bystander `dask scheduler` survive; a recycled PID is never signalled."""
     address, state = cluster
@@ -204,6 +204,8 @@ def _fit_cli(dnmf_cli, store_path, model, *cluster_args, max_iter=5):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_cli_fit_on_the_deployed_cluster(cluster, store, dnmf_cli, tmp_path):
     """`dnmf fit --scheduler tcp://...` runs on those processes; the model equals the API's."""
     address, _ = cluster
@@ -220,6 +222,7 @@ def test_cli_fit_on_the_deployed_cluster(cluster, store, dnmf_cli, tmp_path):
     np.testing.assert_allclose(model.reconstruction_err_, oracle.reconstruction_err_, rtol=1e-12)
 
 
+@pytest.mark.subprocess
 def test_cli_unreachable_scheduler_exits_2(store, dnmf_cli, tmp_path):
     _, path = store
     port = free_port()

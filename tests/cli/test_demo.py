@@ -5,16 +5,22 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 BIN = os.path.join(os.path.dirname(sys.executable), "dnmf")
 
 
-def test_dnmf_demo_prints_losses_and_relative_error():
+def test_dnmf_demo_prints_losses_and_relative_error(tmp_path):
+    # In tmp_path: the demo writes its report (dnmf-demo.html) to the working directory.
     out = subprocess.run(
         [BIN, "demo", "--rows", "3000", "--cols", "400", "--density", "0.02", "-k", "4", "--max-iter", "5"],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
+        cwd=tmp_path,
     ).stdout
     assert "dashboard" in out
     losses = [float(v) for v in re.findall(r"iteration\s+\d+\s+loss\s+([0-9.e+-]+)", out)]

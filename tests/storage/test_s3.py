@@ -11,13 +11,15 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from deploy_support import free_port, planted
 
 import dnmf
+from tests.helpers import free_port, planted
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is needed for s3:// URLs (pip install -e '.[test]')")
 pytest.importorskip("moto.server", reason="moto's server mode is needed (pip install -e '.[test]')")
 pytest.importorskip("flask", reason="moto's server mode needs flask (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.subprocess  # every test uses the moto server process (s3)
 
 BUCKET = "dnmf-test"
 

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import ROOT, dnmf_executable
+
+from tests.deploy.helpers import dnmf_executable
+from tests.helpers import REPO_ROOT as ROOT
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker" / "compose.yaml"
@@ -41,6 +43,7 @@ def _check_jsonschema() -> str:
     return str(exe)
 
 
+@pytest.mark.subprocess
 def test_compose_file_matches_the_compose_spec(tmp_path):
     exe = _check_jsonschema()
     ok = subprocess.run(
@@ -78,6 +81,7 @@ def test_compose_services_share_one_image_and_keep_the_scheduler_private():
     assert services["job"]["profiles"] == ["job"]  # one-shot: not started by `docker compose up`
 
 
+@pytest.mark.subprocess
 def test_docker_compose_config():
     if shutil.which("docker") is None:
         pytest.skip("docker is not installed; `docker compose config` cannot run")
@@ -298,6 +302,7 @@ def _job_script(*args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.subprocess
 def test_slurm_cluster_job_script(tmp_path):
     pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install -e '.[test]')")
     script = _job_script("--shared-temp-directory", str(tmp_path / "tls"))
@@ -309,6 +314,7 @@ def test_slurm_cluster_job_script(tmp_path):
     assert "--tls-ca-file" not in plain and " tcp://" in plain
 
 
+@pytest.mark.subprocess
 def test_shell_scripts_pass_shellcheck():
     exe = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
     if not Path(exe).exists():
@@ -339,6 +345,7 @@ def _dnmf_invocations() -> list[list[str]]:
     return calls
 
 
+@pytest.mark.subprocess
 def test_recipes_use_only_existing_dnmf_options():
     exe = dnmf_executable()
     if exe is None:

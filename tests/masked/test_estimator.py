@@ -12,11 +12,11 @@ import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from test_masked import as_csr, naive_half_step, naive_objective, ratings
 
 import dnmf
 from dnmf import RatingsNMF
 from dnmf.recommend.factors import UnknownIDError
+from tests.masked.helpers import as_csr, naive_half_step, naive_objective, ratings
 
 
 def fit(X, **kw):
@@ -224,6 +224,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
         RatingsNMF(3, alpha=0.5, max_iter=7).fit(X, resume=str(tmp_path / "ck"))
 
 
+@pytest.mark.cluster
 def test_killed_worker_costs_time_not_the_job(tmp_path):
     """SIGKILL a worker mid-fit: the fit reloads its checkpoint and ends with the same bits."""
     from distributed import Client, LocalCluster

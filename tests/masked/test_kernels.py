@@ -1,136 +1,17 @@
-"""Masked NMF kernels and graphs against naive references that loop over observed entries."""
+"""Masked NMF kernels against naive references that loop over observed entries."""
 
-import math
 from fractions import Fraction
 
-import dask
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy.optimize import lsq_linear
 
-from dnmf.masked import graph as masked_graph
 from dnmf.masked import kernels as masked
 from dnmf.nmf import nnls
+from tests.masked.helpers import PARAMS, as_csr, naive_half_step, naive_objective, random_state, ratings
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-# --------------------------------------------------------------------------
-# Naive references
-# --------------------------------------------------------------------------
-
-
-def ratings(m, n, density, seed):
-    """A ratings-like CSR (values 0.5..5) with every row and column observed at least once."""
-    rng = np.random.default_rng(seed)
-    mask = rng.random((m, n)) < density
-    mask[np.arange(m), rng.integers(0, n, m)] = True
-    mask[rng.integers(0, m, n), np.arange(n)] = True
-    values = np.round(rng.uniform(0.5, 5.0, (m, n)) * 2) / 2
-    return as_csr(mask, values), mask, values
-
-
-def as_csr(mask, values):
-    rows, cols = np.nonzero(mask)
-    return sp.csr_matrix((values[rows, cols], (rows, cols)), shape=mask.shape)
-
-
-def naive_row(cols, x, V, p, n_items):
-    """argmin over u = [w, b] of the row objective, by bounded least squares on an
-    explicitly assembled system (one equation per observed entry, or per item for
-    the implicit model), L1 folded into the right-hand side."""
-    k, q = p.k, p.q
-    if len(cols) == 0 and p.feedback == "explicit":
-        return np.zeros(q)  # no data: 0 is the (penalised) minimiser, by convention without penalty
-    s = len(cols) if p.count_scaled else 1.0
-    rows, rhs = [], []
-    if p.feedback == "implicit":
-        conf = np.ones(n_items)
-        pref = np.zeros(n_items)
-        for j, v in zip(cols, x, strict=True):
-            conf[j] = 1.0 + p.confidence * v
-            pref[j] = 1.0
-        for j in range(n_items):
-            rows.append(math.sqrt(conf[j]) * V[j, :k])
-            rhs.append(math.sqrt(conf[j]) * pref[j])
-    else:
-        for j, v in zip(cols, x, strict=True):
-            phi = np.append(V[j, :k], 1.0) if p.biases else V[j, :k]
-            rows.append(phi)
-            rhs.append(v - p.global_mean - (V[j, k] if p.biases else 0.0))
-    reg = np.zeros((q, q))
-    reg[np.arange(k), np.arange(k)] = math.sqrt(s * p.l2)
-    if p.biases:
-        reg[k, k] = math.sqrt(s * p.l2_bias)
-    A = np.vstack([np.array(rows).reshape(-1, q), reg])
-    b = np.concatenate([rhs, np.zeros(q)])
-    l1 = np.zeros(q)
-    l1[:k] = s * p.l1
-    # ||A u − b||² + l1·u = ||A u − b'||² + const with Aᵀb' = Aᵀb − l1/2.
-    b = b - A @ np.linalg.solve(A.T @ A, l1 / 2)
-    lower = np.zeros(q)
-    if p.biases:
-        lower[k] = -np.inf
-    return lsq_linear(A, b, bounds=(lower, np.inf), method="bvls", tol=1e-15).x
-
-
-def naive_half_step(band, V, p):
-    band = sp.csr_matrix(band)
-    return np.array(
-        [
-            naive_row(
-                band.indices[band.indptr[i] : band.indptr[i + 1]],
-                band.data[band.indptr[i] : band.indptr[i + 1]],
-                V,
-                p,
-                band.shape[1],
-            )
-            for i in range(band.shape[0])
-        ]
-    )
-
-
-def naive_objective(mask, values, U, V, p):
-    """Loop over every entry; missing entries contribute only to the implicit loss."""
-    m, n = mask.shape
-    k = p.k
-    total = 0.0
-    for i in range(m):
-        for j in range(n):
-            s = U[i, :k] @ V[j, :k]
-            if p.feedback == "implicit":
-                c = 1.0 + p.confidence * values[i, j] if mask[i, j] else 1.0
-                total += c * ((1.0 if mask[i, j] else 0.0) - s) ** 2
-            elif mask[i, j]:
-                pred = s + p.global_mean + (U[i, k] + V[j, k] if p.biases else 0.0)
-                total += (values[i, j] - pred) ** 2
-    for A, counts in ((U, mask.sum(axis=1)), (V, mask.sum(axis=0))):
-        for a, c in zip(A, counts, strict=True):
-            scale = c if p.count_scaled else 1.0
-            total += scale * (
-                p.l2 * (a[:k] @ a[:k]) + p.l1 * a[:k].sum() + (p.l2_bias * a[k] ** 2 if p.biases else 0.0)
-            )
-    return total
-
-
-PARAMS = {
-    "explicit-biases-l1": masked.MaskedParams(
-        k=3, biases=True, l2=0.3, l1=0.05, l2_bias=0.2, count_scaled=True, global_mean=3.1
-    ),
-    "explicit-plain": masked.MaskedParams(k=3, l2=0.1),
-    "implicit": masked.MaskedParams(k=3, feedback="implicit", l2=0.5, confidence=2.0),
-}
-
-
-def random_state(rows, p, seed):
-    rng = np.random.default_rng(seed)
-    U = np.abs(rng.standard_normal((rows, p.q)))
-    if p.biases:
-        U[:, p.k] = rng.standard_normal(rows) * 0.3
-    return U
 
 
 # --------------------------------------------------------------------------
@@ -285,55 +166,3 @@ def test_exact_sum_is_the_correctly_rounded_total_of_any_split(values, cut):
     assert masked.exact_value(whole) == float(exact)
     assert masked.exact_value(parts) == float(exact)
     assert masked.exact_value(whole, 3) == float(exact / 3)
-
-
-# --------------------------------------------------------------------------
-# The blocked step
-# --------------------------------------------------------------------------
-
-
-def _step_on(X, chunks, U, V, p, runner):
-    import dask.array as da
-
-    bands, _, _ = masked_graph.bands_from_memory(X, *chunks)
-    Ud = da.from_array(U, chunks=(chunks[0], p.q))
-    Vd = da.from_array(V, chunks=(chunks[1], p.q))
-    G = masked_graph.factor_gram(Vd, p) if p.feedback == "implicit" else None
-    out = masked_graph.step(bands, Ud, Vd, G, p)
-    return dask.compute(*[a for a in out if a is not None], scheduler=runner)
-
-
-@pytest.mark.parametrize("name", PARAMS)
-def test_blocked_step_is_the_two_half_steps(name):
-    """One graph step on 3 × 2 bands: U from the row bands, then V from the column bands,
-    and its loss scalar is the naive objective of the new state."""
-    p = PARAMS[name]
-    X, mask, values = ratings(13, 9, 0.4, seed=11)
-    U, V = random_state(13, p, 12), random_state(9, p, 13)
-    res = _step_on(X, ((4, 5, 4), (2, 7)), U, V, p, "threads")
-    U1, V1, s = res[0], res[1], res[-1]
-    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
-    U_ref = masked.update(X, U, V, p, G)
-    G = U_ref[:, : p.k].T @ U_ref[:, : p.k] if p.feedback == "implicit" else None
-    V_ref = masked.update(masked.col_band([X]), V, U_ref, p, G)
-    if p.feedback == "explicit":  # every row from its own entries only: same bits
-        np.testing.assert_array_equal(U1, U_ref)
-        np.testing.assert_array_equal(V1, V_ref)
-    np.testing.assert_allclose(U1, U_ref, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(V1, V_ref, rtol=1e-12, atol=1e-14)
-    assert s[masked_graph.S_LOSS] == pytest.approx(naive_objective(mask, values, U1, V1, p), rel=1e-11)
-
-
-def test_explicit_step_is_bit_identical_for_any_blocking_and_batching(monkeypatch):
-    p = PARAMS["explicit-biases-l1"]
-    X, _, _ = ratings(40, 23, 0.3, seed=21)
-    U, V = random_state(40, p, 22), random_state(23, p, 23)
-    a = _step_on(X, ((40,), (23,)), U, V, p, "sync")
-    # Tiny batches (rows longer than 3 entries summed in pieces), 3 rows per batch,
-    # no product table: every row still adds the same numbers in the same order.
-    monkeypatch.setattr(masked, "BATCH_BYTES", 8 * p.q * (p.q + 1) // 2 * 3)
-    monkeypatch.setattr(masked, "BATCH_ROWS", 3)
-    monkeypatch.setattr(masked, "TABLE_BYTES", 0)
-    b = _step_on(X, ((3, 17, 1, 19), (5, 1, 17)), U, V, p, "threads")
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)

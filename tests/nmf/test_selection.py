@@ -172,6 +172,7 @@ def _recover(seed):
         return dnmf.select_rank(planted(seed), random_state=seed, **RECOVERY).chosen_k
 
 
+@pytest.mark.subprocess
 def test_select_rank_recovers_planted_rank():
     """k* = 7 with 5% noise: recovered in at least 9 of 10 seeds.
 

@@ -22,8 +22,9 @@ from dnmf.storage import (
     write_model,
     write_model_block,
 )
+from tests.helpers import REPO_ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 
 
 def snapshot(root) -> dict[str, tuple[int, str]]:
@@ -149,6 +150,7 @@ def _run_writer(path, version, crash_code):
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+@pytest.mark.subprocess
 def test_sigkill_while_writing_keeps_old_model(tmp_path):
     path = tmp_path / "model"
     write_model(path, _model(1), {"version_tag": 1})
@@ -176,6 +178,7 @@ def test_sigkill_while_writing_keeps_old_model(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("moment", ["between_renames", "before_cleanup"])
 def test_crash_during_swap(tmp_path, moment):
     path = tmp_path / "model"

@@ -12,7 +12,7 @@ from dnmf.storage import arrays as io
 from dnmf.storage import read_model
 
 distributed = pytest.importorskip("distributed")
-pytestmark = pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")
+pytestmark = [pytest.mark.cluster, pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,10 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT as ROOT
+
+pytestmark = pytest.mark.subprocess
+
 EXAMPLES = ROOT / "examples"
 
 
@@ -82,6 +84,7 @@ def test_topics_prints_top_words_per_topic_with_kl(tmp_path):
     assert_png(tmp_path / "topics_loss.png", 300, 400)
 
 
+@pytest.mark.cluster
 def test_out_of_core_kills_the_driver_and_resumes_bit_for_bit(tmp_path):
     out = run_example("out_of_core.py", "--out", tmp_path, "--dir", tmp_path / "work")
     assert re.search(r"^dashboard: http://\S+/status$", out, flags=re.MULTILINE), out

@@ -1,0 +1,99 @@
+"""Where the blocks run does not change the bits: threads, one worker process, two worker processes.
+
+The fits on a cluster also show where they ran: the scattered blocks of X (keys ``dnmf-X-...``)
+are held by every worker, and every worker ran tasks of the fit (its task stream).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+
+import dnmf
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def one_worker_client():
+    """A LocalCluster with 1 worker process, one thread (``dist_client`` has 2 such workers)."""
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _x_blocks(client) -> tuple[dict[str, int], int]:
+    """Blocks of X (scattered under ``dnmf-X-<uuid>`` names) each worker holds now, and how many
+    distinct blocks there are (a worker may also hold copies it fetched from another)."""
+    held = {
+        worker: {key for key in keys if isinstance(key, tuple) and str(key[0]).startswith("dnmf-X-")}
+        for worker, keys in client.has_what().items()
+    }
+    return {worker: len(keys) for worker, keys in held.items()}, len(set().union(*held.values()))
+
+
+def _fit(X, client, **params):
+    """``(W, H, placement)``. On a cluster, ``placement`` records the blocks of X each worker held
+    at the first iteration and the workers that ran the fit's tasks; on threads it is None."""
+    model = dnmf.NMF(client=client, **params)
+    blocks = []
+
+    def at_first_iteration(it, elapsed, loss):
+        if client is not None and not blocks:
+            blocks.append(_x_blocks(client))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if client is None:
+            return model.fit_transform(X, callback=at_first_iteration), model.components_, None
+        from distributed import get_task_stream
+
+        with get_task_stream(client) as ts:
+            W = model.fit_transform(X, callback=at_first_iteration)
+    ((held, distinct),) = blocks
+    ran = {task["worker"] for task in ts.data}
+    workers = set(client.scheduler_info()["workers"])
+    return W, model.components_, {"held": held, "distinct": distinct, "ran": ran, "workers": workers}
+
+
+def _assert_on_every_worker(placement, n_workers, n_blocks):
+    assert len(placement["workers"]) == n_workers
+    held = placement["held"]
+    assert placement["distinct"] == n_blocks, placement
+    assert set(held) == placement["workers"] and all(held.values()), f"X's blocks are not on every worker: {held}"
+    assert placement["ran"] == placement["workers"], f"tasks ran on {placement['ran']} only"
+
+
+def test_same_seed_bit_identical_on_threads_one_and_two_workers(dist_client, one_worker_client):
+    """Same seed and blocking: identical bits on the local threads, 1 worker process and 2."""
+    X = sp.random(200, 90, density=0.1, random_state=0, format="csr")
+    for solver in ("cd", "mu"):
+        params = dict(
+            n_components=6, init="nndsvdar", solver=solver, random_state=7, max_iter=15, tol=0, chunks=(45, 40)
+        )
+        W0, H0, _ = _fit(X, None, **params)
+        for client, n_workers in ((one_worker_client, 1), (dist_client, 2)):
+            W, H, placement = _fit(X, client, **params)
+            _assert_on_every_worker(placement, n_workers, n_blocks=5 * 3)
+            assert np.array_equal(W, W0) and np.array_equal(H, H0), (solver, n_workers)
+
+
+def test_same_seed_bit_identical_one_vs_two_workers(dist_client, one_worker_client):
+    """Random init on 1 worker and on 2: the same bits, and on 2 workers the blocks and their
+    tasks really were spread over both."""
+    X = sp.random(150, 80, density=0.15, random_state=1, format="csr")
+    params = dict(n_components=5, init="random", random_state=11, max_iter=10, tol=0, chunks=(40, 30))
+    W1, H1, one = _fit(X, one_worker_client, **params)
+    W2, H2, two = _fit(X, dist_client, **params)
+    _assert_on_every_worker(one, 1, n_blocks=4 * 3)
+    _assert_on_every_worker(two, 2, n_blocks=4 * 3)
+    assert np.array_equal(W1, W2)
+    assert np.array_equal(H1, H2)

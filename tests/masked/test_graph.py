@@ -1,0 +1,60 @@
+"""The masked model's blocked step (dnmf.masked.graph) against the kernels and the naive objective."""
+
+import dask
+import numpy as np
+import pytest
+
+from dnmf.masked import graph as masked_graph
+from dnmf.masked import kernels as masked
+from tests.masked.helpers import PARAMS, naive_objective, random_state, ratings
+
+# --------------------------------------------------------------------------
+# The blocked step
+# --------------------------------------------------------------------------
+
+
+def _step_on(X, chunks, U, V, p, runner):
+    import dask.array as da
+
+    bands, _, _ = masked_graph.bands_from_memory(X, *chunks)
+    Ud = da.from_array(U, chunks=(chunks[0], p.q))
+    Vd = da.from_array(V, chunks=(chunks[1], p.q))
+    G = masked_graph.factor_gram(Vd, p) if p.feedback == "implicit" else None
+    out = masked_graph.step(bands, Ud, Vd, G, p)
+    return dask.compute(*[a for a in out if a is not None], scheduler=runner)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_blocked_step_is_the_two_half_steps(name):
+    """One graph step on 3 × 2 bands: U from the row bands, then V from the column bands,
+    and its loss scalar is the naive objective of the new state."""
+    p = PARAMS[name]
+    X, mask, values = ratings(13, 9, 0.4, seed=11)
+    U, V = random_state(13, p, 12), random_state(9, p, 13)
+    res = _step_on(X, ((4, 5, 4), (2, 7)), U, V, p, "threads")
+    U1, V1, s = res[0], res[1], res[-1]
+    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
+    U_ref = masked.update(X, U, V, p, G)
+    G = U_ref[:, : p.k].T @ U_ref[:, : p.k] if p.feedback == "implicit" else None
+    V_ref = masked.update(masked.col_band([X]), V, U_ref, p, G)
+    if p.feedback == "explicit":  # every row from its own entries only: same bits
+        np.testing.assert_array_equal(U1, U_ref)
+        np.testing.assert_array_equal(V1, V_ref)
+    np.testing.assert_allclose(U1, U_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(V1, V_ref, rtol=1e-12, atol=1e-14)
+    assert s[masked_graph.S_LOSS] == pytest.approx(naive_objective(mask, values, U1, V1, p), rel=1e-11)
+
+
+def test_explicit_step_is_bit_identical_for_any_blocking_and_batching(monkeypatch):
+    p = PARAMS["explicit-biases-l1"]
+    X, _, _ = ratings(40, 23, 0.3, seed=21)
+    U, V = random_state(40, p, 22), random_state(23, p, 23)
+    a = _step_on(X, ((40,), (23,)), U, V, p, "sync")
+    # Tiny batches (rows longer than 3 entries summed in pieces), 3 rows per batch,
+    # no product table: every row still adds the same numbers in the same order.
+    monkeypatch.setattr(masked, "BATCH_BYTES", 8 * p.q * (p.q + 1) // 2 * 3)
+    monkeypatch.setattr(masked, "BATCH_ROWS", 3)
+    monkeypatch.setattr(masked, "TABLE_BYTES", 0)
+    b = _step_on(X, ((3, 17, 1, 19), (5, 1, 17)), U, V, p, "threads")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
