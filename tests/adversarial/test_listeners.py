@@ -71,6 +71,7 @@ def test_fit_with_worker_processes_listens_only_on_localhost(tmp_path):
     assert seen and {ip for ip, _ in seen} <= LOCAL, seen
 
 
+@pytest.mark.cluster
 def test_host_option_moves_every_listener_and_the_link(tmp_path):
     # 127.0.0.2 is another loopback address on Linux: a host other than the default, reachable only here.
     ratings_csv(tmp_path / "r.csv", n_users=300, n_items=80, n=4000)

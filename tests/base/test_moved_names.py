@@ -181,6 +181,7 @@ def test_recommend_names_import_from_the_package_without_warning():
         from dnmf.recommend import Factors, recommend_all  # noqa: F401
 
 
+@pytest.mark.subprocess
 def test_old_paths_in_a_fresh_interpreter_warn_once_and_work():
     code = (
         "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
