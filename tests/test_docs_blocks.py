@@ -9,7 +9,9 @@ Each fenced block is one test case, named ``FILE:LINE`` (the line of its opening
 - ``bash``/``sh``/``shell``/``console`` blocks whose first command starts with ``dnmf `` or
   ``python examples/`` run with ``bash -e -o pipefail`` in the same directory, with this
   interpreter's ``bin`` directory first on PATH (``console`` blocks: only the ``$ `` lines).
-  The directory holds a copy of ``examples/``, nothing else: the documents make their own data.
+  A block passes when every command succeeds and none prints a ``warning: `` line (dnmf's
+  form of a Python warning). The directory holds a copy of ``examples/``, nothing else: the
+  documents make their own data.
 - A block that cannot run here (``pip install``, cluster deployment, interactive commands)
   carries a visible marker right before its fence: ``<!-- skip: REASON -->`` in Markdown,
   ``.. skip: REASON`` in reStructuredText. It is reported as skipped with that reason. A shell
@@ -248,6 +250,10 @@ class Document:
         sys.stderr.write(proc.stderr)
         if proc.returncode != 0:
             return f"exit status {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: ")]  # dnmf's warning lines
+        warned = [ln for ln in warned if not any(p.search(ln) for p in IGNORED_WARNINGS)]
+        if warned:
+            return "the commands printed warnings:\n" + "\n".join(warned)
         return None
 
     def run(self, block: Block) -> None:
