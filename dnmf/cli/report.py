@@ -492,8 +492,8 @@ def write_report(
         folder and renamed into place, so readers see the old report or the
         new one, never half of one.
     model : fitted dnmf.NMF (or any estimator with ``n_iter_`` and ``loss_history_``)
-        Reads ``loss_history_`` (n_iter_,), ``stationarity_history_``
-        (n_iter_,), ``n_iter_``, ``reconstruction_err_``, ``components_``
+        Reads ``loss_history_`` (``n_iter_``,), ``stationarity_history_``
+        (``n_iter_``,), ``n_iter_``, ``reconstruction_err_``, ``components_``
         (n_components, n_features) and ``get_params()``; ``converged_`` and
         ``elapsed_`` when the model records them.
     timings : dict of str to float, optional

@@ -146,7 +146,7 @@ class RatingsNMF(DnmfEstimator):
     item_counts_ : ndarray of shape (n_items,)
         Observed entries per item (popularity).
     n_iter_ : int
-    loss_history_ : ndarray of shape (n_iter_,)
+    loss_history_ : ndarray of shape (``n_iter_``,)
         Objective (data term + penalties) after every iteration.
     n_components_, n_features_in_ : int
 

@@ -139,11 +139,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
     n_iter_ : int
     reconstruction_err_ : float
         Frobenius norm of ``X - W @ H`` (or ``sqrt(2 * divergence)``).
-    loss_history_ : ndarray of shape (n_iter_,)
+    loss_history_ : ndarray of shape (``n_iter_``,)
         The same measure after every iteration.
     init_errors_ : ndarray of shape (n_init,)
         The final loss of every initialisation (the kept one is the smallest).
-    stationarity_history_ : ndarray of shape (n_iter_,)
+    stationarity_history_ : ndarray of shape (``n_iter_``,)
         Σ|projected gradient| of every iteration relative to the first one's
         (scikit-learn's coordinate-descent "violation" ratio for "cd"; for
         the other solvers measured at the start of each half-step), from the

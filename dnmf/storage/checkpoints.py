@@ -142,11 +142,13 @@ def read_latest(root: str, storage_options: dict | None = None) -> CheckpointInf
     pointer_path = f"{path.rstrip('/')}/{POINTER}"
     shown = f"{str(root).rstrip('/')}/{POINTER}"
     if not fs.exists(pointer_path):
-        raise StoreError(
-            str(root),
-            f"No checkpoint at {root}: {POINTER} is missing",
-            "Check the path, or fit with checkpoint=... to write checkpoints.",
-        )
+        fix = "Check the path, or fit with checkpoint=... to write checkpoints."
+        if fs.exists(f"{path.rstrip('/')}/checkpoints/{POINTER}"):  # a job directory (storage.jobs)
+            inner = f"{str(root).rstrip('/')}/checkpoints"
+            fix = (
+                f"This is a job directory of `dnmf fit --checkpoint`: resume from {inner}, or run `dnmf resume {root}`."
+            )
+        raise StoreError(str(root), f"No checkpoint at {root}: {POINTER} is missing", fix)
     try:
         pointer = json.loads(fs.cat_file(pointer_path))
         name = pointer["current"]

@@ -200,6 +200,15 @@ def test_corrupt_checkpoints_are_refused_naming_the_file(checkpointed):
         resume(checkpointed / "nowhere")
 
 
+def test_resume_from_a_job_directory_names_its_checkpoints(tmp_path):
+    """`dnmf fit --checkpoint DIR` keeps checkpoints in DIR/checkpoints: resume=DIR says so."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dnmf.NMF(max_iter=3, checkpoint=str(tmp_path / "job" / "checkpoints"), checkpoint_every=3, **PARAMS).fit(data())
+    with pytest.raises(StoreError, match="job directory .* resume from .*job/checkpoints, or run `dnmf resume"):
+        resume(tmp_path / "job")
+
+
 # ------------------------------------------------------------------ lineage
 
 
