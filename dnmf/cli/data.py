@@ -98,7 +98,7 @@ def _model_info(path: str) -> dict[str, Any]:
         "n_samples": int(W.shape[0]) if W is not None else None,
         "has_W": W is not None,
         "n_iter": int(model.n_iter_),
-        "converged": bool(model.n_iter_ < model.max_iter),
+        "converged": bool(getattr(model, "converged_", model.n_iter_ < model.max_iter)),
         "reconstruction_err": None if err is None else float(err),
         "loss_first": hist[0] if hist else None,
         "loss_last": hist[-1] if hist else None,

@@ -78,7 +78,7 @@ def _summary(model, model_path: str, progress: Progress) -> None:
     state = getattr(model, "job_state_", "finished")
     hist = model.loss_history_
     loss = float(hist[-1]) if len(hist) else math.nan
-    converged = model.n_iter_ < model.max_iter
+    converged = bool(getattr(model, "converged_", model.n_iter_ < model.max_iter))
     err = getattr(model, "reconstruction_err_", None)
     if progress.mode == "json":
         progress.event(
@@ -97,7 +97,12 @@ def _summary(model, model_path: str, progress: Progress) -> None:
             "checkpoint is kept: `dnmf resume` continues it"
         )
         return
-    how = "converged" if converged else "max_iter reached"
+    if converged:
+        how = "converged"
+    elif model.n_iter_ < model.max_iter:
+        how = "stopped before converging: --max-time"
+    else:
+        how = "max_iter reached"
     tail = "" if err is None else f", reconstruction error {err:.6g}"
     click.echo(f"model saved to {model_path}: {model.n_iter_} iterations ({how}), loss {loss:.6g}{tail}")
 

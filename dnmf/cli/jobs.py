@@ -256,7 +256,7 @@ def run(
             loss=_last(model),
             history=[float(v) for v in model.loss_history_],
             reconstruction_err=_float(getattr(model, "reconstruction_err_", None)),
-            converged=bool(model.n_iter_ < model.max_iter),
+            converged=bool(getattr(model, "converged_", model.n_iter_ < model.max_iter)),
             timings=timings,
             finished=_now(),
         )

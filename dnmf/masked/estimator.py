@@ -146,6 +146,9 @@ class RatingsNMF(DnmfEstimator):
     item_counts_ : ndarray of shape (n_items,)
         Observed entries per item (popularity).
     n_iter_ : int
+    converged_ : bool
+        Whether the stopping rule was met (False when ``max_iter``,
+        ``max_time`` or the callback ended the fit).
     loss_history_ : ndarray of shape (``n_iter_``,)
         Objective (data term + penalties) after every iteration.
     n_components_, n_features_in_ : int
@@ -322,6 +325,7 @@ class RatingsNMF(DnmfEstimator):
             runner,
             rating_mean=masked.exact_value(summ[0], nnz),
         )
+        self.converged_ = bool(result.converged)
         return self
 
     def fit_transform(self, X, y=None, **fit_params):
@@ -775,6 +779,7 @@ class RatingsNMF(DnmfEstimator):
             "global_mean": self.global_mean_,
             "rating_mean": _json_float(self.__dict__.get("rating_mean_", math.nan)),
             "n_iter": self.n_iter_,
+            "converged": bool(self.__dict__.get("converged_", self.n_iter_ < self.max_iter)),
             "loss_history": [float(v) for v in self.loss_history_],
             "n_features_in": int(self.n_features_in_),
             "train_store": self.__dict__.get("_train_store"),
@@ -815,6 +820,8 @@ def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
     model.n_components_ = model.components_.shape[0]
     model.n_features_in_ = int(attrs["n_features_in"])
     model.n_iter_ = int(attrs["n_iter"])
+    # Models saved before converged_ existed: the old inference.
+    model.converged_ = bool(attrs.get("converged", model.n_iter_ < model.max_iter))
     model.loss_history_ = np.asarray(attrs["loss_history"], dtype=np.float64)
     model.global_mean_ = float(attrs["global_mean"])
     model.user_factors_ = arrays["W"]

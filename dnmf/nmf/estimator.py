@@ -137,6 +137,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         H.
     n_components_ : int
     n_iter_ : int
+    converged_ : bool
+        Whether the stopping rule was met (False when ``max_iter``,
+        ``max_time`` or the callback ended the fit).
     reconstruction_err_ : float
         Frobenius norm of ``X - W @ H`` (or ``sqrt(2 * divergence)``).
     loss_history_ : ndarray of shape (``n_iter_``,)
@@ -283,6 +286,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         self.components_ = np.ascontiguousarray(np.asarray(runner.compute(Ht)).T)
         self.n_components_ = self.components_.shape[0]
         self.n_iter_ = result.n_iter
+        self.converged_ = bool(result.converged)
         self.reconstruction_err_ = result.reconstruction_err
         self.loss_history_ = np.asarray(result.loss_history, dtype=np.float64)
         self.stationarity_history_ = np.asarray(result.stationarity_history, dtype=np.float64)
@@ -309,6 +313,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         attrs = {
             **self._model_attrs(),
             "n_iter": int(self.n_iter_),
+            "converged": bool(self.__dict__.get("converged_", self.n_iter_ < self.max_iter)),
             "reconstruction_err": float(self.reconstruction_err_),
             "loss_history": [float(v) for v in self.loss_history_],
             "init_errors": [float(v) for v in self.__dict__.get("init_errors_", [self.reconstruction_err_])],
@@ -657,6 +662,8 @@ def load_model(arrays: dict, attrs: dict, path) -> NMF:
     model.components_ = np.asarray(arrays["H"].compute())
     model.n_components_ = model.components_.shape[0]
     model.n_iter_ = attrs["n_iter"]
+    # Models saved before converged_ existed: the old inference.
+    model.converged_ = bool(attrs.get("converged", model.n_iter_ < model.max_iter))
     model.reconstruction_err_ = attrs["reconstruction_err"]
     model.loss_history_ = np.asarray(attrs["loss_history"], dtype=np.float64)
     model.init_errors_ = np.asarray(attrs.get("init_errors", [model.reconstruction_err_]), dtype=np.float64)
