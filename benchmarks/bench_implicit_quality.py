@@ -149,8 +149,8 @@ def candidates(kind: str, quick: bool) -> list[tuple[str, dict]]:
     if quick:
         return rows
     rows += [
-        ("dnmf, alpha=7.5 (half the default)", {"alpha": 7.5}),
-        ("dnmf, alpha=30 (twice the default)", {"alpha": 30.0}),
+        ("dnmf, alpha=0.15 (half the default)", {"alpha": 0.15}),
+        ("dnmf, alpha=0.6 (twice the default)", {"alpha": 0.6}),
         ('dnmf, alpha=30, reg_scaling="none" (issue 16\'s tuned penalty)', {"alpha": 30.0, "reg_scaling": "none"}),
         ('dnmf, confidence_form="log" (c = 1 + log(1 + x))', {"confidence_form": "log"}),
         ('dnmf, confidence_form="proportional" (c = x)', {"confidence_form": "proportional"}),
@@ -273,7 +273,7 @@ def render(results) -> str:
     out += [
         "",
         "Penalty weight: the L2 weight per user and item the dnmf fit used (alpha times the scale of "
-        "reg_scaling). Fit times are rough (wall clock on this machine, other processes included).",
+        "reg_scaling, (users·items)^(1/4)·c̄^(2/3) by default). Fit times are rough (wall clock on this machine, other processes included).",
         "",
         f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
         + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")

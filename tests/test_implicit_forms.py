@@ -1,4 +1,4 @@
-"""Implicit feedback: confidence forms, preference threshold and the default penalty scaling.
+"""Implicit feedback: confidence forms, preference threshold and the default penalty scaling ("cells").
 
 Every form is checked against naive references that spell the objective out
 cell by cell: ``Σ_all c_ij (p_ij − w_i·h_j)² + penalties`` with ``p = 0,
@@ -150,14 +150,10 @@ def test_the_linear_form_keeps_the_bits_of_the_model_it_extends():
 # --------------------------------------------------------------------------
 
 
-def form_params(name):
-    return {k: v for k, v in FORMS[name].items()}
-
-
 @pytest.mark.parametrize("name", ["log", "proportional", "linear-threshold"])
 def test_fit_minimises_the_documented_objective(name):
     X, mask, values = ratings(25, 17, 0.3, seed=16)
-    model = fit(X, n_components=3, feedback="implicit", max_iter=6, tol=0, **form_params(name))
+    model = fit(X, n_components=3, feedback="implicit", max_iter=6, tol=0, **FORMS[name])
     p = model._fitted_params()
     C, P = cells(mask, values, p)
     W, H = np.asarray(model.user_factors_), model.components_
@@ -165,30 +161,34 @@ def test_fit_minimises_the_documented_objective(name):
     assert np.all(np.diff(model.loss_history_) <= 1e-9 * model.loss_history_[0])
     # The last half-step solved every item exactly.
     np.testing.assert_allclose(H.T, naive_rows(C.T, P.T, W, p.l2), rtol=1e-7, atol=1e-9)
-    # The penalty is alpha="auto" times the mean confidence at the observed entries to the power 2/3.
+    # The penalty is alpha="auto" times (cells)^(1/4) times the mean observed confidence to the power 2/3.
     cbar = C[mask].mean()
     assert model.confidence_mean_ == pytest.approx(cbar, rel=1e-14)
-    assert p.l2 == pytest.approx(est.IMPLICIT_ALPHA * cbar ** (2 / 3), rel=1e-14)
+    assert p.l2 == pytest.approx(est.IMPLICIT_ALPHA * (25 * 17) ** 0.25 * cbar ** (2 / 3), rel=1e-14)
 
 
-def test_default_penalty_scales_with_the_mean_confidence_not_with_the_shape():
+def test_default_penalty_scales_with_the_cells_and_the_mean_confidence():
     X, _, _ = ratings(30, 20, 0.3, seed=17)
     base = fit(X, n_components=3, feedback="implicit", max_iter=2)
     cbar = 1.0 + X.data.mean()  # linear form, confidence 1
     assert base.confidence_mean_ == pytest.approx(cbar, rel=1e-14)
-    assert base._fitted_params().l2 == pytest.approx(15.0 * cbar ** (2 / 3), rel=1e-14)
-    # Four times the cells (twice the users and twice the items, the same values): the same penalty.
-    big = sp.csr_matrix(sp.bmat([[X, X], [X, X]]))
-    assert fit(big, n_components=3, feedback="implicit", max_iter=2)._fitted_params().l2 == pytest.approx(
-        base._fitted_params().l2, rel=1e-14
-    )
+    scale = (30 * 20) ** 0.25 * cbar ** (2 / 3)
+    assert base._fitted_params().l2 == pytest.approx(0.3 * scale, rel=1e-14)
+    assert est.cells_scale(30, 20, base.confidence_mean_) == pytest.approx(scale, rel=1e-14)
+    # Four times the cells (twice the users and twice the items, the same values): sqrt(2) times the penalty.
+    big = fit(sp.csr_matrix(sp.bmat([[X, X], [X, X]])), n_components=3, feedback="implicit", max_iter=2)
+    assert big.confidence_mean_ == pytest.approx(cbar, rel=1e-14)
+    assert big._fitted_params().l2 == pytest.approx(base._fitted_params().l2 * math.sqrt(2.0), rel=1e-14)
+    # Sixteen times the users alone: twice the penalty.
+    tall = fit(sp.csr_matrix(sp.vstack([X] * 16)), n_components=3, feedback="implicit", max_iter=1)
+    assert tall._fitted_params().l2 == pytest.approx(base._fitted_params().l2 * 2.0, rel=1e-14)
     # Three times the values: c̄ = 1 + 3·mean(x), the penalty by the ratio to the power 2/3.
     tripled = fit(X * 3.0, n_components=3, feedback="implicit", max_iter=2)
     ratio = (1.0 + 3.0 * X.data.mean()) / cbar
     assert tripled._fitted_params().l2 == pytest.approx(base._fitted_params().l2 * ratio ** (2 / 3), rel=1e-13)
     # The scaling of the penalty follows alpha and l1_ratio; reg_scaling="none" is alpha alone (the old default).
     p = fit(X, n_components=3, feedback="implicit", alpha=2.0, l1_ratio=0.25, max_iter=2)._fitted_params()
-    assert (p.l2, p.l1) == pytest.approx((1.5 * cbar ** (2 / 3), 0.5 * cbar ** (2 / 3)), rel=1e-14)
+    assert (p.l2, p.l1) == pytest.approx((1.5 * scale, 0.5 * scale), rel=1e-14)
     old = fit(X, n_components=3, feedback="implicit", alpha=0.1, reg_scaling="none", max_iter=2)._fitted_params()
     assert (old.l2, old.l1, old.count_scaled) == (0.1, 0.0, False)
     # Explicit ratings keep alpha=0.1 with the ALS-WR count scaling.
@@ -221,7 +221,7 @@ def test_confidence_mean_is_the_same_for_dask_input():
         (dict(confidence_floor=-1.0), "confidence_floor"),
         (dict(preference_threshold="high"), "preference_threshold"),
         (dict(alpha="big"), "alpha"),
-        (dict(reg_scaling="cells"), "reg_scaling"),
+        (dict(reg_scaling="confidence"), "reg_scaling"),
     ],
 )
 def test_invalid_parameters_are_refused(kw, message):
@@ -230,10 +230,10 @@ def test_invalid_parameters_are_refused(kw, message):
         RatingsNMF(2, feedback="implicit", **kw).fit(X)
 
 
-def test_confidence_scaling_needs_implicit_feedback():
+def test_cells_scaling_needs_implicit_feedback():
     X, _, _ = ratings(10, 8, 0.4, seed=21)
-    with pytest.raises(ValueError, match="reg_scaling='confidence' needs feedback='implicit'"):
-        RatingsNMF(2, reg_scaling="confidence").fit(X)
+    with pytest.raises(ValueError, match="reg_scaling='cells' needs feedback='implicit'"):
+        RatingsNMF(2, reg_scaling="cells").fit(X)
 
 
 # --------------------------------------------------------------------------

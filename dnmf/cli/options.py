@@ -594,7 +594,7 @@ ratings_options = _stack(
         default="auto",
         show_default=True,
         callback=_auto_or_float,
-        help="Penalty weight of the factors ('auto': 0.1 for explicit, 15 for implicit).",
+        help="Penalty weight of the factors ('auto': 0.1 for explicit, 0.3 for implicit).",
     ),
     click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True),
     click.option(
@@ -606,12 +606,12 @@ ratings_options = _stack(
     ),
     click.option(
         "--reg-scaling",
-        type=click.Choice(["auto", "count", "confidence", "none"]),
+        type=click.Choice(["auto", "count", "cells", "none"]),
         default="auto",
         show_default=True,
-        help="count: ALS-WR (penalty times each user's/item's count); confidence (implicit): penalty "
-        "times the mean confidence of the observed entries to the power 2/3; auto: count for "
-        "explicit, confidence for implicit.",
+        help="count: ALS-WR (penalty times each user's/item's count); cells (implicit): penalty "
+        "times (users*items)^(1/4) * (mean confidence of the observed entries)^(2/3); auto: count "
+        "for explicit, cells for implicit.",
     ),
     click.option(
         "--confidence",

@@ -43,21 +43,24 @@ _ESTIMATOR = "RatingsNMF"
 
 #: ``alpha="auto"`` for explicit ratings (with the ALS-WR count scaling).
 EXPLICIT_ALPHA = 0.1
-#: ``alpha="auto"`` for implicit feedback (with ``reg_scaling="confidence"``).
-IMPLICIT_ALPHA = 15.0
-#: ``reg_scaling="confidence"`` multiplies the penalty by ``c̄ ** CONFIDENCE_POWER``.
+#: ``alpha="auto"`` for implicit feedback (with ``reg_scaling="cells"``).
+IMPLICIT_ALPHA = 0.3
+#: ``reg_scaling="cells"``: the powers of the number of cells and of the mean confidence.
+CELLS_POWER = 0.25
 CONFIDENCE_POWER = 2.0 / 3.0
 
 
-def confidence_scale(confidence_mean: float) -> float:
-    """The factor ``reg_scaling="confidence"`` multiplies the implicit penalty by: ``c̄^(2/3)``.
+def cells_scale(n_users: int, n_items: int, confidence_mean: float) -> float:
+    """The factor ``reg_scaling="cells"`` multiplies the implicit penalty by.
 
-    ``confidence_mean`` is the mean confidence ``c̄`` of the observed training
-    entries; NaN (a model that never recorded it) gives 1.
+    ``(n_users·n_items)^(1/4) · c̄^(2/3)``, ``c̄`` (``confidence_mean``) the
+    mean confidence of the observed training entries; a NaN ``c̄`` (a model
+    that never recorded it) counts as 1.
     """
-    if math.isnan(confidence_mean):
-        return 1.0
-    return confidence_mean**CONFIDENCE_POWER
+    scale = (float(n_users) * float(n_items)) ** CELLS_POWER
+    if not math.isnan(confidence_mean):
+        scale *= confidence_mean**CONFIDENCE_POWER
+    return scale
 
 
 class RatingsNMF(DnmfEstimator):
@@ -77,8 +80,8 @@ class RatingsNMF(DnmfEstimator):
       x is observed (other forms: ``confidence_form``,
       ``preference_threshold``), ``p = 0, c = 1`` elsewhere, at
       O(nnz·k² + (m+n)·k³) per iteration (the Gram trick), with non-negative
-      factors. The penalty is ``alpha`` times ``c̄^(2/3)``, ``c̄`` the mean
-      confidence of the observed entries (``reg_scaling="confidence"``).
+      factors. The penalty is ``alpha`` times ``(m·n)^(1/4)·c̄^(2/3)``, ``c̄``
+      the mean confidence of the observed entries (``reg_scaling="cells"``).
 
     **Which model?** A model fitted on observed ratings predicts ratings well
     (RMSE) but ranks top-n lists poorly: it never sees what users did *not*
@@ -107,36 +110,38 @@ class RatingsNMF(DnmfEstimator):
         Penalty weight of the factors: ``alpha·(1 − l1_ratio)·||·||² +
         alpha·l1_ratio·Σ`` per user and per item, times the scale of
         ``reg_scaling``. "auto": 0.1 for explicit ratings (with the count
-        scaling, as Spark's ALS) and 15 for implicit feedback (with the
-        confidence scaling; see ``reg_scaling`` for how it was chosen).
+        scaling, as Spark's ALS) and 0.3 for implicit feedback (with the
+        "cells" scaling; see ``reg_scaling`` for how it was chosen).
     l1_ratio : float in [0, 1], default=0.0
     alpha_bias : float or "same", default="same"
         L2 weight of the biases (scaled like ``alpha``); "same" uses ``alpha``.
-    reg_scaling : {"auto", "count", "confidence", "none"}, default="auto"
+    reg_scaling : {"auto", "count", "cells", "none"}, default="auto"
         How the penalty scales with the data. "count": each user's and item's
         penalty times its number of ratings (ALS-WR, the explicit model's
-        default). "confidence" (implicit only): the penalty times
-        ``c̄^(2/3)``, where ``c̄`` is the mean confidence ``c`` of the observed
-        training entries (``confidence_mean_``). "none": ``alpha`` as is
-        (``alpha=0.1, reg_scaling="none"`` is the implicit model's default
-        before the confidence scaling). "auto": "count" for explicit,
-        "confidence" for implicit.
+        default). "cells" (implicit only): the penalty times
+        ``(n_users·n_items)^(1/4) · c̄^(2/3)``, where ``c̄`` is the mean
+        confidence ``c`` of the observed training entries
+        (``confidence_mean_``). "none": ``alpha`` as is (``alpha=0.1,
+        reg_scaling="none"`` is the implicit model's default before the
+        "cells" scaling). "auto": "count" for explicit, "cells" for implicit.
 
-        Why the confidence and not the size: the implicit loss sums over all
-        ``n_items`` cells of a user's row, so a penalty that "scales with the
-        problem" could follow the number of cells; measured, it does not.
-        The best penalty of the implicit model (NDCG@10 on held-out data)
-        stayed between 20 and 50 on MovieLens subsets and on generated play
-        counts whose ``sqrt(n_users·n_items)`` ranged from 500 to 4,200 (a
-        penalty scaled by the cells would have been 5× off at the ends), but
-        it grew with the weight of the observed entries: from 30 to about 500
-        as ``c̄`` went from 2 to 140 on MovieLens (``confidence`` 0.3 to 40),
-        as ``c̄^0.6``–``c̄^0.8`` across the data sets; it grows less than in
-        proportion because the missing cells keep weight 1. Hence the
-        penalty ``alpha·c̄^(2/3)``, and ``alpha`` 15, which is within 10% of
-        the best penalty on MovieLens ml-latest-small (``c̄`` = 4.5 with
-        ratings as strengths: penalty 41). See the README and
-        ``benchmarks/bench_implicit_quality.py``.
+        Why: the implicit loss sums ``c·(p − score)²`` over all
+        ``n_users·n_items`` cells, so its penalty must grow with them and
+        with the confidence; measured (NDCG@10 on held-out data), it grows
+        far less than in proportion. On ten data sets (MovieLens
+        ml-latest-small and subsets of it, generated play counts and
+        ratings; ``n_users·n_items`` from 6·10⁴ to 1.8·10⁷) the best penalty
+        divided by ``c̄^(2/3)`` grew about as the fourth root of the cells
+        (the best ``alpha`` of this rule stayed within 0.3–0.6, where the
+        square root, which a per-row count of cells amounts to, would have
+        spread it 4× more), and on MovieLens the best penalty went from 30
+        to about 500 as ``c̄`` went from 2 to 140 (``confidence`` 0.3 to
+        40): as ``c̄^0.6``–``c̄^0.8`` (the missing cells keep weight 1).
+        ``alpha`` 0.3 puts the penalty within 10% of the best one on
+        ml-latest-small (``c̄`` = 4.5 with ratings as strengths: penalty 40)
+        and at the low end elsewhere: too large a penalty is the worse
+        error, as the non-negative factors collapse towards one popularity
+        component. See the README and ``benchmarks/bench_implicit_quality.py``.
     confidence : float, default=1.0
         Implicit model: α in the confidence ``c`` of an observed entry (see
         ``confidence_form``). Hu et al. used 40 for play counts; for 0.5–5
@@ -205,7 +210,7 @@ class RatingsNMF(DnmfEstimator):
         Mean observed rating (0 without biases).
     confidence_mean_ : float
         Implicit model: the mean confidence ``c̄`` of the observed training
-        entries, which ``reg_scaling="confidence"`` scales the penalty with
+        entries, which ``reg_scaling="cells"`` scales the penalty with
         (NaN for explicit ratings and for models saved before it was
         recorded, which load with ``reg_scaling="none"`` where they had
         "auto", as it meant then).
@@ -245,7 +250,7 @@ class RatingsNMF(DnmfEstimator):
         "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "l1_ratio": [Interval(Real, 0, 1, closed="both")],
         "alpha_bias": [Interval(Real, 0, None, closed="left"), StrOptions({"same"})],
-        "reg_scaling": [StrOptions({"auto", "count", "confidence", "none"})],
+        "reg_scaling": [StrOptions({"auto", "count", "cells", "none"})],
         "confidence": [Interval(Real, 0, None, closed="left")],
         "confidence_form": [StrOptions({"linear", "log", "proportional"})],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
@@ -349,7 +354,7 @@ class RatingsNMF(DnmfEstimator):
         confidence_mean = math.nan
         if self.feedback == "implicit":
             confidence_mean = masked.exact_value(data.confidence_total(runner, p0), nnz)
-        p = self._params(mean=masked.exact_value(summ[0], nnz), confidence_mean=confidence_mean)
+        p = self._params(mean=masked.exact_value(summ[0], nnz), confidence_mean=confidence_mean, shape=data.shape)
         bands = data.bands(runner)
         seed = seed_from(self.random_state)
         m, n = data.shape
@@ -419,9 +424,9 @@ class RatingsNMF(DnmfEstimator):
         return self.fit(X, **fit_params).user_factors_
 
     def _reg_scaling(self) -> str:
-        """``reg_scaling`` resolved: "auto" is "count" (explicit) or "confidence" (implicit)."""
+        """``reg_scaling`` resolved: "auto" is "count" (explicit) or "cells" (implicit)."""
         if self.reg_scaling == "auto":
-            return "confidence" if self.feedback == "implicit" else "count"
+            return "cells" if self.feedback == "implicit" else "count"
         return self.reg_scaling
 
     def _alpha(self) -> float:
@@ -430,7 +435,9 @@ class RatingsNMF(DnmfEstimator):
             return IMPLICIT_ALPHA if self.feedback == "implicit" else EXPLICIT_ALPHA
         return float(self.alpha)
 
-    def _params(self, mean: float = 0.0, confidence_mean: float | None = None) -> masked.MaskedParams:
+    def _params(
+        self, mean: float = 0.0, confidence_mean: float = math.nan, shape: tuple[int, int] | None = None
+    ) -> masked.MaskedParams:
         implicit = self.feedback == "implicit"
         biases = (not implicit) if self.biases == "auto" else bool(self.biases)
         if biases and implicit:
@@ -439,15 +446,16 @@ class RatingsNMF(DnmfEstimator):
                 "preference and has no biases. Use biases='auto' or False with feedback='implicit'."
             )
         scaling = self._reg_scaling()
-        if scaling == "confidence" and not implicit:
+        if scaling == "cells" and not implicit:
             raise ValueError(
-                "reg_scaling='confidence' needs feedback='implicit' (it scales the penalty by the mean "
-                "confidence of the observed entries). Use 'count' (ALS-WR), 'none' or 'auto' for explicit ratings."
+                "reg_scaling='cells' needs feedback='implicit' (it scales the penalty with the number of "
+                "user x item cells the implicit loss sums over and with the mean confidence). Use 'count' "
+                "(ALS-WR), 'none' or 'auto' for explicit ratings."
             )
         alpha = self._alpha()
         alpha_bias = alpha if self.alpha_bias == "same" else self.alpha_bias
-        if scaling == "confidence" and confidence_mean is not None:
-            alpha = alpha * confidence_scale(confidence_mean)
+        if scaling == "cells" and shape is not None:
+            alpha = alpha * cells_scale(shape[0], shape[1], confidence_mean)
         return masked.MaskedParams(
             k=int(self.n_components),
             feedback=self.feedback,
@@ -547,7 +555,8 @@ class RatingsNMF(DnmfEstimator):
     # ------------------------------------------------------------ fold-in
 
     def _fitted_params(self) -> masked.MaskedParams:
-        return self._params(self.global_mean_, self.__dict__.get("confidence_mean_", math.nan))
+        shape = (int(self.user_factors_.shape[0]), int(self.n_features_in_))
+        return self._params(self.global_mean_, self.__dict__.get("confidence_mean_", math.nan), shape)
 
     def _items(self):
         """The item side's state ``V = [Hᵀ, c]`` (n, q) and the Gram ``H Hᵀ``."""
@@ -926,7 +935,7 @@ def load_model(arrays: dict, attrs: dict, path) -> RatingsNMF:
     """
     params = params_from_json(attrs["params"])
     if "confidence_mean" not in attrs and params.get("feedback") == "implicit":
-        # Saved before reg_scaling="confidence": "auto" meant no scaling for the implicit model.
+        # Saved before reg_scaling="cells": "auto" meant no scaling for the implicit model.
         if params.get("reg_scaling", "auto") == "auto":
             params["reg_scaling"] = "none"
     model = RatingsNMF(**params)
