@@ -251,7 +251,8 @@ def fit_ratings(
     --feedback explicit: only observed ratings count (missing = unknown),
         with user/item biases; predicts ratings (RMSE).
     --feedback implicit: every item counts, observed ones with confidence
-        1 + alpha * x; ranks top-n lists (precision@k) far better.
+        c = 1 + a * x (--confidence a; see --confidence-form); ranks top-n
+        lists (precision@k) far better.
     Then: `dnmf recommend MODEL --user ID`, `dnmf recommend-all`, `dnmf evaluate`.
     """
     from .console import setup_logging

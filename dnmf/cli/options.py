@@ -399,6 +399,18 @@ def _same_or_float(ctx, param, value):
         raise click.BadParameter(f"{value!r} is neither 'same' nor a number.") from None
 
 
+def _auto_or_float(ctx, param, value):
+    if value is None or str(value) == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number.") from None
+    if number < 0:
+        raise click.BadParameter(f"{value!r} is negative; give a number >= 0 or 'auto'.")
+    return number
+
+
 def _auto_or_int(ctx, param, value):
     if value is None or str(value) == "auto":
         return value
@@ -578,7 +590,11 @@ ratings_options = _stack(
         help="User/item biases and a global mean (default: on for explicit, off for implicit).",
     ),
     click.option(
-        "--alpha", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Penalty weight of the factors."
+        "--alpha",
+        default="auto",
+        show_default=True,
+        callback=_auto_or_float,
+        help="Penalty weight of the factors ('auto': 0.1 for explicit, 0.3 for implicit).",
     ),
     click.option("--l1-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True),
     click.option(
@@ -590,17 +606,46 @@ ratings_options = _stack(
     ),
     click.option(
         "--reg-scaling",
-        type=click.Choice(["auto", "count", "none"]),
+        type=click.Choice(["auto", "count", "cells", "none"]),
         default="auto",
         show_default=True,
-        help="count: ALS-WR (penalty times each user's/item's count).",
+        help="count: ALS-WR (penalty times each user's/item's count); cells (implicit): penalty "
+        "times (users*items)^(1/4) * (mean confidence of the observed entries)^(2/3); auto: count "
+        "for explicit, cells for implicit.",
     ),
     click.option(
         "--confidence",
         type=click.FloatRange(min=0),
-        default=40.0,
+        default=1.0,
         show_default=True,
-        help="implicit: alpha in c = 1 + alpha * x.",
+        help="implicit: a in the confidence c (see --confidence-form).",
+    ),
+    click.option(
+        "--confidence-form",
+        type=click.Choice(["linear", "log", "proportional"]),
+        default="linear",
+        show_default=True,
+        help="implicit: linear c = 1 + a*x; log c = 1 + a*log(1 + x/epsilon); proportional c = max(a*x, floor).",
+    ),
+    click.option(
+        "--epsilon",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="implicit, log form: epsilon.",
+    ),
+    click.option(
+        "--confidence-floor",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="implicit, proportional form: the smallest confidence of an observed entry.",
+    ),
+    click.option(
+        "--preference-threshold",
+        type=float,
+        default=None,
+        help="implicit: observed values below it are 'not preferred' (preference 0, with their confidence).",
     ),
     click.option("--max-iter", type=click.IntRange(min=1), default=50, show_default=True),
     click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True),
@@ -626,6 +671,10 @@ RATINGS_KEYS = (
     "alpha_bias",
     "reg_scaling",
     "confidence",
+    "confidence_form",
+    "epsilon",
+    "confidence_floor",
+    "preference_threshold",
     "max_iter",
     "tol",
     "max_time",

@@ -218,6 +218,25 @@ def summary(X: da.Array) -> da.Array:
     return da.Array(graph, name, chunks=((1,),), dtype=object)
 
 
+def confidence_total(X: da.Array, p: masked.MaskedParams) -> da.Array:
+    """One pass over X's blocks: a 1-element object array holding the exact sum
+    of the implicit confidences at the observed entries (:func:`masked.block_confidence`)."""
+    xref, xdeps = x_block_refs(X)
+    token = tokenize("dnmf-masked-confidence", X.name, p)
+    core = f"dnmf-masked-confidence-core-{token}"
+    name = f"dnmf-masked-confidence-{token}"
+    layer: dict = {}
+    keys = []
+    for i in range(X.numblocks[0]):
+        for j in range(X.numblocks[1]):
+            layer[(core, i, j)] = (masked.block_confidence, xref(i, j), p)
+            keys.append((core, i, j))
+    top = tree_top(layer, core + "-sum", keys, _exact_list)
+    out = {(name, 0): (_boxed, top)}
+    graph = assemble(core, layer, xdeps, {name: out})
+    return da.Array(graph, name, chunks=((1,),), dtype=object)
+
+
 def _boxed(value):
     out = np.empty(1, dtype=object)
     out[0] = value

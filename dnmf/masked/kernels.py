@@ -20,15 +20,17 @@ Objectives, per row ``i`` with observed set Ω_i, ``s_ij = u_i · φ_j`` where
 - explicit: ``Σ_Ω (t_ij − s_ij)² + r_i``, ``t_ij = x_ij − mu − c_j``
   (missing entries have no term at all);
 - implicit (Hu, Koren & Volinsky 2008): ``Σ_all j c_ij (p_ij − s_ij)² + r_i``
-  with ``p = 1, c = 1 + confidence·x`` on Ω and ``p = 0, c = 1`` elsewhere;
-  ``Σ_all`` is never formed: it is ``uᵀ(VᵀV)u + Σ_Ω[(c−1)s² − 2cs + c]``
-  (the Gram trick), so a row costs O(|Ω_i|·q²) whatever n;
+  with ``p = 0, c = 1`` at the missing entries and, on Ω, the confidence
+  ``c = conf(x)`` and preference ``p = pref(x)`` of :func:`confidence_weights`
+  (by default ``c = 1 + confidence·x, p = 1``); ``Σ_all`` is never formed:
+  it is ``uᵀ(VᵀV)u + Σ_Ω[(c−1)s² − 2cps + cp]`` (the Gram trick, p ∈ {0, 1}),
+  so a row costs O(|Ω_i|·q²) whatever n;
 - ``r_i = s_i·(l2·||w_i||² + l1·Σ w_i + l2_bias·b_i²)`` with ``s_i = |Ω_i|``
   when the penalty is scaled by counts (ALS-WR, Zhou et al. 2008), else 1.
 
 Both are ``½uᵀC_iu − d_iᵀu`` (times 2, plus a constant) with
 ``C_i = G + Σ_Ω a_ij φ_jφ_jᵀ + diag(l2_i)`` and ``d_i = Σ_Ω b_ij φ_j − l1_i/2``,
-where explicit: ``G = 0, a = 1, b = t``; implicit: ``G = VᵀV, a = c − 1, b = c``.
+where explicit: ``G = 0, a = 1, b = t``; implicit: ``G = VᵀV, a = c − 1, b = c·p``.
 Two solvers minimise it over the row's ``u`` (non-negative, biases free):
 
 - ``"als"``: exact, by block principal pivoting with one Gram per row
@@ -75,8 +77,10 @@ class MaskedParams:
     """Everything a masked half-step needs besides the arrays (hashable).
 
     ``l2``, ``l1`` weigh the factor entries and ``l2_bias`` the bias, all per
-    observation when ``count_scaled`` (ALS-WR); ``confidence`` is the
-    implicit model's α in ``c = 1 + α·x``.
+    observation when ``count_scaled`` (ALS-WR); ``confidence``,
+    ``confidence_form``, ``epsilon``, ``confidence_floor`` and
+    ``preference_threshold`` give the implicit model's confidence and
+    preference (:func:`confidence_weights`).
     """
 
     k: int
@@ -88,6 +92,10 @@ class MaskedParams:
     l2_bias: float = 0.0
     count_scaled: bool = False
     confidence: float = 1.0
+    confidence_form: str = "linear"  # or "log", "proportional"
+    epsilon: float = 1.0
+    confidence_floor: float = 0.0
+    preference_threshold: float | None = None
     global_mean: float = 0.0
     sweeps: int = 1
 
@@ -220,6 +228,16 @@ def block_summary(block) -> tuple:
     return ZERO, int(x.size), math.inf, -math.inf, n_bad
 
 
+@aligned_inputs
+def block_confidence(block, p: MaskedParams) -> ExactSum:
+    """The exact sum of the implicit confidences ``c`` (:func:`confidence_weights`) at one block's observed entries."""
+    x = observed(block).data
+    if x.size == 0:
+        return ZERO
+    c, _ = confidence_weights(x, p)
+    return exact_sum(c)
+
+
 def combine_summaries(parts) -> tuple:
     """Combine :func:`block_summary` results (in any order: exact)."""
     return (
@@ -284,12 +302,54 @@ def _features(V: np.ndarray, idx: np.ndarray, p: MaskedParams) -> np.ndarray:
     return Phi
 
 
+def confidence_weights(x: np.ndarray, p: MaskedParams) -> tuple[np.ndarray, np.ndarray]:
+    """The implicit model's confidence ``c`` and preference ``p`` at observed values ``x``.
+
+    ``confidence_form`` (α = ``p.confidence``):
+
+    - "linear": ``c = 1 + α·x`` (Hu et al., eq. 5);
+    - "log": ``c = 1 + α·log(1 + x/ε)`` (Hu et al., eq. 6; ε = ``p.epsilon``);
+    - "proportional": ``c = max(α·x, floor)`` (``floor = p.confidence_floor``;
+      the form of the ``implicit`` package's ALS, where a value below 1/α
+      weighs less than a missing entry, whose ``c`` is 1).
+
+    The preference is 1, or, with a ``preference_threshold`` t, ``[x >= t]``:
+    an entry below t is a confident "not preferred" (``p = 0`` with its ``c``).
+    Returns float64 arrays ``(c, p)`` of ``x``'s length.
+    """
+    _, c, pref = _confidence_terms(np.asarray(x), p)
+    return c, (np.ones_like(c) if pref is None else pref)
+
+
+def _confidence_terms(x: np.ndarray, p: MaskedParams):
+    """``(c − 1, c, p)`` at the entries; ``p`` is None when every preference is 1.
+
+    ``c − 1`` is computed directly where the form allows (the linear form's
+    ``α·x``), so that it is exactly what the model had before the other forms.
+    """
+    x = x.astype(np.float64, copy=False)
+    form = p.confidence_form
+    if form == "linear":
+        a = p.confidence * x
+        c = 1.0 + a
+    elif form == "log":
+        a = p.confidence * np.log1p(x / p.epsilon)
+        c = 1.0 + a
+    elif form == "proportional":
+        c = np.maximum(p.confidence * x, p.confidence_floor)
+        a = c - 1.0
+    else:
+        raise ValueError(f"Unknown confidence_form {form!r}; use 'linear', 'log' or 'proportional'.")
+    pref = None if p.preference_threshold is None else (x >= p.preference_threshold).astype(np.float64)
+    return a, c, pref
+
+
 def _weights(x: np.ndarray, V: np.ndarray, idx: np.ndarray, p: MaskedParams):
     """``(a, b)`` of the quadratic at the entries (``a`` None means all ones)."""
     x = x.astype(np.float64, copy=False)
     if p.feedback == "implicit":
-        a = p.confidence * x
-        return a, 1.0 + a
+        a, c, pref = _confidence_terms(x, p)
+        return a, (c if pref is None else c * pref)
     b = x - p.global_mean
     if p.biases:
         b = b - V[idx, p.k]
@@ -623,7 +683,7 @@ def _nnls_one(C: np.ndarray, d: np.ndarray, free: np.ndarray) -> np.ndarray:
 def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams) -> ExactSum:
     """The data term of the loss at the band's observed entries, exactly summed.
 
-    Explicit: ``Σ_Ω (x − score)²``. Implicit: ``Σ_Ω [(c−1)s² − 2cs + c]``
+    Explicit: ``Σ_Ω (x − score)²``. Implicit: ``Σ_Ω [(c−1)s² − 2cps + cp]``
     (add ``<UᵀU, VᵀV>`` over all rows for the whole loss).
     """
     counts = np.diff(band.indptr)
@@ -638,8 +698,9 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
         s = np.einsum("ij,ij->i", U[local, : p.k], V[idx, : p.k])
         x = band.data[e0:e1].astype(np.float64, copy=False)
         if p.feedback == "implicit":
-            a = p.confidence * x
-            terms = a * s * s - 2.0 * (1.0 + a) * s + (1.0 + a)
+            a, c, pref = _confidence_terms(x, p)
+            b = c if pref is None else c * pref
+            terms = a * s * s - 2.0 * b * s + b
         else:
             pred = s + p.global_mean
             if p.biases:
