@@ -14,13 +14,13 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import lsq_linear
 from sklearn.exceptions import ConvergenceWarning
-from test_masked import ratings
 
 import dnmf
 from dnmf import RatingsNMF
 from dnmf.masked import estimator as est
 from dnmf.masked import kernels as masked
 from dnmf.storage import arrays as io
+from tests.masked.helpers import ratings
 
 # --------------------------------------------------------------------------
 # Naive references
