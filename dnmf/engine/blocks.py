@@ -55,3 +55,84 @@ def aligned_inputs(fn):
         return fn(*(aligned(a) for a in args), **{k: aligned(v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+class RowSubset:
+    """An (n, k) array that is zero outside ``rows``: what a partial product ships when it
+    touches few rows.
+
+    A row block of a sparse X touches only the columns it has non-zeros in, so its share of
+    ``Xᵀ·W`` is zero elsewhere; shipping the touched rows cuts what moves between workers from
+    ``n·k`` to ``touched·k`` values. Sums of these (``add_parts``) give the same bits as the
+    sums of the dense arrays: every entry is accumulated in the same order, and the rows left
+    out only ever add exact zeros.
+    """
+
+    __slots__ = ("rows", "values", "n")
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray, n: int) -> None:
+        self.rows = rows  # sorted, unique, int64
+        self.values = values  # (len(rows), k)
+        self.n = n
+
+    def __reduce__(self):
+        return (RowSubset, (self.rows, self.values, self.n))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.values.nbytes)
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros((self.n, self.values.shape[1]), dtype=self.values.dtype)
+        out[self.rows] = self.values
+        return out
+
+
+#: A partial is shipped as a RowSubset when it touches at most this fraction of its rows.
+SUBSET_MAX_FRACTION = 0.5
+
+
+def touched_rows(*blocks) -> np.ndarray:
+    """Sorted column indices that hold a stored entry in any of the CSR ``blocks``."""
+    n = blocks[0].shape[1]
+    mask = np.zeros(n, dtype=bool)
+    for b in blocks:
+        mask[b.indices] = True
+    return np.flatnonzero(mask)
+
+
+def as_partial(dense: np.ndarray, rows: np.ndarray | None):
+    """``dense`` as a RowSubset of ``rows`` when that is small enough to pay, else ``dense``."""
+    if rows is None or rows.size > SUBSET_MAX_FRACTION * dense.shape[0]:
+        return dense
+    return RowSubset(rows, np.ascontiguousarray(dense[rows]), dense.shape[0])
+
+
+def add_parts(parts):
+    """Sum dense arrays and RowSubsets in the given order (a RowSubset when all parts are)."""
+    if all(isinstance(p, RowSubset) for p in parts):
+        rows = parts[0].rows
+        for p in parts[1:]:
+            rows = np.union1d(rows, p.rows)
+        values = np.zeros((rows.size, parts[0].values.shape[1]), dtype=np.result_type(*(p.values for p in parts)))
+        for p in parts:
+            values[np.searchsorted(rows, p.rows)] += p.values
+        return _subset_or_dense(rows, values, parts[0].n)
+    first = parts[0]
+    out = first.dense() if isinstance(first, RowSubset) else np.array(first, copy=True)
+    for p in parts[1:]:
+        if isinstance(p, RowSubset):
+            out[p.rows] += p.values
+        else:
+            out += p
+    return out
+
+
+def _subset_or_dense(rows: np.ndarray, values: np.ndarray, n: int):
+    part = RowSubset(rows, values, n)
+    return part if rows.size <= SUBSET_MAX_FRACTION * n else part.dense()
+
+
+def densify(part) -> np.ndarray:
+    """A partial as a dense array."""
+    return part.dense() if isinstance(part, RowSubset) else part

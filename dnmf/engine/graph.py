@@ -15,15 +15,19 @@ import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
+from .blocks import RowSubset, add_parts
+
 #: Fan-in of every tree reduction.
 SPLIT_EVERY = 8
 
 
 def sum_list(parts):
-    """Sum arrays (or tuples of arrays) in the given order."""
+    """Sum arrays (or tuples of arrays, or :class:`~dnmf.engine.blocks.RowSubset` partials) in the given order."""
     first = parts[0]
     if isinstance(first, tuple):
         return tuple(sum_list([p[t] for p in parts]) for t in range(len(first)))
+    if any(isinstance(p, RowSubset) for p in parts):
+        return add_parts(parts)
     out = np.array(first, copy=True)
     for p in parts[1:]:
         out += p

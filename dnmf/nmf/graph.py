@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..engine.blocks import aligned_inputs
+from ..engine.blocks import aligned_inputs, as_partial, densify, touched_rows
 from ..engine.graph import SPLIT_EVERY, assemble, pick, sum_list, tree_reduce, x_block_refs
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
@@ -271,12 +272,18 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     out = {"W": W_new, "small": (G, s)}
     if p.update_H:
         if p.beta == 2:
-            out["P"] = [kernels.xtdot(x, W_new) for x in x_blocks]
+            P = [kernels.xtdot(x, W_new) for x in x_blocks]
+            fills: list = [None] * len(x_blocks)
             if m_blocks is not None:
                 for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks, strict=True)):
-                    fill = kernels.holdout_values(m, W_new, ht)
-                    out["P"][j] += kernels.xtdot(fill, W_new)
-                    s[S_IMPUTED] += kernels.squared_norm(fill)
+                    fills[j] = kernels.holdout_values(m, W_new, ht)
+                    P[j] += kernels.xtdot(fills[j], W_new)
+                    s[S_IMPUTED] += kernels.squared_norm(fills[j])
+            # A sparse block's share of Xᵀ·W is zero outside its columns: ship only those rows.
+            out["P"] = [
+                as_partial(P[j], touched_rows(*(b for b in (x, fills[j]) if b is not None)) if sp.issparse(x) else None)
+                for j, x in enumerate(x_blocks)
+            ]
         else:
             terms = [
                 kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)
@@ -291,7 +298,7 @@ def _col_task(Ht, total, small, p: StepParams):
     G, _ = small
     s = np.zeros(N_SCALARS)
     if p.beta == 2:
-        XtW = total
+        XtW = densify(total)
         Ht_new, s[S_VIOLATION] = _frobenius_update(
             p.solver, Ht, G, XtW, p.l1_reg_H, p.l2_reg_H, p.perm_H, p.inner_H, p.inner_tol
         )
