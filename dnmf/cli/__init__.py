@@ -22,7 +22,15 @@ import traceback
 import click
 
 from .._version import __version__
-from .console import InputError, JobFailed, input_error_types, one_line, quiet_libraries, unwrap_worker_error
+from .console import (
+    InputError,
+    JobFailed,
+    input_error_types,
+    interrupt_guard,
+    one_line,
+    quiet_libraries,
+    unwrap_worker_error,
+)
 
 
 class _Group(click.Group):
@@ -32,7 +40,8 @@ class _Group(click.Group):
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
         quiet_libraries("-v" in argv or "--verbose" in argv)
         try:
-            return super().invoke(ctx)
+            with interrupt_guard():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, InputError, JobFailed):
             raise
         except click.UsageError as exc:

@@ -8,8 +8,11 @@ words.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -152,3 +155,44 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         print(f"warning: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr)
 
     warnings.showwarning = show
+
+
+_interrupted = threading.Event()
+
+
+@contextlib.contextmanager
+def interrupt_guard():
+    """Ctrl-C stops the command even when Python swallows it.
+
+    Python raises KeyboardInterrupt wherever the main thread is; inside an object's finalizer
+    (a Dask future being garbage-collected) it is only printed as "Exception ignored" and the fit
+    goes on. The handler here also records the interrupt, ``check_interrupt`` (called after every
+    iteration) raises it again, and the swallowed one is not printed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _interrupted.set()
+        raise KeyboardInterrupt
+
+    def unraisable(args):
+        if not isinstance(args.exc_value, KeyboardInterrupt):
+            previous_hook(args)
+
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+        _interrupted.clear()
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed under ``interrupt_guard`` (see there)."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt

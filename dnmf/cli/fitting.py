@@ -16,6 +16,7 @@ import click
 from . import cluster as cluster_mod
 from . import guards
 from . import options as o
+from .console import check_interrupt
 from .progress import Progress
 
 
@@ -606,6 +607,7 @@ def demo(
         model = NMF(k, solver=solver, init="nndsvda", max_iter=max_iter, tol=1e-4, random_state=seed, client=client)
 
         def show(iteration: int, elapsed: float, loss: float) -> None:
+            check_interrupt()
             click.echo(f"iteration {iteration:4d}  loss {loss:.6g}  ({elapsed:.2f} s)")
 
         import warnings

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .console import check_interrupt
+
 #: Seconds between two progress lines when the output is not a terminal.
 LINE_EVERY = 5.0
 
@@ -81,6 +83,7 @@ class Progress:
             print(json.dumps(record), file=self.out, flush=True)
 
     def __call__(self, iteration: int, elapsed: float, loss: float) -> None:
+        check_interrupt()  # a Ctrl-C that Python swallowed in a finalizer (console.interrupt_guard)
         rel = _rel(self.prev, loss)
         self.prev = loss
         if self.mode == "json":

@@ -1,0 +1,35 @@
+"""Ctrl-C that Python swallows inside a finalizer still stops a command (console.interrupt_guard)."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from dnmf.cli.console import check_interrupt, interrupt_guard
+
+
+class _InterruptedWhileCollected:
+    """An object whose finalizer receives SIGINT, as a Dask future collected at the wrong moment."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs here, inside __del__: its KeyboardInterrupt is swallowed
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_check(capsys):
+    hook = sys.unraisablehook
+    with interrupt_guard():
+        _InterruptedWhileCollected()  # collected at once; Python only "ignores" the exception
+        with pytest.raises(KeyboardInterrupt):
+            check_interrupt()
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    check_interrupt()  # cleared when the guard ends
+
+
+def test_a_plain_ctrl_c_still_raises_where_it_lands():
+    with interrupt_guard(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
