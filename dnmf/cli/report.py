@@ -303,12 +303,18 @@ def _params(model: Any) -> dict[str, Any]:
 
 
 def _converged(model: Any) -> str:
-    """Whether the fit met its tolerance: recorded, or read off n_iter_."""
+    """Whether the fit met its tolerance: recorded (``converged_``), or read off n_iter_."""
     recorded = getattr(model, "converged_", None)
-    if recorded is not None:
-        return _fmt(bool(recorded))
     max_iter = getattr(model, "max_iter", None)
     n_iter = getattr(model, "n_iter_", None)
+    if recorded is not None and max_iter is not None and n_iter is not None:
+        if recorded:
+            return f"yes (stopped at iteration {n_iter} of max_iter={max_iter})"
+        if int(n_iter) < int(max_iter):
+            return f"no (stopped at iteration {n_iter} of max_iter={max_iter}: max_time or the callback)"
+        return f"no (reached max_iter={max_iter})"
+    if recorded is not None:
+        return _fmt(bool(recorded))
     if max_iter is None or n_iter is None:
         return "not recorded"
     if int(n_iter) < int(max_iter):
