@@ -29,6 +29,7 @@ from .console import (
     interrupt_guard,
     one_line,
     quiet_libraries,
+    restored_environment,
     unwrap_worker_error,
 )
 
@@ -38,9 +39,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
-        quiet_libraries("-v" in argv or "--verbose" in argv)
         try:
-            with interrupt_guard():
+            with restored_environment(), interrupt_guard():
+                quiet_libraries("-v" in argv or "--verbose" in argv)
                 return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, InputError, JobFailed):
             raise

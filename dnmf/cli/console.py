@@ -139,6 +139,27 @@ def quiet_libraries(verbose: bool) -> None:
         os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
 
 
+#: The environment variables ``quiet_libraries`` may set (for the worker processes a command starts).
+QUIET_VARIABLES = ("DASK_LOGGING__DISTRIBUTED", "DASK_LOGGING__TORNADO")
+
+
+@contextlib.contextmanager
+def restored_environment(names=QUIET_VARIABLES):
+    """Put ``names`` back as they were when the command ends: a command run in-process (a test,
+    a notebook) must not leave Dask's workers silenced for whatever the process starts next."""
+    import os
+
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def setup_logging(verbose: bool, quiet: bool) -> None:
     """dnmf's logger on standard error; Dask's own messages only with --verbose."""
     handler = logging.StreamHandler(sys.stderr)

@@ -33,3 +33,17 @@ def test_a_plain_ctrl_c_still_raises_where_it_lands():
     with interrupt_guard(), pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
+
+
+def test_an_in_process_command_leaves_the_environment_as_it_found_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dnmf.cli import cli
+    from dnmf.cli.console import QUIET_VARIABLES
+
+    for name in QUIET_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "r.csv").write_text("user,item,rating\n1,2,3\n2,3,4\n")
+    res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "r.csv"), "-o", str(tmp_path / "r.zarr")])
+    assert res.exit_code == 0, res.output
+    assert not any(name in os.environ for name in QUIET_VARIABLES)
