@@ -1,17 +1,31 @@
-"""Benchmark: bytes moved between workers per NMF iteration, measured by distributed.
+"""Benchmark: bytes moved per NMF iteration on a cluster, measured, next to the formula.
 
 A power-law sparse matrix (items drawn with Zipf popularity, so most row blocks touch
-only part of the columns) is fitted on a ``LocalCluster`` with 2 and 4 worker
-processes, with the partial products of ``Xᵀ·W`` shipped as the touched rows only
-(``RowSubset``, the default) and as dense ``(n_j, k)`` arrays (the previous scheme,
-``SUBSET_MAX_FRACTION = -1`` on every worker). Reported per iteration: bytes sent
-between workers (``transfer_outgoing_bytes_total`` summed over the workers), the
-formula's prediction of the partials' bytes for the dense scheme (``row_blocks × n × k × 8``)
-and for the subset scheme (``Σ_ij touched columns of block ij × (k + 1) × 8``, a block
-shipping all its rows when it touches more than half), an upper bound since partials summed
-on the worker that made them never travel, and the wall time.
-The first iterations (start-up, scatter of X) are excluded: the counter is read
-after a warm-up fit and after a fit ``--iters`` longer, and the difference divided.
+only part of the columns) is fitted on a ``LocalCluster`` with 2 and 4 worker processes
+(1 thread each), once with the default scheme and once with every factor block shipped
+whole (the scheme before, ``SUBSET_MAX_FRACTION = -1`` on every worker):
+
+- **touched rows** (default): each worker holds a contiguous range of row blocks, receives
+  only the rows of ``Hᵀ``'s column blocks that its blocks touch, and sums its row blocks'
+  shares of ``Xᵀ·W`` (each its touched rows) before shipping them;
+- **whole blocks**: every row task receives every ``Hᵀ`` block, partials are dense
+  ``(n_j, k)`` arrays.
+
+Per iteration (median over the measured iterations, read in the fit's callback):
+
+- bytes sent between workers: distributed's own counter ``transfer_outgoing_bytes_total``
+  summed over the workers;
+- bytes between the client and the scheduler: the client process's socket traffic
+  (``/proc/self/io`` ``rchar + wchar``; it does no other I/O during the fit);
+- tasks per iteration: the step graph's size;
+- seconds per iteration.
+
+The formula's prediction for the touched-rows scheme is
+``2 × Σ_workers Σ_j touched(w, j) × (k + 1) × 8`` bytes (the touched rows of ``Hᵀ`` in and
+of the partial sums out, with their indices),
+plus ``O(row blocks × k²)`` for the Grams; for the whole-blocks scheme
+``(workers − 1) × n × k × 8`` for ``Hᵀ`` plus ``row blocks × n × k × 8`` for the partials.
+Both are upper bounds (parts computed where they are used never travel).
 
     python benchmarks/bench_bytes.py            # 200,000 x 20,000, ~1.2M nnz, k = 32
     python benchmarks/bench_bytes.py --quick    # small, < 1 min
@@ -57,6 +71,54 @@ def _sent(client) -> int:
     return sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
 
 
+def _client_io() -> int:
+    with open("/proc/self/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
+def worker_ranges(row_blocks: int, workers: int) -> tuple[int, ...]:
+    """Row blocks per worker, as dnmf places them (``dnmf.storage.placement.row_owner``)."""
+    owners = [i * workers // row_blocks for i in range(row_blocks)]
+    return tuple(owners.count(w) for w in range(workers) if owners.count(w))
+
+
+def predicted(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers: int) -> dict:
+    """The formula's bytes per iteration for both schemes (see the module doc)."""
+    m, n = X.shape
+    row_blocks = -(-m // row_chunk)
+    touched = 0
+    start = 0
+    for size in worker_ranges(row_blocks, workers):
+        cols = np.unique(X[start * row_chunk : (start + size) * row_chunk].indices)
+        start += size
+        for j in range(0, n, col_chunk):
+            t = int(((cols >= j) & (cols < j + col_chunk)).sum())
+            width = min(col_chunk, n - j)
+            touched += t * (k + 1) * 8 if t <= 0.5 * width else width * k * 8
+    return {
+        "touched rows": 2 * touched + row_blocks * 2 * k * k * 8,
+        "whole blocks": (workers - 1) * n * k * 8 + row_blocks * n * k * 8,
+    }
+
+
+def step_tasks(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers: int, subsets: bool) -> int:
+    """Tasks in one iteration's graph (the step graph's own layer)."""
+    import dask.array as da
+
+    from dnmf.engine.graph import group_columns
+    from dnmf.nmf import graph
+
+    Xd = da.from_array(X, chunks=(row_chunk, col_chunk), asarray=False)
+    W = da.ones((X.shape[0], k), chunks=(row_chunk, k))
+    Ht = da.ones((X.shape[1], k), chunks=(col_chunk, k))
+    HHt = da.ones((k, k), chunks=(k, k))
+    columns = group_columns(Xd, worker_ranges(Xd.numblocks[0], workers)) if subsets else None
+    out = graph.step(Xd, W, Ht, HHt, graph.StepParams(solver="cd"), columns=columns)
+    core = [name for name in out[0].__dask_graph__().layers if name.startswith("dnmf-step-")]
+    return sum(len(out[0].__dask_graph__().layers[name]) for name in core)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -70,63 +132,64 @@ def main(argv=None) -> int:
 
     import dnmf
 
-    m, n, per_row, rb, cb = (20_000, 4_000, 6, 8, 4) if args.quick else (200_000, 20_000, 6, 16, 4)
+    m, n, per_row, rb, cb = (40_000, 8_000, 6, 16, 4) if args.quick else (200_000, 20_000, 6, 16, 4)
     X = powerlaw(m, n, per_row)
     k = args.k
     row_chunk, col_chunk = -(-m // rb), -(-n // cb)
-    # Rows each (row block, column block) partial ships: its touched columns when they are at
-    # most half the block (blocks.SUBSET_MAX_FRACTION), else all of them; values plus an int64 index.
-    subset_values = 0
-    for i in range(0, m, row_chunk):
-        cols = np.unique(X[i : i + row_chunk].indices)
-        for j in range(0, n, col_chunk):
-            t = int(((cols >= j) & (cols < j + col_chunk)).sum())
-            width = min(col_chunk, n - j)
-            subset_values += t * (k * 8 + 8) if t <= 0.5 * width else width * k * 8
     info = machine_info()
     log(format_machine(info))
     rows, data = [], {"machine": info, "shape": [m, n], "nnz": int(X.nnz), "k": k, "runs": []}
     warnings.simplefilter("ignore")
     for n_workers in [int(w) for w in args.workers.split(",")]:
+        formula = predicted(X, row_chunk, col_chunk, k, n_workers)
         with (
             LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl,
             Client(cl) as client,
         ):
-            for scheme, fraction in (("touched rows", 0.5), ("dense partials", -1.0)):
+            for scheme, fraction in (("touched rows", 0.5), ("whole blocks", -1.0)):
                 client.run(_set_fraction, fraction)
+                marks: list[tuple[float, int, int]] = []
 
-                def fit(iters, scheme=scheme):
-                    return dnmf.NMF(
-                        k,
-                        solver="cd",
-                        init="random",
-                        random_state=0,
-                        max_iter=iters,
-                        tol=0,
-                        chunks=(row_chunk, col_chunk),
-                        client=client,
-                    ).fit(X)
+                def callback(iteration, elapsed, loss, marks=marks):
+                    marks.append((time.perf_counter(), _sent(client), _client_io()))
 
-                fit(2)  # warm-up: imports, scatter paths
-                b0, t0 = _sent(client), time.perf_counter()
-                fit(2)
-                b1, t1 = _sent(client), time.perf_counter()
-                fit(2 + args.iters)
-                b2, t2 = _sent(client), time.perf_counter()
-                per_iter = ((b2 - b1) - (b1 - b0)) / args.iters
-                seconds = ((t2 - t1) - (t1 - t0)) / args.iters
-                predicted = subset_values if scheme == "touched rows" else rb * n * k * 8
-                rows.append(
-                    [n_workers, scheme, f"{per_iter / 2**20:.2f}", f"{predicted / 2**20:.2f}", f"{seconds:.3f}"]
+                model = dnmf.NMF(
+                    k,
+                    solver="cd",
+                    init="random",
+                    random_state=0,
+                    max_iter=args.iters + 2,
+                    tol=0,
+                    chunks=(row_chunk, col_chunk),
+                    client=client,
                 )
-                data["runs"].append(
-                    dict(
-                        workers=n_workers,
-                        scheme=scheme,
-                        bytes_per_iter=per_iter,
-                        predicted_partials=predicted,
-                        seconds_per_iter=seconds,
-                    )
+                model.fit(X, callback=callback)
+                # Iterations 1-2 carry start-up (scatter of X, imports): measure from the third.
+                t, sent, io = (np.diff(np.array([mk[c] for mk in marks[1:]], dtype=float)) for c in range(3))
+                # The callback's own reads of the counters are round trips too: subtract one idle read.
+                base = _client_io()
+                _sent(client)
+                idle_io = _client_io() - base
+                row = {
+                    "workers": n_workers,
+                    "scheme": scheme,
+                    "bytes_between_workers": float(np.median(sent)),
+                    "formula_bytes": formula[scheme],
+                    "client_bytes": float(np.median(io)) - idle_io,
+                    "tasks": step_tasks(X, row_chunk, col_chunk, k, n_workers, scheme == "touched rows"),
+                    "seconds": float(np.median(t)),
+                }
+                data["runs"].append(row)
+                rows.append(
+                    [
+                        n_workers,
+                        scheme,
+                        f"{row['bytes_between_workers'] / 2**20:.2f}",
+                        f"{row['formula_bytes'] / 2**20:.2f}",
+                        f"{row['client_bytes'] / 2**10:.0f}",
+                        row["tasks"],
+                        f"{row['seconds']:.3f}",
+                    ]
                 )
                 log(rows[-1])
             client.run(_set_fraction, 0.5)
@@ -134,16 +197,19 @@ def main(argv=None) -> int:
     table = markdown_table(
         [
             "workers",
-            "partials shipped as",
+            "factor rows shipped",
             "MiB between workers / iteration",
-            "partials, formula (MiB, upper bound)",
+            "formula (MiB, upper bound)",
+            "KiB client <-> scheduler / iteration",
+            "tasks / iteration",
             "s / iteration",
         ],
         rows,
     )
     md = (
-        f"# Bytes between workers per iteration\n\n{m:,} x {n:,}, {X.nnz:,} non-zeros (Zipf items), k={k}, "
-        f"{rb} x {cb} blocks, solver cd; {args.iters} measured iterations (warm-up excluded).\n\n{table}\n\n"
+        f"# Bytes moved per iteration\n\n{m:,} x {n:,}, {X.nnz:,} non-zeros (Zipf items), k={k}, "
+        f"{rb} x {cb} blocks, solver cd; medians of {args.iters} iterations (the first two excluded).\n\n"
+        f"{table}\n\n"
         f"{format_machine(info)}\nload average at the end: {' '.join(f'{x:.2f}' for x in data['loadavg_at_end'])}\n"
     )
     print(md)

@@ -93,7 +93,12 @@ SUBSET_MAX_FRACTION = 0.5
 
 
 def touched_rows(*blocks) -> np.ndarray:
-    """Sorted column indices that hold a stored entry in any of the CSR ``blocks``."""
+    """Sorted column indices that hold a stored entry in any of the CSR ``blocks``.
+
+    Dense blocks touch every column.
+    """
+    if not all(sp.issparse(b) for b in blocks):
+        return np.arange(blocks[0].shape[1])
     n = blocks[0].shape[1]
     mask = np.zeros(n, dtype=bool)
     for b in blocks:
@@ -103,9 +108,7 @@ def touched_rows(*blocks) -> np.ndarray:
 
 def as_partial(dense: np.ndarray, rows: np.ndarray | None):
     """``dense`` as a RowSubset of ``rows`` when that is small enough to pay, else ``dense``."""
-    if rows is None or rows.size > SUBSET_MAX_FRACTION * dense.shape[0]:
-        return dense
-    return RowSubset(rows, np.ascontiguousarray(dense[rows]), dense.shape[0])
+    return dense if rows is None else take_rows(dense, rows)
 
 
 def add_parts(parts):
@@ -131,6 +134,33 @@ def add_parts(parts):
 def _subset_or_dense(rows: np.ndarray, values: np.ndarray, n: int):
     part = RowSubset(rows, values, n)
     return part if rows.size <= SUBSET_MAX_FRACTION * n else part.dense()
+
+
+def take_rows(dense: np.ndarray, rows: np.ndarray):
+    """The ``rows`` of ``dense`` as a RowSubset when that is small enough to pay, else ``dense``.
+
+    What a row-block task receives of a factor block it multiplies by: only the
+    rows (columns of X) its blocks touch.
+    """
+    if rows.size > SUBSET_MAX_FRACTION * dense.shape[0]:
+        return dense
+    return RowSubset(rows, np.ascontiguousarray(dense[rows]), dense.shape[0])
+
+
+def restrict(x: sp.csr_matrix, part) -> tuple:
+    """``(x', values)`` with ``x' @ values`` bit-identical to ``x @ densify(part)``.
+
+    For a RowSubset ``part`` holding every column of ``x`` with an entry,
+    ``x'`` is ``x`` with its column indices renumbered to positions in
+    ``part.rows`` (same data, same order of entries per row, so the products
+    add the same numbers in the same order); otherwise ``(x, part)``.
+    """
+    if not isinstance(part, RowSubset):
+        return x, part
+    where = np.empty(part.n, dtype=x.indices.dtype)
+    where[part.rows] = np.arange(part.rows.size, dtype=x.indices.dtype)
+    renumbered = sp.csr_matrix((x.data, where[x.indices], x.indptr), shape=(x.shape[0], part.rows.size))
+    return renumbered, part.values
 
 
 def densify(part) -> np.ndarray:

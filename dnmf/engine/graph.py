@@ -13,9 +13,10 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.highlevelgraph import HighLevelGraph
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .blocks import RowSubset, add_parts
+from .blocks import RowSubset, add_parts, touched_rows
 
 #: Fan-in of every tree reduction.
 SPLIT_EVERY = 8
@@ -81,13 +82,33 @@ def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = su
     return top
 
 
-def assemble(core: str, layer: dict, deps: list, outputs: dict) -> HighLevelGraph:
-    """One graph: a core layer plus one thin layer per output collection."""
-    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
+def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | None = None) -> HighLevelGraph:
+    """One graph: a core layer plus one thin layer per output collection.
+
+    ``where`` (optional) maps keys of any of these layers to the worker that
+    should run them: a preference the distributed scheduler follows while
+    that worker is alive (``allow_other_workers``), so that tasks run where
+    their inputs are (see :mod:`dnmf.storage.placement`). Other schedulers
+    ignore it.
+    """
+    if not where:
+        annotations = None
+    else:
+        placed = dict(where)
+
+        def workers(key):
+            address = placed.get(key)
+            return None if address is None else [address]
+
+        def loose(key):
+            return True if key in placed else None
+
+        annotations = {"workers": workers, "allow_other_workers": loose}
+    hg = HighLevelGraph.from_collections(core, MaterializedLayer(layer, annotations=annotations), dependencies=deps)
     layers = dict(hg.layers)
     dependencies = dict(hg.dependencies)
     for name, out_layer in outputs.items():
-        layers[name] = out_layer
+        layers[name] = MaterializedLayer(out_layer, annotations=annotations)
         dependencies[name] = {core}
     return HighLevelGraph(layers, dependencies)
 
@@ -107,6 +128,60 @@ def x_block_refs(X: da.Array):
         if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
             return (lambda i, j: tasks[(X.name, i, j)]), []
     return (lambda i, j: (X.name, i, j)), [X]
+
+
+def _union(parts: list) -> np.ndarray:
+    out = parts[0]
+    for p in parts[1:]:
+        out = np.union1d(out, p)
+    return out
+
+
+def group_columns(X: da.Array, sizes: tuple[int, ...]) -> da.Array:
+    """The columns each group of row blocks touches, per column block.
+
+    ``sizes`` splits X's row blocks into consecutive groups (``sum(sizes)``
+    is X's number of row blocks), typically the ranges that each worker
+    holds (:mod:`dnmf.storage.placement`): a group then receives each factor
+    row it touches once. Block ``(g, j)`` of the result is a sorted 1-D index
+    array into column block ``j``; the result's chunks along its first axis
+    are ``sizes`` and its dtype describes the indices, not the blocks (it
+    exists to be persisted and referenced by key). One pass over X's indices.
+    """
+    nI, nJ = X.numblocks
+    if sum(sizes) != nI or min(sizes, default=0) < 1:
+        raise ValueError(f"sizes {sizes} must be positive and add up to X's {nI} row blocks.")
+    xref, xdeps = x_block_refs(X)
+    token = tokenize("dnmf-group-columns", X.name, tuple(sizes))
+    core = f"dnmf-group-columns-core-{token}"
+    name = f"dnmf-group-columns-{token}"
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    layer: dict = {}
+    out = {}
+    for j in range(nJ):
+        for g in range(len(sizes)):
+            keys = []
+            for i in range(int(starts[g]), int(starts[g + 1])):
+                layer[(core, i, j)] = (touched_rows, xref(i, j))
+                keys.append((core, i, j))
+            out[(name, g, j)] = (_union, keys)
+    graph = assemble(core, layer, xdeps, {name: out})
+    return da.Array(graph, name, chunks=(tuple(sizes), (1,) * nJ), dtype=np.intp)
+
+
+def group_of_rows(columns: da.Array) -> list[int]:
+    """For each row block, its group in a :func:`group_columns` result."""
+    return [g for g, size in enumerate(columns.chunks[0]) for _ in range(size)]
+
+
+def _count(index):
+    return np.array([[index.size]])
+
+
+def column_counts(columns: da.Array) -> da.Array:
+    """``(groups, col blocks)`` int array: how many columns each block of ``columns`` holds."""
+    nG, nJ = columns.numblocks
+    return da.map_blocks(_count, columns, chunks=((1,) * nG, (1,) * nJ), dtype=np.int64)
 
 
 def is_store_backed(X: da.Array) -> bool:

@@ -15,6 +15,9 @@ import uuid
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+
+from ..storage.placement import row_owner, worker_addresses
 
 #: Without checkpoints, cut the lineage of the persisted state this often...
 REBASE_EVERY = 20
@@ -78,6 +81,29 @@ class Runner:
         with self._limits():
             return dask.persist(*arrays, optimize_graph=False, scheduler=self.scheduler)
 
+    def persist_rows(self, *arrays):
+        """Persist arrays chunked by rows, each worker holding a contiguous range of row blocks.
+
+        On a Client the blocks go through one placed copy task each (see
+        :mod:`dnmf.storage.placement`); locally this is :meth:`persist`. The
+        placement is a preference: a lost worker's blocks move elsewhere.
+        """
+        if self.client is None or not dask.config.get("dnmf.placement", True):
+            return self.persist(*arrays)
+        workers = worker_addresses(self.client)
+        placed = []
+        for a in arrays:
+            n_blocks = a.numblocks[0]
+
+            def where(key, n_blocks=n_blocks):
+                return [row_owner(key[1], n_blocks, workers)]
+
+            with dask.annotate(workers=where, allow_other_workers=True):
+                placed.append(
+                    a.map_blocks(_same, dtype=a.dtype, meta=a._meta, name=f"dnmf-placed-{tokenize(a.name, workers)}")
+                )
+        return self.persist(*placed)
+
     def compute(self, array):
         """Compute one (small) array and return it as NumPy."""
         if self.client is not None:
@@ -100,9 +126,20 @@ class Runner:
         for a in arrays:
             keys = [(a.name, *idx) for idx in np.ndindex(*a.numblocks)]
             graph = dict(a.__dask_graph__())
-            values = self.client.gather([graph[key] for key in keys])
+            held = [graph[key] for key in keys]
+            holders = self.client.who_has(held)
+            values = self.client.gather(held)
             name = f"dnmf-rebased-{uuid.uuid4().hex}"
-            futures = self.client.scatter({(name, *key[1:]): v for key, v in zip(keys, values, strict=True)})
+            # Each block goes back to a worker that held it: the placement (and
+            # what the next step's tasks find locally) does not change.
+            by_worker: dict = {}
+            for key, future, value in zip(keys, held, values, strict=True):
+                where = holders.get(future.key) or [None]
+                new_key = (name, *key[1:])
+                by_worker.setdefault(where[0], {})[new_key] = value
+            futures: dict = {}
+            for address, part in by_worker.items():
+                futures.update(self.client.scatter(part, workers=None if address is None else [address]))
             out.append(da.Array(futures, name, chunks=a.chunks, meta=np.empty((0,) * a.ndim, dtype=a.dtype)))
         return tuple(out)
 
@@ -113,6 +150,10 @@ class Runner:
             if isinstance(value, np.ndarray):
                 return value
         return np.asarray(self.compute(persisted))
+
+
+def _same(block):
+    return block
 
 
 def recoverable_errors() -> tuple[type[BaseException], ...]:

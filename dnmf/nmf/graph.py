@@ -36,8 +36,8 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..engine.blocks import aligned_inputs, as_partial, densify, touched_rows
-from ..engine.graph import SPLIT_EVERY, assemble, pick, sum_list, tree_reduce, x_block_refs
+from ..engine.blocks import aligned_inputs, as_partial, densify, restrict, take_rows, touched_rows
+from ..engine.graph import SPLIT_EVERY, assemble, group_of_rows, pick, sum_list, tree_reduce, x_block_refs
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
 
@@ -54,6 +54,11 @@ S_IN_B = 6  # incoming state: <W_old' W_old, HHt> (beta=2)
 S_IMPUTED_IN = 7  # with a holdout: sum of squares of the imputed W_old Ht_old at it
 S_IMPUTED = 8  # with a holdout: sum of squares of the imputed W_new Ht_old at it
 N_SCALARS = 9
+
+#: Fan-in of the sums of the ``Xᵀ·W`` partials over row blocks: neighbours in pairs, so that
+#: the partials of any aligned range of row blocks (what one worker holds, see
+#: :mod:`dnmf.storage.placement`) are summed on that worker before anything leaves it.
+PARTIAL_FAN_IN = 2
 
 
 @dataclass(frozen=True)
@@ -121,9 +126,10 @@ def _combine_stats(parts):
 
 @aligned_inputs
 def _row_xdot(x_blocks, b_blocks):
-    out = kernels.xdot(x_blocks[0], b_blocks[0])
+    """``Σ_j x_j @ b_j`` in order; a ``b_j`` may be a RowSubset of the rows ``x_j`` touches."""
+    out = kernels.xdot(*restrict(x_blocks[0], b_blocks[0]))
     for x, b in zip(x_blocks[1:], b_blocks[1:], strict=True):
-        out += kernels.xdot(x, b)
+        out += kernels.xdot(*restrict(x, b))
     return out
 
 
@@ -333,7 +339,17 @@ def _finish(row_small, col_small, HHt_old, update_H):
     return {"HHt": HHt, "scalars": s}
 
 
-def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, holdout: da.Array | None = None):
+def step(
+    X: da.Array,
+    W: da.Array,
+    Ht: da.Array,
+    HHt: da.Array,
+    p: StepParams,
+    holdout: da.Array | None = None,
+    columns: da.Array | None = None,
+    owners: tuple[str, ...] | None = None,
+    whole: frozenset = frozenset(),
+):
     """Build the graph of one iteration.
 
     Parameters
@@ -348,6 +364,23 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
         hold as zeros: the step then minimises the loss on the other
         entries (masked fit, for rank selection), with the extra cost
         O(|holdout| · k).
+    columns : dask array, optional
+        :func:`dnmf.engine.graph.group_columns` of X, persisted. Each group of
+        row blocks then receives only the rows of ``Ht``'s blocks that it
+        touches (one task per group and column block), instead of every row
+        task receiving every block whole: on a cluster that cuts the bytes
+        moved from ``n·k`` per worker to the touched rows. Same results to the
+        bit. Ignored with a holdout or a beta-loss other than 2 (which need
+        all of ``Ht``).
+    whole : frozenset of (group, column block)
+        With ``columns``: the blocks where a group touches so many rows that
+        it takes ``Ht``'s block whole (no task to take rows from it).
+    owners : tuple of str, optional
+        The worker that holds each row block (:mod:`dnmf.storage.placement`):
+        the row tasks, their outputs, the touched rows of ``Ht`` they receive
+        and the sums of partials that stay within one worker's blocks are
+        placed there (a preference, see :func:`dnmf.engine.graph.assemble`).
+        Placement changes where tasks run, never what they compute.
 
     Returns
     -------
@@ -363,7 +396,17 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
             "A holdout mask must be chunked like X and needs the Frobenius loss; got "
             f"chunks {holdout.chunks} for X's {X.chunks} and beta={p.beta}."
         )
-    token = tokenize("dnmf-step", X.name, W.name, Ht.name, HHt.name, p, None if holdout is None else holdout.name)
+    token = tokenize(
+        "dnmf-step",
+        X.name,
+        W.name,
+        Ht.name,
+        HHt.name,
+        p,
+        None if holdout is None else holdout.name,
+        None if columns is None else columns.name,
+        tuple(sorted(whole)),
+    )
     core = f"dnmf-step-{token}"
     w_name, ht_name = f"dnmf-W-{token}", f"dnmf-Ht-{token}"
     hht_name, s_name = f"dnmf-HHt-{token}", f"dnmf-scalars-{token}"
@@ -371,6 +414,16 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     hht_key = (HHt.name, 0, 0)
 
     layer: dict = {}
+    subsets = columns is not None and holdout is None and p.beta == 2
+    if subsets:
+        assert columns is not None
+        if columns.shape != (nI, nJ):
+            raise ValueError(f"columns covers {columns.shape} blocks; expected group_columns(X, ...) of this X.")
+        group = group_of_rows(columns)
+        for g in range(columns.numblocks[0]):
+            for j in range(nJ):
+                if (g, j) not in whole:
+                    layer[(f"{core}-Hs", g, j)] = (take_rows, ht_keys[j], (columns.name, g, j))
     row_small = []
     for i in range(nI):
         a = (f"{core}-A", i)
@@ -378,7 +431,9 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
             _row_task,
             [xref(i, j) for j in range(nJ)],
             (W.name, i, 0),
-            ht_keys,
+            [ht_keys[j] if (group[i], j) in whole else (f"{core}-Hs", group[i], j) for j in range(nJ)]
+            if subsets
+            else ht_keys,
             hht_key,
             p,
         )
@@ -400,7 +455,7 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
                 key = (f"{core}-P", i, j)
                 layer[key] = (pick, (f"{core}-A", i), "P", j)
                 parts.append(key)
-            parts = tree_reduce(layer, f"{core}-P{j}", parts, until=SPLIT_EVERY)
+            parts = tree_reduce(layer, f"{core}-P{j}", parts, split_every=PARTIAL_FAN_IN)
             b = (f"{core}-B", j)
             layer[b] = (_col_task, ht_keys[j], (sum_list, parts), small_key, p)
             layer[(f"{core}-Bs", j)] = (pick, b, "small")
@@ -415,8 +470,9 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
     outputs[hht_name] = {(hht_name, 0, 0): (pick, fin, "HHt")}
     outputs[s_name] = {(s_name, 0): (pick, fin, "scalars")}
 
-    deps = [*xdeps, W, Ht, HHt] + ([holdout] if holdout is not None else [])
-    graph = assemble(core, layer, deps, outputs)
+    deps = [*xdeps, W, Ht, HHt] + ([holdout] if holdout is not None else []) + ([columns] if subsets else [])
+    where = None if owners is None else _placement(layer, outputs, core, owners, nJ)
+    graph = assemble(core, layer, deps, outputs, where)
     W_new = da.Array(graph, w_name, chunks=W.chunks, meta=_meta(W.dtype))
     if p.update_H:
         Ht_new = da.Array(graph, ht_name, chunks=Ht.chunks, meta=_meta(Ht.dtype))
@@ -425,6 +481,31 @@ def step(X: da.Array, W: da.Array, Ht: da.Array, HHt: da.Array, p: StepParams, h
         Ht_new, HHt_new = Ht, HHt
     scalars = da.Array(graph, s_name, chunks=((N_SCALARS,),), dtype=np.float64)
     return W_new, Ht_new, HHt_new, scalars
+
+
+def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], nJ: int) -> dict:
+    """``{key: worker}`` for the tasks of row block ``i`` (on ``owners[i]``) and what follows them locally."""
+    if len(owners) != sum(1 for key in layer if key[0] == f"{core}-A"):
+        raise ValueError(f"owners names {len(owners)} workers; expected one per row block.")
+    where: dict = {}
+    for i, owner in enumerate(owners):
+        where[(f"{core}-A", i)] = where[(f"{core}-As", i)] = owner
+        for j in range(nJ):
+            if (f"{core}-P", i, j) in layer:
+                where[(f"{core}-P", i, j)] = owner
+    for out in outputs.values():
+        for key, task in out.items():
+            if task[1] in where:
+                where[key] = where[task[1]]
+    # The touched rows of Ht (-Hs) are taken where Ht's block is (the scheduler's choice): only
+    # they travel.
+    # A sum over partials stays where its parts are when they all are on one worker.
+    for key, task in layer.items():
+        if isinstance(key[0], str) and key[0].startswith(f"{core}-P") and "-L" in key[0]:
+            children = {where.get(c) for c in task[1]}
+            if len(children) == 1 and None not in children:
+                where[key] = children.pop()
+    return where
 
 
 # --------------------------------------------------------------------------

@@ -26,17 +26,23 @@ state of iteration ``t``, so the result is exactly scikit-learn's.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 
+from ..engine import blocks as engine_blocks
 from ..engine import loop
 from ..engine.checkpoint import Checkpointer, LoopState
+from ..engine.graph import column_counts, group_columns
 from ..engine.loop import Callback, Report, Verdict
 from ..engine.runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner  # noqa: F401 (re-exported)
+from ..storage.placement import row_owner, worker_addresses
 from . import graph as blocked
 from . import kernels
 
@@ -123,12 +129,46 @@ class NMFStep:
         self._recover = recover
         self.rule = stopping_rule(config)
         self.runner: Runner | None = None
+        self.columns: da.Array | None = None
+        self.owners: tuple[str, ...] | None = None
+        self.whole: frozenset = frozenset()
 
     def settle(self, runner, factors):
         self.runner = runner
-        W, Ht = runner.persist(*factors)
+        (W,) = runner.persist_rows(factors[0])
+        (Ht,) = runner.persist(factors[1])
         (HHt,) = runner.persist(blocked.gram(Ht))
+        self.owners = None
+        self.columns = self._columns(runner)
         return (W, Ht, HHt)
+
+    def _columns(self, runner) -> da.Array | None:
+        """On a cluster, for a sparse X: which rows of Hᵀ each worker's row blocks need.
+
+        Sets ``self.owners`` (the worker of each row block: contiguous ranges,
+        where :meth:`Runner.persist_rows` and the scatter of an in-memory X put
+        them). Row tasks then run there and receive only the touched rows (see
+        :func:`dnmf.nmf.graph.step`); the threaded scheduler moves no bytes, so
+        it keeps the whole blocks. The Dask config key ``dnmf.placement``
+        (default True) turns this off.
+        """
+        if runner.client is None or self.holdout is not None or self.config.beta != 2:
+            return None
+        if not dask.config.get("dnmf.placement", True):
+            return None
+        if not sp.issparse(getattr(self.X, "_meta", None)):
+            return None
+        n_blocks = self.X.numblocks[0]
+        workers = worker_addresses(runner.client)
+        self.owners = owners = tuple(row_owner(i, n_blocks, workers) for i in range(n_blocks))
+        sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
+        (columns,) = runner.persist(group_columns(self.X, sizes))
+        counts = np.asarray(runner.compute(column_counts(columns)))
+        widths = self.X.chunks[1]
+        self.whole = frozenset(
+            (g, j) for g, j in np.ndindex(*counts.shape) if counts[g, j] > engine_blocks.SUBSET_MAX_FRACTION * widths[j]
+        )
+        return columns
 
     def build(self, state, iteration):
         c = self.config
@@ -149,7 +189,9 @@ class NMFStep:
             inner_H=c.inner_H,
             inner_tol=c.inner_tol,
         )
-        W_new, Ht_new, HHt_new, scalars = blocked.step(self.X, W, Ht, HHt, params, holdout=self.holdout)
+        W_new, Ht_new, HHt_new, scalars = blocked.step(
+            self.X, W, Ht, HHt, params, holdout=self.holdout, columns=self.columns, owners=self.owners, whole=self.whole
+        )
         return (W_new, Ht_new, HHt_new), scalars
 
     def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:

@@ -56,6 +56,7 @@ from .models import (
     write_model,
     write_model_block,
 )
+from .placement import scatter_rows
 
 __all__ = [
     "IdMaps",
@@ -313,15 +314,17 @@ def blocks_array(
 ) -> da.Array:
     """A Dask array over in-memory blocks (``{block index: block}``).
 
-    With a distributed client the blocks are scattered first: embedding them
-    in the graph would ship the whole matrix inside it. Scattered keys get a
+    With a distributed client the blocks are scattered first (each worker
+    receiving a contiguous range of row blocks, see
+    :mod:`dnmf.storage.placement`): embedding them in the graph would ship the
+    whole matrix inside it. Scattered keys get a
     fresh name, so that they never collide with the released keys of an
     earlier scatter; without a client the name is ``prefix`` plus ``token``
     (deterministic) when one is given.
     """
     if client is not None:
         name = f"{prefix}-{uuid.uuid4().hex}"
-        graph = client.scatter({(name, *k): b for k, b in blocks.items()})
+        graph = scatter_rows(client, {(name, *k): b for k, b in blocks.items()})
     else:
         name = f"{prefix}-{token if token is not None else uuid.uuid4().hex}"
         graph = {(name, *k): b for k, b in blocks.items()}

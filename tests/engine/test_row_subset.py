@@ -80,3 +80,48 @@ def test_rank_selection_holdout_fits_are_bit_identical(monkeypatch):
     monkeypatch.setattr(blocks, "SUBSET_MAX_FRACTION", -1.0)
     b = dnmf.select_rank(X, [2, 3], **kw)
     assert a.scores.tobytes() == b.scores.tobytes()
+
+
+@st.composite
+def blocks_and_factors(draw):
+    r, n, k = draw(st.integers(1, 12)), draw(st.integers(1, 30)), draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = sp.random(r, n, density=draw(st.floats(0, 1)), random_state=rng, format="csr")
+    x.data *= 10.0 ** rng.integers(-6, 6, x.nnz)
+    ht = rng.exponential(1.0, (n, k)) * 10.0 ** rng.integers(-6, 6, (n, 1))
+    return x, ht
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=blocks_and_factors(), extra=st.integers(0, 30))
+def test_products_with_touched_factor_rows_are_bit_identical(case, extra):
+    """``x @ Ht`` from the rows of Ht that x touches (plus any others) equals ``x @ Ht`` to the bit."""
+    x, ht = case
+    rows = np.union1d(touched_rows(x), np.arange(min(extra, x.shape[1])))
+    part = blocks.take_rows(ht, rows)
+    assert isinstance(part, RowSubset) == (rows.size <= blocks.SUBSET_MAX_FRACTION * ht.shape[0])
+    x_restricted, values = blocks.restrict(x, part)
+    got = np.ascontiguousarray(x_restricted @ values)
+    assert got.tobytes() == np.ascontiguousarray(x @ ht).tobytes()
+
+
+def test_group_columns_are_the_union_of_each_groups_columns():
+    import dask.array as da
+
+    from dnmf.engine.graph import group_columns, group_of_rows
+
+    rng = np.random.default_rng(3)
+    X = sp.random(70, 50, density=0.03, random_state=rng, format="csr")
+    Xd = da.from_array(X, chunks=(10, 20), asarray=False)  # 7 x 3 blocks
+    sizes = (3, 1, 3)
+    columns = group_columns(Xd, sizes)
+    assert group_of_rows(columns) == [0, 0, 0, 1, 2, 2, 2]
+    starts = [0, 30, 40, 70]
+    for g in range(3):
+        for j, c0 in enumerate(range(0, 50, 20)):
+            band = X[starts[g] : starts[g + 1], c0 : c0 + 20]
+            expected = np.unique(band.indices)
+            got = columns.blocks[g, j].compute(scheduler="sync")
+            assert np.array_equal(got, expected), (g, j)
+    with pytest.raises(ValueError, match="add up to"):
+        group_columns(Xd, (3, 3))

@@ -1,0 +1,46 @@
+"""Where row blocks live on a cluster: each worker holds one contiguous range of row blocks.
+
+Every per-row-block task of a step reads its blocks of X and its block of W,
+and the first level of every fixed-order reduction over row blocks sums
+consecutive blocks (:func:`dnmf.engine.graph.tree_reduce`). With consecutive
+row blocks on the same worker, those sums run where their parts are, and a
+factor row that several row blocks of a worker need crosses the network once.
+The scheduler then keeps the placement on its own: each iteration's row task
+runs where its inputs are. Placement never changes results (the sums'
+order is fixed by the blocking), only the bytes moved.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+
+def worker_addresses(client: Any) -> list[str]:
+    """The client's current workers, sorted (a stable order for the ranges)."""
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def row_owner(i: int, n_blocks: int, workers: list[str]) -> str:
+    """The worker of row block ``i`` of ``n_blocks``: contiguous, near-equal ranges."""
+    return workers[i * len(workers) // max(n_blocks, 1)]
+
+
+def scatter_rows(client: Any, data: Mapping[tuple, Any]) -> dict:
+    """``client.scatter(data)`` with the blocks of each row range on its worker.
+
+    ``data`` maps keys ``(name, i, ...)`` to values; ``i`` is the row block.
+    Returns ``{key: Future}``.
+    """
+    workers = worker_addresses(client)
+    if not workers:
+        return client.scatter(dict(data))
+    n_blocks = 1 + max(key[1] for key in data)
+    groups: dict[str, dict] = defaultdict(dict)
+    for key, value in data.items():
+        groups[row_owner(key[1], n_blocks, workers)][key] = value
+    futures: dict = {}
+    for address, part in groups.items():
+        futures.update(client.scatter(part, workers=[address]))
+    return futures
