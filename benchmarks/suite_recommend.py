@@ -9,7 +9,8 @@ recommend: one seeded random 80/20 split of the ratings
 (``dnmf.train_test_split(method="random", test_size=0.2, random_state=0)``);
 at k = 20 and 64 (``--quick``: 20),
 
-- ``RatingsNMF(k)`` explicit (masked ALS, biases, ALS-WR) and Spark ALS
+- ``RatingsNMF(k)`` explicit (masked ALS, biases, ALS-WR; also with
+  ``solver="ccd"``) and Spark ALS
   ``nonnegative=True`` (regParam 0.1, 10 iterations): test RMSE, over the
   test ratings whose user and item have training ratings (Spark has no
   factors for the others);
@@ -150,6 +151,8 @@ def _models():
     return [
         ("dnmf", "RatingsNMF explicit (masked ALS, biases)", "explicit",
          lambda tr, k, c: libs.fit_dnmf(tr, k, feedback="explicit")),
+        ("dnmf", "RatingsNMF explicit, solver=\"ccd\" (coordinate descent)", "explicit",
+         lambda tr, k, c: libs.fit_dnmf(tr, k, feedback="explicit", solver="ccd")),
         ("Spark", f"ALS nonnegative, regParam 0.1, {SPARK_ITERS} its", "explicit",
          lambda tr, k, c: _spark_fit(c, tr, k, reg=0.1, iterations=SPARK_ITERS)),
         ("dnmf", "RatingsNMF implicit", "implicit",
