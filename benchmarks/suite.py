@@ -8,14 +8,19 @@ Sections (``--sections``, default all):
   grow linearly);
 - ``workers``: the same fit on 1 and 2 worker processes (and on threads);
 - ``recommend``: with ``--ratings PATH`` (a ratings CSV, e.g. MovieLens'
-  ratings.csv) and dnmf's ratings module: ingest, split, fit the masked
-  ``RatingsNMF`` and plain ``NMF``, RMSE / ranking metrics and fit times;
-- ``spark``: Spark ALS ``nonnegative=True`` on the same split, when
-  ``pyspark`` is importable (otherwise a line says it was skipped).
+  ratings.csv): dnmf's ``RatingsNMF`` (explicit and implicit) and ``NMF``,
+  ``implicit``'s ALS and Spark's ALS (``nonnegative=True``) side by side on
+  one seeded split, at k = 20 and 64, all scored by ``dnmf.evaluate``: RMSE,
+  P@10, NDCG@10, fit time and time per iteration (a library that is not
+  installed gives a row naming what to install: ``pip install 'dnmf[bench]'``);
+- ``rmse-cv``: with ``--ratings``, ``--folds`` (default 5) seeded folds:
+  test RMSE of ``RatingsNMF(20)``'s explicit defaults against Spark ALS
+  ``nonnegative=True`` with its best regParam on a validation split.
 
 Writes ``README.md`` (Markdown tables with the date, the machine and the
 command), ``suite.json`` and PNG plots under ``--out`` (default
-``bench-results/suite``). The whole suite takes under 15 minutes on 2 cores;
+``bench-results/suite``). The whole suite takes under 15 minutes on 2 cores (the
+ratings sections a few more on ml-latest-small);
 ``--quick`` about a minute.
 """
 
@@ -38,15 +43,17 @@ from benchmarks._common import (
     markdown_table,
     seconds,
 )
+from benchmarks.suite_recommend import recommend_summary_rows, render_recommend
 
-SECTIONS = ("engine", "nnz", "workers", "recommend", "spark")
+SECTIONS = ("engine", "nnz", "workers", "recommend", "rmse-cv")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--ratings", default=None, help="ratings CSV for the recommend and spark sections")
+    p.add_argument("--ratings", default=None, help="ratings CSV for the recommend and rmse-cv sections")
+    p.add_argument("--folds", type=int, default=5, help="folds of the rmse-cv section (at least 2)")
     p.add_argument("--user-col", default="userId")
     p.add_argument("--item-col", default="movieId")
     p.add_argument("--value-col", default="rating")
@@ -54,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join("bench-results", "suite"), help="output folder")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.folds < 2:
+        p.error(f"--folds must be at least 2; got {args.folds}")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
@@ -143,28 +152,23 @@ def summary_rows(res: dict) -> list[list[str]]:
             ]
         )
     rec = res.get("recommend")
-    if rec and "models" in rec:
-        for m in rec["models"]:
-            rows.append(
-                [
-                    "recommendation",
-                    f"{rec['dataset']}, {m['model']}",
-                    f"RMSE {m['rmse']:.4f}"
-                    if m.get("rmse") is not None
-                    else f"P@10 {m.get('precision', float('nan')):.4f}",
-                    f"fit {seconds(m['fit_s'])}",
-                    "",
-                ]
-            )
+    if rec and "rows" in rec:
+        rows += recommend_summary_rows(rec)
     elif rec:
         rows.append(["recommendation", rec.get("skipped", rec.get("error", "")), "", "", ""])
-    sp = res.get("spark")
-    if sp and "rmse" in sp:
+    cv = res.get("rmse-cv")
+    if cv and "rows" in cv:
         rows.append(
-            ["Spark ALS nonnegative", sp["setting"], f"RMSE {sp['rmse']:.4f}", f"fit {seconds(sp['fit_s'])}", ""]
+            [
+                f"{cv['folds']}-fold RMSE vs Spark ALS nonnegative",
+                f"k={cv['k']}, dnmf defaults, Spark regParam {cv['spark_reg']:g}",
+                f"{cv['dnmf_mean']:.4f}",
+                f"{cv['spark_mean']:.4f} (Spark)",
+                f"{cv['dnmf_mean'] / cv['spark_mean']:.3f}x",
+            ]
         )
-    elif sp:
-        rows.append(["Spark ALS nonnegative", sp.get("skipped", sp.get("error", "")), "", "", ""])
+    elif cv:
+        rows.append(["k-fold RMSE vs Spark", cv.get("skipped", cv.get("error", "")), "", "", ""])
     return rows
 
 
@@ -331,38 +335,7 @@ def render(res: dict) -> str:
     elif wk:
         lines += ["## Scaling with workers", "", f"failed: {wk.get('error')}", ""]
 
-    rec = res.get("recommend")
-    if rec:
-        lines += ["## Recommendation", ""]
-        if "models" in rec:
-            lines += [rec["description"], ""]
-            cols = ["model", "fit", "iterations", "RMSE", "MAE", "precision@10", "recall@10", "NDCG@10"]
-            keys = ["fit_s", "n_iter", "rmse", "mae", "precision", "recall", "ndcg"]
-            rows = []
-            for m in rec["models"]:
-                row = [m["model"]]
-                for key in keys:
-                    v = m.get(key)
-                    row.append(
-                        "–"
-                        if v is None
-                        else seconds(v)
-                        if key == "fit_s"
-                        else f"{v:,}"
-                        if isinstance(v, int)
-                        else f"{v:.4f}"
-                    )
-                rows.append(row)
-            lines += [markdown_table(cols, rows), ""]
-        else:
-            lines += [rec.get("skipped") or f"failed: {rec.get('error')}", ""]
-    sp = res.get("spark")
-    if sp:
-        lines += ["## Spark ALS (nonnegative=True)", ""]
-        if "rmse" in sp:
-            lines += [f"{sp['setting']}: test RMSE {sp['rmse']:.4f}, fit {seconds(sp['fit_s'])}", ""]
-        else:
-            lines += [sp.get("skipped") or f"failed: {sp.get('error')}", ""]
+    lines += render_recommend(res)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -429,14 +402,17 @@ def main(argv=None) -> int:
             res["plots"]["workers"] = suite_scaling.plot_workers(res["workers"], os.path.join(args.out, "workers.png"))
     X10 = None  # free the matrix before the ratings sections
 
-    if "recommend" in args.sections or "spark" in args.sections:
+    if "recommend" in args.sections or "rmse-cv" in args.sections:
         from benchmarks import suite_recommend
 
-        split = {}
-        if "recommend" in args.sections:
-            res["recommend"] = _section("recommend", lambda: suite_recommend.run_recommend(args, split))
-        if "spark" in args.sections:
-            res["spark"] = _section("spark", lambda: suite_recommend.run_spark(args, split))
+        shared: dict = {}  # the ratings matrix and one Spark session for both sections
+        try:
+            if "recommend" in args.sections:
+                res["recommend"] = _section("recommend", lambda: suite_recommend.run_recommend(args, shared))
+            if "rmse-cv" in args.sections:
+                res["rmse-cv"] = _section("rmse-cv", lambda: suite_recommend.run_rmse_cv(args, shared))
+        finally:
+            suite_recommend.stop(shared)
 
     res["wall_s"] = time.perf_counter() - t0
     res["loadavg_at_end"] = list(os.getloadavg())
