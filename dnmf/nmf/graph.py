@@ -27,6 +27,7 @@ O(n * k * row_blocks) for the partials plus O(k²) per task.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -286,15 +287,15 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
                     P[j] += kernels.xtdot(fills[j], W_new)
                     s[S_IMPUTED] += kernels.squared_norm(fills[j])
             # A sparse block's share of Xᵀ·W is zero outside its columns: ship only those rows.
-            out["P"] = [
+            out["P"] = tuple(
                 as_partial(P[j], touched_rows(*(b for b in (x, fills[j]) if b is not None)) if sp.issparse(x) else None)
                 for j, x in enumerate(x_blocks)
-            ]
+            )
         else:
             terms = [
                 kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)
             ]
-            out["P"] = terms
+            out["P"] = tuple(terms)
     return out
 
 
@@ -349,6 +350,7 @@ def step(
     columns: da.Array | None = None,
     owners: tuple[str, ...] | None = None,
     whole: frozenset = frozenset(),
+    local_levels: int | None = None,
 ):
     """Build the graph of one iteration.
 
@@ -372,6 +374,15 @@ def step(
         moved from ``n·k`` per worker to the touched rows. Same results to the
         bit. Ignored with a holdout or a beta-loss other than 2 (which need
         all of ``Ht``).
+    local_levels : int, optional
+        How many levels of the pairwise tree over row blocks sum a row
+        task's partials for all column blocks at once (one task per node);
+        the levels above sum each column block's separately (one task per
+        node and column block, so that the column tasks' sums spread over
+        the workers). Any value gives the same bits: the tree is the same.
+        None: all levels (fewest tasks: ``R + C`` rather than ``R·C``) when
+        ``owners`` is None, else the levels whose nodes lie within one
+        worker's range.
     whole : frozenset of (group, column block)
         With ``columns``: the blocks where a group touches so many rows that
         it takes ``Ht``'s block whole (no task to take rows from it).
@@ -449,12 +460,19 @@ def step(
     col_small_key = None
     if p.update_H:
         col_small = []
+        levels = _local_levels(owners, nI) if local_levels is None else local_levels
+        # Levels of the pairwise tree that sum whole tuples of partials (all column blocks)...
+        rows = [(f"{core}-P", i) for i in range(nI)]
+        for i in range(nI):
+            layer[rows[i]] = (pick, (f"{core}-A", i), "P")
+        remaining = -(-nI // 2**levels)
+        rows = tree_reduce(layer, f"{core}-Pall", rows, split_every=PARTIAL_FAN_IN, until=remaining)
         for j in range(nJ):
+            # ...then each column block's parts on their own, for the levels above.
             parts = []
-            for i in range(nI):
-                key = (f"{core}-P", i, j)
-                layer[key] = (pick, (f"{core}-A", i), "P", j)
-                parts.append(key)
+            for r, key in enumerate(rows):
+                layer[(f"{core}-Pj", r, j)] = (operator.getitem, key, j)
+                parts.append((f"{core}-Pj", r, j))
             parts = tree_reduce(layer, f"{core}-P{j}", parts, split_every=PARTIAL_FAN_IN)
             b = (f"{core}-B", j)
             layer[b] = (_col_task, ht_keys[j], (sum_list, parts), small_key, p)
@@ -483,28 +501,46 @@ def step(
     return W_new, Ht_new, HHt_new, scalars
 
 
+def _local_levels(owners: tuple[str, ...] | None, n_rows: int) -> int:
+    """Levels of the pairwise tree over ``n_rows`` row blocks whose every node lies within one owner's range."""
+    depth = math.ceil(math.log2(n_rows)) if n_rows > 1 else 0
+    if owners is None:
+        return depth
+    level = 0
+    while level < depth:
+        span = 2 ** (level + 1)  # row blocks under one node of this level
+        if any(len(set(owners[g : g + span])) > 1 for g in range(0, n_rows, span)):
+            break
+        level += 1
+    return level
+
+
 def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], nJ: int) -> dict:
     """``{key: worker}`` for the tasks of row block ``i`` (on ``owners[i]``) and what follows them locally."""
     if len(owners) != sum(1 for key in layer if key[0] == f"{core}-A"):
         raise ValueError(f"owners names {len(owners)} workers; expected one per row block.")
     where: dict = {}
     for i, owner in enumerate(owners):
-        where[(f"{core}-A", i)] = where[(f"{core}-As", i)] = owner
-        for j in range(nJ):
-            if (f"{core}-P", i, j) in layer:
-                where[(f"{core}-P", i, j)] = owner
+        where[(f"{core}-A", i)] = where[(f"{core}-As", i)] = where[(f"{core}-P", i)] = owner
     for out in outputs.values():
         for key, task in out.items():
             if task[1] in where:
                 where[key] = where[task[1]]
     # The touched rows of Ht (-Hs) are taken where Ht's block is (the scheduler's choice): only
     # they travel.
-    # A sum over partials stays where its parts are when they all are on one worker.
+    # A sum over partials, and a column block's part of one, stays where its parts are when they
+    # all are on one worker (the layer lists parents after their children).
     for key, task in layer.items():
-        if isinstance(key[0], str) and key[0].startswith(f"{core}-P") and "-L" in key[0]:
+        if not (isinstance(key[0], str) and key[0].startswith(f"{core}-P")):
+            continue
+        if "-L" in key[0]:
             children = {where.get(c) for c in task[1]}
-            if len(children) == 1 and None not in children:
-                where[key] = children.pop()
+        elif key[0] == f"{core}-Pj":
+            children = {where.get(task[1])}
+        else:
+            continue
+        if len(children) == 1 and None not in children:
+            where[key] = children.pop()
     return where
 
 

@@ -96,3 +96,26 @@ def test_mu_never_increases_objective(seed, beta, sparse):
     assert len(losses) == 25
     diffs = np.diff(losses)
     assert (diffs <= 1e-9 * max(losses)).all(), losses
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0])
+def test_partial_sums_give_the_same_bits_at_any_split_level(beta):
+    """The pairwise tree over row blocks sums whole tuples of partials for its lowest levels and
+    each column block's parts above: wherever that split is, the additions and the bits are the same."""
+    import dask.array as da
+
+    from dnmf.nmf import graph
+
+    rng = np.random.default_rng(5)
+    X = sp.random(70, 45, density=0.2, random_state=rng, format="csr")
+    Xd = da.from_array(X, chunks=(10, 15), asarray=False)  # 7 x 3 blocks: an odd tree
+    k = 3
+    W = da.from_array(rng.random((70, k)), chunks=(10, k))
+    Ht = da.from_array(rng.random((45, k)), chunks=(15, k))
+    HHt = da.from_array(np.asarray(Ht.T @ Ht), chunks=(k, k))
+    params = graph.StepParams(solver="mu", beta=beta)
+    results = []
+    for levels in range(4):
+        out = graph.step(Xd, W, Ht, HHt, params, local_levels=levels)
+        results.append([np.asarray(a.compute(scheduler="sync")).tobytes() for a in out])
+    assert all(r == results[0] for r in results[1:])
