@@ -23,6 +23,12 @@ from ..engine.blocks import aligned_inputs
 from . import graph as blocked
 
 PANEL_ROWS = 1 << 16
+#: Power iterations of the randomized SVD (scikit-learn's randomized_svd default).
+POWER_ITERATIONS = 4
+#: Stored entries from which an X counts as large for the initialisation (:func:`power_iterations`).
+LARGE_NNZ = 10_000_000
+#: Power iterations for a large X.
+LARGE_POWER_ITERATIONS = 1
 _TAGS = {"W": 1, "H": 2, "omega": 3, "fillW": 4, "fillH": 5}
 
 
@@ -76,23 +82,38 @@ def random_init(X: da.Array, k: int, mean: float, seed: int):
 # --------------------------------------------------------------------------
 
 
+def _gram_inverse_sqrt(G: np.ndarray) -> np.ndarray:
+    """M with ``M' G M`` the identity on G's numerical range (zero columns elsewhere)."""
+    evals, evecs = np.linalg.eigh(np.asarray(G, dtype=np.float64))
+    keep = evals > evals.max() * 1e-12 if evals.max() > 0 else np.zeros_like(evals, bool)
+    scale = np.zeros_like(evals)
+    scale[keep] = 1.0 / np.sqrt(evals[keep])
+    return evecs * scale
+
+
+def _dot_twice(block: np.ndarray, M1: np.ndarray, M2: np.ndarray) -> np.ndarray:
+    return np.dot(np.dot(block, M1), M2)
+
+
 def _orthonormalize(Y: da.Array, runner) -> da.Array:
-    """An orthonormal basis of Y's range from its (l, l) Gram (twice, for accuracy)."""
-    for _ in range(2):
-        G = np.asarray(runner.compute(blocked.gram(Y)), dtype=np.float64)
-        evals, evecs = np.linalg.eigh(G)
-        keep = evals > evals.max() * 1e-12 if evals.max() > 0 else np.zeros_like(evals, bool)
-        scale = np.zeros_like(evals)
-        scale[keep] = 1.0 / np.sqrt(evals[keep])
-        M = evecs * scale
-        (Y,) = runner.persist(Y.map_blocks(np.dot, M, dtype=np.float64))
-    return Y
+    """An orthonormal basis of Y's range from its (l, l) Gram (twice, for accuracy).
+
+    The second Gram is taken of ``Y M1`` computed block by block and not
+    kept, and the basis ``(Y M1) M2`` is computed in one task per block, so
+    only one (m, l) array is persisted besides Y (the same arithmetic, and
+    bits, as persisting ``Y M1`` first).
+    """
+    M1 = _gram_inverse_sqrt(runner.compute(blocked.gram(Y)))
+    M2 = _gram_inverse_sqrt(runner.compute(blocked.gram(Y.map_blocks(np.dot, M1, dtype=np.float64))))
+    (Q,) = runner.persist(Y.map_blocks(_dot_twice, M1, M2, dtype=np.float64))
+    return Q
 
 
 def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 10, n_iter: int = 4):
     """Leading ``k`` singular triplets of X: ``U`` (m, k), ``S`` (k,), ``V`` (n, k).
 
     ``U`` and ``V`` are Dask arrays chunked like X's rows and columns.
+    Reads X ``2 + 2 * n_iter`` times (``n_iter`` power iterations).
     """
     m, n = X.shape
     l = min(k + n_oversamples, m, n)  # noqa: E741 -- the sketch width, named as in Halko et al. and the comments
@@ -100,9 +121,12 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
     omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, np.float64, absolute=False)
     (Y,) = runner.persist(blocked.xdot(Xf, omega))
     Q = _orthonormalize(Y, runner)
+    del Y  # each (m, l) array is released as soon as the next one exists
     for _ in range(n_iter):
         Z = _orthonormalize(runner.persist(blocked.xtdot(Xf, Q))[0], runner)
+        del Q
         Q = _orthonormalize(runner.persist(blocked.xdot(Xf, Z))[0], runner)
+        del Z
     (Bt,) = runner.persist(blocked.xtdot(Xf, Q))  # (n, l) = (Q' X)'
     G = np.asarray(runner.compute(blocked.gram(Bt)))  # B B'
     evals, evecs = np.linalg.eigh(G)
@@ -135,15 +159,37 @@ def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=N
     return out
 
 
-def nndsvd_init(X: da.Array, k: int, variant: str, mean: float, seed: int, runner, eps: float = 1e-6, svd=None):
+def power_iterations(nnz: int) -> int:
+    """Power iterations of the NNDSVD's randomized SVD for an X with ``nnz`` stored entries.
+
+    ``POWER_ITERATIONS`` (4, scikit-learn's choice) up to ``LARGE_NNZ``
+    entries, ``LARGE_POWER_ITERATIONS`` above: each one reads X twice and
+    orthonormalizes two (m, l) and (n, l) sketches, so on a large X four of
+    them cost several NMF iterations, more than a less accurate start loses.
+    """
+    return POWER_ITERATIONS if nnz < LARGE_NNZ else LARGE_POWER_ITERATIONS
+
+
+def nndsvd_init(
+    X: da.Array,
+    k: int,
+    variant: str,
+    mean: float,
+    seed: int,
+    runner,
+    eps: float = 1e-6,
+    svd=None,
+    n_iter: int = 4,
+):
     """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise).
 
     ``svd``: optional ``(U, S, V)`` from ``randomized_svd`` with at least k
     components, reused (truncated) instead of a new SVD — e.g. across the
-    ranks tried by rank selection.
+    ranks tried by rank selection. ``n_iter``: power iterations of the
+    randomized SVD (see :func:`power_iterations`).
     """
     if svd is None:
-        U, S, V = randomized_svd(X, k, seed, runner)
+        U, S, V = randomized_svd(X, k, seed, runner, n_iter=n_iter)
     else:
         U, S, V = svd[0][:, :k], np.asarray(svd[1])[:k], svd[2][:, :k]
     U, V = runner.persist(U, V)

@@ -50,9 +50,9 @@ def regular(size: int, block: int) -> tuple[int, ...]:
 
 def default_cores() -> int:
     """Cores of the cluster ``dnmf fit`` starts when given no scheduler: this machine's."""
-    from dask.system import CPU_COUNT  # the count LocalCluster sizes itself by
+    import os
 
-    return max(1, int(CPU_COUNT))
+    return max(1, os.cpu_count() or 1)  # as the command line sizes its embedded worker
 
 
 def sparse_row_blocks(nnz: int, n_col_blocks: int, itemsize: int, cores: int | None = None) -> int:
@@ -153,3 +153,26 @@ def normalize_chunks(
 def is_regular(sizes: Sequence[int]) -> bool:
     """Whether all blocks but the last have the same size and the last is not larger."""
     return all(s == sizes[0] for s in sizes[:-1]) and sizes[-1] <= sizes[0]
+
+
+def refined_row_chunks(
+    row_chunks: Sequence[int], nnz: int, n_col_blocks: int, itemsize: int, threads: int
+) -> tuple[int, ...] | None:
+    """Finer row blocks for a sparse store fitted on ``threads`` threads, or None if it has enough.
+
+    The target count is :func:`sparse_row_blocks` for ``threads`` cores, the
+    rule ingestion follows; a store with fewer row blocks gets each block cut
+    into ``ceil(target / blocks)`` nearly equal parts (never below one row).
+    Only the stored blocks and ``threads`` decide the result, so the same
+    store fitted on a cluster of the same size is always blocked the same way.
+    """
+    target = sparse_row_blocks(nnz, n_col_blocks, itemsize, threads)
+    if len(row_chunks) >= target:
+        return None
+    parts = math.ceil(target / len(row_chunks))
+    out: list[int] = []
+    for size in row_chunks:
+        p = max(1, min(parts, size))
+        base, extra = divmod(size, p)
+        out.extend([base + 1] * extra + [base] * (p - extra))
+    return tuple(out)

@@ -100,7 +100,8 @@ def numeric_compressors(dtype: np.dtype, chunk_elements: int, codec: str | Codec
     assert spec.level is not None
     compressor: Any
     if chunk_elements * dtype.itemsize < _BLOSC_MAX_BYTES:
-        compressor = BloscCodec(cname=spec.name, clevel=spec.level, shuffle="shuffle", typesize=dtype.itemsize)
+        cname: Any = spec.name  # "zstd" or "lz4", both Blosc compressor names
+        compressor = BloscCodec(cname=cname, clevel=spec.level, shuffle="shuffle", typesize=dtype.itemsize)
     else:
         compressor = ZstdCodec(level=spec.level if spec.name == "zstd" else ZSTD_LEVEL)
     return (compressor, Crc32cCodec())
