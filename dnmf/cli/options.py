@@ -298,7 +298,7 @@ ingest_options = _stack(
         "--rows-per-block",
         type=click.IntRange(min=1),
         default=None,
-        help="Rows per block of the store (default: blocks of about 64 MiB).",
+        help="Rows per block of the store (default: blocks of at most about 64 MiB, at least 4 per core of this machine).",
     ),
     click.option(
         "--dtype",
