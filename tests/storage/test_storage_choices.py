@@ -20,6 +20,7 @@ from dnmf.storage.chunking import (
     ROW_BLOCKS_PER_CORE,
     TARGET_BLOCK_BYTES,
     auto_chunks,
+    default_cores,
     refined_row_chunks,
     sparse_row_blocks,
 )
@@ -216,3 +217,19 @@ def test_reblock_rows_rejects_straddling_blocks(tmp_path):
     store = dnmf.write_matrix(X, str(tmp_path / "s.zarr"), chunks=(10, -1))
     with pytest.raises(ValueError, match=r"must split each of X's row blocks \(10, 10\)"):
         reblock_rows(store.data, (5, 10, 5))
+
+
+def test_fit_of_a_store_with_too_few_blocks_reblocks_it(tmp_path):
+    """The estimator's own path: a one-block store is sliced for this machine's threads, with the bits of a finer store."""
+    n = 4 * MIN_BLOCK_NNZ + 1000
+    rng = np.random.default_rng(1)
+    keys = np.sort(rng.choice(3000 * 500, size=n, replace=False))
+    X = sp.csr_matrix((rng.random(n).astype(np.float32), (keys // 500, keys % 500)), shape=(3000, 500))
+    coarse = dnmf.write_matrix(X, str(tmp_path / "coarse.zarr"), chunks=(3000, -1))
+    chunks = refined_row_chunks(coarse.chunks[0], n, 1, 4, threads=default_cores())
+    assert chunks is not None and len(chunks) >= 4
+    fine = dnmf.write_matrix(X, str(tmp_path / "fine.zarr"), chunks=(chunks, (500,)))
+    with dask.config.set(scheduler="threads"):
+        got = dnmf.NMF(3, init="random", max_iter=3, random_state=0).fit(coarse.path)
+        want = dnmf.NMF(3, init="random", max_iter=3, random_state=0).fit(fine.path)
+    assert _digest(got) == _digest(want)
