@@ -250,6 +250,18 @@ def cluster_from(kwargs: dict[str, Any]):
 
 # ---------------------------------------------------------------- ingestion
 
+
+def _codec(ctx, param, value):
+    if value is None:
+        return None
+    from ..storage.codecs import parse_codec
+
+    try:
+        return str(parse_codec(value, "--codec"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 ingest_options = _stack(
     click.option(
         "--format",
@@ -286,13 +298,25 @@ ingest_options = _stack(
         "--rows-per-block",
         type=click.IntRange(min=1),
         default=None,
-        help="Rows per block of the store (default: blocks of about 64 MiB).",
+        help="Rows per block of the store (default: blocks of at most about 64 MiB, at least 4 per core of this machine).",
     ),
     click.option(
         "--dtype",
         type=click.Choice(["float32", "float64"]),
         default=None,
         help="Value type of the store (default: float32 for ratings tables, the file's for matrices).",
+    ),
+    click.option(
+        "--codec",
+        callback=_codec,
+        default=None,
+        help="Sparse stores: compression of the blocks, zstd[:LEVEL] (default zstd:3), lz4[:LEVEL] or none.",
+    ),
+    click.option(
+        "--index-dtype",
+        type=click.Choice(["auto", "int32", "int64"]),
+        default=None,
+        help="Sparse stores: width of stored row pointers and column indices (default auto: 32-bit unless too small).",
     ),
 )
 
@@ -306,6 +330,8 @@ INGEST_KEYS = (
     "on_invalid",
     "rows_per_block",
     "dtype",
+    "codec",
+    "index_dtype",
 )
 
 
@@ -324,6 +350,10 @@ def ingest_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         out["chunks"] = v["rows_per_block"]
     if v["dtype"] is not None:
         out["dtype"] = v["dtype"]
+    if v["codec"] is not None:
+        out["codec"] = v["codec"]
+    if v["index_dtype"] is not None:
+        out["index_dtype"] = v["index_dtype"]
     if v["sep"] is not None:
         out["read_options"] = {"sep": v["sep"]}
     return out

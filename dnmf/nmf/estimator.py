@@ -21,6 +21,9 @@ from ..engine import checkpoint as checkpoint_mod
 from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
 from ..storage import checkpoints as checkpoint_store
+from ..storage.chunking import default_cores
+from ..storage.matrix import read_matrix_info
+from ..storage.reblock import reblock_for
 from . import init, kernels
 from . import stats as stats_mod
 from . import step as nmf_step
@@ -53,7 +56,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         ``init="custom"``, else n_features.
     init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         None means "nndsvda" when ``k <= min(n_samples, n_features)``, else
-        "random". The NNDSVD variants use a distributed randomized SVD.
+        "random". The NNDSVD variants use a distributed randomized SVD with
+        4 power iterations (10 passes over X), or, when X has
+        ``dnmf.nmf.init.LARGE_NNZ`` (10 million) stored entries or more,
+        none (2 passes) with sketches in X's float type, so that the
+        initialisation of a large X costs a few iterations, not ten or more,
+        and no more memory than the factors.
     solver : {"cd", "mu", "anls-bpp"}, default="cd"
         "cd": HALS / coordinate descent (scikit-learn's ``solver="cd"``);
         "anls-bpp": alternating non-negative least squares, each half-step
@@ -387,6 +395,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                     f"expecting {self.n_features_in_} features as input."
                 )
             _check_not_empty(Xd.shape)
+            if source.store is not None and sp.issparse(Xd._meta):
+                # Too few stored row blocks for this cluster: slice them (same bits as a finer store).
+                info = read_matrix_info(source.store, self.storage_options, warn=False)
+                Xd = reblock_for(Xd, int(info.nnz or 0), _cluster_threads(client))
             if not _from_storage(Xd):
                 (Xd,) = runner.persist(Xd)
                 source = X
@@ -640,8 +652,23 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         if method == "random":
             W0, Ht0 = init.random_init(X, k, stats.mean, seed)
         else:
-            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner)
+            n_iter = init.power_iterations(stats.nnz)
+            dtype = init.sketch_dtype(stats.nnz, X.dtype)
+            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner, n_iter=n_iter, dtype=dtype)
+            # Persisted here, the SVD's float64 U and V (on which they are built) are released
+            # now instead of being held, through the callers' references, for the whole fit.
+            W0, Ht0 = runner.persist(W0, Ht0)
         return W0, Ht0, k
+
+
+def _cluster_threads(client) -> int:
+    """Threads that will run the fit: the Client's workers', else this machine's cores."""
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # a client that cannot say: the store's own blocking stands
+            return 1
+    return default_cores()
 
 
 def _fingerprint(X, stats) -> dict:

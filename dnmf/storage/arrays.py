@@ -578,6 +578,9 @@ def ingest(
     read_options: Mapping[str, Any] | None = None,
     batch_records: int = 1_000_000,
     storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
+    index_dtype: Literal["auto", "int32", "int64"] = "auto",
+    cores: int | None = None,
 ) -> MatrixStore:
     """Build a matrix store from a ratings table or a matrix file, out of core.
 
@@ -623,7 +626,11 @@ def ingest(
         before anything is written, "drop" skips them (zeroes them for
         dense inputs) and logs a warning with the counts.
     chunks : None, int, (int, int) or (tuple, tuple)
-        Blocks of the store; None chooses about 64 MiB per block.
+        Blocks of the store. None (sparse stores): row blocks of at most
+        about 64 MiB, and at least 4 per core of ``cores`` as long as each
+        holds at least 2**18 entries per column block
+        (:func:`dnmf.storage.chunking.sparse_row_blocks`); columns in blocks
+        of up to 131072.
     dtype : numpy dtype, optional
         Value type; default float32 for tables (ratings and counts are
         exact), float64 for mtx, the file's float type for npz/npy.
@@ -639,6 +646,18 @@ def ingest(
         Records read per batch.
     storage_options : dict, optional
         fsspec options for an ``output`` URL.
+    codec : str, optional
+        Sparse stores: compression of the blocks, ``"zstd[:LEVEL]"``
+        (default ``"zstd:3"``, Blosc-Zstandard with byte shuffling),
+        ``"lz4[:LEVEL]"`` or ``"none"``. Readers need no option. The
+        README's storage table measures them.
+    index_dtype : {"auto", "int32", "int64"}
+        Sparse stores: width of the stored row pointers and column indices;
+        "auto" is 32-bit unless a block needs 64.
+    cores : int, optional
+        Cores of the cluster that will fit the store, for the default
+        blocking (``chunks=None``); default this machine's, which is what
+        ``dnmf fit`` uses when given no scheduler.
 
     Returns
     -------
@@ -667,6 +686,9 @@ def ingest(
         read_options=read_options,
         batch_records=batch_records,
         storage_options=storage_options,
+        codec=codec,
+        index_dtype=index_dtype,
+        cores=cores,
     )
     return open_matrix(info.path, storage_options=storage_options)
 

@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from . import locations
-from .chunking import ChunksLike, is_regular, normalize_chunks
+from .chunking import ChunksLike, default_cores, is_regular, normalize_chunks, sparse_row_blocks
+from .codecs import DEFAULT_CODEC, check_index_dtype, parse_codec
 from .dense import write_dense_block
 from .ids import write_ids
 from .layout import DENSE_ARRAY, MatrixInfo
@@ -60,6 +61,14 @@ _REASONS = (
     "negative value",
     "value too large for the store's dtype",
 )
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """How sparse blocks are written: codec spec and index width (see :mod:`dnmf.storage.codecs`)."""
+
+    codec: str = DEFAULT_CODEC
+    index_dtype: str = "auto"
 
 
 @dataclass
@@ -182,6 +191,9 @@ def ingest(
     read_options: Mapping[str, Any] | None = None,
     batch_records: int = 1_000_000,
     storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
+    index_dtype: str = "auto",
+    cores: int | None = None,
 ) -> MatrixInfo:
     """Turn a ratings table or matrix file into a matrix store, out of core.
 
@@ -199,11 +211,19 @@ def ingest(
         raise FileNotFoundError(f"No input at {input!r}. Check the path.")
     locations.check_disjoint([("output", out)], [("input", input)])
     check_output(out, overwrite=overwrite, storage_options=storage_options)
+    fmt_opts = BlockFormat(codec=str(parse_codec(codec)), index_dtype=check_index_dtype(index_dtype))
+    cores = default_cores() if cores is None else cores
+    sparse_row_blocks(1, 1, 4, cores)  # checks cores before any work
     opts = dict(read_options or {})
     if fmt == "csv" and "sep" not in opts and input.lower().removesuffix(".gz").endswith(".tsv"):
         opts["sep"] = "\t"
     common: dict[str, Any] = dict(
-        chunks=chunks, overwrite=overwrite, storage_options=storage_options, on_invalid=on_invalid
+        chunks=chunks,
+        overwrite=overwrite,
+        storage_options=storage_options,
+        on_invalid=on_invalid,
+        block_format=fmt_opts,
+        cores=cores,
     )
     if fmt in ("npz", "npy") or (fmt == "mtx" and read_mtx_header(input).layout == "array"):
         return _ingest_matrix_file(input, out, fmt, dtype=dtype, **common)
@@ -262,8 +282,15 @@ def ingest_source(
     overwrite: bool = False,
     tmp_dir: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    block_format: BlockFormat | None = None,
+    cores: int | None = None,
 ) -> MatrixInfo:
-    """Run phases A-D (see the module docstring) for one coordinate source."""
+    """Run phases A-D (see the module docstring) for one coordinate source.
+
+    ``cores``: with ``chunks`` None, the cores of the cluster expected to fit
+    the store (:func:`~dnmf.storage.chunking.sparse_row_blocks`).
+    """
+    block_format = BlockFormat() if block_format is None else block_format
     t0 = time.perf_counter()
     work = tempfile.mkdtemp(prefix="dnmf-ingest-", dir=tmp_dir)
     try:
@@ -321,7 +348,7 @@ def ingest_source(
             shape = source.shape  # type: ignore[assignment]
             row_ids = col_ids = row_pos = col_pos = None
             row_kind = col_kind = None
-        row_chunks, col_chunks = normalize_chunks(chunks, shape, dtype, nnz=n_kept)
+        row_chunks, col_chunks = normalize_chunks(chunks, shape, dtype, nnz=n_kept, cores=cores)
         # Phase C: scatter to row blocks.
         block_files = _scatter(spill, n_kept, row_chunks, row_pos, col_pos, work)
         os.remove(spill)
@@ -342,7 +369,7 @@ def ingest_source(
         with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
             nnz = []
             for i, path in enumerate(block_files):
-                nnz.append(_build_row_block(path, i, info, duplicates, storage_options))
+                nnz.append(_build_row_block(path, i, info, duplicates, storage_options, block_format))
                 os.remove(path)
             if row_ids is not None:
                 write_ids(info.path, "rows", row_ids, storage_options)
@@ -357,6 +384,8 @@ def ingest_source(
                 "duplicates": duplicates,
                 "duplicates_merged": n_kept - total,
                 "id_order": "sorted" if source.keyed else "positions",
+                "codec": block_format.codec,
+                "index_dtype": block_format.index_dtype,
             }
             info = replace(info, nnz_per_block=tuple(map(tuple, nnz)), provenance=provenance)
             commit_matrix_store(info, storage_options)
@@ -412,7 +441,9 @@ def _scatter(
     return paths
 
 
-def _build_row_block(path: str, i: int, info: MatrixInfo, duplicates: str, storage_options) -> list[int]:
+def _build_row_block(
+    path: str, i: int, info: MatrixInfo, duplicates: str, storage_options, block_format: BlockFormat
+) -> list[int]:
     """Phase D for row block ``i``: merge duplicates, write its blocks; return their nnz."""
     rec = np.fromfile(path, dtype=RECORD)
     r0 = sum(info.row_chunks[:i])
@@ -443,6 +474,8 @@ def _build_row_block(path: str, i: int, info: MatrixInfo, duplicates: str, stora
                 shape=(n_rows, width),
                 dtype=info.dtype,
                 storage_options=storage_options,
+                codec=block_format.codec,
+                index_dtype=block_format.index_dtype,
             )
         )
         c0 += width
@@ -485,6 +518,8 @@ def _ingest_matrix_file(
     on_invalid: str,
     overwrite: bool,
     storage_options: Mapping[str, Any] | None,
+    block_format: BlockFormat,
+    cores: int,
 ) -> MatrixInfo:
     """.npz (SciPy sparse, in memory), .npy (memory-mapped) and dense .mtx files."""
     if fmt == "npz":
@@ -519,6 +554,8 @@ def _ingest_matrix_file(
             on_invalid,
             overwrite,
             storage_options,
+            block_format,
+            cores,
         )
     return _ingest_dense(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options)
 
@@ -544,7 +581,7 @@ def _report(input, invalid_total, size, first, counts, on_invalid) -> None:
     logger.warning("%s Dropped them (on_invalid='drop').", message)
 
 
-def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options):
+def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, storage_options, block_format, cores):
     X.sum_duplicates()
     nonfinite = ~np.isfinite(X.data)
     negative = X.data < 0
@@ -559,7 +596,7 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
         coo = X.tocoo()
         keep = ~bad
         X = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=X.shape, dtype=X.dtype)
-    row_chunks, col_chunks = normalize_chunks(chunks, X.shape, dtype, nnz=X.nnz)
+    row_chunks, col_chunks = normalize_chunks(chunks, X.shape, dtype, nnz=X.nnz, cores=cores)
     info = MatrixInfo(
         path=output,
         kind="sparse",
@@ -587,6 +624,8 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
                         shape=(h, w),
                         dtype=dtype,
                         storage_options=storage_options,
+                        codec=block_format.codec,
+                        index_dtype=block_format.index_dtype,
                     )
                 )
                 c0 += w
@@ -599,6 +638,8 @@ def _ingest_csr(input, X, output, fmt, dtype, chunks, on_invalid, overwrite, sto
                 "source": os.path.basename(input),
                 "source_format": fmt,
                 "entries_dropped": int(bad.sum()),
+                "codec": block_format.codec,
+                "index_dtype": block_format.index_dtype,
             },
         )
         commit_matrix_store(info, storage_options)

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from . import locations
-from .codecs import ARRAY_CONFIG, numeric_compressors, string_compressors
+from .codecs import ARRAY_CONFIG, Codec, numeric_compressors, string_compressors
 from .errors import StoreError
 
 _NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
@@ -113,11 +113,13 @@ def write_1d(
     values: np.ndarray,
     storage_options: Mapping[str, Any] | None,
     chunk: int | None = None,
+    codec: str | Codec | None = None,
 ) -> None:
     """Create (or replace) the 1-D array ``name`` in ``root`` holding ``values``.
 
     One chunk by default: a block's arrays are read whole, and a single
-    compressed chunk wastes no space whatever its length.
+    compressed chunk wastes no space whatever its length. ``codec``: see
+    :func:`~dnmf.storage.codecs.parse_codec` (numeric arrays only).
     """
     n = len(values)
     chunk = max(1, n if chunk is None else min(chunk, n))
@@ -126,7 +128,7 @@ def write_1d(
         compressors = string_compressors()
     else:
         dtype = values.dtype
-        compressors = numeric_compressors(values.dtype, chunk)
+        compressors = numeric_compressors(values.dtype, chunk, codec)
     arr = zarr.create_array(
         store=root,
         name=name,

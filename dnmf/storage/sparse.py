@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import locations, nodes
+from .codecs import Codec, check_index_dtype, parse_codec
 from .errors import StoreError
 from .layout import block_path
 
@@ -45,9 +46,17 @@ def to_csr(block: Any, dtype: np.dtype | None = None) -> sp.csr_matrix:
     return csr
 
 
-def _index_dtype(n_cols: int, nnz: int) -> np.dtype:
+def _index_dtype(n_cols: int, nnz: int, index_dtype: str = "auto") -> np.dtype:
     # 32-bit indices halve the index bytes; 64-bit only when values need it.
-    return np.dtype(np.int32 if max(n_cols, nnz) <= _INT32_MAX else np.int64)
+    fits32 = max(n_cols, nnz) <= _INT32_MAX
+    if index_dtype == "int64":
+        return np.dtype(np.int64)
+    if index_dtype == "int32" and not fits32:
+        raise ValueError(
+            f"index_dtype='int32' cannot hold a block of {n_cols} columns and {nnz} entries "
+            "(more than 2**31 - 1). Pass index_dtype='auto' or 'int64', or smaller blocks."
+        )
+    return np.dtype(np.int32 if fits32 else np.int64)
 
 
 def write_sparse_block(
@@ -59,6 +68,8 @@ def write_sparse_block(
     shape: tuple[int, int],
     dtype: np.dtype,
     storage_options: Mapping[str, Any] | None = None,
+    codec: str | Codec | None = None,
+    index_dtype: str = "auto",
 ) -> int:
     """Write block (i, j) of the sparse store at ``path``; return its nnz.
 
@@ -78,18 +89,26 @@ def write_sparse_block(
         The store's value type; ``block`` is cast to it.
     storage_options : dict, optional
         fsspec options for URLs.
+    codec : str, optional
+        Compression of the three arrays (:func:`~dnmf.storage.codecs.parse_codec`;
+        default ``"zstd:3"``). Readers need not know it.
+    index_dtype : {"auto", "int32", "int64"}
+        Width of ``indptr`` and ``indices``: "auto" is 32-bit unless the
+        block has 2**31 or more columns or entries.
     """
+    check_index_dtype(index_dtype)
+    codec = parse_codec(codec)
     csr = to_csr(block, np.dtype(dtype))
     if csr.shape != tuple(shape):
         raise ValueError(
             f"block ({i}, {j}) must have shape {tuple(shape)} to match the chunks; got "
             f"{csr.shape}. Rechunk X so its blocks match the chunks passed to write_matrix."
         )
-    idx = _index_dtype(csr.shape[1], csr.nnz)
+    idx = _index_dtype(csr.shape[1], csr.nnz, index_dtype)
     base = block_path(i, j)
-    nodes.write_1d(path, f"{base}/indptr", csr.indptr.astype(idx, copy=False), storage_options)
-    nodes.write_1d(path, f"{base}/indices", csr.indices.astype(idx, copy=False), storage_options)
-    nodes.write_1d(path, f"{base}/data", np.ascontiguousarray(csr.data), storage_options)
+    nodes.write_1d(path, f"{base}/indptr", csr.indptr.astype(idx, copy=False), storage_options, codec=codec)
+    nodes.write_1d(path, f"{base}/indices", csr.indices.astype(idx, copy=False), storage_options, codec=codec)
+    nodes.write_1d(path, f"{base}/data", np.ascontiguousarray(csr.data), storage_options, codec=codec)
     return int(csr.nnz)
 
 

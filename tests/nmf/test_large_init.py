@@ -1,0 +1,37 @@
+"""The initialisation of large inputs: fewer power iterations, same answer up to the sketch's accuracy."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from dnmf.base import inputs
+from dnmf.engine.runner import Runner
+from dnmf.nmf import init
+
+
+def test_power_iterations_and_sketch_type_switch_at_large_nnz():
+    assert init.power_iterations(init.LARGE_NNZ - 1) == init.POWER_ITERATIONS == 4
+    assert init.power_iterations(init.LARGE_NNZ) == init.LARGE_POWER_ITERATIONS == 0
+    assert init.sketch_dtype(init.LARGE_NNZ - 1, np.float32) == np.float64
+    assert init.sketch_dtype(init.LARGE_NNZ, np.float32) == np.float32
+    assert init.sketch_dtype(init.LARGE_NNZ, np.float64) == np.float64
+
+
+@pytest.mark.parametrize(("n_iter", "dtype"), [(0, np.float64), (1, np.float64), (4, np.float64), (1, np.float32)])
+def test_randomized_svd_matches_numpy(n_iter, dtype):
+    """On a matrix of rank 5 plus a little noise every sketch finds the leading values (NumPy's SVD as reference)."""
+    rng = np.random.default_rng(0)
+    dense = rng.random((400, 5)) @ rng.random((5, 120)) + 0.01 * rng.random((400, 120))
+    X = inputs.from_memory(sp.csr_matrix(dense), chunks=100)
+    with dask.config.set(scheduler="sync"):
+        U, S, V = init.randomized_svd(X, 5, 0, Runner(None), n_iter=n_iter, dtype=dtype)
+        U, V = np.asarray(U.compute()), np.asarray(V.compute())
+    assert U.dtype == V.dtype == dtype
+    ref = np.linalg.svd(dense, compute_uv=False)[:5]
+    np.testing.assert_allclose(S, ref, rtol=1e-3)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(U.T.astype(np.float64) @ U, np.eye(5), atol=tol)  # orthonormal
+    np.testing.assert_allclose((U * S) @ V.T, dense, atol=0.05 * np.abs(dense).max())
