@@ -144,6 +144,46 @@ def test_masked_loss_never_increases_and_ignores_held_out_values(solver):
     np.testing.assert_array_equal(H2, H)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_heldout_error_from_truth_matches_naive(sparse):
+    """The per-iterate error (X's held-out values picked once) = the naive sums over the mask."""
+    from dnmf.nmf import graph as blocked
+
+    rng = np.random.default_rng(5)
+    X = rng.random((23, 17)) * (rng.random((23, 17)) < (0.4 if sparse else 1.0))
+    Xin = sp.csr_matrix(X) if sparse else X
+    Xd = from_memory(Xin, (8, 9))
+    mask, _ = rank.holdout_split(Xd, 0.2, seed=3)
+    W, Ht = rng.random((23, 4)), rng.random((17, 4))
+    Wd, Htd = from_memory(W, ((8, 8, 7), (4,))), from_memory(Ht, ((9, 8), (4,)))
+    truth = rank.heldout_truth(Xd, mask)
+    got = rank.heldout_error(truth, Wd, Htd).compute()
+    held = mask.compute().toarray() > 0
+    resid = (X - W @ Ht.T)[held]
+    np.testing.assert_allclose(got, [resid @ resid, X[held] @ X[held], held.sum()], rtol=1e-12)
+    # The same numbers as the error select_rank scored fits with before (bit for bit).
+    np.testing.assert_array_equal(got, blocked.holdout_error(Xd, mask, Wd, Htd).compute())
+
+
+def test_early_stopping_scores_the_lowest_heldout_error_of_the_fit():
+    """A fit stopped on its held-out error scores min over iterates t of the error of the
+    same fit run for exactly t iterations, and stops at the first t that improves it by less
+    than early_stopping (or raises it)."""
+    X = planted(1, m=40, n=30, k=3)
+    kw = dict(ks=[2], n_repeats=1, random_state=2, solver="cd", holdout=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        es = dnmf.select_rank(X, early_stopping=1e-2, tol=0, max_iter=100, **kw)
+        stop = int(es.n_iter[0, 0])
+        trace = [
+            dnmf.select_rank(X, early_stopping=None, tol=0, max_iter=t, **kw).scores[0, 0] for t in range(1, stop + 1)
+        ]
+    assert 1 < stop < 100
+    assert es.scores[0, 0] == min(trace)
+    assert all(b <= (1 - 1e-2) * a for a, b in itertools.pairwise(trace[:-1]))
+    assert trace[-1] > (1 - 1e-2) * trace[-2]
+
+
 def test_mask_must_match_blocking():
     from dnmf.nmf import graph as blocked
 
@@ -270,6 +310,8 @@ def test_select_rank_errors():
         dnmf.select_rank(X, [2], holdout=0.9)
     with pytest.raises(ValueError, match="solver must be"):
         dnmf.select_rank(X, [2], solver="lbfgs")
+    with pytest.raises(ValueError, match=r"early_stopping must be a fraction in \[0, 1\) or None"):
+        dnmf.select_rank(X, [2], early_stopping=1.5)
     with pytest.raises(ValueError, match="Negative values"):
         dnmf.select_rank(-X, [2])
 
