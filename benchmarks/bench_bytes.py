@@ -114,7 +114,9 @@ def step_tasks(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers
     Ht = da.ones((X.shape[1], k), chunks=(col_chunk, k))
     HHt = da.ones((k, k), chunks=(k, k))
     columns = group_columns(Xd, worker_ranges(Xd.numblocks[0], workers)) if subsets else None
-    out = graph.step(Xd, W, Ht, HHt, graph.StepParams(solver="cd"), columns=columns)
+    R = Xd.numblocks[0]
+    owners = tuple(f"worker-{i * workers // R}" for i in range(R)) if workers > 1 else None
+    out = graph.step(Xd, W, Ht, HHt, graph.StepParams(solver="cd"), columns=columns, owners=owners)
     core = [name for name in out[0].__dask_graph__().layers if name.startswith("dnmf-step-")]
     return sum(len(out[0].__dask_graph__().layers[name]) for name in core)
 
