@@ -32,7 +32,7 @@ from ..base.estimator import current_client
 from ..base.seeds import seed_from
 from .evaluation import RANKING_METRICS, RATING_METRICS, evaluate, train_test_split
 
-__all__ = ["TuneResult", "parse_metric", "tune"]
+__all__ = ["TuneResult", "parse_metric", "tune", "validation_split"]
 
 #: Metrics where lower is better.
 LOWER_IS_BETTER = RATING_METRICS
@@ -134,8 +134,27 @@ def _candidates(estimator: Any, param_grid: Any) -> list[dict]:
     return points
 
 
+def validation_split(X: Any, validation_size: float = 0.2, random_state: Any = 0) -> tuple[Any, Any]:
+    """The (fit, validation) split :func:`tune` carves from X for a given ``random_state``.
+
+    ``dnmf.train_test_split(method="random")`` with a seed *derived* from
+    ``random_state``: a split decides each entry from the seed and its
+    (user, item) alone, so splitting a training set again with the seed
+    that made it would hold out nothing (every entry that seed sends to
+    test is already gone). Use it to score other libraries on the same
+    validation entries as :func:`tune`.
+    """
+    seed = int(np.random.SeedSequence([seed_from(random_state), 0x7475_6E65]).generate_state(1, np.uint64)[0] >> 1)
+    return train_test_split(X, method="random", test_size=validation_size, random_state=seed)
+
+
 def _prepare_split(X: Any, validation_size: float, seed: int, client: Any) -> tuple[Any, Any]:
-    train, valid = train_test_split(X, method="random", test_size=validation_size, random_state=seed)
+    train, valid = validation_split(X, validation_size, seed)
+    if not isinstance(valid, da.Array) and valid.nnz == 0:
+        raise ValueError(
+            f"The validation split of X holds no entries (X has {train.nnz} stored entries); "
+            "pass more data or a larger validation_size."
+        )
     if isinstance(train, da.Array) and client is not None:
         # Every candidate reads the split: keep it in the cluster's memory once.
         train, valid = client.persist([train, valid])
@@ -155,6 +174,11 @@ def tune(
     client: Any = None,
 ) -> TuneResult:
     """Choose parameters of a recommender by their score on a seeded validation split.
+
+    The split is :func:`validation_split` (the same ``random_state`` gives
+    the same split; its seed is derived from ``random_state``, so a training
+    set made by ``train_test_split(random_state=s)`` still splits with
+    ``random_state=s``).
 
     Parameters
     ----------
@@ -251,6 +275,11 @@ def tune(
 
     greater = name not in LOWER_IS_BETTER
     scores = np.array([o[0] for o in outcomes])
+    if np.isnan(scores).all():
+        raise ValueError(
+            f"No candidate could be scored by {metric!r} on the validation split (no validation user "
+            "with a relevant entry); pass more data or a larger validation_size."
+        )
     # NaN (e.g. no validation user) never wins; stable order keeps the first of equal scores.
     keyed = np.where(np.isnan(scores), -np.inf, scores if greater else -scores)
     order = np.argsort(-keyed, kind="stable")

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import dnmf
-from dnmf.recommend.tuning import parse_metric
+from dnmf.recommend.tuning import parse_metric, validation_split
 
 
 def planted_clicks(m=160, n=120, k=4, seed=0):
@@ -58,13 +58,25 @@ def test_score_is_evaluate_on_the_seeded_split(X):
     result = quiet_tune(
         implicit(), X, {"alpha": [0.1, 1.0]}, metric="precision@5", validation_size=0.25, random_state=7
     )
-    train, valid = dnmf.train_test_split(X, method="random", test_size=0.25, random_state=7)
+    train, valid = validation_split(X, 0.25, random_state=7)
     for row in result.results_.itertuples():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = implicit(alpha=row.param_alpha).fit(train)
         expected = dnmf.evaluate(model, valid, train=train, k=5, metrics=["precision"])["precision"]
         assert row.score == expected
+
+
+def test_a_training_set_splits_again_with_the_seed_that_made_it(X):
+    # train_test_split decides each entry from the seed and its (user, item): splitting train again
+    # with the same seed would hold out nothing; the validation split derives its own seed.
+    train, _ = dnmf.train_test_split(X, test_size=0.2, random_state=0)
+    assert dnmf.train_test_split(train, test_size=0.2, random_state=0)[1].nnz == 0
+    fit_part, valid = validation_split(train, 0.2, random_state=0)
+    assert 0.1 * train.nnz < valid.nnz < 0.3 * train.nnz
+    assert (fit_part + valid != train).nnz == 0 and fit_part.multiply(valid).nnz == 0
+    result = quiet_tune(implicit(), train, {"alpha": [0.3]}, random_state=0, refit=False)
+    assert np.isfinite(result.best_score_)
 
 
 def test_seeded_calls_agree_and_the_seed_reaches_unseeded_estimators(X):
@@ -123,13 +135,14 @@ def test_plain_nmf_is_tuned_the_same_way(X):
         ({"metric": "rmse@5"}, "rmse has no cutoff"),
         ({"validation_size": 1.5}, r"validation_size must be a fraction in \(0, 1\)"),
         ({"n_jobs": 0}, "n_jobs must be a positive int"),
+        ({"X": sp.csr_matrix(([1.0], ([0], [0])), shape=(3, 3)), "random_state": 0}, "holds no entries"),
     ],
 )
 def test_bad_input_is_one_clear_error_before_any_fit(X, kwargs, message):
-    args = {"param_grid": {"alpha": [0.3]}, **kwargs}
-    grid = args.pop("param_grid")
+    args = {"param_grid": {"alpha": [0.3]}, "X": X, **kwargs}
+    grid, data = args.pop("param_grid"), args.pop("X")
     with pytest.raises(ValueError, match=message):
-        dnmf.tune(implicit(), X, grid, **args)
+        dnmf.tune(implicit(), data, grid, **args)
 
 
 def test_parse_metric():
