@@ -10,9 +10,11 @@ to test with probability 0.2, so about 20% of each user's ratings), fits
   (``regularization=0.01``, ``alpha=1``: confidence ``c = x``, 15 iterations);
 - the popularity baseline (the most-rated items);
 - ``dnmf.RatingsNMF(20, feedback="implicit")`` with its default parameters,
-  with the defaults it had before (``alpha=0.1, reg_scaling="none"``) and
-  with candidate settings: other ``alpha``, each ``confidence_form``, a
-  ``preference_threshold`` (ratings only);
+  without the users' count power (``user_count_power=0``), with the
+  defaults it had before both (``alpha=0.1, reg_scaling="none",
+  user_count_power=0``) and with candidate settings: other ``alpha`` and
+  ``user_count_power``, each ``confidence_form``, a ``preference_threshold``
+  (ratings only);
 
 and scores all of them with the same function, ``dnmf.evaluate`` (NDCG@10
 and precision@10 over the users with test items, each user's training items
@@ -21,6 +23,13 @@ shared one; the quality numbers do not depend on the load).
 
     python benchmarks/bench_implicit_quality.py --ratings path/to/ml-latest-small/ratings.csv
     python benchmarks/bench_implicit_quality.py --ratings PATH --quick   # defaults only, < 2 min
+    python benchmarks/bench_implicit_quality.py --ratings PATH --tuned   # k=64, both tuned, ~10 min
+
+``--tuned``: both libraries at k = 64 (``--tuned-k``), with their defaults
+and tuned on one validation split of the training entries (``dnmf.tune``
+for dnmf over ``DNMF_GRID``; the same split and a loop for ``implicit``
+over ``IMPLICIT_GRID``), each best refitted on all the training entries and
+scored on the test entries.
 
 Without ``--ratings`` only the generated data set is used. The CSV is read
 into memory and never written anywhere. ``implicit`` is optional
@@ -143,12 +152,18 @@ def fit_dnmf(train, seed: int, params: dict, k: int = K) -> tuple:
 def candidates(kind: str, quick: bool) -> list[tuple[str, dict]]:
     """The dnmf settings to fit: (label, RatingsNMF parameters)."""
     rows = [
-        ("dnmf, new defaults", {}),
-        ('dnmf, old defaults (alpha=0.1, reg_scaling="none")', {"alpha": 0.1, "reg_scaling": "none"}),
+        ("dnmf, defaults", {}),
+        ("dnmf, user_count_power=0 (the defaults before it)", {"user_count_power": 0.0}),
+        (
+            'dnmf, old defaults (alpha=0.1, reg_scaling="none", user_count_power=0)',
+            {"alpha": 0.1, "reg_scaling": "none", "user_count_power": 0.0},
+        ),
     ]
     if quick:
         return rows
     rows += [
+        ("dnmf, user_count_power=0.5", {"user_count_power": 0.5}),
+        ("dnmf, user_count_power=1 (ALS-WR's full count)", {"user_count_power": 1.0}),
         ("dnmf, alpha=0.15 (half the default)", {"alpha": 0.15}),
         ("dnmf, alpha=0.6 (twice the default)", {"alpha": 0.6}),
         ('dnmf, alpha=30, reg_scaling="none" (issue 16\'s tuned penalty)', {"alpha": 30.0, "reg_scaling": "none"}),
@@ -234,7 +249,7 @@ def tune_implicit(fit_part, valid, seed: int, k: int) -> tuple[dict, float, list
 def run_tuned(name: str, kind: str, X, args) -> dict:
     """Both libraries at k = ``--tuned-k``, defaults and tuned on one validation split of the training data.
 
-    The validation split is the one ``dnmf.tune`` carves (``train_test_split(train, test_size=0.2,
+    The validation split is the one ``dnmf.tune`` carves (``validation_split(train, 0.2,
     random_state=seed)``); implicit's grid is searched on the same one by hand; each best setting is
     refitted on the whole training part and scored on the test part. ``kind`` (ratings or counts)
     does not change the grids: the same search for every data set.
@@ -244,7 +259,9 @@ def run_tuned(name: str, kind: str, X, args) -> dict:
     k = args.tuned_k
     train, test = dnmf.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
     train, test = sp.csr_matrix(train), sp.csr_matrix(test)
-    fit_part, valid = dnmf.train_test_split(train, method="random", test_size=0.2, random_state=args.seed)
+    from dnmf.recommend.tuning import validation_split
+
+    fit_part, valid = validation_split(train, 0.2, random_state=args.seed)
     title = f"{name}: {X.shape[0]:,} users x {X.shape[1]:,} items, {X.nnz:,} entries (train {train.nnz:,})"
     log(f"== {title} (tuned, k={k})")
     rows = []
