@@ -230,7 +230,7 @@ def run_dataset(name: str, kind: str, X, args) -> dict:
 
 #: ``--tuned``: the grids searched on the validation split (a handful of candidates each).
 DNMF_GRID = {"alpha": [0.15, 0.3, 0.6], "confidence_form": ["linear", "log"]}
-IMPLICIT_GRID = {"regularization": [0.01, 0.1, 1.0, 10.0], "alpha": [0.5, 1.0, 2.0, 5.0]}
+IMPLICIT_GRID = {"regularization": [0.1, 1.0, 10.0, 30.0, 100.0], "alpha": [0.25, 0.5, 1.0, 2.0, 5.0]}
 
 
 def tune_implicit(fit_part, valid, seed: int, k: int) -> tuple[dict, float, list]:
