@@ -83,7 +83,8 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
       ``preference_threshold``), ``p = 0, c = 1`` elsewhere, at
       O(nnz·k² + (m+n)·k³) per iteration (the Gram trick), with non-negative
       factors. The penalty is ``alpha`` times ``(m·n)^(1/4)·c̄^(2/3)``, ``c̄``
-      the mean confidence of the observed entries (``reg_scaling="cells"``).
+      the mean confidence of the observed entries (``reg_scaling="cells"``),
+      and each user's times ``(n_u/n̄)^0.6`` (``user_count_power``).
 
     **Which model?** A model fitted on observed ratings predicts ratings well
     (RMSE) but ranks top-n lists poorly: it never sees what users did *not*
