@@ -23,7 +23,7 @@ shared one; the quality numbers do not depend on the load).
 
     python benchmarks/bench_implicit_quality.py --ratings path/to/ml-latest-small/ratings.csv
     python benchmarks/bench_implicit_quality.py --ratings PATH --quick   # defaults only, < 2 min
-    python benchmarks/bench_implicit_quality.py --ratings PATH --tuned   # k=64, both tuned, ~10 min
+    python benchmarks/bench_implicit_quality.py --ratings PATH --tuned   # k=64, both tuned: 40 min on 2 busy cores
 
 ``--tuned``: both libraries at k = 64 (``--tuned-k``), with their defaults
 and tuned on one validation split of the training entries (``dnmf.tune``
