@@ -31,6 +31,7 @@ _LAZY = {
     "RatingsNMF": "masked.estimator",
     "evaluate": "recommend.evaluation",
     "train_test_split": "recommend.evaluation",
+    "tune": "recommend.tuning",
 }
 
 # Modules that moved when the package was split into layers stay importable
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .nmf.estimator import NMF, non_negative_factorization
     from .nmf.selection import RankSelection, select_rank
     from .recommend.evaluation import evaluate, train_test_split
+    from .recommend.tuning import tune
     from .storage.arrays import MatrixStore, ingest, open_matrix, write_matrix
 
 
@@ -71,5 +73,6 @@ __all__ = [
     "open_matrix",
     "select_rank",
     "train_test_split",
+    "tune",
     "write_matrix",
 ]

@@ -348,6 +348,7 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     implicit = p.feedback == "implicit"
     if implicit and GV is None:
         raise ValueError("The implicit model's step needs GV, the Gram of V's factors.")
+    p_items = masked.item_side(p)
     nI, nJ = len(bands.row_chunks), len(bands.col_chunks)
     token = tokenize("dnmf-masked-step", bands.token, U.name, V.name, None if GV is None else GV.name, p)
     core = f"dnmf-masked-step-{token}"
@@ -375,7 +376,7 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
 
     col_parts, col_pen, col_grams = [], [], []
     for j in range(nJ):
-        layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p)
+        layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
             layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
             bucket.append((f"{core}-B{part}", j))

@@ -26,7 +26,9 @@ Objectives, per row ``i`` with observed set Ω_i, ``s_ij = u_i · φ_j`` where
   it is ``uᵀ(VᵀV)u + Σ_Ω[(c−1)s² − 2cps + cp]`` (the Gram trick, p ∈ {0, 1}),
   so a row costs O(|Ω_i|·q²) whatever n;
 - ``r_i = s_i·(l2·||w_i||² + l1·Σ w_i + l2_bias·b_i²)`` with ``s_i = |Ω_i|``
-  when the penalty is scaled by counts (ALS-WR, Zhou et al. 2008), else 1.
+  when the penalty is scaled by counts (ALS-WR, Zhou et al. 2008),
+  ``s_i = (max(|Ω_i|, 1)/count_mean)^count_power`` when ``count_power`` is set
+  (the implicit model's users, see :func:`row_scale`), else 1.
 
 Both are ``½uᵀC_iu − d_iᵀu`` (times 2, plus a constant) with
 ``C_i = G + Σ_Ω a_ij φ_jφ_jᵀ + diag(l2_i)`` and ``d_i = Σ_Ω b_ij φ_j − l1_i/2``,
@@ -49,7 +51,7 @@ independent of any summation order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -98,6 +100,10 @@ class MaskedParams:
     preference_threshold: float | None = None
     global_mean: float = 0.0
     sweeps: int = 1
+    # Implicit model: the users' penalty grows as (count/count_mean)^count_power
+    # (the items' never: :func:`item_side` drops it).
+    count_power: float = 0.0
+    count_mean: float = 1.0
 
     @property
     def q(self) -> int:
@@ -363,9 +369,23 @@ def _free(p: MaskedParams) -> np.ndarray:
     return free
 
 
+def item_side(p: MaskedParams) -> MaskedParams:
+    """The parameters of the item half-step: without the users' ``count_power``."""
+    return replace(p, count_power=0.0, count_mean=1.0) if p.count_power else p
+
+
+def row_scale(counts: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """``s_i``, the multiplier of row i's penalty: ``|Ω_i|`` (ALS-WR), ``(max(|Ω_i|, 1)/count_mean)^count_power`` or 1."""
+    if p.count_scaled:
+        return counts.astype(np.float64)
+    if p.count_power:
+        return (np.maximum(counts, 1).astype(np.float64) / p.count_mean) ** p.count_power
+    return np.ones(counts.size)
+
+
 def _penalty_weights(counts: np.ndarray, p: MaskedParams):
     """Per-row (rows, q) L2 and L1 weights."""
-    scale = counts.astype(np.float64) if p.count_scaled else np.ones(counts.size)
+    scale = row_scale(counts, p)
     l2 = np.empty((counts.size, p.q))
     l2[:, : p.k] = p.l2 * scale[:, None]
     l1 = np.zeros((counts.size, p.q))
@@ -718,6 +738,8 @@ def penalty(U: np.ndarray, counts: np.ndarray, p: MaskedParams) -> ExactSum:
         per_row = per_row + p.l2_bias * U[:, p.k] ** 2
     if p.count_scaled:
         per_row = per_row * counts
+    elif p.count_power:
+        per_row = per_row * row_scale(counts, p)
     return exact_sum(per_row)
 
 

@@ -31,7 +31,7 @@ def naive_row(cols, x, V, p, n_items):
     k, q = p.k, p.q
     if len(cols) == 0 and p.feedback == "explicit":
         return np.zeros(q)  # no data: 0 is the (penalised) minimiser, by convention without penalty
-    s = len(cols) if p.count_scaled else 1.0
+    s = len(cols) if p.count_scaled else user_scale(len(cols), p)
     rows, rhs = [], []
     if p.feedback == "implicit":
         conf = np.ones(n_items)
@@ -63,7 +63,14 @@ def naive_row(cols, x, V, p, n_items):
     return lsq_linear(A, b, bounds=(lower, np.inf), method="bvls", tol=1e-15).x
 
 
+def user_scale(count, p):
+    """A user's penalty multiplier with ``count_power`` (implicit): (max(count, 1) / count_mean)^count_power."""
+    return (max(count, 1) / p.count_mean) ** p.count_power if p.count_power else 1.0
+
+
 def naive_half_step(band, V, p):
+    """Every row of ``band`` solved with the other side ``V`` fixed; ``p`` of that side (users: with
+    ``count_power``; items: pass ``dataclasses.replace(p, count_power=0)``)."""
     band = sp.csr_matrix(band)
     return np.array(
         [
@@ -93,9 +100,9 @@ def naive_objective(mask, values, U, V, p):
             elif mask[i, j]:
                 pred = s + p.global_mean + (U[i, k] + V[j, k] if p.biases else 0.0)
                 total += (values[i, j] - pred) ** 2
-    for A, counts in ((U, mask.sum(axis=1)), (V, mask.sum(axis=0))):
+    for A, counts, users in ((U, mask.sum(axis=1), True), (V, mask.sum(axis=0), False)):
         for a, c in zip(A, counts, strict=True):
-            scale = c if p.count_scaled else 1.0
+            scale = c if p.count_scaled else (user_scale(c, p) if users else 1.0)
             total += scale * (
                 p.l2 * (a[:k] @ a[:k]) + p.l1 * a[:k].sum() + (p.l2_bias * a[k] ** 2 if p.biases else 0.0)
             )

@@ -7,6 +7,7 @@ c = 1`` at the missing cells and the documented formulas at the observed ones.
 
 import math
 import warnings
+from dataclasses import replace
 
 import dask.array as da
 import numpy as np
@@ -51,19 +52,30 @@ def cells(mask, values, p):
 
 
 def naive_rows(C, P, V, l2):
-    """argmin_{u >= 0} Σ_j C[i, j] (P[i, j] − u·v_j)² + l2·||u||² for every row, by bounded least squares."""
+    """argmin_{u >= 0} Σ_j C[i, j] (P[i, j] − u·v_j)² + l2_i·||u||² for every row, by bounded least squares.
+
+    ``l2``: one weight, or one per row.
+    """
     k = V.shape[1]
     out = []
-    for c, pref in zip(C, P, strict=True):
+    for c, pref, weight in zip(C, P, np.broadcast_to(l2, (C.shape[0],)), strict=True):
         sw = np.sqrt(c)
-        A = np.vstack([sw[:, None] * V, math.sqrt(l2) * np.eye(k)])
+        A = np.vstack([sw[:, None] * V, math.sqrt(weight) * np.eye(k)])
         b = np.concatenate([sw * pref, np.zeros(k)])
         out.append(lsq_linear(A, b, bounds=(0, np.inf), method="bvls", tol=1e-15).x)
     return np.array(out)
 
 
-def naive_objective(C, P, W, H, l2):
-    return float(np.sum(C * (P - W @ H) ** 2) + l2 * (np.sum(W * W) + np.sum(H * H)))
+def naive_objective(C, P, W, H, l2, user_scale=1.0):
+    """The loss cell by cell plus ``l2·(Σ_i s_i ||w_i||² + ||H||²)``, ``s_i`` = ``user_scale``."""
+    scale = np.broadcast_to(user_scale, (W.shape[0],))
+    return float(np.sum(C * (P - W @ H) ** 2) + l2 * (np.sum(scale[:, None] * W * W) + np.sum(H * H)))
+
+
+def naive_user_scale(mask, power):
+    """(max(n_u, 1) / mean n_u)^power per user: the documented user_count_power."""
+    counts = mask.sum(axis=1).astype(float)
+    return (np.maximum(counts, 1.0) / counts.mean()) ** power
 
 
 FORMS = {
@@ -157,7 +169,10 @@ def test_fit_minimises_the_documented_objective(name):
     p = model._fitted_params()
     C, P = cells(mask, values, p)
     W, H = np.asarray(model.user_factors_), model.components_
-    assert model.loss_history_[-1] == pytest.approx(naive_objective(C, P, W, H, p.l2), rel=1e-11)
+    # user_count_power="auto" is 0.6: a user's penalty grows as their entries to the power 0.6.
+    assert (p.count_power, p.count_mean) == (0.6, pytest.approx(mask.sum() / 25, rel=1e-15))
+    scale = naive_user_scale(mask, 0.6)
+    assert model.loss_history_[-1] == pytest.approx(naive_objective(C, P, W, H, p.l2, scale), rel=1e-11)
     assert np.all(np.diff(model.loss_history_) <= 1e-9 * model.loss_history_[0])
     # The last half-step solved every item exactly.
     np.testing.assert_allclose(H.T, naive_rows(C.T, P.T, W, p.l2), rtol=1e-7, atol=1e-9)
@@ -199,9 +214,57 @@ def test_default_penalty_scales_with_the_cells_and_the_mean_confidence():
 def test_old_defaults_reproduce_the_model_before_the_new_ones():
     """alpha=0.1, reg_scaling="none" is the implicit model as it was: unscaled penalty, c = 1 + x."""
     X, mask, values = ratings(20, 15, 0.3, seed=18)
-    model = fit(X, n_components=3, feedback="implicit", alpha=0.1, reg_scaling="none", max_iter=4, tol=0)
+    model = fit(
+        X, n_components=3, feedback="implicit", alpha=0.1, reg_scaling="none", user_count_power=0, max_iter=4, tol=0
+    )
     p = model._fitted_params()
-    assert p == masked.MaskedParams(k=3, feedback="implicit", l2=0.1, l2_bias=0.1, confidence=1.0)
+    expected = masked.MaskedParams(k=3, feedback="implicit", l2=0.1, l2_bias=0.1, confidence=1.0)
+    assert p == replace(expected, count_mean=p.count_mean)
+    # count_mean is recorded but unused without a power: the penalty weights are the old ones.
+    counts = np.diff(X.indptr)
+    np.testing.assert_array_equal(masked.row_scale(counts, p), np.ones(counts.size))
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_user_count_power_half_steps_are_the_exact_minimisers(power):
+    p = replace(params("linear"), count_power=power, count_mean=3.0)
+    X, mask, values = ratings(12, 9, 0.4, seed=31)
+    C, P = cells(mask, values, p)
+    rng = np.random.default_rng(32)
+    U, V = np.abs(rng.standard_normal((12, 3))), np.abs(rng.standard_normal((9, 3)))
+    scale = (np.maximum(mask.sum(axis=1), 1) / 3.0) ** power
+    U1 = masked.update(X, U, V, p, V.T @ V)
+    np.testing.assert_allclose(U1, naive_rows(C, P, V, p.l2 * scale), rtol=1e-7, atol=1e-9)
+    # The item half-step keeps one penalty for every item.
+    items = masked.item_side(p)
+    assert (items.count_power, items.l2) == (0.0, p.l2)
+    V1 = masked.update(masked.col_band([X]), V, U1, items, U1.T @ U1)
+    np.testing.assert_allclose(V1, naive_rows(C.T, P.T, U1, p.l2), rtol=1e-7, atol=1e-9)
+    pen = masked.exact_value(
+        masked.exact_add(masked.penalty(U1, mask.sum(axis=1), p), masked.penalty(V1, mask.sum(axis=0), items))
+    )
+    assert pen == pytest.approx(p.l2 * (np.sum(scale[:, None] * U1 * U1) + np.sum(V1 * V1)), rel=1e-12)
+
+
+def test_user_count_power_is_blocking_independent_and_follows_the_fit():
+    X, mask, _ = ratings(30, 20, 0.3, seed=33)
+    lazy = da.from_array(np.where(X.toarray() > 0, X.toarray(), np.nan), chunks=(7, 9))
+    a = fit(X, n_components=3, feedback="implicit", max_iter=3, tol=0)
+    b = fit(lazy, n_components=3, feedback="implicit", max_iter=3, tol=0)
+    assert a._fitted_params() == b._fitted_params()
+    assert a._fitted_params().count_mean == pytest.approx(mask.sum() / 30, rel=1e-15)
+    np.testing.assert_allclose(np.asarray(b.user_factors_), a.user_factors_, rtol=1e-9, atol=1e-12)
+    flat = fit(X, n_components=3, feedback="implicit", user_count_power=0, max_iter=3, tol=0)
+    assert flat._fitted_params().count_power == 0.0
+    assert not np.allclose(flat.user_factors_, a.user_factors_)
+
+
+def test_user_count_power_needs_implicit_feedback():
+    X, _, _ = ratings(10, 8, 0.4, seed=34)
+    with pytest.raises(ValueError, match="user_count_power=0.5 needs feedback='implicit'"):
+        RatingsNMF(2, user_count_power=0.5).fit(X)
+    with pytest.raises(ValueError, match="user_count_power"):
+        RatingsNMF(2, feedback="implicit", user_count_power=-1.0).fit(X)
 
 
 def test_confidence_mean_is_the_same_for_dask_input():
@@ -266,17 +329,17 @@ def test_saved_models_keep_the_new_parameters(tmp_path):
 def test_models_saved_before_the_new_parameters_load_with_their_old_meaning(tmp_path):
     """Without the new attributes, an implicit model's reg_scaling="auto" meant no scaling."""
     X, _, _ = ratings(30, 20, 0.3, seed=24)
-    model = fit(X, n_components=3, feedback="implicit", alpha=0.1, reg_scaling="none", max_iter=3)
+    model = fit(X, n_components=3, feedback="implicit", alpha=0.1, reg_scaling="none", user_count_power=0, max_iter=3)
     path = str(tmp_path / "model")
     model.save(path)
     arrays, attrs = io.load_factors(path)
     params = dict(attrs["params"])
-    for name in ("confidence_form", "epsilon", "confidence_floor", "preference_threshold"):
+    for name in ("confidence_form", "epsilon", "confidence_floor", "preference_threshold", "user_count_power"):
         del params[name]
     params["reg_scaling"] = "auto"  # what the old default wrote
     old_attrs = {k: v for k, v in attrs.items() if k != "confidence_mean"} | {"params": params}
     loaded = est.load_model(arrays, old_attrs, path)
-    assert loaded.reg_scaling == "none" and loaded.confidence_form == "linear"
+    assert loaded.reg_scaling == "none" and loaded.confidence_form == "linear" and loaded.user_count_power == 0
     assert math.isnan(loaded.confidence_mean_)
     assert loaded._fitted_params() == model._fitted_params()
     new, _, _ = ratings(4, 20, 0.3, seed=25)
