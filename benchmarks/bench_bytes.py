@@ -103,7 +103,7 @@ def predicted(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers:
 
 
 def step_tasks(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers: int, subsets: bool) -> int:
-    """Tasks in one iteration's graph (the step graph's own layer)."""
+    """Tasks in one iteration's graph (its outputs included)."""
     import dask.array as da
 
     from dnmf.engine.graph import group_columns
@@ -117,8 +117,9 @@ def step_tasks(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers
     R = Xd.numblocks[0]
     owners = tuple(f"worker-{i * workers // R}" for i in range(R)) if workers > 1 else None
     out = graph.step(Xd, W, Ht, HHt, graph.StepParams(solver="cd"), columns=columns, owners=owners)
-    core = [name for name in out[0].__dask_graph__().layers if name.startswith("dnmf-step-")]
-    return sum(len(out[0].__dask_graph__().layers[name]) for name in core)
+    inputs = [Xd, W, Ht, HHt] + ([columns] if columns is not None else [])
+    known = set().union(*(dict(a.__dask_graph__()) for a in inputs))
+    return len(set().union(*(dict(a.__dask_graph__()) for a in out)) - known)
 
 
 def main(argv=None) -> int:

@@ -89,17 +89,24 @@ def zipf_touched(draws: float, n: int, exponent: float = 1.1) -> float:
 
 
 def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
-    """Tasks in one iteration's graph (:func:`dnmf.nmf.graph.step`; exact to a few).
+    """Tasks in one iteration's graph (:func:`dnmf.nmf.graph.step`, outputs included; exact to a few).
 
-    Per row block: the task, three picks and a share of the tree that sums
-    all its partials at once; per worker range and column block: a pick, a
-    tree node and (sparse X) the touched rows of ``Hᵀ``; per column block:
-    the task and two picks. So ``O(R + P·C)``, not ``O(R·C)``.
+    Per row block: the task, three picks and a share of the pairwise tree that
+    sums all its partials at once; per node left at the level where workers'
+    ranges meet, and per column block: a pick, a tree node and (sparse X) the
+    touched rows of ``Hᵀ``; per column block: the task and three picks. With
+    ``P`` workers that is ``O(R + P·C)``, not ``O(R·C)``.
     """
     R, C = row_blocks, col_blocks
-    ranges = min(workers, R) if workers > 1 else 1
-    tasks = 4 * R + (R - ranges) + ranges * C + C * (ranges - 1) + 3 * C
-    return tasks + (workers * C if workers > 1 else 0) + R // 8 + C // 8 + 4
+    owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
+    depth = math.ceil(math.log2(R)) if R > 1 else 0
+    level = 0
+    while level < depth and all(len(set(owners[g : g + 2 ** (level + 1)])) == 1 for g in range(0, R, 2 ** (level + 1))):
+        level += 1
+    ranges = -(-R // 2**level)
+    tasks = 4 * R + (R - ranges) + ranges * C + C * (ranges - 1) + 4 * C
+    shipped = min(workers, R) * C if workers > 1 else 0
+    return tasks + shipped + -(-R // 8) + -(-C // 8) + 5
 
 
 def predict(
