@@ -20,6 +20,13 @@ Per iteration (median over the measured iterations, read in the fit's callback):
 - tasks per iteration: the step graph's size;
 - seconds per iteration.
 
+The same matrix is then fitted as ratings with ``RatingsNMF(k)`` (explicit, ``als``), with
+the placement on (each row band receives the item rows it touches, each column band the user
+rows, from each worker's range) and off (``dnmf.placement = False``: every task receives the
+other factor whole): bytes between workers and seconds per iteration, next to
+``Σ_workers Σ_j (items + users touched) × (q + 1) × 8`` and, for the whole factors,
+``(P − 1)/P × (R·n + C·m) × q × 8``.
+
 The formula's prediction for the touched-rows scheme is
 ``2 × Σ_workers Σ_j touched(w, j) × (k + 1) × 8`` bytes (the touched rows of ``Hᵀ`` in and
 of the partial sums out, with their indices),
@@ -122,6 +129,44 @@ def step_tasks(X: sp.csr_matrix, row_chunk: int, col_chunk: int, k: int, workers
     return len(set().union(*(dict(a.__dask_graph__()) for a in out)) - known)
 
 
+def ratings_bytes(X, k: int, chunks, client, iters: int, placement: bool) -> dict:
+    """Bytes between workers and seconds per iteration of ``RatingsNMF`` (explicit, ``als``)."""
+    import dask
+
+    import dnmf
+
+    marks: list[tuple[float, int]] = []
+
+    def callback(iteration, elapsed, loss):
+        marks.append((time.perf_counter(), _sent(client)))
+
+    with dask.config.set({"dnmf.placement": placement}):
+        dnmf.RatingsNMF(k, random_state=0, max_iter=iters + 2, tol=0, chunks=chunks, client=client).fit(
+            X, callback=callback
+        )
+    t, sent = (np.diff(np.array([mk[c] for mk in marks[1:]], dtype=float)) for c in range(2))
+    return {"bytes": float(np.median(sent)), "seconds": float(np.median(t))}
+
+
+def ratings_formula(X: sp.csr_matrix, row_chunk: int, col_chunk: int, q: int, workers: int) -> dict:
+    """Upper bounds of the ratings model's bytes per iteration, both schemes."""
+    m, n = X.shape
+    row_blocks, col_blocks = -(-m // row_chunk), -(-n // col_chunk)
+    shipped = 0
+    start = 0
+    for size in worker_ranges(row_blocks, workers):
+        band = X[start * row_chunk : (start + size) * row_chunk]
+        start += size
+        for j in range(0, n, col_chunk):
+            block = band[:, j : j + col_chunk]
+            items, users = np.unique(block.indices).size, int((np.diff(block.indptr) > 0).sum())
+            shipped += (items + users) * (q * 8 + 8)
+    return {
+        "touched rows": shipped,
+        "whole blocks": (workers - 1) / workers * (row_blocks * n + col_blocks * m) * q * 8,
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -141,7 +186,8 @@ def main(argv=None) -> int:
     row_chunk, col_chunk = -(-m // rb), -(-n // cb)
     info = machine_info()
     log(format_machine(info))
-    rows, data = [], {"machine": info, "shape": [m, n], "nnz": int(X.nnz), "k": k, "runs": []}
+    rows, data = [], {"machine": info, "shape": [m, n], "nnz": int(X.nnz), "k": k, "runs": [], "ratings_runs": []}
+    ratings_rows: list[list] = []
     warnings.simplefilter("ignore")
     for n_workers in [int(w) for w in args.workers.split(",")]:
         formula = predicted(X, row_chunk, col_chunk, k, n_workers)
@@ -196,6 +242,21 @@ def main(argv=None) -> int:
                 )
                 log(rows[-1])
             client.run(_set_fraction, 0.5)
+            q = k + 1
+            rformula = ratings_formula(X, row_chunk, col_chunk, q, n_workers)
+            for scheme, placement in (("touched rows", True), ("whole blocks", False)):
+                r = ratings_bytes(X, k, (row_chunk, col_chunk), client, args.iters, placement)
+                ratings_rows.append(
+                    [
+                        n_workers,
+                        scheme,
+                        f"{r['bytes'] / 2**20:.2f}",
+                        f"{rformula[scheme] / 2**20:.2f}",
+                        f"{r['seconds']:.3f}",
+                    ]
+                )
+                data["ratings_runs"].append(dict(workers=n_workers, scheme=scheme, formula_bytes=rformula[scheme], **r))
+                log(ratings_rows[-1])
     data["loadavg_at_end"] = os.getloadavg()
     table = markdown_table(
         [
@@ -209,10 +270,14 @@ def main(argv=None) -> int:
         ],
         rows,
     )
+    ratings_table = markdown_table(
+        ["workers", "factor rows shipped", "MiB between workers / iteration", "formula (MiB)", "s / iteration"],
+        ratings_rows,
+    )
     md = (
         f"# Bytes moved per iteration\n\n{m:,} x {n:,}, {X.nnz:,} non-zeros (Zipf items), k={k}, "
         f"{rb} x {cb} blocks, solver cd; medians of {args.iters} iterations (the first two excluded).\n\n"
-        f"{table}\n\n"
+        f"{table}\n\n## RatingsNMF (explicit, als, same matrix as ratings)\n\n{ratings_table}\n\n"
         f"{format_machine(info)}\nload average at the end: {' '.join(f'{x:.2f}' for x in data['loadavg_at_end'])}\n"
     )
     print(md)

@@ -49,9 +49,10 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..engine.blocks import aligned_inputs
+from ..engine.blocks import RowSubset, aligned_inputs, take_rows
 from ..engine.graph import assemble, sum_list, tree_top, x_block_refs
 from ..nmf import init
+from ..storage.placement import scatter_rows
 from . import kernels as masked
 
 # Layout of a step's scalar vector.
@@ -113,8 +114,10 @@ def bands_from_memory(X: sp.csr_matrix, row_chunks, col_chunks, client=None) -> 
     rgraph = {(rname, i, 0): b for i, b in rows.items()}
     cgraph = {(cname, j, 0): b for j, b in cols.items()}
     if client is not None:
-        rgraph = client.scatter(rgraph)
-        cgraph = client.scatter(cgraph)
+        # Each worker gets a contiguous range of row bands (and of column bands): see
+        # dnmf.storage.placement.
+        rgraph = scatter_rows(client, rgraph)
+        cgraph = scatter_rows(client, cgraph)
     R = da.Array(rgraph, rname, chunks=(tuple(row_chunks), (n,)), meta=_csr_meta())
     Cb = da.Array(cgraph, cname, chunks=(tuple(col_chunks), (m,)), meta=_csr_meta())
     return _bands_of(R, Cb, token), R, Cb
@@ -287,9 +290,34 @@ def factor_gram(A: da.Array, p: masked.MaskedParams) -> da.Array:
 # --------------------------------------------------------------------------
 
 
+def _compact(band: sp.csr_matrix, parts: list, offsets: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(band', F)`` with the band's columns renumbered into the rows of ``F``.
+
+    ``parts`` are the other side's blocks in order, each whole or a
+    :class:`~dnmf.engine.blocks.RowSubset` of the rows the band touches
+    (block-local rows; ``offsets`` place block ``j`` at ``offsets[j]``).
+    ``F`` stacks what was shipped; every entry of the band keeps its order
+    and value, so a kernel gives the same bits as with the whole factor.
+    """
+    if not any(isinstance(part, RowSubset) for part in parts):
+        return band, _concat(parts)
+    rows, values = [], []
+    for j, part in enumerate(parts):
+        if isinstance(part, RowSubset):
+            rows.append(part.rows + offsets[j])
+            values.append(part.values)
+        else:
+            rows.append(np.arange(offsets[j], offsets[j] + part.shape[0]))
+            values.append(part)
+    index = np.concatenate(rows)
+    renumbered = np.searchsorted(index, band.indices).astype(band.indices.dtype)
+    compact = sp.csr_matrix((band.data, renumbered, band.indptr), shape=(band.shape[0], index.size))
+    return compact, np.ascontiguousarray(np.concatenate(values))
+
+
 @aligned_inputs
-def _row_task(band, U, v_blocks, G, p: masked.MaskedParams):
-    V = _concat(v_blocks)
+def _row_task(band, U, v_blocks, G, p: masked.MaskedParams, col_offsets=None):
+    band, V = _compact(band, v_blocks, col_offsets) if col_offsets is not None else (band, _concat(v_blocks))
     U_new = masked.update(band, U, V, p, G)
     out = {"U": U_new, "pen": masked.penalty(U_new, np.diff(band.indptr), p)}
     if p.feedback == "implicit":
@@ -298,8 +326,8 @@ def _row_task(band, U, v_blocks, G, p: masked.MaskedParams):
 
 
 @aligned_inputs
-def _col_task(band, V, u_blocks, G, p: masked.MaskedParams):
-    U = _concat(u_blocks)
+def _col_task(band, V, u_blocks, G, p: masked.MaskedParams, row_offsets=None):
+    band, U = _compact(band, u_blocks, row_offsets) if row_offsets is not None else (band, _concat(u_blocks))
     V_new = masked.update(band, V, U, p, G)
     out = {
         "V": V_new,
@@ -315,6 +343,66 @@ def _pick(result, name):
     return result[name]
 
 
+def _touched_by_band(band: sp.csr_matrix, col_offsets: np.ndarray) -> tuple:
+    """Per column block j: ``(its columns the band touches, the band's rows with an entry there)``."""
+    rows_of_entries = np.repeat(np.arange(band.shape[0]), np.diff(band.indptr))
+    out = []
+    for j in range(len(col_offsets) - 1):
+        inside = (band.indices >= col_offsets[j]) & (band.indices < col_offsets[j + 1])
+        out.append((np.unique(band.indices[inside]) - col_offsets[j], np.unique(rows_of_entries[inside])))
+    return tuple(out)
+
+
+def _union_touched(parts: list, row_starts: list) -> tuple:
+    """One group of row bands: per column block, the union of the columns and the rows (group-local)."""
+    out = []
+    for j in range(len(parts[0])):
+        cols = parts[0][j][0]
+        for part in parts[1:]:
+            cols = np.union1d(cols, part[j][0])
+        rows = np.concatenate([part[j][1] + start for part, start in zip(parts, row_starts, strict=True)])
+        out.append((cols, rows))
+    return tuple(out)
+
+
+def touched(bands: Bands, sizes: tuple[int, ...]) -> da.Array:
+    """What each group of row bands touches, per column block (one pass over the row bands).
+
+    ``sizes`` splits the row bands into consecutive groups (a worker's range).
+    Block ``g`` of the result (chunks ``sizes``; a carrier to persist) is a
+    tuple over column blocks ``j`` of ``(columns of block j, rows of the
+    group)`` that have an observed entry in both, both sorted and local.
+    """
+    nI = len(bands.row_chunks)
+    if sum(sizes) != nI or min(sizes, default=0) < 1:
+        raise ValueError(f"sizes {sizes} must be positive and add up to the {nI} row bands.")
+    col_offsets = _offsets(bands.col_chunks)
+    token = tokenize("dnmf-masked-touched", bands.token, tuple(sizes))
+    core, name = f"dnmf-masked-touched-core-{token}", f"dnmf-masked-touched-{token}"
+    layer: dict = {}
+    out = {}
+    start = 0
+    for g, size in enumerate(sizes):
+        members = range(start, start + size)
+        for i in members:
+            layer[(core, i)] = (_touched_by_band, bands.row_ref(i), col_offsets)
+        starts = [int(sum(bands.row_chunks[start:i])) for i in members]
+        out[(name, g, 0)] = (_union_touched, [(core, i) for i in members], starts)
+        start += size
+    graph = assemble(core, layer, list(bands.deps), {name: out})
+    return da.Array(graph, name, chunks=(tuple(sizes), (1,)), dtype=np.intp)
+
+
+def _take_items(V_j, group_touched, j):
+    return take_rows(V_j, group_touched[j][0])
+
+
+def _take_users(u_blocks, group_touched, j, n_rows):
+    rows = group_touched[j][1]
+    stacked = _concat(u_blocks)
+    return RowSubset(rows, np.ascontiguousarray(stacked[rows]), n_rows)
+
+
 @aligned_inputs
 def _finish(data, pen, GU, GV, p: masked.MaskedParams):
     data_v = masked.exact_value(data)
@@ -327,7 +415,15 @@ def _finish(data, pen, GU, GV, p: masked.MaskedParams):
     return {"scalars": np.array([loss, data_v, pen_v]), "GV": GV}
 
 
-def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.MaskedParams):
+def step(
+    bands: Bands,
+    U: da.Array,
+    V: da.Array,
+    GV: da.Array | None,
+    p: masked.MaskedParams,
+    touched_by: da.Array | None = None,
+    owners: tuple[str, ...] | None = None,
+):
     """Build the graph of one alternating step (U then V).
 
     Parameters
@@ -338,6 +434,15 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     GV : dask array (k, k) or None
         ``V[:, :k]ᵀ V[:, :k]`` (implicit model only).
     p : dnmf.masked.MaskedParams
+    touched_by : dask array, optional
+        :func:`touched` of these bands, persisted: each group of row bands
+        then receives only the rows of V's blocks it touches, and each column
+        task only the rows of U that its band touches, from each group (as
+        Spark's ALS ships a user block's factors only to the item blocks that
+        rated them). Same bits.
+    owners : tuple of str, optional
+        The worker of each row band: its task and picks are placed there (a
+        preference, see :func:`dnmf.engine.graph.assemble`).
 
     Returns
     -------
@@ -350,7 +455,16 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
         raise ValueError("The implicit model's step needs GV, the Gram of V's factors.")
     p_items = masked.item_side(p)
     nI, nJ = len(bands.row_chunks), len(bands.col_chunks)
-    token = tokenize("dnmf-masked-step", bands.token, U.name, V.name, None if GV is None else GV.name, p)
+    token = tokenize(
+        "dnmf-masked-step",
+        bands.token,
+        U.name,
+        V.name,
+        None if GV is None else GV.name,
+        p,
+        None if touched_by is None else touched_by.name,
+        owners,
+    )
     core = f"dnmf-masked-step-{token}"
     u_name, v_name = f"dnmf-masked-U-{token}", f"dnmf-masked-V-{token}"
     g_name, s_name = f"dnmf-masked-GV-{token}", f"dnmf-masked-scalars-{token}"
@@ -358,10 +472,38 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     v_keys = [(V.name, j, 0) for j in range(nJ)]
 
     layer: dict = {}
+    groups: list[list[int]] = []
+    if touched_by is not None:
+        if touched_by.shape[0] != nI:
+            raise ValueError(f"touched_by covers {touched_by.shape[0]} row bands; expected touched() of these {nI}.")
+        start = 0
+        for size in touched_by.chunks[0]:
+            groups.append(list(range(start, start + size)))
+            start += size
+        for g in range(len(groups)):
+            for j in range(nJ):
+                layer[(f"{core}-Vs", g, j)] = (_take_items, v_keys[j], (touched_by.name, g, 0), j)
+    group_of = {i: g for g, members in enumerate(groups) for i in members}
+    col_offsets = _offsets(bands.col_chunks)
     for i in range(nI):
-        layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_keys, gv_key, p)
+        if touched_by is not None:
+            v_parts = [(f"{core}-Vs", group_of[i], j) for j in range(nJ)]
+            layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_parts, gv_key, p, col_offsets)
+        else:
+            layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_keys, gv_key, p)
         layer[(f"{core}-U", i)] = (_pick, (f"{core}-A", i), "U")
     u_keys = [(f"{core}-U", i) for i in range(nI)]
+    group_starts = _offsets([sum(bands.row_chunks[i] for i in members) for members in groups])
+    if touched_by is not None:
+        for g, members in enumerate(groups):
+            for j in range(nJ):
+                layer[(f"{core}-Us", g, j)] = (
+                    _take_users,
+                    [u_keys[i] for i in members],
+                    (touched_by.name, g, 0),
+                    j,
+                    int(group_starts[g + 1] - group_starts[g]),
+                )
     row_pen = []
     for i in range(nI):
         layer[(f"{core}-Ap", i)] = (_pick, (f"{core}-A", i), "pen")
@@ -376,7 +518,19 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
 
     col_parts, col_pen, col_grams = [], [], []
     for j in range(nJ):
-        layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p_items)
+        if touched_by is not None:
+            u_parts = [(f"{core}-Us", g, j) for g in range(len(groups))]
+            layer[(f"{core}-B", j)] = (
+                _col_task,
+                bands.col_ref(j),
+                (V.name, j, 0),
+                u_parts,
+                gu_key,
+                p_items,
+                group_starts[:-1],
+            )
+        else:
+            layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
             layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
             bucket.append((f"{core}-B{part}", j))
@@ -393,8 +547,20 @@ def step(bands: Bands, U: da.Array, V: da.Array, GV: da.Array | None, p: masked.
     }
     if implicit:
         outputs[g_name] = {(g_name, 0, 0): (_pick, fin, "GV")}
-    deps = [*bands.deps, U, V] + ([GV] if implicit else [])
-    graph = assemble(core, layer, deps, outputs)
+    deps = [*bands.deps, U, V] + ([GV] if implicit else []) + ([touched_by] if touched_by is not None else [])
+    where = None
+    if owners is not None:
+        if len(owners) != nI:
+            raise ValueError(f"owners names {len(owners)} workers; expected one per row band ({nI}).")
+        where = {}
+        for i, owner in enumerate(owners):
+            for tag in ("A", "U", "Ap", "Ag"):
+                where[(f"{core}-{tag}", i)] = owner
+            where[(u_name, i, 0)] = owner
+        for g, members in enumerate(groups):
+            for j in range(nJ):
+                where[(f"{core}-Us", g, j)] = owners[members[0]]
+    graph = assemble(core, layer, deps, outputs, where)
     U_new = da.Array(graph, u_name, chunks=U.chunks, meta=_meta())
     V_new = da.Array(graph, v_name, chunks=V.chunks, meta=_meta())
     GV_new = da.Array(graph, g_name, chunks=((p.k,), (p.k,)), meta=_meta()) if implicit else None

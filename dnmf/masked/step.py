@@ -9,12 +9,16 @@ previous value.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
+import dask
+import dask.array as da
 import numpy as np
 
 from ..engine.checkpoint import LoopState
 from ..engine.loop import Report, Verdict
+from ..storage.placement import row_owner, worker_addresses
 from . import graph as masked_graph
 from .kernels import MaskedParams
 
@@ -32,15 +36,37 @@ class MaskedStep:
         self._recover = recover
         self.implicit = params.feedback == "implicit"
         self.not_converged_hint = f" The objective had not stopped decreasing by tol={tol}. Increase max_iter or tol."
+        self.owners: tuple[str, ...] | None = None
+        self.touched: da.Array | None = None
 
     def settle(self, runner, factors):
-        U, V = runner.persist(*factors)
+        (U,) = runner.persist_rows(factors[0])
+        (V,) = runner.persist(factors[1])
         GV = runner.persist(masked_graph.factor_gram(V, self.params))[0] if self.implicit else None
+        self.owners, self.touched = self._placement(runner)
         return (U, V, GV)
+
+    def _placement(self, runner):
+        """On a cluster: the worker of each row band, and what each worker's bands touch.
+
+        Row-band tasks then run where their bands and U's blocks are, and only
+        the touched factor rows travel (see :func:`dnmf.masked.graph.step`).
+        The Dask config key ``dnmf.placement`` (default True) turns this off.
+        """
+        if runner.client is None or not dask.config.get("dnmf.placement", True):
+            return None, None
+        n_bands = len(self.bands.row_chunks)
+        workers = worker_addresses(runner.client)
+        owners = tuple(row_owner(i, n_bands, workers) for i in range(n_bands))
+        sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
+        (touched,) = runner.persist(masked_graph.touched(self.bands, sizes))
+        return owners, touched
 
     def build(self, state, iteration):
         U, V, GV = state
-        U2, V2, G2, s = masked_graph.step(self.bands, U, V, GV, self.params)
+        U2, V2, G2, s = masked_graph.step(
+            self.bands, U, V, GV, self.params, touched_by=self.touched, owners=self.owners
+        )
         return (U2, V2, G2 if self.implicit else None), s
 
     def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:

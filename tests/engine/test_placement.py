@@ -123,3 +123,24 @@ def test_row_ranges_stay_on_their_worker_and_receive_touched_rows_only(dist_clie
     # Work stealing may move a few under load; the placement holds for the rest.
     assert on_owner >= 0.75 * len(row_tasks), f"{on_owner} of {len(row_tasks)} row tasks ran on their worker"
     assert any(str(t["key"][0]).endswith("-Hs") for t in ts.data), "no touched-row tasks: Hᵀ went whole"
+
+
+@pytest.mark.parametrize("feedback", ["explicit", "implicit"])
+def test_ratings_ship_only_touched_factor_rows_and_keep_the_bits(dist_client, feedback):
+    """RatingsNMF on 2 workers: row bands get only the item rows they touch, column bands only the
+    user rows (Spark's out-blocks), and the factors equal the threaded fit's bits."""
+    from distributed import get_task_stream
+
+    rng = np.random.default_rng(2)
+    X = sp.random(400, 1500, density=0.01, random_state=rng, format="csr")
+    X.data = np.ceil(X.data * 5)
+    kw = dict(feedback=feedback, random_state=0, max_iter=4, tol=0, chunks=(50, 500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = dnmf.RatingsNMF(3, **kw).fit(X)
+        with get_task_stream(dist_client) as ts:
+            remote = dnmf.RatingsNMF(3, client=dist_client, **kw).fit(X)
+    assert np.array_equal(np.asarray(local.components_), np.asarray(remote.components_))
+    assert np.array_equal(np.asarray(local.transform(X)), np.asarray(remote.transform(X)))
+    names = {str(t["key"][0]).rsplit("-", 1)[-1] for t in ts.data if isinstance(t["key"], tuple)}
+    assert {"Vs", "Us"} <= names, names

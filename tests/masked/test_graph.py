@@ -3,6 +3,7 @@
 import dask
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from dnmf.masked import graph as masked_graph
 from dnmf.masked import kernels as masked
@@ -58,3 +59,22 @@ def test_explicit_step_is_bit_identical_for_any_blocking_and_batching(monkeypatc
     b = _step_on(X, ((3, 17, 1, 19), (5, 1, 17)), U, V, p, "threads")
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_touched_lists_each_groups_columns_and_rows_per_column_block():
+    from dask.local import get_sync
+
+    rng = np.random.default_rng(4)
+    X = sp.random(60, 40, density=0.05, random_state=rng, format="csr")
+    bands, _, _ = masked_graph.bands_from_memory(X, (20, 20, 20), (15, 25))
+    touched = masked_graph.touched(bands, (2, 1))
+    values = get_sync(dict(touched.__dask_graph__()), [(touched.name, g, 0) for g in range(2)])
+    starts, col_starts = [0, 40, 60], [0, 15, 40]
+    for g in range(2):
+        for j in range(2):
+            block = X[starts[g] : starts[g + 1], col_starts[j] : col_starts[j + 1]]
+            cols, rows = values[g][j]
+            assert np.array_equal(cols, np.unique(block.indices))
+            assert np.array_equal(rows, np.flatnonzero(np.diff(block.indptr)))
+    with pytest.raises(ValueError, match="add up to"):
+        masked_graph.touched(bands, (1, 1))
