@@ -658,6 +658,14 @@ def _ks(ctx, param, value: str):
 @click.option("--holdout", type=click.FloatRange(0, 0.5, min_open=True), default=0.1, show_default=True)
 @click.option("--solver", type=click.Choice(["anls-bpp", "cd", "mu"]), default="anls-bpp", show_default=True)
 @click.option("--max-iter", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--early-stopping",
+    default="0.0001",
+    show_default=True,
+    callback=o.none_or_fraction,
+    help="cv: stop a fit once an iteration improves its held-out error by less than this fraction "
+    "('none': fit to --max-iter and score the last iterate, as before).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--plot", default=None, help="Also save the error-vs-k curve as a PNG (matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -672,6 +680,7 @@ def select_rank(
     holdout: float,
     solver: str,
     max_iter: int,
+    early_stopping: float | None,
     seed: int,
     plot: str | None,
     as_json: bool,
@@ -700,6 +709,7 @@ def select_rank(
             random_state=seed,
             solver=solver,
             max_iter=max_iter,
+            early_stopping=early_stopping,
             client=client,
         )
     if plot:

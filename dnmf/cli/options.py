@@ -441,6 +441,19 @@ def _auto_or_float(ctx, param, value):
     return number
 
 
+def none_or_fraction(ctx, param, value):
+    """A click callback: 'none' → None, else a number in [0, 1)."""
+    if value is None or str(value).lower() == "none":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'none' nor a number.") from None
+    if not 0 <= number < 1:
+        raise click.BadParameter(f"{value!r} is not in [0, 1); give e.g. 0.0001, or 'none'.")
+    return number
+
+
 def _auto_or_int(ctx, param, value):
     if value is None or str(value) == "auto":
         return value
@@ -677,6 +690,14 @@ ratings_options = _stack(
         default=None,
         help="implicit: observed values below it are 'not preferred' (preference 0, with their confidence).",
     ),
+    click.option(
+        "--user-count-power",
+        default="auto",
+        show_default=True,
+        callback=_auto_or_float,
+        help="implicit: each user's penalty times (their entries / the mean)^this ('auto': 0.6; 0: the "
+        "same penalty for every user, the model before).",
+    ),
     click.option("--max-iter", type=click.IntRange(min=1), default=50, show_default=True),
     click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True),
     click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None),
@@ -705,6 +726,7 @@ RATINGS_KEYS = (
     "epsilon",
     "confidence_floor",
     "preference_threshold",
+    "user_count_power",
     "max_iter",
     "tol",
     "max_time",

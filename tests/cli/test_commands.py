@@ -346,3 +346,20 @@ def test_select_rank_finds_a_planted_rank(tmp_path):
     result = json.loads(out.stdout)
     assert [r["k"] for r in result["scores"]] == [2, 4, 6]
     assert result["chosen_k"] == 4, result
+
+
+def test_select_rank_early_stopping_option(tmp_path):
+    """--early-stopping reaches select_rank: 'none' scores the last iterates as before; a bad value is one line, exit 2."""
+    import scipy.sparse as sp
+
+    from dnmf.cli.demo import planted_sparse
+    from dnmf.nmf.selection import select_rank
+
+    X = planted_sparse(300, 60, 0.1, 3, seed=1)
+    sp.save_npz(tmp_path / "x.npz", X)
+    args = ("select-rank", tmp_path / "x.npz", "--ks", "2,3", "--repeats", 1, "--max-iter", 20, "--json")
+    out = json.loads(dnmf(*args, "--early-stopping", "none").stdout)
+    expected = select_rank(X, [2, 3], n_repeats=1, max_iter=20, random_state=0, early_stopping=None)
+    assert [r["mean"] for r in out["scores"]] == pytest.approx(list(expected.mean), rel=1e-9)
+    bad = dnmf(*args, "--early-stopping", "2", check=False)
+    assert bad.returncode == 2 and "--early-stopping" in bad.stderr and "[0, 1)" in bad.stderr

@@ -57,3 +57,27 @@ def test_ratings_flow_from_csv_to_recommendations(tmp_path):
     first = table[table.user.isin(["u1", "u7"])].reset_index(drop=True)
     assert first.item.tolist() == [r["item"] for r in recs]
     np.testing.assert_allclose(first.score, [r["score"] for r in recs], rtol=1e-9)
+
+
+def test_fit_ratings_user_count_power_option(tmp_path):
+    """--user-count-power sets the implicit model's per-user penalty power (0: the model before)."""
+    from dnmf import load
+
+    write_ratings(tmp_path / "r.csv", n_users=60, n_items=30, n=900, seed=3)
+    dnmf("ingest", tmp_path / "r.csv", "-o", tmp_path / "r.zarr")
+    dnmf(
+        "fit-ratings",
+        tmp_path / "r.zarr",
+        "-k",
+        2,
+        "--feedback",
+        "implicit",
+        "--user-count-power",
+        "0",
+        "-o",
+        tmp_path / "m",
+        "--max-iter",
+        2,
+        "-q",
+    )
+    assert load(tmp_path / "m").user_count_power == 0
