@@ -15,7 +15,8 @@ those ratios within one run, at each ``--ks`` value:
 Every model runs ``--iters`` iterations (``tol=0``); the time of one
 iteration is the time between consecutive iteration callbacks, so the
 first iteration (and any setup) is left out, and the table shows the median
-over the others. The load average is printed at the start and the end: the
+over the others and over ``--repeats`` fits of every model, taken in
+turns. The load average is printed at the start and the end: the
 machine may be shared, so compare the ratios, measured in one run.
 
     python benchmarks/bench_masked_speed.py --ratings path/to/ml-latest-small/ratings.csv
@@ -49,8 +50,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks._common import format_machine, log, machine_info, make_zipf_csr, markdown_table, write_results
 
 
-def per_iteration(fit) -> tuple[float, int]:
-    """Median seconds between consecutive iteration callbacks of ``fit(callback)``, and their number."""
+def per_iteration(fit) -> list[float]:
+    """Seconds between consecutive iteration callbacks of ``fit(callback)``."""
     stamps: list[float] = []
 
     def callback(*_):
@@ -59,25 +60,24 @@ def per_iteration(fit) -> tuple[float, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(callback)
-    gaps = np.diff(stamps)
-    return (statistics.median(gaps) if gaps.size else float("nan")), int(gaps.size)
+    return [float(g) for g in np.diff(stamps)]
 
 
-def time_ratings(train, k: int, feedback: str, solver: str, iters: int, seed: int) -> tuple[float, int]:
+def time_ratings(train, k: int, feedback: str, solver: str, iters: int, seed: int) -> list[float]:
     import dnmf
 
     model = dnmf.RatingsNMF(k, feedback=feedback, solver=solver, max_iter=iters, tol=0.0, random_state=seed)
     return per_iteration(lambda cb: model.fit(train, callback=cb))
 
 
-def time_nmf(train, k: int, iters: int, seed: int) -> tuple[float, int]:
+def time_nmf(train, k: int, iters: int, seed: int) -> list[float]:
     import dnmf
 
     model = dnmf.NMF(k, max_iter=iters, tol=0.0, random_state=seed)
     return per_iteration(lambda cb: model.fit(train, callback=cb))
 
 
-def time_implicit(train, k: int, iters: int, seed: int) -> tuple[float, int] | None:
+def time_implicit(train, k: int, iters: int, seed: int) -> list[float] | None:
     try:
         from implicit.als import AlternatingLeastSquares
     except ImportError:
@@ -92,19 +92,29 @@ def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
     log(f"== {title}")
     rows = []
     for k in args.ks:
-        ref = time_implicit(train, k, args.iters, args.seed)
-        ref_s = None if ref is None else ref[0]
-        entries = [("implicit ALS (CG)", ref)]
-        log(f"   k={k} implicit ALS: {ref}")
-        nmf = time_nmf(train, k, args.iters, args.seed)
-        log(f"   k={k} dnmf.NMF: {nmf}")
-        entries.append(("dnmf.NMF (missing = 0)", nmf))
+        # Every model once per round, ``--repeats`` rounds: a burst of load from elsewhere
+        # then falls on all of them rather than on one.
+        fits = {
+            "implicit ALS (CG)": lambda k=k: time_implicit(train, k, args.iters, args.seed),
+            "dnmf.NMF (missing = 0)": lambda k=k: time_nmf(train, k, args.iters, args.seed),
+        }
         for feedback in ("explicit", "implicit"):
             for solver in args.solvers:
-                t = time_ratings(train, k, feedback, solver, args.iters, args.seed)
-                log(f"   k={k} RatingsNMF {feedback} {solver}: {t}")
-                entries.append((f'RatingsNMF {feedback}, solver="{solver}"', t))
-        for label, t in entries:
+                fits[f'RatingsNMF {feedback}, solver="{solver}"'] = lambda k=k, f=feedback, s=solver: time_ratings(
+                    train, k, f, s, args.iters, args.seed
+                )
+        gaps: dict[str, list[float] | None] = {label: [] for label in fits}
+        for _ in range(args.repeats):
+            for label, fit in fits.items():
+                got = fit()
+                if got is None or gaps[label] is None:
+                    gaps[label] = None
+                    continue
+                gaps[label] += got
+                log(f"   k={k} {label}: {' '.join(f'{g:.3f}' for g in got)}")
+        med = {label: None if g is None else statistics.median(g) for label, g in gaps.items()}
+        ref_s, nmf_s = med["implicit ALS (CG)"], med["dnmf.NMF (missing = 0)"]
+        for label, t in med.items():
             if t is None:
                 rows.append({"k": k, "model": label, "skipped": "`implicit` is not installed"})
                 continue
@@ -112,10 +122,10 @@ def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
                 {
                     "k": k,
                     "model": label,
-                    "s_per_iter": t[0],
-                    "n_timed": t[1],
-                    "vs_implicit": None if ref_s is None else t[0] / ref_s,
-                    "vs_nmf": t[0] / nmf[0],
+                    "s_per_iter": t,
+                    "n_timed": len(gaps[label] or []),
+                    "vs_implicit": None if ref_s is None else t / ref_s,
+                    "vs_nmf": None if nmf_s is None else t / nmf_s,
                 }
             )
     return {"name": name, "title": title, "rows": rows}
@@ -124,7 +134,12 @@ def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
 def render(results) -> str:
     out = ["# RatingsNMF: time per iteration", "", "```", format_machine(results["machine"]), "```"]
     for d in results["datasets"]:
-        out += ["", f"{d['title']}; median over {results['iters'] - 1} iterations (the first left out):", ""]
+        out += [
+            "",
+            f"{d['title']}; median over {results['repeats']} fits x {results['iters'] - 1} iterations "
+            "(each fit's first left out):",
+            "",
+        ]
         body = []
         for r in d["rows"]:
             if "skipped" in r:
@@ -147,6 +162,7 @@ def parse_args(argv=None):
     p.add_argument("--ks", type=int, nargs="+", default=[20, 64], help="factors (default 20 64)")
     p.add_argument("--solvers", nargs="+", default=["als", "ccd"], choices=["als", "ccd"])
     p.add_argument("--iters", type=int, default=5, help="iterations per fit; the first is not timed")
+    p.add_argument("--repeats", type=int, default=3, help="fits of every model, taken in turns")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-generated", action="store_true", help="skip the generated matrix")
     p.add_argument("--users", type=int, default=20_000, help="generated matrix: rows")
@@ -166,7 +182,7 @@ def main(argv=None):
     args = parse_args(argv)
     info = machine_info()
     log(format_machine(info))
-    results = {"machine": info, "iters": args.iters, "seed": args.seed, "datasets": []}
+    results = {"machine": info, "iters": args.iters, "repeats": args.repeats, "seed": args.seed, "datasets": []}
     if args.ratings:
         X = load_ratings(args.ratings, args.user_col, args.item_col, args.value_col)
         train, _ = dnmf.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
