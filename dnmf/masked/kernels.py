@@ -536,7 +536,9 @@ def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
     each entry's row (sorted). Work that nothing reads is skipped, so the
     numbers are those of the plain loop: the implicit model's ``gT = Gq·U``
     is kept current, in the last sweep, only for the coordinates still to
-    come, and the scores ``s`` are not updated after the last coordinate.
+    come (through one preallocated buffer: a fresh (q, rows) temporary per
+    coordinate evicts the entry arrays from the caches), and the scores
+    ``s`` are not updated after the last coordinate.
     A row's change is spread over its entries by ``np.repeat`` (a copy per
     row, about twice as fast as gathering with ``local``).
     """
@@ -547,10 +549,11 @@ def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
     sq = PhiT * PhiT if a is None else PhiT * PhiT * a
     hess = np.asarray(ind @ np.ascontiguousarray(sq.T)).T + l2.T
     del sq
-    gT = None
+    gT = gtmp = None
     if Gq is not None:
         hess += np.diag(Gq)[:, None]
         gT = Gq @ UT
+        gtmp = np.empty_like(gT)
     hess = np.where(hess > 0, hess, np.inf)  # a zero curvature: leave that coordinate
     l2T, l1T = np.ascontiguousarray(l2.T), np.ascontiguousarray(l1.T)
     for sweep in range(sweeps):
@@ -573,7 +576,8 @@ def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
             s += np.repeat(delta, counts) * phi
             if gT is not None:
                 lo = t + 1 if last else 0
-                gT[lo:] += Gq[lo:, t : t + 1] * delta
+                np.multiply(Gq[lo:, t : t + 1], delta, out=gtmp[lo:])
+                gT[lo:] += gtmp[lo:]
     return UT.T
 
 
