@@ -63,6 +63,37 @@ def naive_row(cols, x, V, p, n_items):
     return lsq_linear(A, b, bounds=(lower, np.inf), method="bvls", tol=1e-15).x
 
 
+def naive_ccd_row(cols, x, u, V, p, n_items, sweeps=1):
+    """``sweeps`` passes of exact coordinate minimisation (projected on w >= 0) of the row
+    objective from ``u``, the objective written out over every term (every item for the
+    implicit model, no Gram trick)."""
+    k, q = p.k, p.q
+    u = np.array(u, dtype=float)
+    if len(cols) == 0 and p.feedback == "explicit":
+        return np.zeros(q)
+    s = len(cols) if p.count_scaled else user_scale(len(cols), p)
+    if p.feedback == "implicit":
+        weight, target = np.ones(n_items), np.zeros(n_items)
+        for j, v in zip(cols, x, strict=True):
+            weight[j], target[j] = 1.0 + p.confidence * v, 1.0
+        Phi = V[:, :k]
+    else:
+        weight = np.ones(len(cols))
+        target = np.array([v - p.global_mean - (V[j, k] if p.biases else 0.0) for j, v in zip(cols, x, strict=True)])
+        Phi = np.array([np.append(V[j, :k], 1.0) if p.biases else V[j, :k] for j in cols]).reshape(-1, q)
+    l2 = np.array([s * (p.l2_bias if t == k else p.l2) for t in range(q)])
+    l1 = np.array([0.0 if t == k else s * p.l1 for t in range(q)])
+    for _ in range(sweeps):
+        for t in range(q):
+            grad = sum(w * (phi @ u - y) * phi[t] for w, y, phi in zip(weight, target, Phi, strict=True))
+            hess = sum(w * phi[t] ** 2 for w, phi in zip(weight, Phi, strict=True)) + l2[t]
+            if hess <= 0:
+                continue
+            new = u[t] - (grad + l2[t] * u[t] + 0.5 * l1[t]) / hess
+            u[t] = new if t == k else max(new, 0.0)
+    return u
+
+
 def user_scale(count, p):
     """A user's penalty multiplier with ``count_power`` (implicit): (max(count, 1) / count_mean)^count_power."""
     return (max(count, 1) / p.count_mean) ** p.count_power if p.count_power else 1.0

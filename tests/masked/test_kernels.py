@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dnmf.masked import kernels as masked
 from dnmf.nmf import nnls
-from tests.masked.helpers import PARAMS, as_csr, naive_half_step, naive_objective, random_state, ratings
+from tests.masked.helpers import PARAMS, as_csr, naive_ccd_row, naive_half_step, naive_objective, random_state, ratings
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -51,6 +51,25 @@ def test_ccd_sweeps_converge_to_the_exact_minimiser(name):
     many = masked.update(X, U, V, p.__class__(**{**p.__dict__, "sweeps": 400}), G, solver="ccd")
     np.testing.assert_allclose(many, exact, rtol=1e-6, atol=1e-8)
     assert not np.allclose(one, exact, atol=1e-6)  # one sweep is not the minimiser
+
+
+@pytest.mark.parametrize("sweeps", [1, 3])
+@pytest.mark.parametrize("name", PARAMS)
+def test_ccd_sweeps_equal_naive_coordinate_descent(name, sweeps):
+    """The "ccd" solver is exact coordinate minimisation in order 0..q-1 from U, sweep after sweep."""
+    p = masked.MaskedParams(**{**PARAMS[name].__dict__, "sweeps": sweeps})
+    X, _, _ = ratings(13, 10, 0.4, seed=11)
+    U = random_state(13, p, 12)
+    V = random_state(10, p, 13)
+    G = V[:, : p.k].T @ V[:, : p.k] if p.feedback == "implicit" else None
+    got = masked.update(X, U, V, p, G, solver="ccd")
+    rows = [
+        naive_ccd_row(
+            X.indices[X.indptr[i] : X.indptr[i + 1]], X.data[X.indptr[i] : X.indptr[i + 1]], U[i], V, p, 10, sweeps
+        )
+        for i in range(13)
+    ]
+    np.testing.assert_allclose(got, np.array(rows), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", PARAMS)

@@ -1,0 +1,205 @@
+"""Benchmark: time per iteration of ``RatingsNMF`` ("als" and "ccd") vs the ``implicit`` package's ALS.
+
+Issue 16, acceptance 3: a ``RatingsNMF`` iteration (explicit and implicit
+feedback) should cost at most 1.5x an iteration of ``implicit``'s ALS
+(conjugate gradient) on the same data and threads, and at most 3x an
+iteration of plain ``dnmf.NMF`` on the same matrix. This script measures
+those ratios within one run, at each ``--ks`` value:
+
+- ``dnmf.RatingsNMF(k, feedback=..., solver=...)`` for explicit and implicit
+  feedback and each of ``--solvers``;
+- ``implicit.als.AlternatingLeastSquares(factors=k)`` (its defaults; all
+  cores, as dnmf's default threaded scheduler);
+- ``dnmf.NMF(k)`` (missing = zero) on the same training matrix.
+
+Every model runs ``--iters`` iterations (``tol=0``); the time of one
+iteration is the time between consecutive iteration callbacks, so the
+first iteration (and any setup) is left out, and the table shows the median
+over the others and over ``--repeats`` fits of every model, taken in
+turns. The load average is printed at the start and the end: the
+machine may be shared, so compare the ratios, measured in one run.
+
+    python benchmarks/bench_masked_speed.py --ratings path/to/ml-latest-small/ratings.csv
+    python benchmarks/bench_masked_speed.py                      # generated data only
+    python benchmarks/bench_masked_speed.py --users 300000 --items 30000 --nnz 5000000 --ks 32 --solvers ccd
+
+Data: the ratings CSV (seeded 80/20 random split, the training part) and,
+unless ``--no-generated``, a generated ratings matrix (Zipf-like user and
+item popularity, values 1..5; ``benchmarks._common.make_zipf_csr``) of
+``--users`` x ``--items`` with ``--nnz`` entries. The CSV is read into
+memory and never written anywhere. ``implicit`` is optional
+(``pip install implicit``); without it the ratios are left out.
+Writes ``masked-speed.md`` and ``.json`` under ``--out`` (bench-results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import format_machine, log, machine_info, make_zipf_csr, markdown_table, write_results
+
+
+def per_iteration(fit) -> list[float]:
+    """Seconds between consecutive iteration callbacks of ``fit(callback)``."""
+    stamps: list[float] = []
+
+    def callback(*_):
+        stamps.append(time.perf_counter())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(callback)
+    return [float(g) for g in np.diff(stamps)]
+
+
+def time_ratings(train, k: int, feedback: str, solver: str, iters: int, seed: int) -> list[float]:
+    import dnmf
+
+    model = dnmf.RatingsNMF(k, feedback=feedback, solver=solver, max_iter=iters, tol=0.0, random_state=seed)
+    return per_iteration(lambda cb: model.fit(train, callback=cb))
+
+
+def time_nmf(train, k: int, iters: int, seed: int) -> list[float]:
+    import dnmf
+
+    model = dnmf.NMF(k, max_iter=iters, tol=0.0, random_state=seed)
+    return per_iteration(lambda cb: model.fit(train, callback=cb))
+
+
+def time_implicit(train, k: int, iters: int, seed: int) -> list[float] | None:
+    try:
+        from implicit.als import AlternatingLeastSquares
+    except ImportError:
+        return None
+    model = AlternatingLeastSquares(factors=k, iterations=iters, random_state=seed)
+    X = sp.csr_matrix(train, dtype=np.float32)
+    return per_iteration(lambda cb: model.fit(X, show_progress=False, callback=cb))
+
+
+def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
+    title = f"{name}: {train.shape[0]:,} x {train.shape[1]:,}, {train.nnz:,} training entries"
+    log(f"== {title}")
+    rows = []
+    for k in args.ks:
+        # Every model once per round, ``--repeats`` rounds: a burst of load from elsewhere
+        # then falls on all of them rather than on one.
+        fits = {
+            "implicit ALS (CG)": lambda k=k: time_implicit(train, k, args.iters, args.seed),
+            "dnmf.NMF (missing = 0)": lambda k=k: time_nmf(train, k, args.iters, args.seed),
+        }
+        for feedback in ("explicit", "implicit"):
+            for solver in args.solvers:
+                fits[f'RatingsNMF {feedback}, solver="{solver}"'] = lambda k=k, f=feedback, s=solver: time_ratings(
+                    train, k, f, s, args.iters, args.seed
+                )
+        gaps: dict[str, list[float] | None] = {label: [] for label in fits}
+        for _ in range(args.repeats):
+            for label, fit in fits.items():
+                got = fit()
+                if got is None or gaps[label] is None:
+                    gaps[label] = None
+                    continue
+                gaps[label] += got
+                log(f"   k={k} {label}: {' '.join(f'{g:.3f}' for g in got)}")
+        med = {label: None if g is None else statistics.median(g) for label, g in gaps.items()}
+        ref_s, nmf_s = med["implicit ALS (CG)"], med["dnmf.NMF (missing = 0)"]
+        for label, t in med.items():
+            if t is None:
+                rows.append({"k": k, "model": label, "skipped": "`implicit` is not installed"})
+                continue
+            rows.append(
+                {
+                    "k": k,
+                    "model": label,
+                    "s_per_iter": t,
+                    "n_timed": len(gaps[label] or []),
+                    "vs_implicit": None if ref_s is None else t / ref_s,
+                    "vs_nmf": None if nmf_s is None else t / nmf_s,
+                }
+            )
+    return {"name": name, "title": title, "rows": rows}
+
+
+def render(results) -> str:
+    out = ["# RatingsNMF: time per iteration", "", "```", format_machine(results["machine"]), "```"]
+    for d in results["datasets"]:
+        out += [
+            "",
+            f"{d['title']}; median over {results['repeats']} fits x {results['iters'] - 1} iterations "
+            "(each fit's first left out):",
+            "",
+        ]
+        body = []
+        for r in d["rows"]:
+            if "skipped" in r:
+                body.append([r["k"], r["model"], "–", "–", "–", r["skipped"]])
+                continue
+            ratio = "–" if r["vs_implicit"] is None else f"{r['vs_implicit']:.2f}x"
+            body.append([r["k"], r["model"], f"{r['s_per_iter']:.3f}", ratio, f"{r['vs_nmf']:.2f}x", ""])
+        out.append(markdown_table(["k", "model", "s / iteration", "vs implicit ALS", "vs dnmf.NMF", ""], body))
+    load = results.get("loadavg_at_end")
+    out += ["", f"Load average at the end: {' '.join(f'{x:.2f}' for x in load) if load else 'n/a'}."]
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratings", default=None, help="ratings CSV, e.g. ml-latest-small/ratings.csv (never copied)")
+    p.add_argument("--user-col", default="userId")
+    p.add_argument("--item-col", default="movieId")
+    p.add_argument("--value-col", default="rating")
+    p.add_argument("--ks", type=int, nargs="+", default=[20, 64], help="factors (default 20 64)")
+    p.add_argument("--solvers", nargs="+", default=["als", "ccd"], choices=["als", "ccd"])
+    p.add_argument("--iters", type=int, default=5, help="iterations per fit; the first is not timed")
+    p.add_argument("--repeats", type=int, default=3, help="fits of every model, taken in turns")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-generated", action="store_true", help="skip the generated matrix")
+    p.add_argument("--users", type=int, default=20_000, help="generated matrix: rows")
+    p.add_argument("--items", type=int, default=4_000, help="generated matrix: columns")
+    p.add_argument("--nnz", type=int, default=400_000, help="generated matrix: entries")
+    p.add_argument("--out", default="bench-results")
+    args = p.parse_args(argv)
+    if args.iters < 2:
+        p.error("--iters must be at least 2: the first iteration is not timed.")
+    return args
+
+
+def main(argv=None):
+    import dnmf
+    from benchmarks.bench_implicit_quality import load_ratings
+
+    args = parse_args(argv)
+    info = machine_info()
+    log(format_machine(info))
+    results = {"machine": info, "iters": args.iters, "repeats": args.repeats, "seed": args.seed, "datasets": []}
+    if args.ratings:
+        X = load_ratings(args.ratings, args.user_col, args.item_col, args.value_col)
+        train, _ = dnmf.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
+        label = "/".join(os.path.abspath(args.ratings).split(os.sep)[-2:]) + " (80% training split)"
+        results["datasets"].append(run_dataset(label, sp.csr_matrix(train), args))
+    if not args.no_generated:
+        t = time.perf_counter()
+        X = make_zipf_csr(args.users, args.items, args.nnz, seed=args.seed)
+        log(f"generated {X.shape} with {X.nnz:,} entries in {time.perf_counter() - t:.1f} s")
+        results["datasets"].append(run_dataset(f"generated ratings (seed {args.seed})", X, args))
+    results["loadavg_at_end"] = os.getloadavg()
+    md = render(results)
+    print(md)
+    paths = write_results(args.out, "masked-speed", md, results)
+    log(f"\nwrote {paths[0]} and {paths[1]}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
