@@ -7,15 +7,23 @@ even by mistake.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
 from . import locations
 from .codecs import ARRAY_CONFIG, Codec, numeric_compressors, string_compressors
 from .errors import StoreError
+
+# Blosc and Zstandard frames describe themselves: one decoder reads any level.
+_BLOSC = numcodecs.Blosc()
+_ZSTD = numcodecs.Zstd()
 
 _NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
 _CORRUPT_FIX = (
@@ -93,6 +101,80 @@ def read_whole(array: zarr.Array, where: str) -> np.ndarray:
             f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
             _CORRUPT_FIX,
         ) from None
+
+
+def read_single_chunk(root: str, array_path: str, array: zarr.Array) -> np.ndarray:
+    """All of a 1-D, one-chunk ``array`` of a store, decoded in the calling thread.
+
+    dnmf's sparse blocks are three such arrays. For a local store whose
+    codecs dnmf writes (bytes, then Blosc or Zstandard, then CRC32C) the
+    chunk file is read and decoded here, straight into the returned array:
+    Zarr's own path hands each chunk to its event-loop thread and a thread
+    pool and copies it on the way, which costs most in Dask worker
+    processes (see the out-of-core benchmark). Anything else (URLs, other
+    codecs, several chunks) goes through Zarr.
+
+    Raises
+    ------
+    StoreError
+        If the chunk is truncated, corrupted or its checksum does not match.
+    """
+    where = locations.join(root, array_path)
+    plan = _direct_plan(root, array)
+    if plan is None:
+        return read_whole(array, where)
+    dtype, compressor, checked = plan
+    n = array.shape[0]
+    out = np.empty(n, dtype=dtype)
+    if n == 0:
+        return out
+    try:
+        with open(os.path.join(root, array_path, "c", "0"), "rb") as fh:
+            raw = fh.read()
+        payload = np.frombuffer(raw, dtype=np.uint8)
+        if checked:
+            if len(raw) < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != raw[-4:]:
+                raise ValueError("the CRC32C checksum does not match")
+            payload = payload[:-4]
+        if compressor is None:
+            if len(payload) != out.nbytes:
+                raise ValueError(f"{len(payload)} bytes, expected {out.nbytes}")
+            out.view(np.uint8)[:] = payload
+        else:
+            compressor.decode(payload, out=out)
+    except Exception as exc:
+        raise StoreError(
+            where,
+            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
+            _CORRUPT_FIX,
+        ) from None
+    return out
+
+
+def _direct_plan(root: str, array: zarr.Array):
+    """``(dtype, numcodecs compressor or None, checksummed)`` if dnmf can decode ``array`` itself, else None."""
+    if locations.is_url(root) or array.ndim != 1 or array.chunks != array.shape:
+        return None
+    codecs = list(array.metadata.codecs)  # type: ignore[union-attr]
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "iuf" or (dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")):
+        return None
+    dtype = dtype.newbyteorder("<")
+    checked = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    middle = codecs[1 : len(codecs) - checked]
+    compressor: Any = None
+    if len(middle) > 1:
+        return None
+    if middle:
+        if isinstance(middle[0], BloscCodec):
+            compressor = _BLOSC
+        elif isinstance(middle[0], ZstdCodec):
+            compressor = _ZSTD
+        else:
+            return None
+    return dtype, compressor, checked
 
 
 def read_region(array: zarr.Array, region: tuple[slice, ...], where: str) -> np.ndarray:
