@@ -8,6 +8,7 @@ even by mistake.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,9 @@ from .errors import StoreError
 
 # Blosc and Zstandard frames describe themselves: one decoder reads any level.
 _BLOSC = numcodecs.Blosc()
+#: Chunk files up to this size are read into a per-thread buffer kept between reads.
+_BUFFER_MAX_BYTES = 64 * 2**20
+_THREAD = threading.local()
 _ZSTD = numcodecs.Zstd()
 
 _NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
@@ -129,11 +133,9 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array) -> np.ndarr
     if n == 0:
         return out
     try:
-        with open(os.path.join(root, array_path, "c", "0"), "rb") as fh:
-            raw = fh.read()
-        payload = np.frombuffer(raw, dtype=np.uint8)
+        payload = _read_file(os.path.join(root, array_path, "c", "0"))
         if checked:
-            if len(raw) < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != raw[-4:]:
+            if payload.size < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != payload[-4:].tobytes():
                 raise ValueError("the CRC32C checksum does not match")
             payload = payload[:-4]
         if compressor is None:
@@ -151,6 +153,30 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array) -> np.ndarr
     return out
 
 
+def _read_file(path: str) -> np.ndarray:
+    """The bytes of the file at ``path``, in this thread's reusable buffer (valid until its next call).
+
+    Reusing the buffer matters in Dask workers: distributed sets
+    ``MALLOC_TRIM_THRESHOLD_``, which pins glibc's mmap threshold, so every
+    fresh multi-megabyte buffer is new memory from the kernel, page-faulted
+    in and zeroed on each block.
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > _BUFFER_MAX_BYTES:
+            return np.frombuffer(fh.read(), dtype=np.uint8)
+        buf = getattr(_THREAD, "buffer", None)
+        if buf is None or buf.size < size:
+            buf = _THREAD.buffer = np.empty(max(size, 1 << 20), dtype=np.uint8)
+        n = fh.readinto(memoryview(buf)[:size])
+    return buf[:n]
+
+
+def decodes_directly(root: str, array: zarr.Array) -> bool:
+    """Whether :func:`read_single_chunk` decodes ``array`` itself (else Zarr does)."""
+    return _direct_plan(root, array) is not None
+
+
 def _direct_plan(root: str, array: zarr.Array):
     """``(dtype, numcodecs compressor or None, checksummed)`` if dnmf can decode ``array`` itself, else None."""
     if locations.is_url(root) or array.ndim != 1 or array.chunks != array.shape:
@@ -159,7 +185,9 @@ def _direct_plan(root: str, array: zarr.Array):
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return None
     dtype = np.dtype(array.dtype)
-    if dtype.kind not in "iuf" or (dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")):
+    if dtype.kind not in "iuf" or (
+        dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")
+    ):
         return None
     dtype = dtype.newbyteorder("<")
     checked = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)

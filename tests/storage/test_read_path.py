@@ -1,0 +1,99 @@
+"""dnmf's own decoding of one-chunk arrays (:func:`dnmf.storage.nodes.read_single_chunk`) against Zarr's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
+
+from dnmf.storage import nodes
+from dnmf.storage.errors import StoreError
+
+CODECS = ["zstd", "zstd:9", "lz4", "lz4:1", "none"]
+DTYPES = [np.float64, np.float32, np.int32, np.int64, np.uint8]
+
+
+def _zarr_read(root, name):
+    return np.asarray(zarr.open_array(store=root, path=name, mode="r")[...])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    codec=st.sampled_from(CODECS),
+    dtype=st.sampled_from(DTYPES),
+    n=st.integers(0, 5000),
+    seed=st.integers(0, 2**16),
+)
+def test_direct_read_equals_zarr(tmp_path_factory, codec, dtype, n, seed):
+    root = str(tmp_path_factory.mktemp("direct"))
+    rng = np.random.default_rng(seed)
+    values = (rng.random(n) * 1000).astype(dtype)
+    nodes.write_1d(root, "a", values, None, codec=codec)
+    arr = nodes.open_array_readonly(root, "a")
+    got = nodes.read_single_chunk(root, "a", arr)
+    want = _zarr_read(root, "a")
+    assert got.dtype == want.dtype == values.dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, values)
+    assert got.flags.writeable and got.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "compressors", [(ZstdCodec(level=3), Crc32cCodec()), (ZstdCodec(level=1),), (GzipCodec(level=1), Crc32cCodec())]
+)
+def test_other_codec_chains_read_the_same(tmp_path, compressors):
+    """Plain Zstandard (used above Blosc's 2 GiB limit), no checksum, and a codec dnmf does not decode itself."""
+    root = str(tmp_path)
+    values = np.random.default_rng(0).random(3000)
+    arr = zarr.create_array(
+        store=root, name="a", shape=values.shape, chunks=values.shape, dtype=values.dtype, compressors=compressors
+    )
+    arr[...] = values
+    got = nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
+    np.testing.assert_array_equal(got, values)
+
+
+def test_several_chunks_go_through_zarr(tmp_path):
+    root = str(tmp_path)
+    values = np.arange(1000, dtype=np.int64)
+    nodes.write_1d(root, "a", values, None, chunk=300)
+    got = nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
+    np.testing.assert_array_equal(got, values)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_chunk_is_a_store_error(tmp_path, codec, damage):
+    root = str(tmp_path)
+    nodes.write_1d(root, "a", np.random.default_rng(1).random(2000), None, codec=codec)
+    chunk = tmp_path / "a" / "c" / "0"
+    raw = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x10
+    else:
+        del raw[len(raw) // 2 :]
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="cannot be decoded"):
+        nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_dnmf_arrays_are_decoded_directly(tmp_path, codec):
+    root = str(tmp_path)
+    nodes.write_1d(root, "a", np.arange(100.0), None, codec=codec)
+    assert nodes.decodes_directly(root, nodes.open_array_readonly(root, "a"))
+
+
+def test_blocks_do_not_share_the_read_buffer(tmp_path):
+    """Each read returns its own array, although the file bytes go through one reused buffer."""
+    root = str(tmp_path)
+    a, b = np.arange(3000.0), np.arange(3000.0)[::-1].copy()
+    nodes.write_1d(root, "a", a, None, codec="none")
+    nodes.write_1d(root, "b", b, None, codec="none")
+    got_a = nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
+    got_b = nodes.read_single_chunk(root, "b", nodes.open_array_readonly(root, "b"))
+    np.testing.assert_array_equal(got_a, a)
+    np.testing.assert_array_equal(got_b, b)
