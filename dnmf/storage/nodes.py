@@ -7,6 +7,7 @@ even by mistake.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from . import locations
 from .codecs import ARRAY_CONFIG, Codec, numeric_compressors, string_compressors
@@ -81,6 +83,54 @@ def open_array_readonly(root: str, subpath: str, storage_options: Mapping[str, A
         raise StoreError(where, problem, _CORRUPT_FIX) from None
 
 
+class LocalArray:
+    """A 1-D array of a local store, known by its parsed metadata only (no Zarr array object).
+
+    Opening a Zarr array runs a round trip through Zarr's event-loop thread;
+    a sparse block has three arrays, so in a busy worker process those hops
+    cost as much as a quarter of a block's read. ``shape``, ``chunks``,
+    ``dtype``, ``ndim`` and ``metadata`` mirror :class:`zarr.Array`'s.
+    """
+
+    def __init__(self, root: str, path: str, metadata: ArrayV3Metadata) -> None:
+        self.root, self.path, self.metadata = root, path, metadata
+        self.shape: tuple[int, ...] = tuple(metadata.shape)
+        self.chunks: tuple[int, ...] = tuple(metadata.chunks)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(metadata.dtype.to_native_dtype())
+
+    def open(self) -> zarr.Array:
+        """The same array through Zarr."""
+        return open_array_readonly(self.root, self.path)
+
+
+def open_array_meta_readonly(
+    root: str, subpath: str, storage_options: Mapping[str, Any] | None = None
+) -> zarr.Array | LocalArray:
+    """The array ``subpath`` of ``root``: a :class:`LocalArray` for a local store, else a Zarr array.
+
+    Raises
+    ------
+    StoreError
+        As :func:`open_array_readonly` does: the array is missing or its metadata unreadable.
+    """
+    if locations.is_url(root):
+        return open_array_readonly(root, subpath, storage_options)
+    where = locations.join(root, subpath)
+    try:
+        with open(os.path.join(root, subpath, "zarr.json"), "rb") as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict) or doc.get("node_type") != "array" or doc.get("zarr_format") != 3:
+            raise ValueError("not a Zarr v3 array")
+        return LocalArray(root, subpath, ArrayV3Metadata.from_dict(doc))
+    except FileNotFoundError:
+        raise StoreError(where, "the array is missing", _CORRUPT_FIX) from None
+    except Exception as exc:
+        raise StoreError(
+            where, f"the array's metadata cannot be read ({type(exc).__name__}: {exc})", _CORRUPT_FIX
+        ) from None
+
+
 def chunk_exists(
     root: str, array_path: str, coords: tuple[int, ...], storage_options: Mapping[str, Any] | None
 ) -> bool:
@@ -107,7 +157,7 @@ def read_whole(array: zarr.Array, where: str) -> np.ndarray:
         ) from None
 
 
-def read_single_chunk(root: str, array_path: str, array: zarr.Array) -> np.ndarray:
+def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray) -> np.ndarray:
     """All of a 1-D, one-chunk ``array`` of a store, decoded in the calling thread.
 
     dnmf's sparse blocks are three such arrays. For a local store whose
@@ -126,7 +176,7 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array) -> np.ndarr
     where = locations.join(root, array_path)
     plan = _direct_plan(root, array)
     if plan is None:
-        return read_whole(array, where)
+        return read_whole(array.open() if isinstance(array, LocalArray) else array, where)
     dtype, compressor, checked = plan
     n = array.shape[0]
     out = np.empty(n, dtype=dtype)
@@ -168,16 +218,16 @@ def _read_file(path: str) -> np.ndarray:
         buf = getattr(_THREAD, "buffer", None)
         if buf is None or buf.size < size:
             buf = _THREAD.buffer = np.empty(max(size, 1 << 20), dtype=np.uint8)
-        n = fh.readinto(memoryview(buf)[:size])
+        n = fh.readinto(buf[:size].data)
     return buf[:n]
 
 
-def decodes_directly(root: str, array: zarr.Array) -> bool:
+def decodes_directly(root: str, array: zarr.Array | LocalArray) -> bool:
     """Whether :func:`read_single_chunk` decodes ``array`` itself (else Zarr does)."""
     return _direct_plan(root, array) is not None
 
 
-def _direct_plan(root: str, array: zarr.Array):
+def _direct_plan(root: str, array: zarr.Array | LocalArray):
     """``(dtype, numcodecs compressor or None, checksummed)`` if dnmf can decode ``array`` itself, else None."""
     if locations.is_url(root) or array.ndim != 1 or array.chunks != array.shape:
         return None

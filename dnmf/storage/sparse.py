@@ -139,7 +139,7 @@ def read_sparse_block(
     parts: dict[str, np.ndarray] = {}
     for name, length in expected.items():
         array_path = f"{base}/{name}"
-        arr = nodes.open_array_readonly(path, array_path, storage_options)
+        arr = nodes.open_array_meta_readonly(path, array_path, storage_options)
         if arr.shape != (length,):
             raise _corrupt(where, f"{name} has shape {arr.shape}, expected ({length},) from the metadata")
         if length and not nodes.chunk_exists(path, array_path, (0,), storage_options):

@@ -32,13 +32,14 @@ def test_direct_read_equals_zarr(tmp_path_factory, codec, dtype, n, seed):
     rng = np.random.default_rng(seed)
     values = (rng.random(n) * 1000).astype(dtype)
     nodes.write_1d(root, "a", values, None, codec=codec)
-    arr = nodes.open_array_readonly(root, "a")
-    got = nodes.read_single_chunk(root, "a", arr)
     want = _zarr_read(root, "a")
-    assert got.dtype == want.dtype == values.dtype
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got, values)
-    assert got.flags.writeable and got.flags.c_contiguous
+    for arr in (nodes.open_array_readonly(root, "a"), nodes.open_array_meta_readonly(root, "a")):
+        assert arr.shape == want.shape and arr.dtype == want.dtype
+        got = nodes.read_single_chunk(root, "a", arr)
+        assert got.dtype == want.dtype == values.dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, values)
+        assert got.flags.writeable and got.flags.c_contiguous
 
 
 @pytest.mark.parametrize(
@@ -52,16 +53,17 @@ def test_other_codec_chains_read_the_same(tmp_path, compressors):
         store=root, name="a", shape=values.shape, chunks=values.shape, dtype=values.dtype, compressors=compressors
     )
     arr[...] = values
-    got = nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
-    np.testing.assert_array_equal(got, values)
+    for arr in (nodes.open_array_readonly(root, "a"), nodes.open_array_meta_readonly(root, "a")):
+        np.testing.assert_array_equal(nodes.read_single_chunk(root, "a", arr), values)
 
 
 def test_several_chunks_go_through_zarr(tmp_path):
     root = str(tmp_path)
     values = np.arange(1000, dtype=np.int64)
     nodes.write_1d(root, "a", values, None, chunk=300)
-    got = nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
-    np.testing.assert_array_equal(got, values)
+    arr = nodes.open_array_meta_readonly(root, "a")
+    assert not nodes.decodes_directly(root, arr)
+    np.testing.assert_array_equal(nodes.read_single_chunk(root, "a", arr), values)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -77,7 +79,7 @@ def test_damaged_chunk_is_a_store_error(tmp_path, codec, damage):
         del raw[len(raw) // 2 :]
     chunk.write_bytes(bytes(raw))
     with pytest.raises(StoreError, match="cannot be decoded"):
-        nodes.read_single_chunk(root, "a", nodes.open_array_readonly(root, "a"))
+        nodes.read_single_chunk(root, "a", nodes.open_array_meta_readonly(root, "a"))
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -85,6 +87,17 @@ def test_dnmf_arrays_are_decoded_directly(tmp_path, codec):
     root = str(tmp_path)
     nodes.write_1d(root, "a", np.arange(100.0), None, codec=codec)
     assert nodes.decodes_directly(root, nodes.open_array_readonly(root, "a"))
+    assert nodes.decodes_directly(root, nodes.open_array_meta_readonly(root, "a"))
+
+
+def test_metadata_that_is_not_an_array_is_a_store_error(tmp_path):
+    root = str(tmp_path)
+    nodes.write_1d(root, "a", np.arange(10.0), None)
+    (tmp_path / "a" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    with pytest.raises(StoreError, match="metadata cannot be read"):
+        nodes.open_array_meta_readonly(root, "a")
+    with pytest.raises(StoreError, match="missing"):
+        nodes.open_array_meta_readonly(root, "b")
 
 
 def test_blocks_do_not_share_the_read_buffer(tmp_path):
