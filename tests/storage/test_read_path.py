@@ -110,3 +110,30 @@ def test_blocks_do_not_share_the_read_buffer(tmp_path):
     got_b = nodes.read_single_chunk(root, "b", nodes.open_array_readonly(root, "b"))
     np.testing.assert_array_equal(got_a, a)
     np.testing.assert_array_equal(got_b, b)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+@pytest.mark.parametrize("index_dtype", ["int32", "int64"])
+def test_sparse_blocks_read_as_zarr_reads_them(tmp_path, codec, index_dtype):
+    """Every block of a store equals the CSR matrix assembled from Zarr's reads of its three arrays."""
+    import scipy.sparse as sp
+
+    import dnmf
+    from dnmf.storage import read_sparse_block
+
+    X = sp.random(70, 50, density=0.2, format="csr", random_state=3, dtype=np.float32)
+    X[5] = 0  # an empty row
+    sp.save_npz(tmp_path / "x.npz", X)
+    path = str(tmp_path / "s.zarr")
+    info = dnmf.ingest(tmp_path / "x.npz", path, codec=codec, index_dtype=index_dtype, dtype="float32").info
+    for i, h in enumerate(info.row_chunks):
+        for j, w in enumerate(info.col_chunks):
+            got = read_sparse_block(path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j])
+            parts = [_zarr_read(path, f"blocks/{i}_{j}/{n}") for n in ("data", "indices", "indptr")]
+            want = sp.csr_matrix(tuple(parts), shape=(h, w))
+            assert parts[1].dtype == np.dtype(index_dtype) and got.dtype == np.float32
+            np.testing.assert_array_equal(got.indptr, want.indptr)
+            np.testing.assert_array_equal(got.indices, want.indices)
+            np.testing.assert_array_equal(got.data, want.data)
+            r0, c0 = sum(info.row_chunks[:i]), sum(info.col_chunks[:j])
+            np.testing.assert_array_equal(got.toarray(), X[r0 : r0 + h, c0 : c0 + w].toarray())
