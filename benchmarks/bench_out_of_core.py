@@ -10,7 +10,8 @@ worker memory limit, ``--workers`` x ``--memory-limit``), one run:
    process (a), after a raw pass over its files (bytes on disk, no decoding);
 3. starts ``LocalCluster(n_workers=W, threads_per_worker=1, processes=True,
    memory_limit=L)``, reads the store once on the cluster (b): a sum of every
-   block's nnz, each block read by one task;
+   block's nnz, each block read by one task (only the counts come back); the
+   CPU seconds of (a) and of the worker processes in (b) are recorded too;
 4. fits ``dnmf.NMF(k, solver="mu", init="random", tol=0)`` on the store path
    for ``--iters`` iterations (c) while sampling every worker's RSS, status
    (paused?), process id (restarted?) and spilled keys every 0.1 s.
@@ -18,7 +19,8 @@ worker memory limit, ``--workers`` x ``--memory-limit``), one run:
 Reported per size: CSR bytes and multiple of the memory limit, bytes on disk
 (compression ratio), read throughput (a), (b) and the fit's effective read
 rate (c) = CSR bytes / per-iteration time (a mu iteration reads X once),
-with (b)/(a) and (c)/(a); the fit's setup (before the first iteration: one
+with (b)/(a) and (c)/(a), and (b)/(a) by CPU seconds (less distorted by a
+loaded machine than wall time); the fit's setup (before the first iteration: one
 statistics pass over X plus the initialisation) and per-iteration time
 (median of the callback deltas); peak worker RSS; pauses / restarts;
 spilled keys, split into X's blocks (keys named ``dnmf-store...``, which
