@@ -7,15 +7,29 @@ even by mistake.
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from . import locations
 from .codecs import ARRAY_CONFIG, Codec, numeric_compressors, string_compressors
 from .errors import StoreError
+
+# Blosc and Zstandard frames describe themselves: one decoder reads any level.
+_BLOSC = numcodecs.Blosc()
+#: Chunk files up to this size are read into a per-thread buffer kept between reads.
+_BUFFER_MAX_BYTES = 64 * 2**20
+_THREAD = threading.local()
+_ZSTD = numcodecs.Zstd()
 
 _NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
 _CORRUPT_FIX = (
@@ -69,6 +83,54 @@ def open_array_readonly(root: str, subpath: str, storage_options: Mapping[str, A
         raise StoreError(where, problem, _CORRUPT_FIX) from None
 
 
+class LocalArray:
+    """A 1-D array of a local store, known by its parsed metadata only (no Zarr array object).
+
+    Opening a Zarr array runs a round trip through Zarr's event-loop thread;
+    a sparse block has three arrays, so in a busy worker process those hops
+    cost as much as a quarter of a block's read. ``shape``, ``chunks``,
+    ``dtype``, ``ndim`` and ``metadata`` mirror :class:`zarr.Array`'s.
+    """
+
+    def __init__(self, root: str, path: str, metadata: ArrayV3Metadata) -> None:
+        self.root, self.path, self.metadata = root, path, metadata
+        self.shape: tuple[int, ...] = tuple(metadata.shape)
+        self.chunks: tuple[int, ...] = tuple(metadata.chunks)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(metadata.dtype.to_native_dtype())
+
+    def open(self) -> zarr.Array:
+        """The same array through Zarr."""
+        return open_array_readonly(self.root, self.path)
+
+
+def open_array_meta_readonly(
+    root: str, subpath: str, storage_options: Mapping[str, Any] | None = None
+) -> zarr.Array | LocalArray:
+    """The array ``subpath`` of ``root``: a :class:`LocalArray` for a local store, else a Zarr array.
+
+    Raises
+    ------
+    StoreError
+        As :func:`open_array_readonly` does: the array is missing or its metadata unreadable.
+    """
+    if locations.is_url(root):
+        return open_array_readonly(root, subpath, storage_options)
+    where = locations.join(root, subpath)
+    try:
+        with open(os.path.join(root, subpath, "zarr.json"), "rb") as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict) or doc.get("node_type") != "array" or doc.get("zarr_format") != 3:
+            raise ValueError("not a Zarr v3 array")
+        return LocalArray(root, subpath, ArrayV3Metadata.from_dict(doc))
+    except FileNotFoundError:
+        raise StoreError(where, "the array is missing", _CORRUPT_FIX) from None
+    except Exception as exc:
+        raise StoreError(
+            where, f"the array's metadata cannot be read ({type(exc).__name__}: {exc})", _CORRUPT_FIX
+        ) from None
+
+
 def chunk_exists(
     root: str, array_path: str, coords: tuple[int, ...], storage_options: Mapping[str, Any] | None
 ) -> bool:
@@ -93,6 +155,104 @@ def read_whole(array: zarr.Array, where: str) -> np.ndarray:
             f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
             _CORRUPT_FIX,
         ) from None
+
+
+def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray) -> np.ndarray:
+    """All of a 1-D, one-chunk ``array`` of a store, decoded in the calling thread.
+
+    dnmf's sparse blocks are three such arrays. For a local store whose
+    codecs dnmf writes (bytes, then Blosc or Zstandard, then CRC32C) the
+    chunk file is read and decoded here, straight into the returned array:
+    Zarr's own path hands each chunk to its event-loop thread and a thread
+    pool and copies it on the way, which costs most in Dask worker
+    processes (see the out-of-core benchmark). Anything else (URLs, other
+    codecs, several chunks) goes through Zarr.
+
+    Raises
+    ------
+    StoreError
+        If the chunk is truncated, corrupted or its checksum does not match.
+    """
+    where = locations.join(root, array_path)
+    plan = _direct_plan(root, array)
+    if plan is None:
+        return read_whole(array.open() if isinstance(array, LocalArray) else array, where)
+    dtype, compressor, checked = plan
+    n = array.shape[0]
+    out = np.empty(n, dtype=dtype)
+    if n == 0:
+        return out
+    try:
+        payload = _read_file(os.path.join(root, array_path, "c", "0"))
+        if checked:
+            if payload.size < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != payload[-4:].tobytes():
+                raise ValueError("the CRC32C checksum does not match")
+            payload = payload[:-4]
+        if compressor is None:
+            if len(payload) != out.nbytes:
+                raise ValueError(f"{len(payload)} bytes, expected {out.nbytes}")
+            out.view(np.uint8)[:] = payload
+        else:
+            compressor.decode(payload, out=out)
+    except Exception as exc:
+        raise StoreError(
+            where,
+            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
+            _CORRUPT_FIX,
+        ) from None
+    return out
+
+
+def _read_file(path: str) -> np.ndarray:
+    """The bytes of the file at ``path``, in this thread's reusable buffer (valid until its next call).
+
+    Reusing the buffer matters in Dask workers: distributed sets
+    ``MALLOC_TRIM_THRESHOLD_``, which pins glibc's mmap threshold, so every
+    fresh multi-megabyte buffer is new memory from the kernel, page-faulted
+    in and zeroed on each block.
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > _BUFFER_MAX_BYTES:
+            return np.frombuffer(fh.read(), dtype=np.uint8)
+        buf = getattr(_THREAD, "buffer", None)
+        if buf is None or buf.size < size:
+            buf = _THREAD.buffer = np.empty(max(size, 1 << 20), dtype=np.uint8)
+        n = fh.readinto(buf[:size].data)
+    return buf[:n]
+
+
+def decodes_directly(root: str, array: zarr.Array | LocalArray) -> bool:
+    """Whether :func:`read_single_chunk` decodes ``array`` itself (else Zarr does)."""
+    return _direct_plan(root, array) is not None
+
+
+def _direct_plan(root: str, array: zarr.Array | LocalArray):
+    """``(dtype, numcodecs compressor or None, checksummed)`` if dnmf can decode ``array`` itself, else None."""
+    if locations.is_url(root) or array.ndim != 1 or array.chunks != array.shape:
+        return None
+    codecs = list(array.metadata.codecs)  # type: ignore[union-attr]
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "iuf" or (
+        dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little")
+    ):
+        return None
+    dtype = dtype.newbyteorder("<")
+    checked = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    middle = codecs[1 : len(codecs) - checked]
+    compressor: Any = None
+    if len(middle) > 1:
+        return None
+    if middle:
+        if isinstance(middle[0], BloscCodec):
+            compressor = _BLOSC
+        elif isinstance(middle[0], ZstdCodec):
+            compressor = _ZSTD
+        else:
+            return None
+    return dtype, compressor, checked
 
 
 def read_region(array: zarr.Array, region: tuple[slice, ...], where: str) -> np.ndarray:

@@ -139,12 +139,12 @@ def read_sparse_block(
     parts: dict[str, np.ndarray] = {}
     for name, length in expected.items():
         array_path = f"{base}/{name}"
-        arr = nodes.open_array_readonly(path, array_path, storage_options)
+        arr = nodes.open_array_meta_readonly(path, array_path, storage_options)
         if arr.shape != (length,):
             raise _corrupt(where, f"{name} has shape {arr.shape}, expected ({length},) from the metadata")
         if length and not nodes.chunk_exists(path, array_path, (0,), storage_options):
             raise _corrupt(where, f"the chunk of {name} is missing")
-        parts[name] = nodes.read_whole(arr, locations.join(path, array_path))
+        parts[name] = nodes.read_single_chunk(path, array_path, arr)
     indptr, indices, data = parts["indptr"], parts["indices"], parts["data"]
     if indptr.dtype.kind != "i" or indices.dtype.kind != "i":
         raise _corrupt(where, f"index arrays have dtypes {indptr.dtype}/{indices.dtype}, not integers")
