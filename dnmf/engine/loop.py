@@ -261,6 +261,7 @@ def run(
                 _restore(rng, st.rng_state or initial_rng)
             start = time.perf_counter() - st.elapsed
             current = step.settle(runner, (A, B))
+            del A, B  # or they would keep the recovered factors for the rest of the fit
             continue
         current = new
         st.iteration = n_iter
@@ -289,6 +290,7 @@ def run(
             rest = _present(current[2:])
             rebased = iter(runner.rebase(*rest))
             current = (A, B, *(next(rebased) if a is not None else None for a in current[2:]))
+            del A, B  # or they would hold this state's factors until the next checkpoint
             cuts += 1
         elif runner.client is None or n_iter % cut_every or n_iter == max_iter:
             continue

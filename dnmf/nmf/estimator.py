@@ -335,7 +335,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             if key == "sample_ids" and (W is None or ids is None or len(ids) != W.shape[0]):
                 continue
             if ids is not None and not isinstance(ids, pd.RangeIndex):
-                attrs[key] = [v.item() if hasattr(v, "item") else v for v in ids]
+                values = ids.to_numpy()
+                # A numeric array becomes one list when the attributes are encoded; a list built
+                # here would be a second one (3M row IDs: 24 MB more at the save's peak).
+                attrs[key] = values if values.dtype != object else [v.item() if hasattr(v, "item") else v for v in ids]
         client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
 
