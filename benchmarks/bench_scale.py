@@ -16,7 +16,11 @@ generating takes little memory), then runs, each in a subprocess,
    iteration); per iteration = median gap between ``iteration`` events;
    save = the ``save`` timing. Peak RSS of the process and its children,
    sampled every 50 ms with psutil, next to the bytes of X (CSR: values,
-   indices, row pointers), W and Hᵀ (float of X's width).
+   indices, row pointers), W and Hᵀ (float of X's width); also the peak of
+   each phase (setup, iterations, save) and the ratio of the peak above
+   the "floor", the peak of the same command on a tiny store (about 0.5 GB
+   of interpreter, libraries, cluster and allocator pools, which dominates
+   the small cases).
 
 ``codecs`` (``--codecs``): the same CSV ingested once per storage choice
 (value dtype, index width, codec) and, for each, bytes on disk, a read
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -96,8 +101,13 @@ def _dnmf() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "dnmf.cli"]
 
 
-def run_sampled(cmd: list[str]) -> tuple[list[tuple[float, str]], str, float, float]:
-    """Run ``cmd``; return (stdout lines with arrival times, stderr, seconds, peak RSS bytes of its tree)."""
+def run_sampled(
+    cmd: list[str], samples: list[tuple[float, int]] | None = None
+) -> tuple[list[tuple[float, str]], str, float, float]:
+    """Run ``cmd``; return (stdout lines with arrival times, stderr, seconds, peak RSS bytes of its tree).
+
+    ``samples``, if given, receives every ``(time, RSS bytes)`` sample, on the clock of the lines.
+    """
     import psutil
 
     t0 = time.perf_counter()
@@ -111,6 +121,8 @@ def run_sampled(cmd: list[str]) -> tuple[list[tuple[float, str]], str, float, fl
             try:
                 rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
                 peak[0] = max(peak[0], rss)
+                if samples is not None:
+                    samples.append((time.perf_counter() - t0, rss))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -145,6 +157,19 @@ def csr_bytes(store) -> int:
     return total
 
 
+def floor_rss(a, work: str) -> float:
+    """Peak RSS of the same ``dnmf fit`` command on a tiny generated store (20k ratings)."""
+    csv = os.path.join(work, "tiny.csv")
+    generate(csv, 20_000, 3_000, 300, a.zipf)
+    store, model = os.path.join(work, "tiny.zarr"), os.path.join(work, "tiny-model")
+    run_sampled([*_dnmf(), "ingest", csv, "-o", store, "--overwrite", "--json"])
+    cmd = [*_dnmf(), "fit", store, "-o", model, "-k", str(a.k), "--max-iter", str(a.iters), "--seed", "0"]
+    _, _, _, peak = run_sampled([*cmd, "--log-json"])
+    for path in (csv, store, model):
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    return peak
+
+
 def fit_part(a, work: str, csv: str) -> dict:
     import dnmf
 
@@ -170,7 +195,9 @@ def fit_part(a, work: str, csv: str) -> dict:
     model = os.path.join(work, "model")
     cmd = [*_dnmf(), "fit", store, "-o", model, "-k", str(a.k), "--max-iter", str(a.iters), "--log-json"]
     cmd += ["--seed", "0"]
-    lines, _, secs, peak = run_sampled(cmd)
+    floor = floor_rss(a, work)
+    samples: list[tuple[float, int]] = []
+    lines, _, secs, peak = run_sampled(cmd, samples)
     events = []
     for t, line in lines:
         try:
@@ -183,6 +210,11 @@ def fit_part(a, work: str, csv: str) -> dict:
     per_iter = statistics.median(np.diff(iters)) if len(iters) > 1 else float("nan")
     setup = iters[0] - start - per_iter
     factors = (m + n) * a.k * item
+    # Peak RSS by phase: setup (to the start of iteration 1), the iterations, and what
+    # follows them (the save).
+    bounds = {"setup": (0.0, iters[0] - per_iter), "iterations": (iters[0] - per_iter, iters[-1])}
+    bounds["save"] = (iters[-1], math.inf)
+    phases = {name: max((r for t, r in samples if lo <= t < hi), default=0) / 1e9 for name, (lo, hi) in bounds.items()}
     res.update(
         fit_seconds=secs,
         setup_seconds=setup,
@@ -190,9 +222,15 @@ def fit_part(a, work: str, csv: str) -> dict:
         setup_in_iterations=setup / per_iter,
         save_seconds=final.get("timings", {}).get("save"),
         fit_peak_rss_gb=peak / 1e9,
+        **{f"fit_peak_rss_{name}_gb": v for name, v in phases.items()},
         x_gb=x_bytes / 1e9,
         w_ht_gb=factors / 1e9,
         rss_over_x_w_ht=peak / (x_bytes + factors),
+        # What the data costs: the peak above that of the same command on a tiny store (the
+        # interpreter, its libraries, the cluster, the allocator's pools), which dominates the
+        # small cases; a larger case's ratio approaches this one.
+        fit_floor_rss_gb=floor / 1e9,
+        rss_above_floor_over_x_w_ht=(peak - floor) / (x_bytes + factors),
         loss_first=None,
     )
     shutil.rmtree(model, ignore_errors=True)

@@ -16,7 +16,13 @@ loop owns everything else, the same way for every model:
   without one it passes through the client every ``every`` iterations when
   it is at most ``max_bytes``;
 - the :class:`~sklearn.exceptions.ConvergenceWarning` of a fit that ran out
-  of iterations.
+  of iterations;
+- memory: the loop holds one state between iterations. During a step it
+  keeps no reference to the state the step reads (unless the step says it
+  may roll back to it, ``rolls_back``), so the cluster drops each of its
+  blocks once the tasks that read it have run, and the old and new factors
+  are not both held whole. Starting factors handed over in a ``list`` are
+  released once settled (see :func:`run`).
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class Step(Protocol):
 
     #: Appended to the ConvergenceWarning's "Maximum number of iterations N reached." message.
     not_converged_hint: str
+
+    # Optional: ``rolls_back`` (bool, default True): whether ``observe`` may return
+    # ``Verdict(rollback=True)``. A step that says False lets the loop release the
+    # state each iteration started from while the iteration runs (see the module doc).
 
     def settle(self, runner: Runner, factors: tuple[da.Array, da.Array]) -> State:
         """Persist the two factors and return the whole state (with what is derived from them)."""
@@ -129,7 +139,7 @@ def _persist_state(runner: Runner, state: State, *extra: da.Array) -> tuple[Stat
 
 def run(
     step: Step,
-    factors: tuple[da.Array, da.Array],
+    factors: tuple[da.Array, da.Array] | list[da.Array],
     *,
     max_iter: int,
     tol: float,
@@ -149,9 +159,11 @@ def run(
     ----------
     step : Step
         The model's plug-in.
-    factors : (dask array, dask array)
+    factors : (dask array, dask array) or list of them
         The starting factors (e.g. ``W`` (m, k) and ``Ht`` (n, k)), the pair
-        checkpoints hold.
+        checkpoints hold. A list is emptied once the step has settled them:
+        a caller that hands its only references over that way does not keep
+        the starting factors (as large as the state) alive for the whole fit.
     max_iter, tol, max_time, verbose
         As the estimators' parameters of the same names; ``tol`` only decides
         whether running out of iterations warns.
@@ -206,13 +218,21 @@ def run(
         st.rng_state = rng_to_json(rng)
         checkpointer.save(runner, state[0], state[1], st)
 
-    current = step.settle(runner, factors)
+    current = step.settle(runner, (factors[0], factors[1]))
+    if isinstance(factors, list):
+        factors.clear()
+    del factors
+    rolls_back = bool(getattr(step, "rolls_back", True))
     while st.iteration < max_iter:
         n_iter = st.iteration + 1
-        previous = current
+        previous = current if rolls_back else None
         try:
             lazy, scalars = step.build(current, n_iter)
+            # From here only the submitted graph holds the state it reads: each of its
+            # blocks is released as soon as its tasks ran, not when the step ends.
+            current = ()
             new, (scalars,) = _persist_state(runner, lazy, scalars)
+            del lazy
             s = runner.fetch(scalars)
         except recoverable as exc:
             retries += 1
@@ -241,12 +261,16 @@ def run(
                 _restore(rng, st.rng_state or initial_rng)
             start = time.perf_counter() - st.elapsed
             current = step.settle(runner, (A, B))
+            del A, B  # or they would keep the recovered factors for the rest of the fit
             continue
         current = new
         st.iteration = n_iter
         verdict = step.observe(st, n_iter, s, report)
         if verdict.rollback:
+            if previous is None:
+                raise RuntimeError(f"{type(step).__name__} rolled back with rolls_back False: it must say True.")
             current = previous
+        previous = None  # not through a checkpoint or a lineage cut: a third copy of the state
         stopped = verdict.stop
         if verdict.converged:
             converged = True
@@ -266,6 +290,7 @@ def run(
             rest = _present(current[2:])
             rebased = iter(runner.rebase(*rest))
             current = (A, B, *(next(rebased) if a is not None else None for a in current[2:]))
+            del A, B  # or they would hold this state's factors until the next checkpoint
             cuts += 1
         elif runner.client is None or n_iter % cut_every or n_iter == max_iter:
             continue

@@ -23,6 +23,8 @@ from ..storage.placement import row_owner, worker_addresses
 REBASE_EVERY = 20
 #: ...when it is small enough to pass through the client (see Runner.rebase).
 REBASE_MAX_BYTES = 512 * 2**20
+#: Bytes of blocks the client holds at once while a lineage cut moves them (Runner.rebase).
+REBASE_BATCH_BYTES = 64 * 2**20
 
 
 def lineage_policy() -> tuple[int, int]:
@@ -118,7 +120,10 @@ class Runner:
         a persisted array, to be able to recompute it; over many iterations that
         lineage grows without bound. Moving the blocks through the client and
         scattering them back as new keys cuts it (bit-exact). Local schedulers
-        keep values in the graph and have no lineage to cut.
+        keep values in the graph and have no lineage to cut. The blocks pass
+        through the client :data:`REBASE_BATCH_BYTES` at a time, so the client
+        never holds a copy of a whole array (a worker in another process would
+        otherwise send it its whole share of W at once).
         """
         if self.client is None:
             return arrays
@@ -128,20 +133,35 @@ class Runner:
             graph = dict(a.__dask_graph__())
             held = [graph[key] for key in keys]
             holders = self.client.who_has(held)
-            values = self.client.gather(held)
             name = f"dnmf-rebased-{uuid.uuid4().hex}"
-            # Each block goes back to a worker that held it: the placement (and
-            # what the next step's tasks find locally) does not change.
-            by_worker: dict = {}
-            for key, future, value in zip(keys, held, values, strict=True):
-                where = holders.get(future.key) or [None]
-                new_key = (name, *key[1:])
-                by_worker.setdefault(where[0], {})[new_key] = value
             futures: dict = {}
-            for address, part in by_worker.items():
-                futures.update(self.client.scatter(part, workers=None if address is None else [address]))
+            batch: list = []
+            size = 0
+            for key, future in zip(keys, held, strict=True):
+                batch.append((key, future))
+                size += int(np.prod([a.chunks[d][i] for d, i in enumerate(key[1:])])) * a.dtype.itemsize
+                if size >= REBASE_BATCH_BYTES or key == keys[-1]:
+                    futures.update(self._move(batch, holders, name))
+                    batch, size = [], 0
             out.append(da.Array(futures, name, chunks=a.chunks, meta=np.empty((0,) * a.ndim, dtype=a.dtype)))
         return tuple(out)
+
+    def _move(self, batch: list, holders: dict, name: str) -> dict:
+        """Gather a batch of ``(key, future)`` and scatter each block back, as ``name``, where it was."""
+        assert self.client is not None
+        values = self.client.gather([future for _, future in batch])
+        # Each block goes back to a worker that held it: the placement (and
+        # what the next step's tasks find locally) does not change.
+        by_worker: dict = {}
+        for (key, future), value in zip(batch, values, strict=True):
+            where = holders.get(future.key) or [None]
+            new_key = (name, *key[1:])
+            by_worker.setdefault(where[0], {})[new_key] = value
+        del values
+        futures: dict = {}
+        for address, part in by_worker.items():
+            futures.update(self.client.scatter(part, workers=None if address is None else [address]))
+        return futures
 
     def fetch(self, persisted: da.Array) -> np.ndarray:
         """The value of a persisted single-chunk array, with no new graph."""

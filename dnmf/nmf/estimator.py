@@ -335,7 +335,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             if key == "sample_ids" and (W is None or ids is None or len(ids) != W.shape[0]):
                 continue
             if ids is not None and not isinstance(ids, pd.RangeIndex):
-                attrs[key] = [v.item() if hasattr(v, "item") else v for v in ids]
+                values = ids.to_numpy()
+                # A numeric array becomes one list when the attributes are encoded; a list built
+                # here would be a second one (3M row IDs: 24 MB more at the save's peak).
+                attrs[key] = values if values.dtype != object else [v.item() if hasattr(v, "item") else v for v in ids]
         client = self._client()
         io.save_factors(path, arrays, attrs, client=client)
 
@@ -517,21 +520,27 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         if reload_X is None:
             reload_X = self.__dict__.pop("_reload_X", None)
 
+        # Only the lazy starting point of transform (no memory on the cluster) is kept for recovery:
+        # a fit recomputes its initial factors, so that nothing here keeps them alive.
+        fixed = None if update_H else (W0, Ht0)
+
         def recover():
             Xn = reload_X() if reload_X is not None else X
             if checkpointer is not None and checkpoint_store.exists(checkpointer.path, self.storage_options):
                 _, Wr, Hr, st = self._resume_from(checkpointer.path, Xn, stats)
                 return Xn, Wr, Hr, st
-            if update_H:
+            if fixed is None:
                 Wr, Hr, _ = self._initial_factors(Xn, stats, W, H, seed, runner, init_method)
             else:
-                Wr, Hr = W0, Ht0
+                Wr, Hr = fixed
             return Xn, Wr, Hr, LoopState()
 
-        result = nmf_step.run(
+        # Handed over: the loop releases the (persisted) initial factors during the first iteration.
+        start = [W0, Ht0]
+        del W0, Ht0
+        result = nmf_step.run_from(
             X,
-            W0,
-            Ht0,
+            start,
             config,
             runner=runner,
             callback=callback,

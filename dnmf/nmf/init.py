@@ -102,18 +102,24 @@ def _dot_twice(block: np.ndarray, M1: np.ndarray, M2: np.ndarray) -> np.ndarray:
     return np.dot(np.dot(block, M1), M2)
 
 
-def _orthonormalize(Y: da.Array, runner) -> da.Array:
-    """An orthonormal basis of Y's range from its (l, l) Gram (twice, for accuracy), in Y's dtype.
+def _orthonormalize(held: list[da.Array], runner) -> da.Array:
+    """An orthonormal basis of the range of ``Y = held.pop()`` from its (l, l) Gram (twice, for accuracy).
 
-    The second Gram is taken of ``Y M1`` computed block by block and not
-    kept, and the basis ``(Y M1) M2`` is computed in one task per block, so
-    only one (m, l) array is persisted besides Y (the same arithmetic, and
-    bits, as persisting ``Y M1`` first).
+    In Y's dtype. The second Gram is taken of ``Y M1`` computed block by
+    block and not kept, and the basis ``(Y M1) M2`` is computed in one task
+    per block (the same arithmetic, and bits, as persisting ``Y M1`` first).
+    Y is handed over in ``held`` and its last reference dropped once the
+    basis is submitted: the cluster releases each block of Y as soon as its
+    block of the basis exists, so the two (m, l) arrays are never held whole
+    together.
     """
+    Y = held.pop()
     dtype = Y.dtype
     M1 = _gram_inverse_sqrt(runner.compute(blocked.gram(Y)), dtype)
     M2 = _gram_inverse_sqrt(runner.compute(blocked.gram(Y.map_blocks(np.dot, M1, dtype=dtype))), dtype)
-    (Q,) = runner.persist(Y.map_blocks(_dot_twice, M1, M2, dtype=dtype))
+    basis = Y.map_blocks(_dot_twice, M1, M2, dtype=dtype)
+    del Y
+    (Q,) = runner.persist(basis)
     return Q
 
 
@@ -134,13 +140,12 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
     l = min(k + n_oversamples, m, n)  # noqa: E741 -- the sketch width, named as in Halko et al. and the comments
     Xf = X if X.dtype == dtype else X.map_blocks(_as_dtype, dtype, dtype=dtype)
     omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, dtype, absolute=False)
-    (Y,) = runner.persist(blocked.xdot(Xf, omega))
-    Q = _orthonormalize(Y, runner)
-    del Y  # each (m, l) array is released as soon as the next one exists
+    # Each sketch is handed to _orthonormalize, which lets its blocks go as the next ones are made.
+    Q = _orthonormalize(list(runner.persist(blocked.xdot(Xf, omega))), runner)
     for _ in range(n_iter):
-        Z = _orthonormalize(runner.persist(blocked.xtdot(Xf, Q))[0], runner)
+        Z = _orthonormalize(list(runner.persist(blocked.xtdot(Xf, Q))), runner)
         del Q
-        Q = _orthonormalize(runner.persist(blocked.xdot(Xf, Z))[0], runner)
+        Q = _orthonormalize(list(runner.persist(blocked.xdot(Xf, Z))), runner)
         del Z
     (Bt,) = runner.persist(blocked.xtdot(Xf, Q))  # (n, l) = (Q' X)'
     G = np.asarray(runner.compute(blocked.gram(Bt)), dtype=np.float64)  # B B'
@@ -160,7 +165,8 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
 
 
 @aligned_inputs
-def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=None):
+def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, dtype, block_info=None):
+    """One block of an NNDSVD factor, computed in float64 and returned as ``dtype``."""
     out = np.maximum(U, 0) * coef_pos + np.maximum(-U, 0) * coef_neg
     out[out < eps] = 0
     if fill is not None:
@@ -171,7 +177,7 @@ def _nndsvd_block(U, coef_pos, coef_neg, eps, fill, fill_seed, tag, block_info=N
             start, stop = block_info[0]["array-location"][0]
             noise = _normal_rows(fill_seed, tag, start, stop, U.shape[1])
             out[zero] = np.abs(fill * noise[zero] / 100)
-    return out
+    return out.astype(dtype, copy=False)
 
 
 def power_iterations(nnz: int) -> int:
@@ -253,10 +259,9 @@ def nndsvd_init(
         fill, tags = mean, (None, None)
     else:
         fill, tags = mean, ("fillW", "fillH")
-    W = U.map_blocks(_nndsvd_block, cu_pos, cu_neg, eps, fill, seed, tags[0], dtype=np.float64)
-    Ht = V.map_blocks(_nndsvd_block, cv_pos, cv_neg, eps, fill, seed, tags[1], dtype=np.float64)
-    if X.dtype != np.float64:
-        W, Ht = W.astype(X.dtype), Ht.astype(X.dtype)
+    # Cast to X's dtype in the same task: no float64 copy of a factor block is kept between tasks.
+    W = U.map_blocks(_nndsvd_block, cu_pos, cu_neg, eps, fill, seed, tags[0], X.dtype, dtype=X.dtype)
+    Ht = V.map_blocks(_nndsvd_block, cv_pos, cv_neg, eps, fill, seed, tags[1], X.dtype, dtype=X.dtype)
     return W, Ht
 
 

@@ -133,6 +133,18 @@ class NMFStep:
         self.owners: tuple[str, ...] | None = None
         self.whole: frozenset = frozenset()
 
+    @property
+    def rolls_back(self) -> bool:
+        """Whether :meth:`observe` may go back to the state an iteration started from.
+
+        Only the lagged loss check (beta-loss other than 2, rule "loss") does;
+        a subclass that overrides :meth:`observe` may too. Otherwise the loop
+        keeps no reference to that state while the iteration runs.
+        """
+        if type(self).observe is not NMFStep.observe:
+            return True
+        return self.config.beta != 2 and self.rule == "loss"
+
     def settle(self, runner, factors):
         self.runner = runner
         (W,) = runner.persist_rows(factors[0])
@@ -272,11 +284,66 @@ def run(
 ) -> FitResult:
     """Run the NMF solver from (W, Ht) on the engine loop until a stopping rule holds.
 
+    The caller's references keep ``W`` and ``Ht`` alive for the whole fit;
+    :func:`run_from` takes them over instead.
+
     Parameters
     ----------
     X : dask array (m, n) with NumPy or CSR blocks
     W : dask array (m, k), chunked like X's rows, one column chunk
     Ht : dask array (n, k), chunked like X's columns, one column chunk
+    config : LoopConfig
+    runner, callback, rng, holdout, state, checkpointer, recover, max_retries
+        See :func:`run_from`.
+
+    Returns
+    -------
+    FitResult
+    """
+    factors = [W, Ht]
+    del W, Ht
+    return run_from(
+        X,
+        factors,
+        config,
+        runner=runner,
+        callback=callback,
+        rng=rng,
+        holdout=holdout,
+        state=state,
+        checkpointer=checkpointer,
+        recover=recover,
+        max_retries=max_retries,
+    )
+
+
+def run_from(
+    X: da.Array,
+    factors: list[da.Array],
+    config: LoopConfig,
+    *,
+    runner: Runner | None = None,
+    callback: Callback | None = None,
+    rng: np.random.RandomState | None = None,
+    holdout: da.Array | None = None,
+    state: LoopState | None = None,
+    checkpointer: Checkpointer | None = None,
+    recover: Recover | None = None,
+    max_retries: int = 3,
+) -> FitResult:
+    """Run the NMF solver from ``factors = [W, Ht]``, which it takes over, until a stopping rule holds.
+
+    As :func:`run`, except that the list is emptied once the loop has
+    settled the factors: a caller that keeps no other reference to the
+    starting factors (persisted, as large as the state) lets the cluster
+    release them during the first iteration instead of at the end of the fit.
+
+    Parameters
+    ----------
+    X : dask array (m, n) with NumPy or CSR blocks
+    factors : list [W, Ht]
+        ``W`` dask array (m, k), chunked like X's rows, one column chunk;
+        ``Ht`` dask array (n, k), chunked like X's columns, one column chunk.
     config : LoopConfig
     runner : Runner, optional
         Where to run; the current Dask scheduler by default.
@@ -309,7 +376,7 @@ def run(
     step = NMFStep(X, config, rng=rng, holdout=holdout, recover=recover)
     out = loop.run(
         step,
-        (W, Ht),
+        factors,
         max_iter=config.max_iter,
         tol=config.tol,
         max_time=config.max_time,
