@@ -213,13 +213,20 @@ def test_resume_from_a_job_directory_names_its_checkpoints(tmp_path):
 
 
 @pytest.mark.cluster
-def test_graph_does_not_grow_over_200_iterations():
+def test_graph_does_not_grow_over_many_iterations():
+    """Lineage cuts keep the scheduler's task count a sawtooth whose peaks do not rise.
+
+    The cut period is set to 5 iterations (``dnmf.lineage.every``) so that 60 iterations show
+    twelve periods (the default, 20, would need 240 iterations for the same evidence).
+    """
+    import dask
     from distributed import Client, LocalCluster
 
+    every = 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
+    with cluster, Client(cluster) as client, dask.config.set({"dnmf.lineage.every": every}):
         counts = []
 
         def count(it, elapsed, loss):
@@ -227,12 +234,12 @@ def test_graph_does_not_grow_over_200_iterations():
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            dnmf.NMF(4, init="random", random_state=0, max_iter=200, tol=0, chunks=(50, 50), client=client).fit(
+            dnmf.NMF(4, init="random", random_state=0, max_iter=60, tol=0, chunks=(50, 50), client=client).fit(
                 sp.random(200, 100, density=0.2, random_state=0, format="csr"), callback=count
             )
-    assert len(counts) == 200
-    # The scheduler holds the live state plus at most REBASE_EVERY iterations of
-    # history: a sawtooth whose peaks and troughs do not rise.
-    assert max(counts[-40:]) <= max(counts[:40])
-    assert min(counts[-40:]) <= min(counts[:40]) + 5
-    assert max(counts) < 40 * dnmf.engine.runner.REBASE_EVERY, counts[:25]
+    assert len(counts) == 60
+    # The scheduler holds the live state plus at most `every` iterations of history: a sawtooth
+    # whose peaks and troughs do not rise.
+    assert max(counts[-2 * every :]) <= max(counts[: 2 * every])
+    assert min(counts[-2 * every :]) <= min(counts[: 2 * every]) + 5
+    assert max(counts) < 60 * every, counts[: every + 2]

@@ -27,7 +27,7 @@ X = np.random.default_rng(0).random((30, 20))
         lambda: dnmf.NMF(3, max_iter=2, random_state=0).fit_transform(X),
         lambda: dnmf.NMF(3, solver="mu", init="nndsvd", max_iter=200, random_state=0).fit(X),
         lambda: dnmf.non_negative_factorization(X, n_components=3, max_iter=2, random_state=0),
-        lambda: dnmf.select_rank(X, [2, 3], n_repeats=1, max_iter=2, random_state=0),
+        lambda: dnmf.select_rank(X, [2, 3], n_repeats=1, max_iter=2, random_state=0, early_stopping=None),
         lambda: dnmf.RatingsNMF(3, max_iter=2, random_state=0).fit(sp.csr_matrix(X)),
         lambda: dnmf.RatingsNMF(3, max_iter=50, random_state=0).fit(X.astype(np.float16)),
     ],
