@@ -368,10 +368,16 @@ class _Fitter:
 
 
 def _map(n_jobs, fn, items):
-    if n_jobs <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        return list(pool.map(fn, items))
+    # Convergence is reported once, for all fits, by the caller. Warning filters are process-wide,
+    # so the filter is set here, in the calling thread, before any fit starts: catch_warnings in
+    # the fits' own threads alone would race and let a fit's warning through (naming the thread
+    # pool's file instead of the user's line).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if n_jobs <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            return list(pool.map(fn, items))
 
 
 def _warn_unconverged(converged: np.ndarray, max_iter: int) -> None:
