@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .graph import local_levels
+
 
 @dataclass(frozen=True)
 class Rates:
@@ -99,11 +101,7 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     """
     R, C = row_blocks, col_blocks
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
-    depth = math.ceil(math.log2(R)) if R > 1 else 0
-    level = 0
-    while level < depth and all(len(set(owners[g : g + 2 ** (level + 1)])) == 1 for g in range(0, R, 2 ** (level + 1))):
-        level += 1
-    ranges = -(-R // 2**level)
+    ranges = -(-R // 2 ** local_levels(owners, R))
     tasks = 4 * R + (R - ranges) + ranges * C + C * (ranges - 1) + 4 * C
     shipped = min(workers, R) * C if workers > 1 else 0
     return tasks + shipped + -(-R // 8) + -(-C // 8) + 5

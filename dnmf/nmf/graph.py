@@ -27,7 +27,6 @@ O(n * k * row_blocks) for the partials plus O(k²) per task.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass, field
 
@@ -39,6 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.blocks import aligned_inputs, as_partial, densify, restrict, take_rows, touched_rows
 from ..engine.graph import SPLIT_EVERY, assemble, group_of_rows, pick, sum_list, tree_reduce, x_block_refs
+from ..engine.graph import local_levels as graph_local_levels
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
 
@@ -460,7 +460,7 @@ def step(
     col_small_key = None
     if p.update_H:
         col_small = []
-        levels = _local_levels(owners, nI) if local_levels is None else local_levels
+        levels = graph_local_levels(owners, nI) if local_levels is None else local_levels
         # Levels of the pairwise tree that sum whole tuples of partials (all column blocks)...
         rows = [(f"{core}-P", i) for i in range(nI)]
         for i in range(nI):
@@ -499,20 +499,6 @@ def step(
         Ht_new, HHt_new = Ht, HHt
     scalars = da.Array(graph, s_name, chunks=((N_SCALARS,),), dtype=np.float64)
     return W_new, Ht_new, HHt_new, scalars
-
-
-def _local_levels(owners: tuple[str, ...] | None, n_rows: int) -> int:
-    """Levels of the pairwise tree over ``n_rows`` row blocks whose every node lies within one owner's range."""
-    depth = math.ceil(math.log2(n_rows)) if n_rows > 1 else 0
-    if owners is None:
-        return depth
-    level = 0
-    while level < depth:
-        span = 2 ** (level + 1)  # row blocks under one node of this level
-        if any(len(set(owners[g : g + span])) > 1 for g in range(0, n_rows, span)):
-            break
-        level += 1
-    return level
 
 
 def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], nJ: int) -> dict:
