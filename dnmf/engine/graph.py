@@ -165,11 +165,58 @@ def x_block_refs(X: da.Array):
     return (lambda i, j: (X.name, i, j)), [X]
 
 
-def _union(parts: list) -> np.ndarray:
+def union_all(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of 1-D index arrays, merged in the given order (``parts[0]`` itself if alone)."""
     out = parts[0]
     for p in parts[1:]:
         out = np.union1d(out, p)
     return out
+
+
+def row_groups(sizes: Sequence[int], n_rows: int) -> list[range]:
+    """The row blocks of each group: ``sizes`` cut ``range(n_rows)`` into consecutive ranges.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Row blocks per group (typically what each worker holds, see
+        :func:`dnmf.storage.placement.row_ranges`); positive, adding up to
+        ``n_rows``.
+    n_rows : int
+        Number of row blocks.
+
+    Returns
+    -------
+    list of range
+        ``len(sizes)`` ranges of row block indices, in order.
+    """
+    if sum(sizes) != n_rows or min(sizes, default=0) < 1:
+        raise ValueError(f"sizes {tuple(sizes)} must be positive and add up to the {n_rows} row blocks.")
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    return [range(int(starts[g]), int(starts[g + 1])) for g in range(len(sizes))]
+
+
+def place_rows(owners: Sequence[str], n_rows: int, keys_of_row: Callable[[int], list]) -> dict:
+    """``{key: worker}``: the keys of row block ``i``'s tasks, placed on ``owners[i]``.
+
+    Parameters
+    ----------
+    owners : sequence of (n_rows,) str
+        The worker of each row block (:func:`dnmf.storage.placement.row_ranges`).
+    n_rows : int
+        Number of row blocks of the graph.
+    keys_of_row : callable
+        ``keys_of_row(i)``: the keys of the tasks that belong to row block
+        ``i`` and should run where its blocks are.
+
+    Returns
+    -------
+    dict
+        The ``where`` argument of :func:`assemble` (extend it for other tasks).
+    """
+    if len(owners) != n_rows:
+        raise ValueError(f"owners names {len(owners)} workers; expected one per row block ({n_rows}).")
+    return {key: owner for i, owner in enumerate(owners) for key in keys_of_row(i)}
 
 
 def group_columns(X: da.Array, sizes: tuple[int, ...]) -> da.Array:
@@ -184,22 +231,20 @@ def group_columns(X: da.Array, sizes: tuple[int, ...]) -> da.Array:
     exists to be persisted and referenced by key). One pass over X's indices.
     """
     nI, nJ = X.numblocks
-    if sum(sizes) != nI or min(sizes, default=0) < 1:
-        raise ValueError(f"sizes {sizes} must be positive and add up to X's {nI} row blocks.")
+    groups = row_groups(sizes, nI)
     xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-group-columns", X.name, tuple(sizes))
     core = f"dnmf-group-columns-core-{token}"
     name = f"dnmf-group-columns-{token}"
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     layer: dict = {}
     out = {}
     for j in range(nJ):
-        for g in range(len(sizes)):
+        for g, members in enumerate(groups):
             keys = []
-            for i in range(int(starts[g]), int(starts[g + 1])):
+            for i in members:
                 layer[(core, i, j)] = (touched_rows, xref(i, j))
                 keys.append((core, i, j))
-            out[(name, g, j)] = (_union, keys)
+            out[(name, g, j)] = (union_all, keys)
     graph = assemble(core, layer, xdeps, {name: out})
     return da.Array(graph, name, chunks=(tuple(sizes), (1,) * nJ), dtype=np.intp)
 

@@ -50,7 +50,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.blocks import RowSubset, aligned_inputs, take_rows
-from ..engine.graph import assemble, sum_list, tree_top, x_block_refs
+from ..engine.graph import assemble, place_rows, row_groups, sum_list, tree_top, union_all, x_block_refs
 from ..nmf import init
 from ..storage.placement import scatter_rows
 from . import kernels as masked
@@ -357,9 +357,7 @@ def _union_touched(parts: list, row_starts: list) -> tuple:
     """One group of row bands: per column block, the union of the columns and the rows (group-local)."""
     out = []
     for j in range(len(parts[0])):
-        cols = parts[0][j][0]
-        for part in parts[1:]:
-            cols = np.union1d(cols, part[j][0])
+        cols = union_all([part[j][0] for part in parts])
         rows = np.concatenate([part[j][1] + start for part, start in zip(parts, row_starts, strict=True)])
         out.append((cols, rows))
     return tuple(out)
@@ -373,22 +371,17 @@ def touched(bands: Bands, sizes: tuple[int, ...]) -> da.Array:
     tuple over column blocks ``j`` of ``(columns of block j, rows of the
     group)`` that have an observed entry in both, both sorted and local.
     """
-    nI = len(bands.row_chunks)
-    if sum(sizes) != nI or min(sizes, default=0) < 1:
-        raise ValueError(f"sizes {sizes} must be positive and add up to the {nI} row bands.")
+    groups = row_groups(sizes, len(bands.row_chunks))
     col_offsets = _offsets(bands.col_chunks)
     token = tokenize("dnmf-masked-touched", bands.token, tuple(sizes))
     core, name = f"dnmf-masked-touched-core-{token}", f"dnmf-masked-touched-{token}"
     layer: dict = {}
     out = {}
-    start = 0
-    for g, size in enumerate(sizes):
-        members = range(start, start + size)
+    for g, members in enumerate(groups):
         for i in members:
             layer[(core, i)] = (_touched_by_band, bands.row_ref(i), col_offsets)
-        starts = [int(sum(bands.row_chunks[start:i])) for i in members]
+        starts = [int(sum(bands.row_chunks[members.start : i])) for i in members]
         out[(name, g, 0)] = (_union_touched, [(core, i) for i in members], starts)
-        start += size
     graph = assemble(core, layer, list(bands.deps), {name: out})
     return da.Array(graph, name, chunks=(tuple(sizes), (1,)), dtype=np.intp)
 
@@ -472,14 +465,11 @@ def step(
     v_keys = [(V.name, j, 0) for j in range(nJ)]
 
     layer: dict = {}
-    groups: list[list[int]] = []
+    groups: list[range] = []
     if touched_by is not None:
         if touched_by.shape[0] != nI:
             raise ValueError(f"touched_by covers {touched_by.shape[0]} row bands; expected touched() of these {nI}.")
-        start = 0
-        for size in touched_by.chunks[0]:
-            groups.append(list(range(start, start + size)))
-            start += size
+        groups = row_groups(touched_by.chunks[0], nI)
         for g in range(len(groups)):
             for j in range(nJ):
                 layer[(f"{core}-Vs", g, j)] = (_take_items, v_keys[j], (touched_by.name, g, 0), j)
@@ -550,13 +540,9 @@ def step(
     deps = [*bands.deps, U, V] + ([GV] if implicit else []) + ([touched_by] if touched_by is not None else [])
     where = None
     if owners is not None:
-        if len(owners) != nI:
-            raise ValueError(f"owners names {len(owners)} workers; expected one per row band ({nI}).")
-        where = {}
-        for i, owner in enumerate(owners):
-            for tag in ("A", "U", "Ap", "Ag"):
-                where[(f"{core}-{tag}", i)] = owner
-            where[(u_name, i, 0)] = owner
+        where = place_rows(
+            owners, nI, lambda i: [*((f"{core}-{tag}", i) for tag in ("A", "U", "Ap", "Ag")), (u_name, i, 0)]
+        )
         for g, members in enumerate(groups):
             for j in range(nJ):
                 where[(f"{core}-Us", g, j)] = owners[members[0]]

@@ -37,7 +37,16 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.blocks import aligned_inputs, as_partial, densify, restrict, take_rows, touched_rows
-from ..engine.graph import SPLIT_EVERY, assemble, group_of_rows, pick, sum_list, tree_reduce, x_block_refs
+from ..engine.graph import (
+    SPLIT_EVERY,
+    assemble,
+    group_of_rows,
+    pick,
+    place_rows,
+    sum_list,
+    tree_reduce,
+    x_block_refs,
+)
 from ..engine.graph import local_levels as graph_local_levels
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
@@ -503,11 +512,8 @@ def step(
 
 def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], nJ: int) -> dict:
     """``{key: worker}`` for the tasks of row block ``i`` (on ``owners[i]``) and what follows them locally."""
-    if len(owners) != sum(1 for key in layer if key[0] == f"{core}-A"):
-        raise ValueError(f"owners names {len(owners)} workers; expected one per row block.")
-    where: dict = {}
-    for i, owner in enumerate(owners):
-        where[(f"{core}-A", i)] = where[(f"{core}-As", i)] = where[(f"{core}-P", i)] = owner
+    n_rows = sum(1 for key in layer if key[0] == f"{core}-A")
+    where = place_rows(owners, n_rows, lambda i: [(f"{core}-A", i), (f"{core}-As", i), (f"{core}-P", i)])
     for out in outputs.values():
         for key, task in out.items():
             if task[1] in where:
