@@ -9,7 +9,6 @@ previous value.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import dask
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..engine.checkpoint import LoopState
 from ..engine.loop import Report, Verdict
-from ..storage.placement import row_owner, worker_addresses
+from ..storage.placement import row_ranges
 from . import graph as masked_graph
 from .kernels import MaskedParams
 
@@ -55,10 +54,7 @@ class MaskedStep:
         """
         if runner.client is None or not dask.config.get("dnmf.placement", True):
             return None, None
-        n_bands = len(self.bands.row_chunks)
-        workers = worker_addresses(runner.client)
-        owners = tuple(row_owner(i, n_bands, workers) for i in range(n_bands))
-        sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
+        owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
         (touched,) = runner.persist(masked_graph.touched(self.bands, sizes))
         return owners, touched
 

@@ -26,7 +26,6 @@ state of iteration ``t``, so the result is exactly scikit-learn's.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from ..engine.checkpoint import Checkpointer, LoopState
 from ..engine.graph import column_counts, group_columns
 from ..engine.loop import Callback, Report, Verdict
 from ..engine.runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner  # noqa: F401 (re-exported)
-from ..storage.placement import row_owner, worker_addresses
+from ..storage.placement import row_ranges
 from . import graph as blocked
 from . import kernels
 
@@ -170,10 +169,7 @@ class NMFStep:
             return None
         if not sp.issparse(getattr(self.X, "_meta", None)):
             return None
-        n_blocks = self.X.numblocks[0]
-        workers = worker_addresses(runner.client)
-        self.owners = owners = tuple(row_owner(i, n_blocks, workers) for i in range(n_blocks))
-        sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
+        self.owners, sizes = row_ranges(runner.client, self.X.numblocks[0])
         (columns,) = runner.persist(group_columns(self.X, sizes))
         counts = np.asarray(runner.compute(column_counts(columns)))
         widths = self.X.chunks[1]

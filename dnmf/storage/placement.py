@@ -12,6 +12,7 @@ order is fixed by the blocking), only the bytes moved.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,30 @@ def worker_addresses(client: Any) -> list[str]:
 def row_owner(i: int, n_blocks: int, workers: list[str]) -> str:
     """The worker of row block ``i`` of ``n_blocks``: contiguous, near-equal ranges."""
     return workers[i * len(workers) // max(n_blocks, 1)]
+
+
+def row_ranges(client: Any, n_blocks: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Where the client's workers hold ``n_blocks`` row blocks: ``(owners, sizes)``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    n_blocks : int
+        Number of row blocks.
+
+    Returns
+    -------
+    owners : tuple of (n_blocks,) str
+        The worker of each row block (:func:`row_owner`), as
+        :func:`scatter_rows` places them.
+    sizes : tuple of int
+        Row blocks per worker's range, in order (``sum(sizes) == n_blocks``;
+        a worker with no block has no entry).
+    """
+    workers = worker_addresses(client)
+    owners = tuple(row_owner(i, n_blocks, workers) for i in range(n_blocks))
+    sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
+    return owners, sizes
 
 
 def scatter_rows(client: Any, data: Mapping[tuple, Any]) -> dict:

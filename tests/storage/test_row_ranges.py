@@ -1,0 +1,26 @@
+"""row_ranges names the worker that scatter_rows puts each row block on, and each worker's range."""
+
+import numpy as np
+import pytest
+
+from dnmf.storage.placement import row_ranges, scatter_rows
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 5, 8])
+def test_row_ranges_match_where_scatter_rows_puts_the_blocks(dist_client, n_blocks):
+    futures = scatter_rows(dist_client, {("x", i, 0): np.full(3, i) for i in range(n_blocks)})
+    held = dist_client.who_has(list(futures.values()))
+    where = {futures[("x", i, 0)].key: i for i in range(n_blocks)}
+    placed = [None] * n_blocks
+    for key, workers in held.items():
+        (placed[where[key]],) = workers
+    owners, sizes = row_ranges(dist_client, n_blocks)
+    assert list(owners) == placed
+    # Each worker holds one contiguous range: the runs of equal owners, in order.
+    runs = [1]
+    for a, b in zip(owners, owners[1:], strict=False):
+        if a == b:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    assert sizes == tuple(runs) and len(set(owners)) == len(sizes) == min(n_blocks, 2)
