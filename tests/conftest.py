@@ -1,8 +1,9 @@
 import os
-import warnings
 
 import pytest
 from hypothesis import settings
+
+from tests.helpers import local_client
 
 # CI draws the same examples every run, so a failure reproduces and nothing flickers;
 # HYPOTHESIS_PROFILE=explore draws new ones.
@@ -22,12 +23,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def dist_client():
     """A real LocalCluster with 2 worker processes, shared by the session."""
-    from distributed import Client, LocalCluster
+    with local_client(n_workers=2, threads_per_worker=1, processes=True) as client:
+        yield client
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
+
+@pytest.fixture(scope="module")
+def threads_client():
+    """An in-process LocalCluster (one worker of 2 threads, as ``dnmf fit`` starts by default),
+    one per module: a test can read the worker's data directly (``client.cluster.workers``)."""
+    with local_client(n_workers=1, threads_per_worker=2, processes=False) as client:
+        yield client

@@ -6,7 +6,12 @@ and pytest puts the repository root on ``sys.path``.
 
 from __future__ import annotations
 
+import gc
 import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +46,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def local_client(n_workers: int, threads_per_worker: int, processes: bool) -> Iterator:
+    """A ``distributed.Client`` on its own LocalCluster (no dashboard), closed on exit."""
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes, dashboard_address=None
+        )
+        client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def worker_arrays(client, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The NumPy arrays of ``shape`` that the one worker of an in-process cluster holds now."""
+    (worker,) = client.cluster.workers.values()
+    return [v for v in list(worker.data.values()) if isinstance(v, np.ndarray) and v.shape == shape]
+
+
+def alive_after(refs: list, seconds: float = 5.0) -> list:
+    """The weak references still alive once the worker had up to ``seconds`` to act on the releases."""
+    deadline = time.monotonic() + seconds
+    while True:
+        gc.collect()
+        alive = [r for r in refs if r() is not None]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
+from tests.helpers import local_client
 
 pytestmark = pytest.mark.cluster
 
@@ -19,15 +20,8 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def one_worker_client():
     """A LocalCluster with 1 worker process, one thread (``dist_client`` has 2 such workers)."""
-    from distributed import Client, LocalCluster
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
+    with local_client(n_workers=1, threads_per_worker=1, processes=True) as client:
+        yield client
 
 
 def _x_blocks(client) -> tuple[dict[str, int], int]:

@@ -10,8 +10,6 @@ current and the new one.
 
 from __future__ import annotations
 
-import gc
-import time
 import warnings
 import weakref
 
@@ -26,40 +24,33 @@ from dnmf.engine.checkpoint import LoopState
 from dnmf.engine.runner import Runner
 from dnmf.nmf import init
 from dnmf.nmf import step as nmf_step
-from tests.helpers import planted
+from tests.helpers import alive_after, planted, worker_arrays
 
 ROWS = 60  # rows per block of X: W's blocks are (ROWS, K), Ht's (90, K)
 K = 4
 
 
-@pytest.fixture(scope="module")
-def threads_client():
-    from distributed import Client, LocalCluster
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None)
-        client = Client(cluster, set_as_default=False)
-    yield client
-    client.close()
-    cluster.close()
+def _config(**changes) -> nmf_step.LoopConfig:
+    """A plain Frobenius "cd" loop (no regularization, tol 0), with ``changes``."""
+    base = dict(
+        solver="cd",
+        beta=2.0,
+        tol=0.0,
+        max_iter=3,
+        max_time=None,
+        l1_reg_W=0.0,
+        l1_reg_H=0.0,
+        l2_reg_W=0.0,
+        l2_reg_H=0.0,
+        update_H=True,
+        sq_norm_x=1.0,
+    )
+    return nmf_step.LoopConfig(**{**base, **changes})
 
 
 def _factor_blocks(client) -> list[np.ndarray]:
     """The (ROWS, K) arrays (blocks of W, of its initial value or of the SVD's U) held by the worker."""
-    (worker,) = client.cluster.workers.values()
-    return [v for v in list(worker.data.values()) if isinstance(v, np.ndarray) and v.shape == (ROWS, K)]
-
-
-def _alive_after(refs, seconds: float = 5.0) -> list:
-    """The references still alive once the worker had ``seconds`` to act on the releases."""
-    deadline = time.monotonic() + seconds
-    while True:
-        gc.collect()
-        alive = [r for r in refs if r() is not None]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
+    return worker_arrays(client, (ROWS, K))
 
 
 @pytest.mark.cluster
@@ -74,7 +65,7 @@ def test_no_block_of_w_outlives_the_next_iteration(threads_client, init):
             # Blocks of the initial W (or of a copy of it) that are still held show up here.
             seen[1] = [weakref.ref(b) for b in _factor_blocks(threads_client)]
         if iteration == 3:
-            alive_at[3] = len(_alive_after(seen[1]))
+            alive_at[3] = len(alive_after(seen[1]))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -95,19 +86,7 @@ def test_the_loop_empties_a_handed_over_list_and_frees_the_initial_factors(threa
     threads_client.gather(futures_of(W0))  # wait for the blocks (the result is dropped)
     blocks = [weakref.ref(b) for b in _factor_blocks(threads_client)]
     assert len(blocks) == 4
-    config = nmf_step.LoopConfig(
-        solver="cd",
-        beta=2.0,
-        tol=0.0,
-        max_iter=2,
-        max_time=None,
-        l1_reg_W=0.0,
-        l1_reg_H=0.0,
-        l2_reg_W=0.0,
-        l2_reg_H=0.0,
-        update_H=True,
-        sq_norm_x=float((A**2).sum()),
-    )
+    config = _config(max_iter=2, sq_norm_x=float((A**2).sum()))
     start = [W0, Ht0]
     del W0, Ht0
     with warnings.catch_warnings():
@@ -115,7 +94,7 @@ def test_the_loop_empties_a_handed_over_list_and_frees_the_initial_factors(threa
         result = nmf_step.run_from(Xd, start, config, runner=Runner(threads_client))
     assert start == []
     assert result.n_iter == 2
-    assert not _alive_after(blocks), "the initial W outlived the fit"
+    assert not alive_after(blocks), "the initial W outlived the fit"
 
 
 class _RollsBackAnyway(nmf_step.NMFStep):
@@ -131,34 +110,22 @@ class _RollsBackAnyway(nmf_step.NMFStep):
 
 
 def test_rolls_back_is_true_where_observe_may_roll_back():
-    base = dict(tol=1e-4, max_iter=10, max_time=None, l1_reg_W=0.0, l1_reg_H=0.0, l2_reg_W=0.0, l2_reg_H=0.0)
-    config = dict(base, update_H=True, sq_norm_x=1.0)
-    frobenius = nmf_step.NMFStep(None, nmf_step.LoopConfig(solver="cd", beta=2.0, **config))
-    lagged = nmf_step.NMFStep(None, nmf_step.LoopConfig(solver="mu", beta=1.0, **config))
-    stationarity = nmf_step.NMFStep(None, nmf_step.LoopConfig(solver="mu", beta=1.0, stopping="stationarity", **config))
+    frobenius = nmf_step.NMFStep(None, _config(tol=1e-4, max_iter=10))
+    lagged = nmf_step.NMFStep(None, _config(solver="mu", beta=1.0, tol=1e-4, max_iter=10))
+    stationarity = nmf_step.NMFStep(
+        None, _config(solver="mu", beta=1.0, stopping="stationarity", tol=1e-4, max_iter=10)
+    )
     assert (frobenius.rolls_back, lagged.rolls_back, stationarity.rolls_back) == (False, True, False)
 
     class Overrides(nmf_step.NMFStep):
         def observe(self, st, iteration, s, report):
             return super().observe(st, iteration, s, report)
 
-    assert Overrides(None, nmf_step.LoopConfig(solver="cd", beta=2.0, **config)).rolls_back
+    assert Overrides(None, _config(tol=1e-4, max_iter=10)).rolls_back
 
 
 def test_a_step_that_rolls_back_against_its_word_is_an_error():
     Xd = da.from_array(planted(240, 90, K, seed=3).toarray(), chunks=(ROWS, 90))
-    config = nmf_step.LoopConfig(
-        solver="cd",
-        beta=2.0,
-        tol=0.0,
-        max_iter=3,
-        max_time=None,
-        l1_reg_W=0.0,
-        l1_reg_H=0.0,
-        l2_reg_W=0.0,
-        l2_reg_H=0.0,
-        update_H=True,
-        sq_norm_x=1.0,
-    )
+    config = _config()
     with pytest.raises(RuntimeError, match="rolled back with rolls_back False"):
         loop.run(_RollsBackAnyway(Xd, config), init.random_init(Xd, K, 1.0, seed=0), max_iter=3, tol=0.0)
