@@ -214,6 +214,26 @@ def make_zipf_csr(
     return X
 
 
+def load_ratings(
+    path: str, user_col: str = "userId", item_col: str = "movieId", value_col: str = "rating"
+) -> sp.csr_matrix:
+    """A ratings CSV as a users × items float64 CSR, IDs mapped to sorted positions (read in memory only).
+
+    Repeated (user, item) pairs add up; the indices are sorted.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(path, usecols=[user_col, item_col, value_col])
+    users, rows = np.unique(df[user_col].to_numpy(), return_inverse=True)
+    items, cols = np.unique(df[item_col].to_numpy(), return_inverse=True)
+    X = sp.csr_matrix(
+        (df[value_col].to_numpy(dtype=np.float64), (rows, cols)), shape=(users.size, items.size), dtype=np.float64
+    )
+    X.sum_duplicates()
+    X.sort_indices()
+    return X
+
+
 # --------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------
@@ -324,6 +344,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: str 
         + "|"
     )
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def run_footer(results: dict) -> str:
+    """The closing line of a report: the whole run's seconds (``elapsed_s``) and ``loadavg_at_end``."""
+    load = results.get("loadavg_at_end")
+    return (
+        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
+        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
+        + "."
+    )
 
 
 def _json_default(o):

@@ -51,7 +51,15 @@ import scipy.sparse as sp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import format_machine, log, machine_info, markdown_table, write_results
+from benchmarks._common import (
+    format_machine,
+    load_ratings,
+    log,
+    machine_info,
+    markdown_table,
+    run_footer,
+    write_results,
+)
 
 K = 20
 IMPLICIT_HINT = "`implicit` is not installed: `pip install implicit` to add its ALS as the reference"
@@ -60,21 +68,6 @@ IMPLICIT_HINT = "`implicit` is not installed: `pip install implicit` to add its 
 # --------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------
-
-
-def load_ratings(path: str, user_col: str, item_col: str, value_col: str) -> sp.csr_matrix:
-    """The ratings CSV as a users × items CSR (IDs mapped to sorted positions)."""
-    import pandas as pd
-
-    df = pd.read_csv(path, usecols=[user_col, item_col, value_col])
-    users, rows = np.unique(df[user_col].to_numpy(), return_inverse=True)
-    items, cols = np.unique(df[item_col].to_numpy(), return_inverse=True)
-    X = sp.csr_matrix(
-        (df[value_col].to_numpy(dtype=np.float64), (rows, cols)), shape=(users.size, items.size), dtype=np.float64
-    )
-    X.sum_duplicates()
-    X.sort_indices()
-    return X
 
 
 def generated_counts(m: int, n: int, events: float, k: int = 8, seed: int = 0) -> sp.csr_matrix:
@@ -339,13 +332,7 @@ def render_tuned(results) -> str:
                 ]
             )
         out.append(markdown_table(["model", "parameters", "validation NDCG@10", "NDCG@10", "P@10", "tuning"], body))
-    load = results.get("loadavg_at_end")
-    out += [
-        "",
-        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
-        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
-        + ".",
-    ]
+    out += ["", run_footer(results)]
     return "\n".join(out)
 
 
@@ -414,15 +401,12 @@ def render(results) -> str:
                 ]
             )
         out.append(markdown_table(["model", "NDCG@10", "P@10", "fit", "iterations", "penalty weight"], body))
-    load = results.get("loadavg_at_end")
     out += [
         "",
         "Penalty weight: the L2 weight per user and item the dnmf fit used (alpha times the scale of "
         "reg_scaling, (users·items)^(1/4)·c̄^(2/3) by default). Fit times are rough (wall clock on this machine, other processes included).",
         "",
-        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
-        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
-        + ".",
+        run_footer(results),
     ]
     return "\n".join(out)
 

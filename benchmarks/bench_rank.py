@@ -42,7 +42,15 @@ import scipy.sparse as sp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import format_machine, log, machine_info, markdown_table, write_results
+from benchmarks._common import (
+    format_machine,
+    load_ratings,
+    log,
+    machine_info,
+    markdown_table,
+    run_footer,
+    write_results,
+)
 
 
 def planted_dense(m, n, k, noise, seed):
@@ -129,21 +137,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_ratings(path: str) -> sp.csr_matrix:
-    """A ratings CSV (userId,movieId,rating) as a users × items CSR, IDs mapped to sorted positions."""
-    import pandas as pd
-
-    df = pd.read_csv(path, usecols=["userId", "movieId", "rating"])
-    users, rows = np.unique(df["userId"].to_numpy(), return_inverse=True)
-    items, cols = np.unique(df["movieId"].to_numpy(), return_inverse=True)
-    X = sp.csr_matrix(
-        (df["rating"].to_numpy(dtype=np.float64), (rows, cols)), shape=(users.size, items.size), dtype=np.float64
-    )
-    X.sum_duplicates()
-    X.sort_indices()
-    return X
-
-
 #: The README's call ("Choosing k"), timed by --ratings.
 RATINGS_KS = range(4, 13)
 RATINGS_REPEATS = 3
@@ -192,6 +185,16 @@ def ratings_main(args, info):
     return results
 
 
+def per_k_table(t: dict) -> str:
+    """A ``SelectRankResult.table()`` (as a dict of columns) in Markdown, the chosen k marked."""
+    cols = [k for k in t if k != "chosen"]
+    body = [
+        [f"{v:.4g}" if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
+        for *vals, ch in zip(*[t[k] for k in cols], t["chosen"], strict=True)
+    ]
+    return markdown_table(cols + ["chosen"], body)
+
+
 def render_ratings(results) -> str:
     shape, nnz = results["data"]["shape"], results["data"]["nnz"]
     out = ["# dnmf select_rank on a ratings matrix", "", "```", format_machine(results["machine"]), "```", ""]
@@ -210,14 +213,7 @@ def render_ratings(results) -> str:
     headers = ["run", "wall time", "CPU time", "chosen k", "iterations", "load avg after"]
     out.append(markdown_table(headers, rows))
     for i, r in enumerate(results["runs"]):
-        t = r["table"]
-        cols = [k for k in t if k != "chosen"]
-        out += ["", f"run {i}:", ""]
-        body = [
-            [f"{v:.4g}" if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
-            for *vals, ch in zip(*[t[k] for k in cols], t["chosen"], strict=True)
-        ]
-        out.append(markdown_table(cols + ["chosen"], body))
+        out += ["", f"run {i}:", "", per_k_table(r["table"])]
         if r["warnings"]:
             out += ["", "warnings: " + "; ".join(r["warnings"])]
     load = results["loadavg_at_end"]
@@ -313,21 +309,8 @@ def render(results) -> str:
         )
     )
     for c in results["cases"]:
-        t = c["table"]
-        cols = [k for k in t if k != "chosen"]
-        out += ["", f"{c['title']}, seed {c['seed']}, {c['method']}:", ""]
-        body = [
-            [f"{v:.4g}" if isinstance(v, float) else v for v in vals] + ["<-" if ch else ""]
-            for *vals, ch in zip(*[t[k] for k in cols], t["chosen"], strict=True)
-        ]
-        out.append(markdown_table(cols + ["chosen"], body))
-    load = results.get("loadavg_at_end")
-    out += [
-        "",
-        f"Whole run: {results['elapsed_s']:.0f} s. Load average at end: "
-        + (" ".join(f"{x:.2f}" for x in load) if load else "n/a")
-        + ".",
-    ]
+        out += ["", f"{c['title']}, seed {c['seed']}, {c['method']}:", "", per_k_table(c["table"])]
+    out += ["", run_footer(results)]
     return "\n".join(out)
 
 
