@@ -90,6 +90,22 @@ def test_dnmf_arrays_are_decoded_directly(tmp_path, codec):
     assert nodes.decodes_directly(root, nodes.open_array_meta_readonly(root, "a"))
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_parse_array_metadata_is_what_zarr_holds(tmp_path, codec):
+    """nodes.parse_array_metadata reaches into a private Zarr module: this fails loudly if a Zarr
+    release moves it or parses zarr.json differently from zarr.open_array."""
+    import json
+
+    root = str(tmp_path)
+    nodes.write_1d(root, "a", np.arange(100, dtype=np.int32), None, codec=codec)
+    doc = json.loads((tmp_path / "a" / "zarr.json").read_text())
+    parsed = nodes.parse_array_metadata(doc)
+    held = zarr.open_array(store=root, path="a", mode="r").metadata
+    assert type(parsed) is type(held)
+    assert parsed == held
+    assert isinstance(nodes.open_array_meta_readonly(root, "a"), nodes.LocalArray)
+
+
 def test_metadata_that_is_not_an_array_is_a_store_error(tmp_path):
     root = str(tmp_path)
     nodes.write_1d(root, "a", np.arange(10.0), None)
