@@ -388,7 +388,7 @@ def _age_seconds(iso: str | None) -> float | None:
         then = dt.datetime.fromisoformat(iso)
     except ValueError:
         return None
-    return (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+    return (dt.datetime.now(dt.UTC) - then).total_seconds()
 
 
 @click.command()

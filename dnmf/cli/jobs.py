@@ -41,12 +41,12 @@ Callback = Callable[[int, float, float], Any]
 
 def new_job_id() -> str:
     """A short, sortable, unique job id: ``YYYYmmdd-HHMMSS-xxxxxx``."""
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     return f"{now}-{uuid.uuid4().hex[:6]}"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 #: The estimators a job can fit, by the name its record stores.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +36,8 @@ def _read_config(path: str) -> dict[str, Any]:
     with open(path, "rb") as fh:
         raw = fh.read()
     if path.endswith(".toml"):
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
+        import tomllib
+
         try:
             data = tomllib.loads(raw.decode())
         except tomllib.TOMLDecodeError as exc:
