@@ -38,6 +38,16 @@ class MaskedStep:
         self.owners: tuple[str, ...] | None = None
         self.touched: da.Array | None = None
 
+    @property
+    def rolls_back(self) -> bool:
+        """Whether :meth:`observe` may go back to the state an iteration started from.
+
+        It never does (a stalled objective stops the fit on the new state), so
+        the loop keeps no reference to that state while the iteration runs;
+        a subclass that overrides :meth:`observe` may.
+        """
+        return type(self).observe is not MaskedStep.observe
+
     def settle(self, runner, factors):
         (U,) = runner.persist_rows(factors[0])
         (V,) = runner.persist(factors[1])
