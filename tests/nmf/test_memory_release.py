@@ -25,27 +25,10 @@ from dnmf.engine.runner import Runner
 from dnmf.nmf import init
 from dnmf.nmf import step as nmf_step
 from tests.helpers import alive_after, planted, worker_arrays
+from tests.nmf.helpers import loop_config
 
 ROWS = 60  # rows per block of X: W's blocks are (ROWS, K), Ht's (90, K)
 K = 4
-
-
-def _config(**changes) -> nmf_step.LoopConfig:
-    """A plain Frobenius "cd" loop (no regularization, tol 0), with ``changes``."""
-    base = dict(
-        solver="cd",
-        beta=2.0,
-        tol=0.0,
-        max_iter=3,
-        max_time=None,
-        l1_reg_W=0.0,
-        l1_reg_H=0.0,
-        l2_reg_W=0.0,
-        l2_reg_H=0.0,
-        update_H=True,
-        sq_norm_x=1.0,
-    )
-    return nmf_step.LoopConfig(**{**base, **changes})
 
 
 def _factor_blocks(client) -> list[np.ndarray]:
@@ -86,7 +69,7 @@ def test_the_loop_empties_a_handed_over_list_and_frees_the_initial_factors(threa
     threads_client.gather(futures_of(W0))  # wait for the blocks (the result is dropped)
     blocks = [weakref.ref(b) for b in _factor_blocks(threads_client)]
     assert len(blocks) == 4
-    config = _config(max_iter=2, sq_norm_x=float((A**2).sum()))
+    config = loop_config(max_iter=2, sq_norm_x=float((A**2).sum()))
     start = [W0, Ht0]
     del W0, Ht0
     with warnings.catch_warnings():
@@ -110,10 +93,10 @@ class _RollsBackAnyway(nmf_step.NMFStep):
 
 
 def test_rolls_back_is_true_where_observe_may_roll_back():
-    frobenius = nmf_step.NMFStep(None, _config(tol=1e-4, max_iter=10))
-    lagged = nmf_step.NMFStep(None, _config(solver="mu", beta=1.0, tol=1e-4, max_iter=10))
+    frobenius = nmf_step.NMFStep(None, loop_config(tol=1e-4, max_iter=10))
+    lagged = nmf_step.NMFStep(None, loop_config(solver="mu", beta=1.0, tol=1e-4, max_iter=10))
     stationarity = nmf_step.NMFStep(
-        None, _config(solver="mu", beta=1.0, stopping="stationarity", tol=1e-4, max_iter=10)
+        None, loop_config(solver="mu", beta=1.0, stopping="stationarity", tol=1e-4, max_iter=10)
     )
     assert (frobenius.rolls_back, lagged.rolls_back, stationarity.rolls_back) == (False, True, False)
 
@@ -121,11 +104,11 @@ def test_rolls_back_is_true_where_observe_may_roll_back():
         def observe(self, st, iteration, s, report):
             return super().observe(st, iteration, s, report)
 
-    assert Overrides(None, _config(tol=1e-4, max_iter=10)).rolls_back
+    assert Overrides(None, loop_config(tol=1e-4, max_iter=10)).rolls_back
 
 
 def test_a_step_that_rolls_back_against_its_word_is_an_error():
     Xd = da.from_array(planted(240, 90, K, seed=3).toarray(), chunks=(ROWS, 90))
-    config = _config()
+    config = loop_config()
     with pytest.raises(RuntimeError, match="rolled back with rolls_back False"):
         loop.run(_RollsBackAnyway(Xd, config), init.random_init(Xd, K, 1.0, seed=0), max_iter=3, tol=0.0)

@@ -17,6 +17,7 @@ from dnmf.nmf import kernels
 from dnmf.nmf import selection as rank
 from dnmf.nmf import step as driver
 from dnmf.nmf.stats import compute_stats
+from tests.nmf.helpers import loop_config
 
 
 def planted(seed, m=120, n=80, k=7, noise=0.05):
@@ -82,19 +83,7 @@ def masked_fit(X, W0, H0, chunks, solver, iters):
     mask, train = rank.holdout_split(Xd, 0.15, seed=4)
     mask, train = runner.persist(mask, train)
     stats = compute_stats(train, runner)
-    cfg = driver.LoopConfig(
-        solver=solver,
-        beta=2.0,
-        tol=0,
-        max_iter=iters,
-        max_time=None,
-        l1_reg_W=0,
-        l1_reg_H=0,
-        l2_reg_W=0,
-        l2_reg_H=0,
-        update_H=True,
-        sq_norm_x=stats.sq_norm,
-    )
+    cfg = loop_config(solver=solver, max_iter=iters, sq_norm_x=stats.sq_norm)
     W0d = from_memory(W0, (chunks[0], W0.shape[1]))
     H0d = from_memory(np.ascontiguousarray(H0.T), (chunks[1], H0.shape[0]))
     with warnings.catch_warnings():

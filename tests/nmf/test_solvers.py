@@ -15,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
 from tests.helpers import make_data
+from tests.nmf.helpers import loop_config
 
 CHUNKS = ((7, 13, 1, 19), (4, 11, 15))
 
@@ -242,20 +243,7 @@ def test_shuffle_permutation_stream_matches_sklearn():
     """The coordinate orders are RandomState(seed).permutation, W then H."""
     from dnmf.nmf import step as driver
 
-    cfg = driver.LoopConfig(
-        solver="cd",
-        beta=2,
-        tol=0,
-        max_iter=1,
-        max_time=None,
-        l1_reg_W=0,
-        l1_reg_H=0,
-        l2_reg_W=0,
-        l2_reg_H=0,
-        update_H=True,
-        sq_norm_x=1.0,
-        shuffle=True,
-    )
+    cfg = loop_config(max_iter=1, shuffle=True)
     rng, ref = np.random.RandomState(5), np.random.RandomState(5)
     for _ in range(3):
         pw, ph = driver.permutations(cfg, 6, rng)
