@@ -177,16 +177,19 @@ def chunk_exists(
     return locations.exists(locations.join(root, array_path, key), storage_options)
 
 
+def _undecodable(where: str, exc: Exception) -> StoreError:
+    """The error for a chunk of the array at ``where`` that failed to decode with ``exc``."""
+    return StoreError(
+        where, f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})", _CORRUPT_FIX
+    )
+
+
 def read_whole(array: zarr.Array, where: str) -> np.ndarray:
     """All of ``array``, turning decode failures into :class:`StoreError`."""
     try:
         return np.asarray(array[...])
     except Exception as exc:
-        raise StoreError(
-            where,
-            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
-            _CORRUPT_FIX,
-        ) from None
+        raise _undecodable(where, exc) from None
 
 
 def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray) -> np.ndarray:
@@ -227,11 +230,7 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray
         else:
             compressor.decode(payload, out=out)
     except Exception as exc:
-        raise StoreError(
-            where,
-            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
-            _CORRUPT_FIX,
-        ) from None
+        raise _undecodable(where, exc) from None
     return out
 
 
@@ -292,11 +291,7 @@ def read_region(array: zarr.Array, region: tuple[slice, ...], where: str) -> np.
     try:
         return np.asarray(array[region])
     except Exception as exc:
-        raise StoreError(
-            where,
-            f"a chunk cannot be decoded (truncated or corrupted: {type(exc).__name__}: {exc})",
-            _CORRUPT_FIX,
-        ) from None
+        raise _undecodable(where, exc) from None
 
 
 def write_1d(
