@@ -160,7 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--item-col", default="movieId")
     p.add_argument("--value-col", default="rating")
     p.add_argument("--ks", type=int, nargs="+", default=[20, 64], help="factors (default 20 64)")
-    p.add_argument("--solvers", nargs="+", default=["als", "ccd"], choices=["als", "ccd"])
+    p.add_argument("--solvers", nargs="+", default=["als", "ccd", "cg"], choices=["als", "ccd", "cg"])
     p.add_argument("--iters", type=int, default=5, help="iterations per fit; the first is not timed")
     p.add_argument("--repeats", type=int, default=3, help="fits of every model, taken in turns")
     p.add_argument("--seed", type=int, default=0)

@@ -280,7 +280,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "feedback": [StrOptions({"explicit", "implicit"})],
-        "solver": [StrOptions({"als", "ccd"})],
+        "solver": [StrOptions({"als", "ccd", "cg"})],
         "biases": ["boolean", StrOptions({"auto"})],
         "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "l1_ratio": [Interval(Real, 0, 1, closed="both")],
@@ -295,6 +295,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "sweeps": [Interval(Integral, 1, None, closed="left")],
+        "cg_steps": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         **RUN_CONSTRAINTS,
@@ -320,6 +321,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         tol=1e-4,
         max_iter=50,
         sweeps=1,
+        cg_steps=3,
         random_state=None,
         verbose=0,
         max_time=None,
@@ -349,6 +351,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         self.tol = tol
         self.max_iter = max_iter
         self.sweeps = sweeps
+        self.cg_steps = cg_steps
         self.random_state = random_state
         self.verbose = verbose
         self.max_time = max_time
@@ -531,6 +534,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
             preference_threshold=None if self.preference_threshold is None else float(self.preference_threshold),
             global_mean=float(mean) if biases else 0.0,
             sweeps=int(self.sweeps),
+            cg_steps=int(self.cg_steps),
             count_power=self._user_count_power(),
             count_mean=float(count_mean) if count_mean > 0 else 1.0,
         )

@@ -59,6 +59,7 @@ import scipy.sparse as sp
 
 from ..engine.blocks import aligned_inputs, as_block
 from ..nmf import nnls
+from .compiled import cg_rows, entry_scores
 
 #: Bytes of temporaries per batch of rows (gathered features and their
 #: pairwise products); bounds a task's memory whatever the band's size.
@@ -100,6 +101,8 @@ class MaskedParams:
     preference_threshold: float | None = None
     global_mean: float = 0.0
     sweeps: int = 1
+    # "cg": projected conjugate-gradient steps per half-step.
+    cg_steps: int = 3
     # Implicit model: the users' penalty grows as (count/count_mean)^count_power
     # (the items' never: :func:`item_side` drops it).
     count_power: float = 0.0
@@ -432,8 +435,8 @@ def update(
         Rows without observations get 0 (their minimiser).
     """
     solver = solver or p.solver
-    if solver not in ("als", "ccd"):
-        raise ValueError(f"Unknown masked solver {solver!r}; use 'als' or 'ccd'.")
+    if solver not in ("als", "ccd", "cg"):
+        raise ValueError(f"Unknown masked solver {solver!r}; use 'als', 'ccd' or 'cg'.")
     r = band.shape[0]
     q = p.q
     if U.shape != (r, q) or V.shape != (band.shape[1], q):
@@ -451,6 +454,9 @@ def update(
     if G is not None:
         Gq = np.zeros((q, q))
         Gq[: p.k, : p.k] = G
+    if solver == "cg":
+        a, b = _weights(band.data, V, band.indices, p)
+        return cg_rows(indptr, band.indices, a, b, V, U, G, l2, l1, free, p.k, p.biases, p.cg_steps)
     out = np.zeros((r, q))
     width = q * q if solver == "als" else q
     budget = _budget(width)
@@ -726,6 +732,10 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
     counts = np.diff(band.indptr)
     total = ZERO
     budget = _budget(p.q)
+    if p.solver == "cg":
+        # The compiled scores (another summation order than the gathered
+        # einsum below, which "als" and "ccd" keep: their losses keep their bits).
+        return exact_sum(_entry_terms(band, U, V, entry_scores(band.indptr, band.indices, U, V, p.k), p))
     for r0, r1 in _row_batches(band.indptr, budget):
         e0, e1 = int(band.indptr[r0]), int(band.indptr[r1])
         if e1 == e0:
@@ -733,18 +743,22 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
         idx = band.indices[e0:e1]
         local = np.repeat(np.arange(r0, r1), counts[r0:r1])
         s = np.einsum("ij,ij->i", U[local, : p.k], V[idx, : p.k])
-        x = band.data[e0:e1].astype(np.float64, copy=False)
-        if p.feedback == "implicit":
-            a, c, pref = _confidence_terms(x, p)
-            b = c if pref is None else c * pref
-            terms = a * s * s - 2.0 * b * s + b
-        else:
-            pred = s + p.global_mean
-            if p.biases:
-                pred = pred + U[local, p.k] + V[idx, p.k]
-            terms = (x - pred) ** 2
-        total = exact_add(total, exact_sum(terms))
+        total = exact_add(total, exact_sum(_entry_terms(band[r0:r1], U[r0:r1], V, s, p)))
     return total
+
+
+def _entry_terms(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, s: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """The loss terms at a band's entries from their scores ``s = w·h``."""
+    x = band.data.astype(np.float64, copy=False)
+    if p.feedback == "implicit":
+        a, c, pref = _confidence_terms(x, p)
+        b = c if pref is None else c * pref
+        return a * s * s - 2.0 * b * s + b
+    pred = s + p.global_mean
+    if p.biases:
+        local = np.repeat(np.arange(band.shape[0]), np.diff(band.indptr))
+        pred = pred + U[local, p.k] + V[band.indices, p.k]
+    return (x - pred) ** 2
 
 
 def penalty(U: np.ndarray, counts: np.ndarray, p: MaskedParams) -> ExactSum:
