@@ -39,7 +39,7 @@ _FLAGS = {"reassoc", "contract"}
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FLAGS)
-def _band(indptr, indices, a, b, V, U, G, l2, l1, free, k, biases, steps, has_a, has_g):  # pragma: no cover
+def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, has_a, has_g):  # pragma: no cover
     r, q = U.shape
     out = np.zeros((r, q))
     x = np.empty(q)
@@ -55,7 +55,7 @@ def _band(indptr, indices, a, b, V, U, G, l2, l1, free, k, biases, steps, has_a,
             x[t] = U[i, t] if (free[t] or U[i, t] > 0.0) else 0.0
         # g = C x − d
         for t in range(q):
-            g[t] = l2[i, t] * x[t] + 0.5 * l1[i, t]
+            g[t] = scale[i] * l2[t] * x[t] + 0.5 * (scale[i] * l1[t])
         if has_g:
             for u in range(k):
                 xu = x[u]
@@ -93,7 +93,7 @@ def _band(indptr, indices, a, b, V, U, G, l2, l1, free, k, biases, steps, has_a,
                     dg += d[t] * g[t]
             # Cd = C d
             for t in range(q):
-                Cd[t] = l2[i, t] * d[t]
+                Cd[t] = scale[i] * l2[t] * d[t]
             if has_g:
                 for u in range(k):
                     du = d[u]
@@ -142,6 +142,7 @@ def cg_rows(
     V: np.ndarray,
     U: np.ndarray,
     G: np.ndarray | None,
+    scale: np.ndarray,
     l2: np.ndarray,
     l1: np.ndarray,
     free: np.ndarray,
@@ -168,8 +169,11 @@ def cg_rows(
         The warm start (negative factor entries count as 0).
     G : ndarray of shape (k, k) or None
         The Gram of the other side (implicit feedback), else None.
-    l2, l1 : ndarray of shape (r, q)
-        Per-row penalty weights.
+    scale : ndarray of shape (r,)
+        Each row's penalty multiplier.
+    l2, l1 : ndarray of shape (q,)
+        The penalty weights of the coordinates: row ``i`` has
+        ``scale[i]·l2`` and ``scale[i]·l1``.
     free : ndarray of bool, shape (q,)
         Unconstrained coordinates (the bias).
     k : int
@@ -192,6 +196,7 @@ def cg_rows(
         np.ascontiguousarray(V, dtype=f64),
         np.ascontiguousarray(U, dtype=f64),
         np.zeros((1, 1)) if G is None else np.ascontiguousarray(G, dtype=f64),
+        np.ascontiguousarray(scale, dtype=f64),
         np.ascontiguousarray(l2, dtype=f64),
         np.ascontiguousarray(l1, dtype=f64),
         np.ascontiguousarray(free, dtype=np.bool_),

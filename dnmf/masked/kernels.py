@@ -448,15 +448,17 @@ def update(
         raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
     indptr = band.indptr
     counts = np.diff(indptr)
-    l2, l1 = _penalty_weights(counts, p)
     free = _free(p)
+    if solver == "cg":
+        a, b = _weights(band.data, V, band.indices, p)
+        l2, l1 = _penalty_weights(np.ones(1, dtype=np.int64), replace(p, count_scaled=False, count_power=0.0))
+        scale = row_scale(counts, p)
+        return cg_rows(indptr, band.indices, a, b, V, U, G, scale, l2[0], l1[0], free, p.k, p.biases, p.cg_steps)
+    l2, l1 = _penalty_weights(counts, p)
     Gq = None
     if G is not None:
         Gq = np.zeros((q, q))
         Gq[: p.k, : p.k] = G
-    if solver == "cg":
-        a, b = _weights(band.data, V, band.indices, p)
-        return cg_rows(indptr, band.indices, a, b, V, U, G, l2, l1, free, p.k, p.biases, p.cg_steps)
     out = np.zeros((r, q))
     width = q * q if solver == "als" else q
     budget = _budget(width)
