@@ -96,7 +96,8 @@ def quality(train, test, k: int, feedback: str, solver: str, max_iter: int, tol:
         warnings.simplefilter("ignore")
         model.fit(train)
     if feedback == "explicit":
-        return {"metric": "test RMSE", "value": float(dnmf.rmse(model, test)), "n_iter": int(model.n_iter_)}
+        r = dnmf.evaluate(model, test, metrics=["rmse"])
+        return {"metric": "test RMSE", "value": float(r["rmse"]), "n_iter": int(model.n_iter_)}
     r = dnmf.evaluate(model, test, train=train, k=10, metrics=["ndcg"])
     return {"metric": "NDCG@10", "value": float(r["ndcg"]), "n_iter": int(model.n_iter_)}
 

@@ -33,13 +33,16 @@ Objectives, per row ``i`` with observed set Ω_i, ``s_ij = u_i · φ_j`` where
 Both are ``½uᵀC_iu − d_iᵀu`` (times 2, plus a constant) with
 ``C_i = G + Σ_Ω a_ij φ_jφ_jᵀ + diag(l2_i)`` and ``d_i = Σ_Ω b_ij φ_j − l1_i/2``,
 where explicit: ``G = 0, a = 1, b = t``; implicit: ``G = VᵀV, a = c − 1, b = c·p``.
-Two solvers minimise it over the row's ``u`` (non-negative, biases free):
+Three solvers minimise it over the row's ``u`` (non-negative, biases free):
 
 - ``"als"``: exact, by block principal pivoting with one Gram per row
   (:func:`nnls_rows`, Kim & Park 2011): O(|Ω|·q² + rows·q³) per half-step;
 - ``"ccd"``: coordinate descent on the residuals at Ω, coordinate by
   coordinate as in CCD++ (Yu et al. 2012), ``sweeps`` passes per half-step:
-  O(|Ω|·q) per sweep, no q² or q³ term.
+  O(|Ω|·q) per sweep, no q² or q³ term;
+- ``"cg"``: ``cg_steps`` projected conjugate-gradient steps from the row's
+  current ``u`` (:mod:`dnmf.masked.compiled`): O(|Ω|·q + q²) per step, ``C``
+  never formed (``G`` times a vector, then two passes over the entries).
 
 Determinism. Every row is computed from its own entries only, by code whose
 order of operations depends on the row alone (never on which other rows
@@ -83,12 +86,13 @@ class MaskedParams:
     observation when ``count_scaled`` (ALS-WR); ``confidence``,
     ``confidence_form``, ``epsilon``, ``confidence_floor`` and
     ``preference_threshold`` give the implicit model's confidence and
-    preference (:func:`confidence_weights`).
+    preference (:func:`confidence_weights`); ``sweeps`` and ``cg_steps``
+    are the passes of the "ccd" and "cg" solvers per half-step.
     """
 
     k: int
     feedback: str = "explicit"  # or "implicit"
-    solver: str = "als"  # or "ccd"
+    solver: str = "als"  # or "ccd", "cg"
     biases: bool = False
     l2: float = 0.0
     l1: float = 0.0
@@ -420,13 +424,13 @@ def update(
         The observed entries of these rows (see :func:`observed`).
     U : ndarray of shape (r, q)
         The rows' current factors (and bias): the warm start of "als", the
-        starting point of "ccd".
+        starting point of "ccd" and "cg".
     V : ndarray of shape (n, q)
         The other side's factors (columns ``:k``) and bias (column ``k``).
     p : MaskedParams
     G : ndarray of shape (k, k), optional
         ``V[:, :k]ᵀ V[:, :k]`` over *all* of the other side (implicit only).
-    solver : {"als", "ccd"}, optional
+    solver : {"als", "ccd", "cg"}, optional
         Overrides ``p.solver`` ("als" gives the exact minimiser: fold-in).
 
     Returns
