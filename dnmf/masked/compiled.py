@@ -13,10 +13,16 @@ steps are projected so that the factors stay non-negative.
 One step, per row: the coordinates held at their bound (``u_t = 0`` with a
 positive gradient) are left out; the others move along a conjugate
 direction (Fletcher–Reeves, restarted when it stops descending) by the
-exact line search of the quadratic, cut short where a coordinate would turn
-negative, which then stays at 0 and restarts the next step from the
-projected gradient. The objective never increases, each step costs one
-product ``C p``, the start one more; with enough steps the result is the
+exact line search of the quadratic. Where that step would turn coordinates
+negative it is projected (those coordinates set to 0; the gradient updated
+by one more pass over the entries with only the clipped coordinates) and
+kept if the objective is lower, else cut short at the first coordinate that
+reaches 0; either way the next step restarts from the projected gradient.
+Projecting matters: cutting alone lets each step zero one coordinate at
+most, and at k = 64 on MovieLens ml-latest-small 10 iterations reached
+NDCG@10 0.195 that way against 0.357 projected ("als": 0.355). The
+objective never increases, each step costs one product ``C p`` (plus the
+clipped pass), the start one more; with enough steps the result is the
 exact non-negative minimiser (what "als" computes).
 
 The loop over a band's rows is compiled by Numba (a dependency of the
@@ -47,6 +53,9 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
     d = np.zeros(q)
     Cd = np.empty(q)
     pg = np.empty(q)
+    delta = np.empty(q)
+    xn = np.empty(q)
+    gn = np.empty(q)
     for i in range(r):
         e0, e1 = indptr[i], indptr[i + 1]
         if e1 == e0:
@@ -120,6 +129,42 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
                 if d[t] < 0.0 and not free[t]:
                     limit = min(limit, x[t] / -d[t])
             cut = limit < step
+            if cut:
+                # The projected step x' = max(x + step·d, 0): its gradient is
+                # g + step·Cd + Cδ with δ the clipped amounts (δ ≥ 0, few).
+                for t in range(q):
+                    full = x[t] + step * d[t]
+                    delta[t] = -full if (full < 0.0 and not free[t]) else 0.0
+                    xn[t] = full + delta[t]
+                    gn[t] = g[t] + step * Cd[t] + scale[i] * l2[t] * delta[t]
+                if has_g:
+                    for u in range(k):
+                        du = delta[u]
+                        if du != 0.0:
+                            for t in range(k):
+                                gn[t] += G[u, t] * du
+                for e in range(e0, e1):
+                    j = indices[e]
+                    s = 0.0
+                    for t in range(k):
+                        if delta[t] != 0.0:
+                            s += V[j, t] * delta[t]
+                    w = a[e] * s if has_a else s
+                    for t in range(k):
+                        gn[t] += w * V[j, t]
+                    if biases:
+                        gn[k] += w
+                # f(x') − f(x) = Δ·g + ½ Δ·(g' − g), Δ = x' − x: keep x' if it is lower.
+                change = 0.0
+                for t in range(q):
+                    dx = xn[t] - x[t]
+                    change += dx * (g[t] + 0.5 * (gn[t] - g[t]))
+                if change <= 0.0:
+                    for t in range(q):
+                        x[t] = xn[t]
+                        g[t] = gn[t]
+                    gg_prev = 0.0
+                    continue
             if cut:
                 step = limit
             for t in range(q):

@@ -36,11 +36,16 @@ def naive_system(cols, x, V, p, n_items):
     return C, d
 
 
+def objective(C, d, u):
+    return 0.5 * u @ C @ u - d @ u
+
+
 def naive_cg_row(C, d, u, free, steps):
     """``steps`` projected conjugate-gradient steps on ``½uᵀCu − dᵀu`` from ``u``, one row at a time:
     bound coordinates with a positive gradient left out, Fletcher–Reeves directions restarted when
-    not descending, exact line search cut at the first coordinate that would turn negative (which
-    is set to 0 and restarts the next step)."""
+    not descending, exact line search; a step that would turn coordinates negative is projected
+    (clipped at 0) if that lowers the objective, else cut at the first such coordinate (set to 0);
+    either restarts the next step."""
     bound = ~free
     x = np.where(bound, np.maximum(u, 0.0), u).astype(float)
     g = C @ x - d
@@ -64,6 +69,12 @@ def naive_cg_row(C, d, u, free, steps):
         limit = ratios.min()
         cut = limit < step
         if cut:
+            # The projected step, kept when it lowers the objective.
+            projected = x + step * direction
+            projected[bound] = np.maximum(projected[bound], 0.0)
+            if objective(C, d, projected) <= objective(C, d, x):
+                x, g, gg_prev = projected, C @ projected - d, 0.0
+                continue
             step = limit
         hit = cut & shrink & (ratios <= limit)
         x = x + step * direction
