@@ -1,4 +1,4 @@
-"""Benchmark: time per iteration of ``RatingsNMF`` ("als" and "ccd") vs the ``implicit`` package's ALS.
+"""Benchmark: time per iteration of ``RatingsNMF`` ("als", "ccd", "cg") vs the ``implicit`` package's ALS.
 
 Issue 16, acceptance 3: a ``RatingsNMF`` iteration (explicit and implicit
 feedback) should cost at most 1.5x an iteration of ``implicit``'s ALS
@@ -21,7 +21,16 @@ machine may be shared, so compare the ratios, measured in one run.
 
     python benchmarks/bench_masked_speed.py --ratings path/to/ml-latest-small/ratings.csv
     python benchmarks/bench_masked_speed.py                      # generated data only
-    python benchmarks/bench_masked_speed.py --users 300000 --items 30000 --nnz 5000000 --ks 32 --solvers ccd
+    python benchmarks/bench_masked_speed.py --users 300000 --items 30000 --nnz 5000000 --ks 32 --solvers cg
+    python benchmarks/bench_masked_speed.py --scale                    # issue 16: 3M x 300k, 49M ratings, k=32
+    python benchmarks/bench_masked_speed.py --ratings PATH --no-generated --solvers als cg --quality
+
+``--scale``: issue 16's large case, 3,000,000 x 300,000 with 49,000,000
+ratings (power-law items) at k = 32, "cg" only, 3 iterations, one fit each
+(about 20 minutes and 8 GB on 2 cores; also the suite's ``masked-scale``
+section). ``--quality``: each solver's test RMSE (explicit) or NDCG@10
+(implicit) on the ratings' test split after ``--quality-iters`` iterations
+and with the defaults (``max_iter=50, tol=1e-4``).
 
 Data: the ratings CSV (seeded 80/20 random split, the training part) and,
 unless ``--no-generated``, a generated ratings matrix (Zipf-like user and
