@@ -62,7 +62,6 @@ import scipy.sparse as sp
 
 from ..engine.blocks import aligned_inputs, as_block
 from ..nmf import nnls
-from .compiled import cg_rows, entry_scores
 
 #: Bytes of temporaries per batch of rows (gathered features and their
 #: pairwise products); bounds a task's memory whatever the band's size.
@@ -454,6 +453,8 @@ def update(
     counts = np.diff(indptr)
     free = _free(p)
     if solver == "cg":
+        from .compiled import cg_rows  # Numba's import (~0.5 s) only where "cg" runs
+
         a, b = _weights(band.data, V, band.indices, p)
         l2, l1 = _penalty_weights(np.ones(1, dtype=np.int64), replace(p, count_scaled=False, count_power=0.0))
         scale = row_scale(counts, p)
@@ -739,6 +740,8 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
     total = ZERO
     budget = _budget(p.q)
     if p.solver == "cg":
+        from .compiled import entry_scores
+
         # The compiled scores (another summation order than the gathered
         # einsum below, which "als" and "ccd" keep: their losses keep their bits).
         return exact_sum(_entry_terms(band, U, V, entry_scores(band.indptr, band.indices, U, V, p.k), p))
