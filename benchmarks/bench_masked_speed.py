@@ -1,4 +1,4 @@
-"""Benchmark: time per iteration of ``RatingsNMF`` ("als" and "ccd") vs the ``implicit`` package's ALS.
+"""Benchmark: time per iteration of ``RatingsNMF`` ("als", "ccd", "cg") vs the ``implicit`` package's ALS.
 
 Issue 16, acceptance 3: a ``RatingsNMF`` iteration (explicit and implicit
 feedback) should cost at most 1.5x an iteration of ``implicit``'s ALS
@@ -21,7 +21,16 @@ machine may be shared, so compare the ratios, measured in one run.
 
     python benchmarks/bench_masked_speed.py --ratings path/to/ml-latest-small/ratings.csv
     python benchmarks/bench_masked_speed.py                      # generated data only
-    python benchmarks/bench_masked_speed.py --users 300000 --items 30000 --nnz 5000000 --ks 32 --solvers ccd
+    python benchmarks/bench_masked_speed.py --users 300000 --items 30000 --nnz 5000000 --ks 32 --solvers cg
+    python benchmarks/bench_masked_speed.py --scale                    # issue 16: 3M x 300k, 49M ratings, k=32
+    python benchmarks/bench_masked_speed.py --ratings PATH --no-generated --solvers als cg --quality
+
+``--scale``: issue 16's large case, 3,000,000 x 300,000 with 49,000,000
+ratings (power-law items) at k = 32, "cg" only, 3 iterations, one fit each
+(about 20 minutes and 8 GB on 2 cores; also the suite's ``masked-scale``
+section). ``--quality``: each solver's test RMSE (explicit) or NDCG@10
+(implicit) on the ratings' test split after ``--quality-iters`` iterations
+and with the defaults (``max_iter=50, tol=1e-4``).
 
 Data: the ratings CSV (seeded 80/20 random split, the training part) and,
 unless ``--no-generated``, a generated ratings matrix (Zipf-like user and
@@ -87,6 +96,37 @@ def time_implicit(train, k: int, iters: int, seed: int) -> list[float] | None:
     return per_iteration(lambda cb: model.fit(X, show_progress=False, callback=cb))
 
 
+def quality(train, test, k: int, feedback: str, solver: str, max_iter: int, tol: float, seed: int) -> dict:
+    """Fit with ``max_iter``/``tol`` and score on ``test``: RMSE (explicit) or NDCG@10 (implicit)."""
+    import dnmf
+
+    model = dnmf.RatingsNMF(k, feedback=feedback, solver=solver, max_iter=max_iter, tol=tol, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(train)
+    if feedback == "explicit":
+        r = dnmf.evaluate(model, test, metrics=["rmse"])
+        return {"metric": "test RMSE", "value": float(r["rmse"]), "n_iter": int(model.n_iter_)}
+    r = dnmf.evaluate(model, test, train=train, k=10, metrics=["ndcg"])
+    return {"metric": "NDCG@10", "value": float(r["ndcg"]), "n_iter": int(model.n_iter_)}
+
+
+def run_quality(name: str, train, test, args) -> dict:
+    """Each solver after ``--quality-iters`` iterations (``tol=0``) and with the defaults (50, tol=1e-4)."""
+    log(f"== quality: {name}")
+    rows = []
+    for k in args.ks:
+        for feedback in ("explicit", "implicit"):
+            for solver in args.solvers:
+                budgets = [(n, 0.0) for n in args.quality_iters] + [(50, 1e-4)]
+                for max_iter, tol in budgets:
+                    r = quality(train, test, k, feedback, solver, max_iter, tol, args.seed)
+                    label = "defaults (max_iter=50, tol=1e-4)" if tol else f"{max_iter} iterations"
+                    rows.append({"k": k, "feedback": feedback, "solver": solver, "budget": label, **r})
+                    log(f"   k={k} {feedback} {solver} {label}: {r['metric']} {r['value']:.4f} ({r['n_iter']} it.)")
+    return {"name": name, "rows": rows}
+
+
 def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
     title = f"{name}: {train.shape[0]:,} x {train.shape[1]:,}, {train.nnz:,} training entries"
     log(f"== {title}")
@@ -148,6 +188,13 @@ def render(results) -> str:
             ratio = "–" if r["vs_implicit"] is None else f"{r['vs_implicit']:.2f}x"
             body.append([r["k"], r["model"], f"{r['s_per_iter']:.3f}", ratio, f"{r['vs_nmf']:.2f}x", ""])
         out.append(markdown_table(["k", "model", "s / iteration", "vs implicit ALS", "vs dnmf.NMF", ""], body))
+    for d in results.get("quality", []):
+        out += ["", f"Quality on {d['name']} (test split), seed {results['seed']}:", ""]
+        body = [
+            [r["k"], r["feedback"], r["solver"], r["budget"], r["n_iter"], f"{r['metric']} {r['value']:.4f}"]
+            for r in d["rows"]
+        ]
+        out.append(markdown_table(["k", "feedback", "solver", "iterations", "ran", "quality"], body))
     load = results.get("loadavg_at_end")
     out += ["", f"Load average at the end: {' '.join(f'{x:.2f}' for x in load) if load else 'n/a'}."]
     return "\n".join(out)
@@ -160,7 +207,7 @@ def parse_args(argv=None):
     p.add_argument("--item-col", default="movieId")
     p.add_argument("--value-col", default="rating")
     p.add_argument("--ks", type=int, nargs="+", default=[20, 64], help="factors (default 20 64)")
-    p.add_argument("--solvers", nargs="+", default=["als", "ccd"], choices=["als", "ccd"])
+    p.add_argument("--solvers", nargs="+", default=["als", "ccd", "cg"], choices=["als", "ccd", "cg"])
     p.add_argument("--iters", type=int, default=5, help="iterations per fit; the first is not timed")
     p.add_argument("--repeats", type=int, default=3, help="fits of every model, taken in turns")
     p.add_argument("--seed", type=int, default=0)
@@ -168,8 +215,25 @@ def parse_args(argv=None):
     p.add_argument("--users", type=int, default=20_000, help="generated matrix: rows")
     p.add_argument("--items", type=int, default=4_000, help="generated matrix: columns")
     p.add_argument("--nnz", type=int, default=400_000, help="generated matrix: entries")
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="issue 16's large case: 3,000,000 x 300,000 with 49,000,000 ratings at k=32, "
+        "cg only, 3 iterations, 1 fit (overrides --users/--items/--nnz/--ks/--solvers/--iters/--repeats; "
+        "needs about 12 GB and tens of minutes on 2 cores)",
+    )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also score each solver on the ratings' test split: RMSE / NDCG@10 after --quality-iters and with the defaults",
+    )
+    p.add_argument("--quality-iters", type=int, nargs="+", default=[10, 20], help="iteration budgets of --quality")
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
+    if args.scale:
+        args.users, args.items, args.nnz = 3_000_000, 300_000, 49_000_000
+        args.ks, args.solvers, args.iters, args.repeats = [32], ["cg"], 3, 1
+        args.no_generated = False
     if args.iters < 2:
         p.error("--iters must be at least 2: the first iteration is not timed.")
     return args
@@ -185,9 +249,11 @@ def main(argv=None):
     results = {"machine": info, "iters": args.iters, "repeats": args.repeats, "seed": args.seed, "datasets": []}
     if args.ratings:
         X = load_ratings(args.ratings, args.user_col, args.item_col, args.value_col)
-        train, _ = dnmf.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
+        train, test = dnmf.train_test_split(X, method="random", test_size=0.2, random_state=args.seed)
         label = "/".join(os.path.abspath(args.ratings).split(os.sep)[-2:]) + " (80% training split)"
         results["datasets"].append(run_dataset(label, sp.csr_matrix(train), args))
+        if args.quality:
+            results["quality"] = [run_quality(label, sp.csr_matrix(train), test, args)]
     if not args.no_generated:
         t = time.perf_counter()
         X = make_zipf_csr(args.users, args.items, args.nnz, seed=args.seed)

@@ -15,7 +15,13 @@ Sections (``--sections``, default all):
   installed gives a row naming what to install: ``pip install 'dnmf[bench]'``);
 - ``rmse-cv``: with ``--ratings``, ``--folds`` (default 5) seeded folds:
   test RMSE of ``RatingsNMF(20)``'s explicit defaults against Spark ALS
-  ``nonnegative=True`` with its best regParam on a validation split.
+  ``nonnegative=True`` with its best regParam on a validation split;
+- ``masked-scale`` (only when named): time per iteration of
+  ``RatingsNMF(solver="cg")`` (explicit and implicit) against ``implicit``'s
+  ALS and ``dnmf.NMF`` on issue 16's generated 3,000,000 x 300,000 matrix
+  with 49M ratings at k = 32 (``benchmarks/bench_masked_speed.py --scale``:
+  about 20 minutes and 8 GB on 2 cores); with ``--quick``, 300,000 x 30,000
+  with 5M ratings.
 
 Writes ``README.md`` (Markdown tables with the date, the machine and the
 command), ``suite.json`` and PNG plots under ``--out`` (default
@@ -46,12 +52,18 @@ from benchmarks._common import (
 from benchmarks.suite_recommend import recommend_summary_rows, render_recommend
 
 SECTIONS = ("engine", "nnz", "workers", "recommend", "rmse-cv")
+#: Run only when named in --sections (long).
+OPTIONAL_SECTIONS = ("masked-scale",)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS + OPTIONAL_SECTIONS)} (default: all but masked-scale)",
+    )
     p.add_argument("--ratings", default=None, help="ratings CSV for the recommend and rmse-cv sections")
     p.add_argument("--folds", type=int, default=5, help="folds of the rmse-cv section (at least 2)")
     p.add_argument("--user-col", default="userId")
@@ -63,9 +75,9 @@ def parse_args(argv=None):
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if args.folds < 2:
         p.error(f"--folds must be at least 2; got {args.folds}")
-    unknown = sorted(set(args.sections) - set(SECTIONS))
+    unknown = sorted(set(args.sections) - set(SECTIONS + OPTIONAL_SECTIONS))
     if unknown:
-        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
     return args
 
 
@@ -336,7 +348,21 @@ def render(res: dict) -> str:
         lines += ["## Scaling with workers", "", f"failed: {wk.get('error')}", ""]
 
     lines += render_recommend(res)
+    ms = res.get("masked-scale")
+    if ms:
+        lines += ["## RatingsNMF at scale (issue 16)", "", ms.get("md", f"failed: {ms.get('error')}"), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _masked_scale(quick: bool, out: str) -> dict:
+    """bench_masked_speed's --scale case (with ``quick``: 300,000 x 30,000, 5M ratings)."""
+    from benchmarks import bench_masked_speed
+
+    size = ["--users", "300000", "--items", "30000", "--nnz", "5000000", "--ks", "32", "--solvers", "cg"]
+    argv = (size + ["--iters", "3", "--repeats", "1"]) if quick else ["--scale"]
+    results = bench_masked_speed.main(argv + ["--out", out])
+    md = bench_masked_speed.render(results).split("\n", 1)[1].strip()
+    return {"rows": results["datasets"][0]["rows"], "md": md}
 
 
 # ---------------------------------------------------------------------------
@@ -401,6 +427,10 @@ def main(argv=None) -> int:
         if "rows" in res["workers"]:
             res["plots"]["workers"] = suite_scaling.plot_workers(res["workers"], os.path.join(args.out, "workers.png"))
     X10 = None  # free the matrix before the ratings sections
+
+    if "masked-scale" in args.sections:
+        out = os.path.join(args.out, "masked-scale")
+        res["masked-scale"] = _section("masked-scale", lambda: _masked_scale(args.quick, out))
 
     if "recommend" in args.sections or "rmse-cv" in args.sections:
         from benchmarks import suite_recommend

@@ -619,10 +619,11 @@ ratings_options = _stack(
     ),
     click.option(
         "--solver",
-        type=click.Choice(["als", "ccd"]),
+        type=click.Choice(["als", "ccd", "cg"]),
         default="als",
         show_default=True,
-        help="als: exact non-negative least squares per user/item; ccd: coordinate descent.",
+        help="als: exact non-negative least squares per user/item; ccd: coordinate descent; "
+        "cg: a few warm-started projected conjugate-gradient steps per user/item (fastest).",
     ),
     click.option(
         "--biases/--no-biases",
@@ -705,6 +706,13 @@ ratings_options = _stack(
         show_default=True,
         help="ccd: coordinate sweeps per half-step.",
     ),
+    click.option(
+        "--cg-steps",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="cg: conjugate-gradient steps per user/item and half-step.",
+    ),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
     run_options,
 )
@@ -728,6 +736,7 @@ RATINGS_KEYS = (
     "tol",
     "max_time",
     "sweeps",
+    "cg_steps",
     "seed",
 ) + RUN_KEYS
 

@@ -33,13 +33,16 @@ Objectives, per row ``i`` with observed set Ω_i, ``s_ij = u_i · φ_j`` where
 Both are ``½uᵀC_iu − d_iᵀu`` (times 2, plus a constant) with
 ``C_i = G + Σ_Ω a_ij φ_jφ_jᵀ + diag(l2_i)`` and ``d_i = Σ_Ω b_ij φ_j − l1_i/2``,
 where explicit: ``G = 0, a = 1, b = t``; implicit: ``G = VᵀV, a = c − 1, b = c·p``.
-Two solvers minimise it over the row's ``u`` (non-negative, biases free):
+Three solvers minimise it over the row's ``u`` (non-negative, biases free):
 
 - ``"als"``: exact, by block principal pivoting with one Gram per row
   (:func:`nnls_rows`, Kim & Park 2011): O(|Ω|·q² + rows·q³) per half-step;
 - ``"ccd"``: coordinate descent on the residuals at Ω, coordinate by
   coordinate as in CCD++ (Yu et al. 2012), ``sweeps`` passes per half-step:
-  O(|Ω|·q) per sweep, no q² or q³ term.
+  O(|Ω|·q) per sweep, no q² or q³ term;
+- ``"cg"``: ``cg_steps`` projected conjugate-gradient steps from the row's
+  current ``u`` (:mod:`dnmf.masked.compiled`): O(|Ω|·q + q²) per step, ``C``
+  never formed (``G`` times a vector, then two passes over the entries).
 
 Determinism. Every row is computed from its own entries only, by code whose
 order of operations depends on the row alone (never on which other rows
@@ -82,12 +85,13 @@ class MaskedParams:
     observation when ``count_scaled`` (ALS-WR); ``confidence``,
     ``confidence_form``, ``epsilon``, ``confidence_floor`` and
     ``preference_threshold`` give the implicit model's confidence and
-    preference (:func:`confidence_weights`).
+    preference (:func:`confidence_weights`); ``sweeps`` and ``cg_steps``
+    are the passes of the "ccd" and "cg" solvers per half-step.
     """
 
     k: int
     feedback: str = "explicit"  # or "implicit"
-    solver: str = "als"  # or "ccd"
+    solver: str = "als"  # or "ccd", "cg"
     biases: bool = False
     l2: float = 0.0
     l1: float = 0.0
@@ -100,6 +104,8 @@ class MaskedParams:
     preference_threshold: float | None = None
     global_mean: float = 0.0
     sweeps: int = 1
+    # "cg": projected conjugate-gradient steps per half-step.
+    cg_steps: int = 3
     # Implicit model: the users' penalty grows as (count/count_mean)^count_power
     # (the items' never: :func:`item_side` drops it).
     count_power: float = 0.0
@@ -417,13 +423,13 @@ def update(
         The observed entries of these rows (see :func:`observed`).
     U : ndarray of shape (r, q)
         The rows' current factors (and bias): the warm start of "als", the
-        starting point of "ccd".
+        starting point of "ccd" and "cg".
     V : ndarray of shape (n, q)
         The other side's factors (columns ``:k``) and bias (column ``k``).
     p : MaskedParams
     G : ndarray of shape (k, k), optional
         ``V[:, :k]ᵀ V[:, :k]`` over *all* of the other side (implicit only).
-    solver : {"als", "ccd"}, optional
+    solver : {"als", "ccd", "cg"}, optional
         Overrides ``p.solver`` ("als" gives the exact minimiser: fold-in).
 
     Returns
@@ -432,8 +438,8 @@ def update(
         Rows without observations get 0 (their minimiser).
     """
     solver = solver or p.solver
-    if solver not in ("als", "ccd"):
-        raise ValueError(f"Unknown masked solver {solver!r}; use 'als' or 'ccd'.")
+    if solver not in ("als", "ccd", "cg"):
+        raise ValueError(f"Unknown masked solver {solver!r}; use 'als', 'ccd' or 'cg'.")
     r = band.shape[0]
     q = p.q
     if U.shape != (r, q) or V.shape != (band.shape[1], q):
@@ -445,8 +451,15 @@ def update(
         raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
     indptr = band.indptr
     counts = np.diff(indptr)
-    l2, l1 = _penalty_weights(counts, p)
     free = _free(p)
+    if solver == "cg":
+        from .compiled import cg_rows  # Numba's import (~0.5 s) only where "cg" runs
+
+        a, b = _weights(band.data, V, band.indices, p)
+        l2, l1 = _penalty_weights(np.ones(1, dtype=np.int64), replace(p, count_scaled=False, count_power=0.0))
+        scale = row_scale(counts, p)
+        return cg_rows(indptr, band.indices, a, b, V, U, G, scale, l2[0], l1[0], free, p.k, p.biases, p.cg_steps)
+    l2, l1 = _penalty_weights(counts, p)
     Gq = None
     if G is not None:
         Gq = np.zeros((q, q))
@@ -726,6 +739,12 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
     counts = np.diff(band.indptr)
     total = ZERO
     budget = _budget(p.q)
+    if p.solver == "cg":
+        from .compiled import entry_scores
+
+        # The compiled scores (another summation order than the gathered
+        # einsum below, which "als" and "ccd" keep: their losses keep their bits).
+        return exact_sum(_entry_terms(band, U, V, entry_scores(band.indptr, band.indices, U, V, p.k), p))
     for r0, r1 in _row_batches(band.indptr, budget):
         e0, e1 = int(band.indptr[r0]), int(band.indptr[r1])
         if e1 == e0:
@@ -733,18 +752,22 @@ def band_loss(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams
         idx = band.indices[e0:e1]
         local = np.repeat(np.arange(r0, r1), counts[r0:r1])
         s = np.einsum("ij,ij->i", U[local, : p.k], V[idx, : p.k])
-        x = band.data[e0:e1].astype(np.float64, copy=False)
-        if p.feedback == "implicit":
-            a, c, pref = _confidence_terms(x, p)
-            b = c if pref is None else c * pref
-            terms = a * s * s - 2.0 * b * s + b
-        else:
-            pred = s + p.global_mean
-            if p.biases:
-                pred = pred + U[local, p.k] + V[idx, p.k]
-            terms = (x - pred) ** 2
-        total = exact_add(total, exact_sum(terms))
+        total = exact_add(total, exact_sum(_entry_terms(band[r0:r1], U[r0:r1], V, s, p)))
     return total
+
+
+def _entry_terms(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, s: np.ndarray, p: MaskedParams) -> np.ndarray:
+    """The loss terms at a band's entries from their scores ``s = w·h``."""
+    x = band.data.astype(np.float64, copy=False)
+    if p.feedback == "implicit":
+        a, c, pref = _confidence_terms(x, p)
+        b = c if pref is None else c * pref
+        return a * s * s - 2.0 * b * s + b
+    pred = s + p.global_mean
+    if p.biases:
+        local = np.repeat(np.arange(band.shape[0]), np.diff(band.indptr))
+        pred = pred + U[local, p.k] + V[band.indices, p.k]
+    return (x - pred) ** 2
 
 
 def penalty(U: np.ndarray, counts: np.ndarray, p: MaskedParams) -> ExactSum:
