@@ -73,17 +73,21 @@ def generation_name(generation: int) -> str:
     return f"g-{generation:08d}"
 
 
-def check_new(root: str, storage_options: dict | None = None, *, parameter: str = "factor_store") -> None:
-    """Refuse to start a fit in a directory that holds anything (never damage an earlier fit's factors)."""
+def check_new(root: str, storage_options: dict | None = None, *, parameter: str = "factor_store=") -> None:
+    """Refuse to start a fit in a directory that holds anything (never damage an earlier fit's factors).
+
+    ``parameter`` names the option in the caller's words (``"factor_store="``, ``"--factor-store "``).
+    """
     if not locations.exists(root, storage_options):
         return
     if locations.is_file(root, storage_options):
-        raise ValueError(f"{parameter}={root!r} is a file; pass a directory that does not exist yet (or is empty).")
+        raise ValueError(f"{parameter}{root!r} is a file; pass a directory that does not exist yet (or is empty).")
     if locations.list_names(root, storage_options):
         what = "the factors of another fit" if has_pointer(root, storage_options) else "other files"
+        resume = "resume= the checkpoint" if parameter.endswith("=") else "resume the job"
         raise ValueError(
-            f"{parameter}={root!r} already holds {what}; pass a new (or empty) directory, or "
-            "resume= the checkpoint of the fit that wrote it."
+            f"{parameter}{root!r} already holds {what}; pass a new (or empty) directory, or "
+            f"{resume} of the fit that wrote it."
         )
 
 
@@ -175,8 +179,14 @@ def unpin(root: str, keep_last: int, storage_options: dict | None = None) -> Non
 def write_block(
     root: str, generation: int, factor: str, index: int, block: np.ndarray, storage_options: dict | None = None
 ) -> int:
-    """Write one block of ``generation`` (a task on the worker that computed it); returns its rows."""
-    return checkpoints.write_block(root, generation_name(generation), factor, index, block, storage_options)
+    """Write one block of ``generation`` (a task on the worker that computed it); returns its rows.
+
+    Uncompressed: a generation lives one iteration, and dense float factors
+    compress little for the CPU time it would add to every iteration.
+    """
+    return checkpoints.write_block(
+        root, generation_name(generation), factor, index, block, storage_options, compress=False
+    )
 
 
 def read_block(root: str, generation: int, factor: str, index: int, storage_options: dict | None = None) -> np.ndarray:

@@ -137,12 +137,12 @@ def test_resume_with_another_factor_store_is_refused(tmp_path):
 def test_on_worker_processes_and_after_a_killed_worker_the_bits_are_the_same(tmp_path):
     from distributed import Client, LocalCluster
 
-    W_ref, ref = reference(20)
+    W_ref, ref = reference(10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
-        W, m = fit(20, client=client, factor_store=str(tmp_path / "plain"))
+        W, m = fit(10, client=client, factor_store=str(tmp_path / "plain"))
         np.testing.assert_array_equal(W, W_ref)
         np.testing.assert_array_equal(m.components_, ref.components_)
 
@@ -150,7 +150,7 @@ def test_on_worker_processes_and_after_a_killed_worker_the_bits_are_the_same(tmp
         done = threading.Event()
 
         def on_iteration(it, elapsed, loss):
-            if it == 6 and not done.is_set():
+            if it == 4 and not done.is_set():
                 done.set()
                 # Kill a worker process while the next iteration reads and writes its blocks.
                 threading.Timer(0.02, os.kill, (victim, signal.SIGKILL)).start()
@@ -159,16 +159,16 @@ def test_on_worker_processes_and_after_a_killed_worker_the_bits_are_the_same(tmp
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             m = dnmf.NMF(
-                max_iter=20,
+                max_iter=10,
                 client=client,
                 factor_store=str(tmp_path / "killed"),
                 checkpoint=str(tmp_path / "ck"),
-                checkpoint_every=4,
+                checkpoint_every=3,
                 **PARAMS,
             )
             W = m.fit_transform(data(), callback=on_iteration)
         assert victim not in client.run(os.getpid).values(), "the worker was not killed"
-    assert done.is_set() and m.n_iter_ == 20
+    assert done.is_set() and m.n_iter_ == 10
     np.testing.assert_array_equal(W, W_ref)
     np.testing.assert_array_equal(m.components_, ref.components_)
 
