@@ -24,6 +24,7 @@ deleted).
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -34,6 +35,9 @@ from ..engine.loop import Report, Verdict
 from ..storage import factors
 from . import graph as blocked
 from .step import NMFStep
+
+#: Scheduler priority of the write tasks (Dask's default is 0: higher runs first).
+WRITE_PRIORITY = 100
 
 
 def _after(scalars, *written):
@@ -108,7 +112,10 @@ class StoredNMFStep(NMFStep):
             layer[(name, 0)] = (_after, (scalars.name, 0), *keys)
             deps.append(scalars)
             chunks = scalars.chunks
-        graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
+        # Writes first: a row task's new W_i leaves the worker's memory before the next row
+        # task starts, or a worker with room for a few blocks only would hold many of them.
+        with dask.annotate(priority=WRITE_PRIORITY):
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
         return da.Array(graph, name, chunks=chunks, dtype=np.float64)
 
     def build(self, state, iteration):
