@@ -191,7 +191,15 @@ def write_block(
 
 def read_block(root: str, generation: int, factor: str, index: int, storage_options: dict | None = None) -> np.ndarray:
     """Read one block of ``generation``, with an error naming the file if it is missing or damaged."""
-    return checkpoints.read_block(root, generation_name(generation), factor, index, storage_options)
+    try:
+        return checkpoints.read_block(root, generation_name(generation), factor, index, storage_options)
+    except StoreError as exc:
+        cause = exc.problem.partition("(")[2].rstrip(")") or exc.problem
+        raise StoreError(
+            exc.path,
+            f"the block of generation {generation} of the factor store cannot be read ({cause})",
+            "The generation was deleted or damaged: resume from a checkpoint of this fit, or fit afresh.",
+        ) from None
 
 
 def open_generation(

@@ -254,3 +254,13 @@ def test_a_crash_in_the_middle_of_writing_w_leaves_the_last_committed_iteration_
     W, m = resume(tmp_path, max_iter=8)
     W_ref, _ = reference(8)
     np.testing.assert_array_equal(W, W_ref)
+
+
+def test_restarts_each_keep_their_factors_in_their_own_directory(tmp_path):
+    W_ref, ref = reference(5, n_init=2)
+    W, m = fit(5, n_init=2, factor_store=str(tmp_path / "f"))
+    np.testing.assert_array_equal(W, W_ref)
+    np.testing.assert_array_equal(m.components_, ref.components_)
+    assert m.init_errors_.tolist() == ref.init_errors_.tolist()
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["init-0", "init-1"]
+    assert all(factors.read_pointer(str(tmp_path / "f" / f"init-{i}"))["current"] == 5 for i in range(2))
