@@ -176,23 +176,66 @@ def unpin(root: str, keep_last: int, storage_options: dict | None = None) -> Non
         locations.remove(locations.join(root, generation_name(g)), storage_options)
 
 
+def _local_array(root: str, generation: int, factor: str, index: int) -> str:
+    return os.path.join(root, generation_name(generation), factor, str(index))
+
+
 def write_block(
     root: str, generation: int, factor: str, index: int, block: np.ndarray, storage_options: dict | None = None
 ) -> int:
     """Write one block of ``generation`` (a task on the worker that computed it); returns its rows.
 
     Uncompressed: a generation lives one iteration, and dense float factors
-    compress little for the CPU time it would add to every iteration.
+    compress little for the CPU time it would add to every iteration. On a
+    local path the Zarr v3 array (one chunk, the "bytes" codec) is written
+    directly: Zarr's own writer costs about 4x the time of the bytes for a
+    block of a few MiB, every block, every iteration.
     """
-    return checkpoints.write_block(
-        root, generation_name(generation), factor, index, block, storage_options, compress=False
-    )
+    if locations.is_url(root):
+        return checkpoints.write_block(
+            root, generation_name(generation), factor, index, block, storage_options, compress=False
+        )
+    block = np.ascontiguousarray(block, dtype=np.dtype(block.dtype).newbyteorder("<"))
+    path = _local_array(root, generation, factor, index)
+    os.makedirs(os.path.join(path, "c", "0"), exist_ok=True)
+    if block.size:
+        block.tofile(os.path.join(path, "c", "0", "0"))
+    meta = {
+        "shape": list(block.shape),
+        "data_type": block.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, d) for d in block.shape]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    with open(os.path.join(path, "zarr.json"), "w") as f:
+        json.dump(meta, f)
+    return int(block.shape[0])
 
 
 def read_block(root: str, generation: int, factor: str, index: int, storage_options: dict | None = None) -> np.ndarray:
     """Read one block of ``generation``, with an error naming the file if it is missing or damaged."""
     try:
-        return checkpoints.read_block(root, generation_name(generation), factor, index, storage_options)
+        if locations.is_url(root):
+            return checkpoints.read_block(root, generation_name(generation), factor, index, storage_options)
+        path = _local_array(root, generation, factor, index)
+        try:
+            with open(os.path.join(path, "zarr.json")) as f:
+                meta = json.load(f)
+            shape = tuple(int(d) for d in meta["shape"])
+            dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+            if not all(shape):
+                return np.zeros(shape, dtype=dtype)
+            out = np.fromfile(os.path.join(path, "c", "0", "0"), dtype=dtype)
+            if out.size != int(np.prod(shape)):
+                raise ValueError(f"{out.size} values where the array has {int(np.prod(shape))}")
+            return out.reshape(shape)
+        except Exception as exc:
+            raise StoreError(path, f"({type(exc).__name__}: {exc})", "") from None
     except StoreError as exc:
         cause = exc.problem.partition("(")[2].rstrip(")") or exc.problem
         raise StoreError(

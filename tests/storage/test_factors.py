@@ -59,3 +59,16 @@ def test_a_damaged_pointer_or_a_missing_generation_names_the_file(tmp_path):
         factors.read_pointer(root)
     with pytest.raises(StoreError, match="CURRENT.json is missing"):
         factors.read_pointer(str(tmp_path / "nowhere"))
+
+
+def test_blocks_are_zarr_v3_arrays_that_zarr_reads(tmp_path):
+    import zarr
+
+    root = str(tmp_path / "f")
+    for dtype in (np.float64, np.float32):
+        block = np.random.default_rng(0).random((5, 3)).astype(dtype)
+        factors.write_block(root, 1, "W", 0, block)
+        read = zarr.open_array(f"{root}/g-00000001/W/0", mode="r")[...]
+        assert read.dtype == dtype and np.array_equal(read, block)
+    factors.write_block(root, 1, "W", 1, np.zeros((0, 3)))
+    assert factors.read_block(root, 1, "W", 1).shape == (0, 3)
