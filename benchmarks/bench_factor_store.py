@@ -19,8 +19,13 @@
     generation): ``dnmf.engine.checkpoint.Checkpointer.save``, the call the fit
     makes, timed ``--ckpt-repeat`` times (median).
 
-    python benchmarks/bench_factor_store.py --quick      # W 1x of 2 x 400 MiB, 2 iterations
-    python benchmarks/bench_factor_store.py              # W 3x of 2 x 400 MiB, 3 iterations
+    python benchmarks/bench_factor_store.py --quick      # W 1x of 1 x 400 MiB, 2 iterations
+    python benchmarks/bench_factor_store.py              # W 3x of 1 x 400 MiB, 3 iterations (~15 min)
+
+A worker process holds about 200 MiB before any task (Python, NumPy, SciPy,
+scikit-learn, Dask, Zarr): below about 400 MiB per worker it is paused or
+restarted by its own memory limit whatever the fit does, so the small cluster
+is one 400 MiB worker rather than several smaller ones.
 
 Writes ``factor_store.md`` and ``factor_store.json`` under ``--out``.
 """
@@ -277,7 +282,7 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller: W 1x the memory, 2 iterations (explicit options win)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--memory-limit", default="400MiB", help="per worker of the small cluster")
     p.add_argument("--big-memory", default="5GiB", help="per worker of the large cluster (holds W in memory)")
     p.add_argument(
@@ -286,11 +291,11 @@ def parse_args(argv=None):
         default=None,
         help="W's bytes / the small cluster's total memory (default 3; quick 1)",
     )
-    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--k", type=int, default=32)
     p.add_argument("--solver", default="mu", help="solver of the fits (default mu: W's update is one gemm)")
     p.add_argument("--cols", type=int, default=2_000)
     p.add_argument("--nnz-per-row", type=int, default=2)
-    p.add_argument("--rows-per-block", type=int, default=25_000)
+    p.add_argument("--rows-per-block", type=int, default=12_500)
     p.add_argument("--iters", type=int, default=None, help="iterations (default 3; quick 2)")
     p.add_argument("--ckpt-rows", type=int, default=None, help="m of (b)'s smaller size (default 500000; quick 200000)")
     p.add_argument("--ckpt-repeat", type=int, default=3)
