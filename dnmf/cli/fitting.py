@@ -185,6 +185,13 @@ def _fit(
         )
     guards.check_input(input)
     _check_outputs(input, output, report, job_dir, "--checkpoint")
+    if params.get("factor_store") is not None:
+        from ..storage import factors
+
+        try:
+            factors.check_new(params["factor_store"], so, parameter="--factor-store ")
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     with contextlib.ExitStack() as stack:
         client, info = stack.enter_context(cluster_mod.session(copts, progress))
         if job_dir is not None:

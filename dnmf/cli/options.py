@@ -543,6 +543,13 @@ model_options = _stack(
     ),
     click.option("--shuffle", is_flag=True, help="cd: random coordinate order."),
     click.option(
+        "--factor-store",
+        default=None,
+        metavar="DIR",
+        help="Keep W in this new (or empty) directory during the fit instead of in the workers' "
+        "memory: for a W larger than the cluster's memory (Frobenius loss; same results).",
+    ),
+    click.option(
         "--seed",
         type=click.IntRange(min=0),
         default=0,
@@ -594,6 +601,12 @@ def model_params(kwargs: dict[str, Any]) -> dict[str, Any]:
         "keep_checkpoints": v["keep_checkpoints"],
         "max_retries": v["max_retries"],
     }
+    factor_store = kwargs.pop("factor_store", None)
+    if factor_store is not None:
+        from ..storage import locations
+
+        # Absolute: the fit may run in a worker (`dnmf submit`) or be resumed from elsewhere.
+        params["factor_store"] = locations.normalize(factor_store)
     return params
 
 

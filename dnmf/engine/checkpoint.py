@@ -21,6 +21,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..storage import checkpoints as store
+from ..storage import factors
 
 logger = logging.getLogger("dnmf")
 
@@ -115,10 +116,17 @@ class Checkpointer:
         return self.seconds is not None and self.seconds > 0 and time.monotonic() - self._last_time >= self.seconds
 
     def save(self, runner, W: da.Array, Ht: da.Array, state: LoopState) -> store.CheckpointInfo:
-        """Write W and Ht block by block on the workers, then commit ``state``."""
+        """Write W and Ht block by block on the workers, then commit ``state``.
+
+        Factors read from a factor store (:mod:`dnmf.storage.factors`) are not
+        copied: the checkpoint pins their generation and records where it is.
+        """
         t0 = time.perf_counter()
         self.ensure_dir()
         name = store.new_name(state.iteration)
+        stored = factors.generation_of(W)
+        if stored is not None:
+            return self._save_pointer(name, stored, W, Ht, state, t0)
         token = tokenize("dnmf-checkpoint", self.path, name, W.name, Ht.name)
         core = f"dnmf-ckpt-write-{token}"
         layer: dict[tuple, tuple] = {}
@@ -150,11 +158,46 @@ class Checkpointer:
         logger.info("checkpoint %s at iteration %d (%.2f s)", self.last.path, state.iteration, time.perf_counter() - t0)
         return self.last
 
+    def _save_pointer(self, name: str, stored: tuple[str, int], W, Ht, state: LoopState, t0: float):
+        """A checkpoint of factors in a factor store: two small records, whatever the size of W."""
+        root, generation = stored
+        # Pinned before the checkpoint that names it is committed, unpinned after the
+        # checkpoints beyond keep_last are gone: a crash between leaves an extra pin, never a
+        # checkpoint whose factors were deleted.
+        factors.pin(root, generation, self.storage_options)
+        record = dict(self.meta)
+        record.update(
+            iteration=state.iteration,
+            state=state.to_json(),
+            factor_store={"root": root, "generation": generation, "layout": factors.Layout.of(W, Ht).to_json()},
+            n_components=int(W.shape[1]),
+            dtype=str(W.dtype),
+        )
+        self.last = store.commit(
+            self.path, name, record, keep_last=self.keep_last, storage_options=self.storage_options
+        )
+        factors.unpin(root, self.keep_last, self.storage_options)
+        self._last_time = time.monotonic()
+        logger.info(
+            "checkpoint %s at iteration %d (factors: generation %d of %s, %.3f s)",
+            self.last.path,
+            state.iteration,
+            generation,
+            root,
+            time.perf_counter() - t0,
+        )
+        return self.last
+
 
 def load(path, storage_options: dict | None = None):
     """The current checkpoint at ``path``: (record, W, Ht) with lazy block reads."""
     info = store.read_latest(str(path), storage_options)
     record = info.state
+    if "factor_store" in record:
+        where = record["factor_store"]
+        layout = factors.Layout.from_json(where["layout"])
+        W, Ht, _ = factors.open_generation(where["root"], int(where["generation"]), layout, storage_options)
+        return info, record, W, Ht
     dtype = np.dtype(record["dtype"])
     k = int(record["n_components"])
     arrays = []

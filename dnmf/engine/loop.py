@@ -75,6 +75,10 @@ class Step(Protocol):
     # Optional: ``rolls_back`` (bool, default True): whether ``observe`` may return
     # ``Verdict(rollback=True)``. A step that says False lets the loop release the
     # state each iteration started from while the iteration runs (see the module doc).
+    # Optional: ``persist(runner, state, scalars) -> (state, (scalars,))``: what the loop
+    # keeps of an iteration (default: persist the whole state with the scalars). A step
+    # whose state lives in storage persists only the scalars (whose graph writes it)
+    # and says ``lineage_free = True``: its state has no lineage to cut.
 
     def settle(self, runner: Runner, factors: tuple[da.Array, da.Array]) -> State:
         """Persist the two factors and return the whole state (with what is derived from them)."""
@@ -223,6 +227,8 @@ def run(
         factors.clear()
     del factors
     rolls_back = bool(getattr(step, "rolls_back", True))
+    keep = getattr(step, "persist", None) or _persist_state
+    lineage_free = bool(getattr(step, "lineage_free", False))
     while st.iteration < max_iter:
         n_iter = st.iteration + 1
         previous = current if rolls_back else None
@@ -231,7 +237,7 @@ def run(
             # From here only the submitted graph holds the state it reads: each of its
             # blocks is released as soon as its tasks ran, not when the step ends.
             current = ()
-            new, (scalars,) = _persist_state(runner, lazy, scalars)
+            new, (scalars,) = keep(runner, lazy, scalars)
             del lazy
             s = runner.fetch(scalars)
         except recoverable as exc:
@@ -282,7 +288,7 @@ def run(
             break
         if checkpointer is not None and checkpointer.due(n_iter) and n_iter < max_iter:
             save_checkpoint(current)
-            if runner.client is None:
+            if runner.client is None or lineage_free:
                 continue  # local schedulers keep values in the graph: no lineage to cut
             # Continue from the checkpoint's blocks: cuts the lineage of the factors.
             _, _, A, B = load_checkpoint(checkpointer.path, checkpointer.storage_options)
@@ -292,7 +298,7 @@ def run(
             current = (A, B, *(next(rebased) if a is not None else None for a in current[2:]))
             del A, B  # or they would hold this state's factors until the next checkpoint
             cuts += 1
-        elif runner.client is None or n_iter % cut_every or n_iter == max_iter:
+        elif runner.client is None or lineage_free or n_iter % cut_every or n_iter == max_iter:
             continue
         elif nbytes(*_present(current)) <= cut_max_bytes:
             rebased = iter(runner.rebase(*_present(current)))

@@ -21,6 +21,7 @@ from ..engine import checkpoint as checkpoint_mod
 from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
 from ..storage import checkpoints as checkpoint_store
+from ..storage import factors, locations
 from ..storage.chunking import default_cores
 from ..storage.matrix import read_matrix_info
 from ..storage.reblock import reblock_for
@@ -138,6 +139,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         than ``tol`` times the initial loss. "auto" is scikit-learn's rule
         for the solver: "stationarity" for "cd" (and "anls-bpp"), "loss"
         for "mu".
+    factor_store : str, os.PathLike or None, default=None
+        Directory (local path or fsspec URL, new or empty) where W lives
+        during the fit instead of in the workers' memory: row task ``i`` reads
+        its block of W from there and writes the new one every iteration, so
+        a fit whose W is larger than the cluster's memory runs (Hᵀ, n × k,
+        must still fit a worker). One generation per iteration, committed by a
+        pointer once all its blocks are written; checkpoints then refer to a
+        generation instead of copying W (their cost does not grow with the
+        number of samples). Same factors, bit for bit, as the in-memory fit.
+        Frobenius loss only. ``fit_transform`` of a Dask X returns W as a lazy
+        Dask array reading the store's last generation; with ``n_init > 1``
+        restart ``i`` uses ``factor_store/init-<i>``.
 
     Attributes
     ----------
@@ -185,6 +198,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         "inner_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "stopping": [StrOptions({"auto", "loss", "stationarity"})],
         "n_init": [Interval(Integral, 1, None, closed="left")],
+        "factor_store": [str, os.PathLike, None],
     }
 
     def __init__(
@@ -214,6 +228,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         inner_iter=1,
         stopping="auto",
         n_init=1,
+        factor_store=None,
     ):
         self.n_components = n_components
         self.init = init
@@ -239,6 +254,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         self.inner_iter = inner_iter
         self.stopping = stopping
         self.n_init = n_init
+        self.factor_store = factor_store
 
     # ------------------------------------------------------------------ API
 
@@ -279,9 +295,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         Returns
         -------
         W : ndarray of shape (n_samples, n_components), or a Dask array
-            (persisted on the cluster) when X is a Dask array.
+            (persisted on the cluster, or reading ``factor_store``) when X is
+            a Dask array.
         """
         self._validate_params()
+        self._check_factor_store(resume)
         Xd, in_memory, runner, stats = self._prepare(X, reset=True)
         if self.n_init == 1:
             W_out, Ht, result = self._fit_transform(
@@ -301,6 +319,23 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         # Kept for save(): NumPy for in-memory X, else persisted on the cluster.
         self._W = np.asarray(runner.compute(W_out)) if in_memory else W_out
         return self._W
+
+    def _factor_store_root(self) -> str | None:
+        return None if self.factor_store is None else locations.normalize(self.factor_store)
+
+    def _check_factor_store(self, resume) -> None:
+        """Before any work: the loss allows it, and a fresh fit never writes over an earlier one's factors."""
+        root = self._factor_store_root()
+        if root is None:
+            return
+        beta = _BETA[self.beta_loss] if isinstance(self.beta_loss, str) else float(self.beta_loss)
+        if beta != 2:
+            raise ValueError(
+                f"factor_store needs beta_loss='frobenius'; got beta_loss={self.beta_loss!r}. "
+                "Use the Frobenius loss, or leave factor_store=None."
+            )
+        if resume is None:
+            factors.check_new(root, self.storage_options)
 
     def save(self, path, *, W=None) -> None:
         """Save the fitted model to a Zarr store at ``path``, atomically.
@@ -449,6 +484,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         init_method=None,
         checkpoint=None,
         reload_X=None,
+        factor_store=None,
     ):
         m, n = X.shape
         beta = _BETA[self.beta_loss] if isinstance(self.beta_loss, str) else float(self.beta_loss)
@@ -549,6 +585,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             checkpointer=checkpointer,
             recover=recover if runner.client is not None else None,
             max_retries=self.max_retries,
+            factor_store=(factor_store or self._factor_store_root()) if update_H else None,
+            storage_options=self.storage_options,
         )
         return result.W, result.Ht, result
 
@@ -595,6 +633,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
                 init_method=self.init if i == 0 or not deterministic else "random",
                 checkpoint=sub(self.checkpoint if self.checkpoint is not None else resume),
                 reload_X=reload_X,
+                factor_store=sub(self._factor_store_root()),
             )
 
         if runner.client is not None:

@@ -74,16 +74,25 @@ def block_url(root: str, name: str, factor: str, index: int) -> str:
 
 
 def write_block(
-    root: str, name: str, factor: str, index: int, block: np.ndarray, storage_options: dict | None = None
+    root: str,
+    name: str,
+    factor: str,
+    index: int,
+    block: np.ndarray,
+    storage_options: dict | None = None,
+    *,
+    compress: bool = True,
 ) -> int:
-    """Write one factor block (called on the worker that holds it)."""
+    """Write one factor block (called on the worker that holds it); ``compress=False``: raw bytes."""
     block = np.ascontiguousarray(block)
+    extra: dict = {} if compress else {"compressors": None}
     zarr.create_array(
         store=block_url(root, name, factor, index),
         data=block,
         chunks=block.shape if block.size else None,  # type: ignore[arg-type]  # None: Zarr picks (empty block)
         storage_options=storage_options or None,
         overwrite=True,
+        **extra,
     )
     return int(block.shape[0])
 

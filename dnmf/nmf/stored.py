@@ -1,0 +1,139 @@
+"""NMF with its factors in a factor store: W is read and written by its row task every iteration.
+
+The step graph is :func:`dnmf.nmf.graph.step`'s, unchanged; only where its
+inputs come from and where its outputs go differ from :class:`NMFStep`:
+
+- the state ``(W, Ht, HHt)`` is three lazy arrays that read generation
+  ``t - 1`` of the store (:func:`dnmf.storage.factors.open_generation`), so
+  row task ``i`` receives ``W_i`` from storage and nothing of W stays on the
+  cluster between iterations;
+- every block of the new ``W``, ``Ht`` and ``HHt`` goes to one write task
+  into generation ``t``, and the iteration's scalar vector depends on all
+  of them: when the loop has the scalars, generation ``t`` is complete, and
+  :meth:`StoredNMFStep.observe` commits it;
+- only the scalars are persisted, and the state has no lineage: a lost
+  worker's tasks are recomputed from the reads of generation ``t - 1``,
+  which stays until ``t`` is committed.
+
+The values read are the values written (Zarr stores the float blocks as they
+are) and the arithmetic is the same graph, so the factors equal the
+in-memory fit's bit for bit. Frobenius loss only (the lagged loss check of
+the other beta-losses may go back one iteration, to a generation already
+deleted).
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from ..engine.checkpoint import LoopState
+from ..engine.loop import Report, Verdict
+from ..storage import factors
+from . import graph as blocked
+from .step import NMFStep
+
+#: Scheduler priority of the write tasks (Dask's default is 0: higher runs first).
+WRITE_PRIORITY = 100
+
+
+def _after(scalars, *written):
+    """The scalars, once every write they wait for has run."""
+    return scalars
+
+
+class StoredNMFStep(NMFStep):
+    """:class:`NMFStep` with ``(W, Ht, HHt)`` in the factor store at ``root`` (see the module doc)."""
+
+    lineage_free = True
+
+    def __init__(self, root: str, *args, start: int = 0, storage_options: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.beta != 2 or self.holdout is not None:
+            raise ValueError("factors in a factor store need the Frobenius loss and no holdout.")
+        self.root = root
+        self.storage_options = storage_options
+        self.layout: factors.Layout | None = None
+        #: The iteration of factors handed to settle() that are not in the store yet.
+        self.start = start
+
+    @property
+    def rolls_back(self) -> bool:
+        """Never: Frobenius only (a generation once left is deleted)."""
+        return False
+
+    def settle(self, runner, start):
+        """Write the starting factors as generation ``start``, or continue from the generation they are read from."""
+        self.runner = runner
+        W, Ht = start
+        self.layout = factors.Layout.of(W, Ht)
+        stored = factors.generation_of(W)
+        if stored is not None and stored[0] == self.root and factors.generation_of(Ht) == stored:
+            generation = stored[1]
+        else:
+            generation = self.start
+            HHt = blocked.gram(Ht)
+            runner.compute(self._written(generation, None, W, Ht, HHt))
+        # Committed before the next iteration writes anything: after a recovery, the
+        # generations past this one (about to be rewritten) are no longer current.
+        factors.commit(self.root, generation, self.layout, self.storage_options)
+        self.owners = None
+        self.columns = self._columns(runner)
+        return factors.open_generation(self.root, generation, self.layout, self.storage_options)
+
+    def _written(self, generation: int, scalars: da.Array | None, W, Ht, HHt) -> da.Array:
+        """``scalars`` (or a (1,) zero) once every block of ``W``, ``Ht`` and ``HHt`` is in ``generation``."""
+        token = tokenize("dnmf-factors-write", self.root, generation, W.name, Ht.name, HHt.name)
+        core = f"dnmf-factors-write-{token}"
+        layer: dict = {}
+        keys = []
+        for factor, A in (("W", W), ("Ht", Ht), ("HHt", HHt)):
+            for i in range(A.numblocks[0]):
+                key = (core, factor, i)
+                layer[key] = (
+                    factors.write_block,
+                    self.root,
+                    generation,
+                    factor,
+                    i,
+                    (A.name, i, 0),
+                    self.storage_options,
+                )
+                keys.append(key)
+        name = f"dnmf-factors-written-{token}"
+        deps = [W, Ht, HHt]
+        if scalars is None:
+            layer[(name, 0)] = (_after, np.zeros(1), *keys)
+            chunks: tuple = ((1,),)
+        else:
+            layer[(name, 0)] = (_after, (scalars.name, 0), *keys)
+            deps.append(scalars)
+            chunks = scalars.chunks
+        # Writes first: a row task's new W_i leaves the worker's memory before the next row
+        # task starts, or a worker with room for a few blocks only would hold many of them.
+        with dask.annotate(priority=WRITE_PRIORITY):
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
+        return da.Array(graph, name, chunks=chunks, dtype=np.float64)
+
+    def build(self, state, iteration):
+        (W_new, Ht_new, HHt_new), scalars = super().build(state, iteration)
+        assert self.layout is not None
+        scalars = self._written(iteration, scalars, W_new, Ht_new, HHt_new)
+        return factors.open_generation(self.root, iteration, self.layout, self.storage_options), scalars
+
+    def persist(self, runner, state, scalars):
+        """Persist only the scalars: their graph writes the new generation (the state reads it)."""
+        return state, runner.persist(scalars)
+
+    def recover(self):
+        W, Ht, st = super().recover()
+        self.start = st.iteration
+        return W, Ht, st
+
+    def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:
+        assert self.layout is not None
+        factors.commit(self.root, iteration, self.layout, self.storage_options)
+        return super().observe(st, iteration, s, report)
