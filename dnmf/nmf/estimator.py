@@ -28,6 +28,7 @@ from ..storage.reblock import reblock_for
 from . import init, kernels
 from . import stats as stats_mod
 from . import step as nmf_step
+from .stored import StoredNMFStep
 
 _BETA = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -574,6 +575,19 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         # Handed over: the loop releases the (persisted) initial factors during the first iteration.
         start = [W0, Ht0]
         del W0, Ht0
+        recover_fn = recover if runner.client is not None else None
+        root = (factor_store or self._factor_store_root()) if update_H else None
+        step = None
+        if root is not None:
+            step = StoredNMFStep(
+                root,
+                X,
+                config,
+                rng=rng,
+                recover=recover_fn,
+                start=state.iteration if state is not None else 0,
+                storage_options=self.storage_options,
+            )
         result = nmf_step.run_from(
             X,
             start,
@@ -583,10 +597,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             rng=rng,
             state=state,
             checkpointer=checkpointer,
-            recover=recover if runner.client is not None else None,
+            recover=recover_fn,
             max_retries=self.max_retries,
-            factor_store=(factor_store or self._factor_store_root()) if update_H else None,
-            storage_options=self.storage_options,
+            step=step,
         )
         return result.W, result.Ht, result
 

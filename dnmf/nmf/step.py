@@ -326,8 +326,7 @@ def run_from(
     checkpointer: Checkpointer | None = None,
     recover: Recover | None = None,
     max_retries: int = 3,
-    factor_store: str | None = None,
-    storage_options: dict | None = None,
+    step: NMFStep | None = None,
 ) -> FitResult:
     """Run the NMF solver from ``factors = [W, Ht]``, which it takes over, until a stopping rule holds.
 
@@ -366,34 +365,17 @@ def run_from(
         or the initial factors). Without it such errors propagate.
     max_retries : int
         Recoveries allowed in one fit before :class:`FitFailed` is raised.
-    factor_store : str, optional
-        Directory (local path or fsspec URL) of a factor store
-        (:mod:`dnmf.storage.factors`): W, Ht and HHt live there, read and
-        written by the tasks every iteration (:mod:`dnmf.nmf.stored`), and the
-        result's factors read its last generation. Frobenius only.
-    storage_options : dict, optional
-        fsspec options for ``factor_store``.
+    step : NMFStep, optional
+        The step to run, built on the same ``X``, ``config``, ``rng``,
+        ``holdout`` and ``recover``: e.g. :class:`dnmf.nmf.stored.StoredNMFStep`
+        (W, Ht and HHt in a factor store). ``NMFStep`` by default.
 
     Returns
     -------
     FitResult
     """
-    if factor_store is None:
+    if step is None:
         step = NMFStep(X, config, rng=rng, holdout=holdout, recover=recover)
-    else:
-        # Imported here: the stored step subclasses NMFStep, defined in this module.
-        from .stored import StoredNMFStep
-
-        step = StoredNMFStep(
-            factor_store,
-            X,
-            config,
-            rng=rng,
-            holdout=holdout,
-            recover=recover,
-            start=state.iteration if state is not None else 0,
-            storage_options=storage_options,
-        )
     out = loop.run(
         step,
         factors,
