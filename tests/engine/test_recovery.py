@@ -213,20 +213,17 @@ def test_resume_from_a_job_directory_names_its_checkpoints(tmp_path):
 
 
 @pytest.mark.cluster
-def test_graph_does_not_grow_over_many_iterations():
+def test_graph_does_not_grow_over_many_iterations(dist_client):
     """Lineage cuts keep the scheduler's task count a sawtooth whose peaks do not rise.
 
     The cut period is set to 5 iterations (``dnmf.lineage.every``) so that 60 iterations show
     twelve periods (the default, 20, would need 240 iterations for the same evidence).
     """
     import dask
-    from distributed import Client, LocalCluster
 
     every = 5
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client, dask.config.set({"dnmf.lineage.every": every}):
+    client = dist_client  # the session's cluster: what other tests left there is released
+    with dask.config.set({"dnmf.lineage.every": every}):
         counts = []
 
         def count(it, elapsed, loss):
