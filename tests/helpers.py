@@ -7,6 +7,7 @@ and pytest puts the repository root on ``sys.path``.
 from __future__ import annotations
 
 import gc
+import json
 import socket
 import time
 import warnings
@@ -81,3 +82,13 @@ def alive_after(refs: list, seconds: float = 5.0) -> list:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
+
+
+def committed_iteration(checkpoint_dir: Path) -> int:
+    """The iteration of the checkpoint committed in ``checkpoint_dir`` (0 while there is none)."""
+    from dnmf.storage import checkpoints
+
+    try:
+        return json.loads((Path(checkpoint_dir) / checkpoints.POINTER).read_text())["iteration"]
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -1,6 +1,5 @@
 """Failures cost time, not the job: real processes killed with SIGKILL."""
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import dnmf
 import dnmf.engine.runner
 from dnmf.storage import StoreError
 from dnmf.storage import checkpoints as ckpt_store
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, committed_iteration
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -106,13 +105,6 @@ def run_script(tmp_path, mode):
     return subprocess.Popen([sys.executable, str(script), mode, str(tmp_path / "ck")])
 
 
-def current_iteration(path):
-    try:
-        return json.loads((path / ckpt_store.POINTER).read_text())["iteration"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def resume(path, max_iter=40):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -124,12 +116,12 @@ def resume(path, max_iter=40):
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "plain")
     deadline = time.time() + 120
-    while current_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
+    while committed_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the fit ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    at = current_iteration(tmp_path / "ck")
+    at = committed_iteration(tmp_path / "ck")
     assert 6 <= at < 40
     W, m = resume(tmp_path / "ck")
     W_ref, H_ref = reference(40)

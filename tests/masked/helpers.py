@@ -63,14 +63,11 @@ def naive_row(cols, x, V, p, n_items):
     return lsq_linear(A, b, bounds=(lower, np.inf), method="bvls", tol=1e-15).x
 
 
-def naive_ccd_row(cols, x, u, V, p, n_items, sweeps=1):
-    """``sweeps`` passes of exact coordinate minimisation (projected on w >= 0) of the row
-    objective from ``u``, the objective written out over every term (every item for the
-    implicit model, no Gram trick)."""
+def row_terms(cols, x, V, p, n_items):
+    """A row's objective term by term: ``(weight, target, Phi, l2, l1)`` with
+    ``Σ_e weight_e·(Phi_e·u − target_e)² + Σ_t l2_t·u_t² + l1·u`` over every item for the
+    implicit model (no Gram trick) and the observed ones for explicit ratings."""
     k, q = p.k, p.q
-    u = np.array(u, dtype=float)
-    if len(cols) == 0 and p.feedback == "explicit":
-        return np.zeros(q)
     s = len(cols) if p.count_scaled else user_scale(len(cols), p)
     if p.feedback == "implicit":
         weight, target = np.ones(n_items), np.zeros(n_items)
@@ -83,6 +80,18 @@ def naive_ccd_row(cols, x, u, V, p, n_items, sweeps=1):
         Phi = np.array([np.append(V[j, :k], 1.0) if p.biases else V[j, :k] for j in cols]).reshape(-1, q)
     l2 = np.array([s * (p.l2_bias if t == k else p.l2) for t in range(q)])
     l1 = np.array([0.0 if t == k else s * p.l1 for t in range(q)])
+    return weight, target, Phi, l2, l1
+
+
+def naive_ccd_row(cols, x, u, V, p, n_items, sweeps=1):
+    """``sweeps`` passes of exact coordinate minimisation (projected on w >= 0) of the row
+    objective from ``u``, the objective written out over every term (every item for the
+    implicit model, no Gram trick)."""
+    k, q = p.k, p.q
+    u = np.array(u, dtype=float)
+    if len(cols) == 0 and p.feedback == "explicit":
+        return np.zeros(q)
+    weight, target, Phi, l2, l1 = row_terms(cols, x, V, p, n_items)
     for _ in range(sweeps):
         for t in range(q):
             grad = sum(w * (phi @ u - y) * phi[t] for w, y, phi in zip(weight, target, Phi, strict=True))

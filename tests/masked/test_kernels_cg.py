@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dnmf.masked import compiled
 from dnmf.masked import kernels as masked
-from tests.masked.helpers import PARAMS, naive_objective, random_state, ratings, user_scale
+from tests.masked.helpers import PARAMS, naive_objective, random_state, ratings, row_terms
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -18,19 +18,7 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 def naive_system(cols, x, V, p, n_items):
     """The row's ``(C, d)`` of ``½uᵀCu − dᵀu`` written out over every term: every item for
     the implicit model (no Gram trick), the observed ones for explicit ratings."""
-    k, q = p.k, p.q
-    s = len(cols) if p.count_scaled else user_scale(len(cols), p)
-    if p.feedback == "implicit":
-        weight, target = np.ones(n_items), np.zeros(n_items)
-        for j, v in zip(cols, x, strict=True):
-            weight[j], target[j] = 1.0 + p.confidence * v, 1.0
-        Phi = V[:, :k]
-    else:
-        weight = np.ones(len(cols))
-        target = np.array([v - p.global_mean - (V[j, k] if p.biases else 0.0) for j, v in zip(cols, x, strict=True)])
-        Phi = np.array([np.append(V[j, :k], 1.0) if p.biases else V[j, :k] for j in cols]).reshape(-1, q)
-    l2 = np.array([s * (p.l2_bias if t == k else p.l2) for t in range(q)])
-    l1 = np.array([0.0 if t == k else s * p.l1 for t in range(q)])
+    weight, target, Phi, l2, l1 = row_terms(cols, x, V, p, n_items)
     C = sum(w * np.outer(phi, phi) for w, phi in zip(weight, Phi, strict=True)) + np.diag(l2)
     d = sum(w * y * phi for w, y, phi in zip(weight, target, Phi, strict=True)) - l1 / 2
     return C, d

@@ -4,7 +4,6 @@ Real Zarr directories, a real LocalCluster with worker processes, real SIGKILLs
 of a worker, of the driver, and of a process in the middle of writing W's blocks.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 import dnmf
 from dnmf.storage import checkpoints as ckpt_store
 from dnmf.storage import factors
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, committed_iteration
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -210,13 +209,6 @@ def run_script(tmp_path, mode):
     return subprocess.Popen(args, env={**os.environ, "DASK_SCHEDULER": "sync"})
 
 
-def checkpointed_iteration(path):
-    try:
-        return json.loads((path / ckpt_store.POINTER).read_text())["iteration"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def resume(tmp_path, max_iter=40):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -228,12 +220,12 @@ def resume(tmp_path, max_iter=40):
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "slow")
     deadline = time.time() + 120
-    while checkpointed_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
+    while committed_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the fit ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 6 <= checkpointed_iteration(tmp_path / "ck") < 40
+    assert 6 <= committed_iteration(tmp_path / "ck") < 40
     W, m = resume(tmp_path)
     W_ref, ref = reference(40)
     assert m.n_iter_ == 40 and len(m.loss_history_) == 40
