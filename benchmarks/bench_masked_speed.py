@@ -56,7 +56,16 @@ import scipy.sparse as sp
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import format_machine, log, machine_info, make_zipf_csr, markdown_table, write_results
+from benchmarks._common import (
+    format_machine,
+    load_ratings,
+    log,
+    machine_info,
+    make_zipf_csr,
+    markdown_table,
+    run_footer,
+    write_results,
+)
 
 
 def per_iteration(fit) -> list[float]:
@@ -195,8 +204,7 @@ def render(results) -> str:
             for r in d["rows"]
         ]
         out.append(markdown_table(["k", "feedback", "solver", "iterations", "ran", "quality"], body))
-    load = results.get("loadavg_at_end")
-    out += ["", f"Load average at the end: {' '.join(f'{x:.2f}' for x in load) if load else 'n/a'}."]
+    out += ["", run_footer(results)]
     return "\n".join(out)
 
 
@@ -241,8 +249,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     import dnmf
-    from benchmarks.bench_implicit_quality import load_ratings
 
+    started = time.perf_counter()
     args = parse_args(argv)
     info = machine_info()
     log(format_machine(info))
@@ -260,6 +268,7 @@ def main(argv=None):
         log(f"generated {X.shape} with {X.nnz:,} entries in {time.perf_counter() - t:.1f} s")
         results["datasets"].append(run_dataset(f"generated ratings (seed {args.seed})", X, args))
     results["loadavg_at_end"] = os.getloadavg()
+    results["elapsed_s"] = time.perf_counter() - started
     md = render(results)
     print(md)
     paths = write_results(args.out, "masked-speed", md, results)

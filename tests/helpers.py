@@ -92,3 +92,21 @@ def committed_iteration(checkpoint_dir: Path) -> int:
         return json.loads((Path(checkpoint_dir) / checkpoints.POINTER).read_text())["iteration"]
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def kill_after_checkpoint(proc, checkpoint_dir: Path, iteration: int = 6, timeout: float = 120) -> int:
+    """SIGKILL the fit running in ``proc`` once it has committed a checkpoint of ``iteration``.
+
+    Returns the iteration committed when it died (checked to be at least ``iteration``).
+    """
+    import signal
+
+    deadline = time.time() + timeout
+    while committed_iteration(checkpoint_dir) < iteration and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the fit ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at = committed_iteration(checkpoint_dir)
+    assert at >= iteration, at
+    return at

@@ -18,7 +18,7 @@ import dnmf
 import dnmf.engine.runner
 from dnmf.storage import StoreError
 from dnmf.storage import checkpoints as ckpt_store
-from tests.helpers import REPO_ROOT, committed_iteration
+from tests.helpers import REPO_ROOT, kill_after_checkpoint
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -115,14 +115,8 @@ def resume(path, max_iter=40):
 @pytest.mark.subprocess
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "plain")
-    deadline = time.time() + 120
-    while committed_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the fit ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at = committed_iteration(tmp_path / "ck")
-    assert 6 <= at < 40
+    at = kill_after_checkpoint(proc, tmp_path / "ck")
+    assert at < 40
     W, m = resume(tmp_path / "ck")
     W_ref, H_ref = reference(40)
     assert m.n_iter_ == 40 and len(m.loss_history_) == 40

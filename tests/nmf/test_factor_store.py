@@ -22,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 import dnmf
 from dnmf.storage import checkpoints as ckpt_store
 from dnmf.storage import factors
-from tests.helpers import REPO_ROOT, committed_iteration
+from tests.helpers import REPO_ROOT, kill_after_checkpoint
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -219,13 +219,7 @@ def resume(tmp_path, max_iter=40):
 @pytest.mark.subprocess
 def test_killed_driver_resumes_bit_identical(tmp_path):
     proc = run_script(tmp_path, "slow")
-    deadline = time.time() + 120
-    while committed_iteration(tmp_path / "ck") < 6 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the fit ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 6 <= committed_iteration(tmp_path / "ck") < 40
+    assert kill_after_checkpoint(proc, tmp_path / "ck") < 40
     W, m = resume(tmp_path)
     W_ref, ref = reference(40)
     assert m.n_iter_ == 40 and len(m.loss_history_) == 40
