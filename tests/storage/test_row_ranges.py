@@ -8,9 +8,11 @@ from dnmf.storage.placement import row_ranges, scatter_rows
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 5, 8])
 def test_row_ranges_match_where_scatter_rows_puts_the_blocks(dist_client, n_blocks):
-    futures = scatter_rows(dist_client, {("x", i, 0): np.full(3, i) for i in range(n_blocks)})
+    # A key name of its own: the session's cluster may still hold (or be forgetting) other tests' "x" blocks.
+    name = f"row-ranges-{n_blocks}"
+    futures = scatter_rows(dist_client, {(name, i, 0): np.full(3, i) for i in range(n_blocks)})
     held = dist_client.who_has(list(futures.values()))
-    where = {futures[("x", i, 0)].key: i for i in range(n_blocks)}
+    where = {futures[(name, i, 0)].key: i for i in range(n_blocks)}
     placed = [None] * n_blocks
     for key, workers in held.items():
         (placed[where[key]],) = workers
