@@ -291,6 +291,28 @@ class Stopwatch:
 # --------------------------------------------------------------------------
 
 
+def bare_pass(X, k: int, row_chunks) -> Callable[[], float]:
+    """One thread: ``X·Hᵀ + Σ_i X_iᵀ·W_i + WᵀW + HᵀH`` (dnmf's row blocks); returns the callable."""
+    rng = np.random.default_rng(0)
+    W = rng.random((X.shape[0], k))
+    Ht = rng.random((X.shape[1], k))
+    offs = np.concatenate([[0], np.cumsum(row_chunks)]).astype(int)
+    blocks = [(X[a:b], W[a:b]) for a, b in zip(offs[:-1], offs[1:], strict=True)]
+
+    def one() -> float:
+        with blas_threads(1):
+            t = time.perf_counter()
+            X @ Ht
+            acc = np.zeros((X.shape[1], k))
+            for x, w in blocks:
+                acc += x.T @ w
+            W.T @ W
+            Ht.T @ Ht
+            return time.perf_counter() - t
+
+    return one
+
+
 def fmt(value, digits: int = 3) -> str:
     """Compact human formatting of numbers for tables."""
     if value is None:

@@ -16,8 +16,11 @@ Every model runs ``--iters`` iterations (``tol=0``); the time of one
 iteration is the time between consecutive iteration callbacks, so the
 first iteration (and any setup) is left out, and the table shows the median
 over the others and over ``--repeats`` fits of every model, taken in
-turns. The load average is printed at the start and the end: the
-machine may be shared, so compare the ratios, measured in one run.
+turns. "cores busy" is the process's CPU seconds over those iterations
+divided by their wall time (2.0: both cores of a 2-core machine the whole
+time). The load average is printed at the start and the end and after
+each fit: the machine may be shared, so compare the ratios, measured in
+one run.
 
     python benchmarks/bench_masked_speed.py --ratings path/to/ml-latest-small/ratings.csv
     python benchmarks/bench_masked_speed.py                      # generated data only
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -68,34 +72,43 @@ from benchmarks._common import (
 )
 
 
-def per_iteration(fit) -> list[float]:
-    """Seconds between consecutive iteration callbacks of ``fit(callback)``."""
-    stamps: list[float] = []
+def process_cpu() -> float:
+    """CPU seconds of this process so far, all threads (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def per_iteration(fit) -> tuple[list[float], list[float]]:
+    """Seconds between consecutive iteration callbacks of ``fit(callback)``, and the
+    process's CPU seconds over the same spans (their ratio: the cores kept busy)."""
+    stamps: list[tuple[float, float]] = []
 
     def callback(*_):
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), process_cpu()))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(callback)
-    return [float(g) for g in np.diff(stamps)]
+    walls = [float(b[0] - a[0]) for a, b in zip(stamps, stamps[1:], strict=False)]
+    cpus = [float(b[1] - a[1]) for a, b in zip(stamps, stamps[1:], strict=False)]
+    return walls, cpus
 
 
-def time_ratings(train, k: int, feedback: str, solver: str, iters: int, seed: int) -> list[float]:
+def time_ratings(train, k: int, feedback: str, solver: str, iters: int, seed: int) -> tuple[list[float], list[float]]:
     import dnmf
 
     model = dnmf.RatingsNMF(k, feedback=feedback, solver=solver, max_iter=iters, tol=0.0, random_state=seed)
     return per_iteration(lambda cb: model.fit(train, callback=cb))
 
 
-def time_nmf(train, k: int, iters: int, seed: int) -> list[float]:
+def time_nmf(train, k: int, iters: int, seed: int) -> tuple[list[float], list[float]]:
     import dnmf
 
     model = dnmf.NMF(k, max_iter=iters, tol=0.0, random_state=seed)
     return per_iteration(lambda cb: model.fit(train, callback=cb))
 
 
-def time_implicit(train, k: int, iters: int, seed: int) -> list[float] | None:
+def time_implicit(train, k: int, iters: int, seed: int) -> tuple[list[float], list[float]] | None:
     try:
         from implicit.als import AlternatingLeastSquares
     except ImportError:
@@ -153,14 +166,20 @@ def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
                     train, k, f, s, args.iters, args.seed
                 )
         gaps: dict[str, list[float] | None] = {label: [] for label in fits}
+        cpu: dict[str, list[float]] = {label: [] for label in fits}
         for _ in range(args.repeats):
             for label, fit in fits.items():
                 got = fit()
                 if got is None or gaps[label] is None:
                     gaps[label] = None
                     continue
-                gaps[label] += got
-                log(f"   k={k} {label}: {' '.join(f'{g:.3f}' for g in got)}")
+                gaps[label] += got[0]
+                cpu[label] += got[1]
+                busy = sum(got[1]) / max(sum(got[0]), 1e-9)
+                log(
+                    f"   k={k} {label}: {' '.join(f'{g:.3f}' for g in got[0])} "
+                    f"({busy:.2f} cores busy; load {os.getloadavg()[0]:.1f})"
+                )
         med = {label: None if g is None else statistics.median(g) for label, g in gaps.items()}
         ref_s, nmf_s = med["implicit ALS (CG)"], med["dnmf.NMF (missing = 0)"]
         for label, t in med.items():
@@ -173,6 +192,7 @@ def run_dataset(name: str, train: sp.csr_matrix, args) -> dict:
                     "model": label,
                     "s_per_iter": t,
                     "n_timed": len(gaps[label] or []),
+                    "cores_busy": sum(cpu[label]) / max(sum(gaps[label] or []), 1e-9),
                     "vs_implicit": None if ref_s is None else t / ref_s,
                     "vs_nmf": None if nmf_s is None else t / nmf_s,
                 }
@@ -192,11 +212,13 @@ def render(results) -> str:
         body = []
         for r in d["rows"]:
             if "skipped" in r:
-                body.append([r["k"], r["model"], "–", "–", "–", r["skipped"]])
+                body.append([r["k"], r["model"], "–", "–", "–", "–", r["skipped"]])
                 continue
             ratio = "–" if r["vs_implicit"] is None else f"{r['vs_implicit']:.2f}x"
-            body.append([r["k"], r["model"], f"{r['s_per_iter']:.3f}", ratio, f"{r['vs_nmf']:.2f}x", ""])
-        out.append(markdown_table(["k", "model", "s / iteration", "vs implicit ALS", "vs dnmf.NMF", ""], body))
+            busy = f"{r['cores_busy']:.2f}" if "cores_busy" in r else "–"
+            body.append([r["k"], r["model"], f"{r['s_per_iter']:.3f}", ratio, f"{r['vs_nmf']:.2f}x", busy, ""])
+        head = ["k", "model", "s / iteration", "vs implicit ALS", "vs dnmf.NMF", "cores busy", ""]
+        out.append(markdown_table(head, body))
     for d in results.get("quality", []):
         out += ["", f"Quality on {d['name']} (test split), seed {results['seed']}:", ""]
         body = [

@@ -10,28 +10,37 @@ worker memory limit, ``--workers`` x ``--memory-limit``), one run:
    process (a), after a raw pass over its files (bytes on disk, no decoding);
 3. starts ``LocalCluster(n_workers=W, threads_per_worker=1, processes=True,
    memory_limit=L)``, reads the store once on the cluster (b): a sum of every
-   block's nnz, each block read by one task (only the counts come back); the
-   CPU seconds of (a) and of the worker processes in (b) are recorded too;
+   block's nnz, each block read by one task as a fit's row task reads it
+   (only the counts come back); the CPU seconds of (a) and of the worker
+   processes in (b) are recorded too (``--read-only``: stop here);
 4. fits ``dnmf.NMF(k, solver="mu", init="random", tol=0)`` on the store path
    for ``--iters`` iterations (c) while sampling every worker's RSS, status
-   (paused?), process id (restarted?) and spilled keys every 0.1 s.
+   (paused?), process id (restarted?) and spilled keys every 0.1 s;
+5. (unless ``--no-in-memory``) starts a second cluster of as many workers and
+   threads with enough memory for X (``--memory-big``), reads X's blocks into
+   the workers (each row block where the fit runs it) and makes the same fit
+   (d): the baseline that (c)'s time per iteration is compared with.
 
 Reported per size: CSR bytes and multiple of the memory limit, bytes on disk
-(compression ratio), read throughput (a), (b) and the fit's effective read
-rate (c) = CSR bytes / per-iteration time (a mu iteration reads X once),
-with (b)/(a) and (c)/(a), and (b)/(a) by CPU seconds (less distorted by a
-loaded machine than wall time); the fit's setup (before the first iteration: one
-statistics pass over X plus the initialisation) and per-iteration time
-(median of the callback deltas); peak worker RSS; pauses / restarts;
-spilled keys, split into X's blocks (keys named ``dnmf-store...``, which
-must never spill) and others (the factors); and whether the fit completed.
+(compression ratio), the memory limit per worker the README's sizing rule
+asks for (:func:`sizing_rule`) and whether the workers have it, read
+throughput (a), (b) and the fit's effective read rate (c) = CSR bytes /
+per-iteration time (a mu iteration reads X once), with (b)/(a) per thread
+(divided by the workers' threads), (c)/(a), and (b)/(a) by CPU seconds (less
+distorted by a loaded machine than wall time); the fit's setup (before the
+first iteration: one statistics pass over X plus the initialisation) and
+per-iteration time (median of the callback deltas after the first), also in
+the workers' CPU seconds; the same for (d) and the ratios (c)/(d); peak
+worker RSS; pauses / restarts; spilled keys, split into X's blocks (keys
+named ``dnmf-store...`` or, in (d), ``dnmf-input...``, which must never
+spill) and others (the factors and partials); and whether the fit completed.
 
 Throughput is in MB/s (10^6 bytes) of in-memory CSR bytes (values +
 int32 column indices + int32 row pointers). The store was just written, so
 its files are usually in the page cache: the rates measure decoding and
 Zarr's overhead more than the disk.
 
-    python benchmarks/bench_out_of_core.py --quick        # < 2 minutes (1 worker x 400MiB, 3x)
+    python benchmarks/bench_out_of_core.py --quick        # a few minutes (1 worker x 400MiB, 3x)
     python benchmarks/bench_out_of_core.py                # sizes 1,3,5 x 2 workers x 512 MiB
     python benchmarks/bench_out_of_core.py --sizes 8 --workers 2 --memory-limit 512MiB --dir /data/tmp
 
@@ -49,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 
 import numpy as np
@@ -148,6 +158,25 @@ def generated(n_blocks, rows_per_block, n_cols, nnz, columns, exponent, seed=0):
     return da.map_blocks(_block, seed, n_cols, nnz, columns, exponent, chunks=chunks, dtype=np.float64, meta=meta)
 
 
+#: What a worker process holds before any task (interpreter, libraries, Dask): the sizing rule's constant.
+PROCESS_BASELINE = 200 * MiB
+
+
+def sizing_rule(*, workers: int, threads: int, m: int, n: int, k: int, block_bytes: int, itemsize: int = 8) -> int:
+    """Memory limit per worker that the README's sizing rule asks for a store-backed fit.
+
+    Each worker holds its share of W twice (the blocks of this iteration and
+    of the next), Hᵀ and its next version, and per running task two row
+    blocks of X (one decoded, one in the kernels) and two (n x k) partial
+    products, on top of :data:`PROCESS_BASELINE`; Dask starts spilling when a
+    process passes 70% of its limit.
+    """
+    w_share = m * k * itemsize / workers
+    nk = n * k * itemsize
+    need = PROCESS_BASELINE + 2 * w_share + 2 * nk + threads * (2 * block_bytes + 2 * nk)
+    return int(need / 0.7)
+
+
 def csr_bytes_of(info) -> int:
     """In-memory bytes of X's blocks as the readers return them."""
     value = np.dtype(info.dtype).itemsize
@@ -198,8 +227,8 @@ def sequential_pass(info) -> tuple[float, int]:
     return time.perf_counter() - t, nnz
 
 
-def _nnz_of(block):
-    return np.array([[block.nnz]], dtype=np.int64)
+def _nnz_of(block) -> int:
+    return int(block.nnz)
 
 
 def _cpu_seconds() -> float:
@@ -210,23 +239,51 @@ def _cpu_seconds() -> float:
 
 
 def cluster_pass(client, X) -> tuple[float, int, float]:
-    """Seconds for the cluster to read every block once (sum of the blocks' nnz), and the workers' CPU seconds.
+    """Seconds for the cluster to read every block once, the sum of the blocks' nnz, and the workers' CPU seconds.
 
-    Only each block's nnz comes back to the client, not the block. On a loaded
-    machine the CPU seconds compare with (a)'s more fairly than wall time.
+    One task per block, as a fit's row task reads it (the read inlined, see
+    :func:`dnmf.engine.graph.x_block_refs`); only each block's nnz comes back
+    to the client, summed here: a Dask reduction tree would add two tasks of
+    scheduling per block that are no part of reading. On a loaded machine the
+    CPU seconds compare with (a)'s more fairly than wall time.
     """
-    counts = X.map_blocks(
-        _nnz_of,
-        chunks=((1,) * X.numblocks[0], (1,) * X.numblocks[1]),
-        dtype=np.int64,
-        meta=np.empty((0, 0), dtype=np.int64),
-    )
+    from dnmf.engine.graph import x_block_refs
+
+    ref, _ = x_block_refs(X)
+    name = f"nnz-{uuid.uuid4().hex}"
+    dsk = {(name, i, j): (_nnz_of, ref(i, j)) for i in range(X.numblocks[0]) for j in range(X.numblocks[1])}
     cpu0 = client.run(_cpu_seconds)
     t = time.perf_counter()
-    total = int(client.compute(counts.sum()).result())
+    total = sum(client.get(dsk, list(dsk)))
     wall = time.perf_counter() - t
     cpu1 = client.run(_cpu_seconds)
     return wall, total, sum(cpu1[w] - cpu0[w] for w in cpu1)
+
+
+def placed_in_memory(client, store):
+    """X's blocks read into the workers' memory, each row block on the worker a fit runs it on.
+
+    The in-memory baseline of (d): the same blocks as the store's, held as
+    results (futures) where :func:`dnmf.storage.placement.row_ranges` places
+    row block ``i``, so the fit moves no block of X.
+    """
+    import dask.array as da
+    from distributed import wait
+
+    from dnmf.storage.placement import row_ranges
+
+    layer = dict(store.data.__dask_graph__().layers[store.data.name])
+    owners, _ = row_ranges(client, store.data.numblocks[0])
+    name = f"dnmf-input-{uuid.uuid4().hex}"
+    futures = {}
+    for key, task in layer.items():
+        _, i, j = key
+        futures[(name, i, j)] = client.submit(
+            task[0], *task[1:], key=f"{name}-{i}-{j}", workers=[owners[i]], allow_other_workers=False
+        )
+    with client.as_current():
+        wait(list(futures.values()))
+    return da.Array(futures, name, store.data.chunks, meta=store.data._meta)
 
 
 # --------------------------------------------------------------------------
@@ -309,9 +366,13 @@ class Watcher:
         }
 
 
+def _is_x(key: str) -> bool:
+    """Whether a spilled key is a block of X: read from the store, or held in memory for (d)."""
+    return _key_name(key).startswith(("dnmf-store", "dnmf-input"))
+
+
 def _spill_split(keys) -> tuple[list[str], list[str]]:
-    x = [k for k in keys if _key_name(k).startswith("dnmf-store")]
-    return x, [k for k in keys if not _key_name(k).startswith("dnmf-store")]
+    return [k for k in keys if _is_x(k)], [k for k in keys if not _is_x(k)]
 
 
 _LOG_PATTERNS = ("paus", "spill", "memory use is high", "unmanaged memory", "restart", "killed", "memory limit")
@@ -367,6 +428,10 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         res["disk_bytes"] = disk = disk_bytes(path)
         res["compression_ratio"] = csr / disk
         res["W_bytes"] = n_rows * args.k * 8
+        res["rule_memory_limit"] = rule = sizing_rule(
+            workers=args.workers, threads=1, m=n_rows, n=args.cols, k=args.k, block_bytes=per_block_csr
+        )
+        res["follows_rule"] = args.memory_limit >= rule
         log(
             f"generated {csr / MiB:.0f} MiB CSR ({csr / total_limit:.2f}x), {disk / MiB:.0f} MiB on disk "
             f"(ratio {csr / disk:.2f}) in {res['generate_s']:.1f} s"
@@ -398,7 +463,8 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         per_iter = res.get("per_iter_s")
         res["fit_read_mbps"] = c = csr / per_iter / MB if per_iter else None
         b = res.get("cluster_read_mbps")
-        res["cluster_vs_seq"] = b / a if b else None
+        # per thread: (b) reads with every worker thread at once, (a) with one
+        res["cluster_vs_seq"] = b / a / args.workers if b else None
         if res.get("cluster_read_cpu_s"):
             res["cluster_vs_seq_cpu"] = median(seq_cpu) / median(res["cluster_read_cpu_s"])
         res["fit_vs_seq"] = c / a if c else None
@@ -412,33 +478,34 @@ def run_size(mult: float, args, base_dir: str) -> dict:
     return res
 
 
-def run_cluster(path: str, store, args) -> dict:
+def start_cluster(args, memory_limit: int):
+    """``LocalCluster(args.workers x 1 thread, processes)`` with ``--worker-env`` in the workers' environment."""
     import dask
-    from distributed import Client, LocalCluster
-    from sklearn.exceptions import ConvergenceWarning
+    from distributed import LocalCluster
 
-    import dnmf
-
-    res: dict = {"completed": False}
     env = dict(kv.split("=", 1) for kv in args.worker_env)
     with (
         warnings.catch_warnings(),
         dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}),
     ):
         warnings.simplefilter("ignore")
-        cluster = LocalCluster(
+        return LocalCluster(
             n_workers=args.workers,
             threads_per_worker=1,
             processes=True,
-            memory_limit=args.memory_limit,
+            memory_limit=memory_limit,
             dashboard_address=None,
             silence_logs=logging.ERROR,
         )
-    with cluster, Client(cluster, set_as_default=False) as client:
-        pids = client.run(os.getpid)
 
-        # (b) one pass on the cluster (after one block per worker, to warm the workers' imports)
-        cluster_pass(client, store.data[: args.workers * store.chunks[0][0]])
+
+def run_cluster(path: str, store, args) -> dict:
+    from distributed import Client
+
+    res: dict = {"completed": False}
+    with start_cluster(args, args.memory_limit) as cluster, Client(cluster, set_as_default=False) as client:
+        # (b) one pass on the cluster (after a first one, to warm the workers' imports and page cache)
+        cluster_pass(client, store.data)
         times, cpus = [], []
         with Watcher(client, args.sample_interval) as w_read:
             for _ in range(args.read_repeat):
@@ -454,73 +521,124 @@ def run_cluster(path: str, store, args) -> dict:
             f"worker CPU {', '.join(f'{x:.2f}' for x in cpus)} s), "
             f"peak RSS {res['read_watch']['peak_rss'] / MiB:.0f} MiB"
         )
-
-        # (c) the fit
-        calls: list[tuple[float, int, float, float]] = []
-
-        def callback(it, elapsed, loss):
-            calls.append((time.perf_counter(), it, elapsed, loss))
-            log(f"  iteration {it}: {elapsed:.2f} s, loss {loss:.6g}")
-
-        timed_out = threading.Event()
-
-        def on_timeout():
-            timed_out.set()
-            log(f"fit timed out after {args.fit_timeout:.0f} s: closing the client")
-            client.close()
-
-        timer = threading.Timer(args.fit_timeout, on_timeout)
-        t0 = time.perf_counter()
-        with Watcher(client, args.sample_interval) as w_fit:
-            timer.start()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    model = dnmf.NMF(
-                        args.k, solver="mu", init="random", random_state=0, max_iter=args.iters, tol=0, client=client
-                    )
-                    model.fit(path, callback=callback)
-                res["completed"] = len(calls) == args.iters
-            except Exception as exc:
-                res["error"] = "fit timed out" if timed_out.is_set() else f"{type(exc).__name__}: {exc}"
-            finally:
-                timer.cancel()
-        res["fit_wall_s"] = time.perf_counter() - t0
-        watch = w_fit.summary(args.memory_limit)
-        if not timed_out.is_set():
-            try:
-                w_fit.add(client.run(_probe))
-                watch = w_fit.summary(args.memory_limit)
-                res["restarted"] = client.run(os.getpid) != pids or len(watch["pids_seen"]) > len(pids)
-            except Exception as exc:
-                res["restarted"] = True
-                res.setdefault("error", f"after the fit: {type(exc).__name__}: {exc}")
-            res["memory_log"] = memory_log_lines(client)
-        else:
-            res["restarted"] = len(watch["pids_seen"]) > len(pids)
-        res["fit_watch"] = watch
-        res["paused"] = watch["paused_samples"] > 0 or any(
-            "pausing worker" in m.lower() for m in res.get("memory_log", [])
-        )
-        res["spilled_x"], res["spilled_other"] = _spill_split(sorted(watch["spilled_keys_first_seen_s"]))
-        res["iterations"] = [{"iteration": it, "elapsed_s": el, "loss": loss} for _, it, el, loss in calls]
-        if calls:
-            el = [c[2] for c in calls]
-            deltas = [el[0]] + [b - a for a, b in itertools.pairwise(el)]
-            res["iter_s"] = deltas
-            res["per_iter_s"] = median(deltas)
-            res["setup_s"] = calls[0][0] - t0 - el[0]
-            # when the first iteration started, on the watcher's clock (which starts with the fit)
-            res["iter1_start_s"] = calls[0][0] - el[0] - w_fit.t0
-        first = watch["spilled_keys_first_seen_s"]
-        res["spilled_x_first_seen_s"] = min((first[k] for k in res["spilled_x"]), default=None)
+        if args.read_only:
+            return res
+        # (c) the fit on the store
+        res.update(run_fit(client, path, args, args.memory_limit))
+        log(_fit_line("(c) fit on the store", res))
+    if args.in_memory:
+        # (d) the same fit with X in the workers' memory, on workers with enough of it
+        big = args.memory_big or int(3 * csr_bytes_of(store.info) / args.workers) + 1024 * MiB
+        with start_cluster(args, big) as cluster, Client(cluster, set_as_default=False) as client:
+            t = time.perf_counter()
+            X = placed_in_memory(client, store)
+            load_s = time.perf_counter() - t
+            mem = {f"mem_{k}": v for k, v in run_fit(client, X, args, big).items()}
+            mem["mem_load_s"], mem["mem_memory_limit"] = load_s, big
+            del X
+        res.update(mem)
         log(
-            f"(c) fit: setup {res.get('setup_s', float('nan')):.1f} s, per iteration "
-            f"{res.get('per_iter_s', float('nan')):.2f} s, peak RSS "
-            f"{(watch['peak_rss'] or 0) / MiB:.0f} MiB, paused {res['paused']}, restarted {res['restarted']}, "
-            f"spilled {len(res['spilled_x'])} X / {len(res['spilled_other'])} other keys, "
-            f"completed {res['completed']}"
+            _fit_line(
+                f"(d) fit with X in memory ({big / MiB:.0f} MiB workers, X loaded in {load_s:.1f} s)", mem, "mem_"
+            )
         )
+        if res.get("per_iter_s") and mem.get("mem_per_iter_s"):
+            res["store_vs_memory"] = res["per_iter_s"] / mem["mem_per_iter_s"]
+            log(f"(c)/(d) per iteration: {res['store_vs_memory']:.2f}x")
+        if res.get("per_iter_cpu_s") and mem.get("mem_per_iter_cpu_s"):
+            res["store_vs_memory_cpu"] = res["per_iter_cpu_s"] / mem["mem_per_iter_cpu_s"]
+            log(
+                f"(c)/(d) by the workers' CPU seconds per iteration: {res['per_iter_cpu_s']:.1f} / "
+                f"{mem['mem_per_iter_cpu_s']:.1f} s = {res['store_vs_memory_cpu']:.2f}x"
+            )
+    return res
+
+
+def _fit_line(what: str, r: dict, p: str = "") -> str:
+    watch = r.get(p + "fit_watch") or {}
+    return (
+        f"{what}: setup {r.get(p + 'setup_s', float('nan')):.1f} s, per iteration "
+        f"{r.get(p + 'per_iter_s', float('nan')):.2f} s, peak RSS {(watch.get('peak_rss') or 0) / MiB:.0f} MiB, "
+        f"paused {r.get(p + 'paused')}, restarted {r.get(p + 'restarted')}, "
+        f"spilled {len(r.get(p + 'spilled_x', []))} X / {len(r.get(p + 'spilled_other', []))} other keys, "
+        f"completed {r.get(p + 'completed')}"
+    )
+
+
+def run_fit(client, X, args, limit: int) -> dict:
+    """``NMF(k, solver="mu", init="random", tol=0)`` on ``X`` for ``--iters`` iterations, the workers watched."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    import dnmf
+
+    res: dict = {"completed": False}
+    pids = client.run(os.getpid)
+    calls: list[tuple[float, int, float, float]] = []
+
+    cpu: list[float] = []
+
+    def worker_cpu() -> float:
+        return sum(client.run(_cpu_seconds).values())
+
+    def callback(it, elapsed, loss):
+        calls.append((time.perf_counter(), it, elapsed, loss))
+        cpu.append(worker_cpu())
+        log(f"  iteration {it}: {elapsed:.2f} s, loss {loss:.6g}")
+
+    timed_out = threading.Event()
+
+    def on_timeout():
+        timed_out.set()
+        log(f"fit timed out after {args.fit_timeout:.0f} s: closing the client")
+        client.close()
+
+    timer = threading.Timer(args.fit_timeout, on_timeout)
+    t0 = time.perf_counter()
+    with Watcher(client, args.sample_interval) as w_fit:
+        timer.start()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model = dnmf.NMF(
+                    args.k, solver="mu", init="random", random_state=0, max_iter=args.iters, tol=0, client=client
+                )
+                model.fit(X, callback=callback)
+            res["completed"] = len(calls) == args.iters
+        except Exception as exc:
+            res["error"] = "fit timed out" if timed_out.is_set() else f"{type(exc).__name__}: {exc}"
+        finally:
+            timer.cancel()
+    res["fit_wall_s"] = time.perf_counter() - t0
+    watch = w_fit.summary(limit)
+    if not timed_out.is_set():
+        try:
+            w_fit.add(client.run(_probe))
+            watch = w_fit.summary(limit)
+            res["restarted"] = client.run(os.getpid) != pids or len(watch["pids_seen"]) > len(pids)
+        except Exception as exc:
+            res["restarted"] = True
+            res.setdefault("error", f"after the fit: {type(exc).__name__}: {exc}")
+        res["memory_log"] = memory_log_lines(client)
+    else:
+        res["restarted"] = len(watch["pids_seen"]) > len(pids)
+    res["fit_watch"] = watch
+    res["paused"] = watch["paused_samples"] > 0 or any("pausing worker" in m.lower() for m in res.get("memory_log", []))
+    res["spilled_x"], res["spilled_other"] = _spill_split(sorted(watch["spilled_keys_first_seen_s"]))
+    res["iterations"] = [{"iteration": it, "elapsed_s": el, "loss": loss} for _, it, el, loss in calls]
+    if calls:
+        el = [c[2] for c in calls]
+        deltas = [el[0]] + [b - a for a, b in itertools.pairwise(el)]
+        res["iter_s"] = deltas
+        # the workers' CPU seconds per iteration: what a loaded machine distorts less than wall time
+        res["iter_cpu_s"] = [b - a for a, b in itertools.pairwise(cpu)]
+        res["per_iter_cpu_s"] = median(res["iter_cpu_s"]) if res["iter_cpu_s"] else None
+        # the first iteration also releases the initial factors: the median of the others when there are any
+        res["per_iter_s"] = median(deltas[1:] or deltas)
+        res["setup_s"] = calls[0][0] - t0 - el[0]
+        # when the first iteration started, on the watcher's clock (which starts with the fit)
+        res["iter1_start_s"] = calls[0][0] - el[0] - w_fit.t0
+    first = watch["spilled_keys_first_seen_s"]
+    res["spilled_x_first_seen_s"] = min((first[k] for k in res["spilled_x"]), default=None)
     return res
 
 
@@ -561,7 +679,12 @@ def render(results: dict) -> str:
         (
             "Size: CSR bytes (values + int32 indices + int32 row pointers) / total worker memory limit. "
             "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
-            "random init). Peak RSS: the largest worker RSS sampled every "
+            "random init), after iteration 1 when there are more; sizing rule: the memory limit per worker "
+            "that the README's rule asks for (`sizing_rule`: 200 MiB + 2 x the worker's share of W + per "
+            "thread 2 row blocks and 2 (n x k) partials, all / 0.7), and whether the workers have it; X in memory: the same fit on workers with "
+            "enough memory (same workers, threads, k, solver) with X's blocks read into them first, placed "
+            "where the fit runs them; by CPU: the ratio of the workers' CPU seconds per iteration (median "
+            "after iteration 1), which a loaded machine distorts less (the (d) columns of the JSON hold its RSS, pauses and spills). Peak RSS: the largest worker RSS sampled every "
             f"{cfg['sample_interval']:g} s during the fit (% of its limit). Spilled: distinct keys seen in a "
             "worker's spill storage during or after the fit, X blocks (`dnmf-store-*`) / others."
         ),
@@ -580,8 +703,14 @@ def render(results: dict) -> str:
                 _f(r.get("disk_bytes") and r["disk_bytes"] / MiB, ",.0f", " MiB"),
                 _f(r.get("compression_ratio"), ".2f"),
                 _f(r.get("W_bytes") and r["W_bytes"] / MiB, ",.0f", " MiB"),
+                "–"
+                if r.get("rule_memory_limit") is None
+                else f"{r['rule_memory_limit'] / MiB:,.0f} MiB ({_yn(r['follows_rule'])})",
                 _f(r.get("setup_s"), ".1f", " s"),
                 _f(r.get("per_iter_s"), ".2f", " s"),
+                _f(r.get("mem_per_iter_s"), ".2f", " s"),
+                _f(r.get("store_vs_memory"), ".2f", "x"),
+                _f(r.get("store_vs_memory_cpu"), ".2f", "x"),
                 "–" if peak is None else f"{peak / MiB:.0f} MiB ({100 * watch['peak_rss_fraction']:.0f}%)",
                 f"{_yn(r.get('paused'))} / {_yn(r.get('restarted'))}",
                 "–" if "spilled_x" not in r else f"{len(r['spilled_x'])} / {len(r['spilled_other'])}",
@@ -600,15 +729,19 @@ def render(results: dict) -> str:
                 "on disk",
                 "CSR/disk",
                 "W (m x k)",
+                "sizing rule (followed?)",
                 "setup",
                 "per iter",
+                "per iter, X in memory",
+                "store / memory",
+                "store / memory by CPU",
                 "peak worker RSS",
                 "paused / restarted",
                 "spilled X / other",
                 "completed",
             ],
             rows,
-            align="lrrrrrrrrrccc",
+            align="lrrrrrrrrrrrrrccc",
         ),
     ]
 
@@ -634,8 +767,9 @@ def render(results: dict) -> str:
         (
             f"(a) this process reads every block once, one at a time (medians of {cfg['read_repeat']} passes; "
             "raw: the store's block files read without decoding, MB/s of bytes on disk); (b) the cluster "
-            "reads every block once (a sum of the blocks' nnz); (c) inside the fit: CSR bytes / per-iteration "
-            "time (a mu iteration reads X once); (b)/(a) by CPU: this process's CPU seconds per pass over the "
+            "reads every block once, one task per block (its nnz comes back); (c) inside the fit: CSR bytes / "
+            "per-iteration time (a mu iteration reads X once); (b)/(a) per thread: divided by the workers' "
+            "threads, since (b) reads with all of them at once; (b)/(a) by CPU: this process's CPU seconds per pass over the "
             "worker processes' (event loops included), which a loaded machine distorts less than wall time."
         ),
         "",
@@ -646,7 +780,7 @@ def render(results: dict) -> str:
                 "(a) sequential",
                 "(b) cluster",
                 "(c) in fit",
-                "(b)/(a)",
+                "(b)/(a) per thread",
                 "(c)/(a)",
                 "(b)/(a) by CPU",
                 "peak RSS in (b)",
@@ -677,6 +811,14 @@ def render(results: dict) -> str:
                 f"- {r['size']:g}x: other spilled keys by name: "
                 + ", ".join(f"{n} ({c})" for n, c in sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
                 + f"; peak spilled {r['fit_watch']['spilled_bytes_peak'] / MiB:.0f} MiB"
+            )
+        if "mem_spilled_x" in r:
+            notes.append(
+                f"- {r['size']:g}x, X in memory ({r['mem_memory_limit'] / MiB:,.0f} MiB workers, X loaded in "
+                f"{r['mem_load_s']:.1f} s): peak worker RSS {(r['mem_fit_watch']['peak_rss'] or 0) / MiB:,.0f} MiB, "
+                f"paused {_yn(r.get('mem_paused'))}, restarted {_yn(r.get('mem_restarted'))}, spilled "
+                f"{len(r['mem_spilled_x'])} X / {len(r['mem_spilled_other'])} other keys"
+                + (f"; {r['mem_error']}" if r.get("mem_error") else "")
             )
         for m in (r.get("memory_log") or [])[:5]:
             notes.append(f"- {r['size']:g}x log: {m}")
@@ -729,6 +871,18 @@ def parse_args(argv=None):
         help="environment of the worker processes (distributed.nanny.pre-spawn-environ), "
         "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable",
     )
+    p.add_argument("--read-only", action="store_true", help="measure the reads (a) and (b) only, no fit")
+    p.add_argument(
+        "--no-in-memory",
+        dest="in_memory",
+        action="store_false",
+        help="skip (d), the same fit with X held in the memory of workers large enough for it",
+    )
+    p.add_argument(
+        "--memory-big",
+        default=None,
+        help="memory limit per worker of (d) (default: 3 x X's CSR bytes per worker + 1 GiB: nothing spills)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="where to write the stores (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the stores")
@@ -738,6 +892,7 @@ def parse_args(argv=None):
     args.sizes = [float(s) for s in (args.sizes or ("3" if q else "1,3,5")).split(",") if s.strip()]
     args.workers = args.workers or (1 if q else 2)
     args.memory_limit = parse_bytes(args.memory_limit or ("400MiB" if q else "512MiB"))
+    args.memory_big = parse_bytes(args.memory_big) if args.memory_big else None
     args.read_repeat = args.read_repeat or (1 if q else 3)
     args.iters = args.iters or (2 if q else 3)
     args.columns = args.columns or ("uniform" if q else "zipf")

@@ -24,12 +24,11 @@ import warnings
 import numpy as np
 
 from benchmarks._common import (
-    blas_threads,
+    bare_pass,
     log,
     make_zipf_csr,
     median,
     seconds,
-    time_call,
 )
 
 NNZ_PER_ROW = 50
@@ -63,29 +62,11 @@ def _fit(X, k: int, iters: int, client=None) -> dict:
 
 
 def _bare_pass(X, k: int, repeat: int) -> float:
-    """One thread: X @ Ht + sum_i X_i.T @ W_i + both Grams, the products of one iteration.
-
-    X.T @ W is summed over dnmf's row blocks (the free CSC view of each block),
-    which is faster than one product with the whole of X.T.
-    """
+    """Median seconds of :func:`benchmarks._common.bare_pass` over dnmf's row blocks of X."""
     from benchmarks.bench_engine import dnmf_row_chunks
 
-    rng = np.random.default_rng(0)
-    W = rng.random((X.shape[0], k))
-    Ht = rng.random((X.shape[1], k))
-    offs = np.concatenate([[0], np.cumsum(dnmf_row_chunks(X))]).astype(int)
-    blocks = [(X[a:b], W[a:b]) for a, b in zip(offs[:-1], offs[1:], strict=True)]
-
-    def one():
-        X @ Ht
-        acc = np.zeros((X.shape[1], k))
-        for x, w in blocks:
-            acc += x.T @ w
-        W.T @ W
-        Ht.T @ Ht
-
-    with blas_threads(1):
-        return time_call(one, repeat=repeat, warmup=0)["median"]
+    one = bare_pass(X, k, dnmf_row_chunks(X))
+    return median([one() for _ in range(repeat)])
 
 
 def nnz_sizes(quick: bool) -> list[int]:

@@ -137,6 +137,12 @@ def quiet_libraries(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
         os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
+        if "dask" in sys.modules and "distributed" not in sys.modules:
+            # Dask read its configuration before these variables were set, and distributed's
+            # first import sets its loggers' levels from that configuration, over the ones above.
+            import dask
+
+            dask.config.set({"logging.distributed": "critical", "logging.tornado": "critical"})
 
 
 #: The environment variables ``quiet_libraries`` may set (for the worker processes a command starts).

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import local_levels
+from .graph import partial_tree
 
 
 @dataclass(frozen=True)
@@ -94,17 +94,20 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     """Tasks in one iteration's graph (:func:`dnmf.nmf.graph.step`, outputs included; exact to a few).
 
     Per row block: the task, three picks and a share of the pairwise tree that
-    sums all its partials at once; per node left at the level where workers'
-    ranges meet, and per column block: a pick, a tree node and (sparse X) the
-    touched rows of ``Hᵀ``; per column block: the task and three picks. With
-    ``P`` workers that is ``O(R + P·C)``, not ``O(R·C)``.
+    sums all its partials at once within a worker's range; per single-worker
+    subtree where the ranges meet, and per node above it, one task per
+    column block (:func:`dnmf.engine.graph.partial_tree`, counted here on
+    the same tree); per worker and column block (sparse X) the touched rows
+    of ``Hᵀ``; per column block: the task and three picks. With ``P``
+    workers that is ``O(R + P·C)``, not ``O(R·C)``.
     """
     R, C = row_blocks, col_blocks
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
-    ranges = -(-R // 2 ** local_levels(owners, R))
-    tasks = 4 * R + (R - ranges) + ranges * C + C * (ranges - 1) + 4 * C
+    tree: dict = {}
+    partial_tree(tree, "p", list(range(R)), C, owners)
+    tasks = 4 * R + len(tree) + 4 * C
     shipped = min(workers, R) * C if workers > 1 else 0
-    return tasks + shipped + -(-R // 8) + -(-C // 8) + 5
+    return tasks + shipped + -(-R // 8) + -(-C // 8) + 4
 
 
 def predict(

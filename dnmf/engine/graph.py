@@ -9,6 +9,7 @@ of X that inline a store read into the task that uses the block.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -30,10 +31,28 @@ def sum_list(parts):
         return tuple(sum_list([p[t] for p in parts]) for t in range(len(first)))
     if any(isinstance(p, RowSubset) for p in parts):
         return add_parts(parts)
-    out = np.array(first, copy=True)
-    for p in parts[1:]:
+    second = parts[1] if len(parts) > 1 else None
+    if _same_layout(first, second):
+        # The copy and the first addition in one pass: the same bits as ``copy(first) += second``
+        # (same dtype and shape), and each (n_j, k) partial of a sum is read once less.
+        out = first + second
+        rest = parts[2:]
+    else:
+        out = np.array(first, copy=True)
+        rest = parts[1:]
+    for p in rest:
         out += p
     return out
+
+
+def _same_layout(a, b) -> bool:
+    return (
+        isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and a.ndim > 0
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+    )
 
 
 def pick(result, name, j=None):
@@ -107,6 +126,91 @@ def local_levels(owners: Sequence[Hashable] | None, n_rows: int) -> int:
             break
         level += 1
     return level
+
+
+def partial_tree(
+    layer: dict,
+    prefix: str,
+    leaves: list,
+    n_cols: int,
+    owners: Sequence[Hashable] | None = None,
+    whole_levels: int | None = None,
+) -> list:
+    """Add the fixed pairwise tree that sums per-row-block tuples of ``n_cols`` partials; return each column's total.
+
+    The tree is the one :func:`tree_reduce` builds with ``split_every=2``
+    (consecutive pairs, level by level; a lone key passes through), so the
+    sums do not depend on ``owners``. What ``owners`` changes is how the
+    nodes are cut into tasks: a node whose row blocks all have one owner sums
+    whole tuples (one task for all column blocks); the first node that mixes
+    owners splits its children into one key per column block (a
+    ``getitem`` each) and sums each column block on its own from there up, so
+    that only one column block's partial moves to where it is summed. With
+    contiguous ranges per worker that is one task per single-owner subtree
+    and column block, wherever the ranges meet the tree.
+
+    Parameters
+    ----------
+    layer : dict
+        The graph layer the tasks are added to.
+    prefix : str
+        Key prefix: whole sums are ``(prefix + "all-L<level>", g)``, splits
+        ``(prefix + "j", s, j)``, column sums ``(prefix + "<j>-L<level>", g)``.
+    leaves : list
+        One key per row block, in order; each a tuple of ``n_cols`` partials.
+    n_cols : int
+        Column blocks.
+    owners : sequence of (len(leaves),) hashables, optional
+        Who holds each row block; None: one owner for all.
+    whole_levels : int, optional
+        Sum whole tuples only below this level (any value gives the same
+        sums); None: wherever the owners allow.
+
+    Returns
+    -------
+    list
+        ``n_cols`` keys, the total of each column block's partials.
+    """
+    mixed = object()
+    nodes = [(key, None if owners is None else owners[i]) for i, key in enumerate(leaves)]
+    splits = 0
+
+    def split(node) -> list:
+        nonlocal splits
+        key, _ = node
+        if isinstance(key, list):
+            return key
+        keys = []
+        for j in range(n_cols):
+            keys.append((f"{prefix}j", splits, j))
+            layer[keys[-1]] = (operator.getitem, key, j)
+        splits += 1
+        return keys
+
+    level = 0
+    while len(nodes) > 1:
+        new = []
+        for g, start in enumerate(range(0, len(nodes), 2)):
+            group = nodes[start : start + 2]
+            if len(group) == 1:
+                new.append(group[0])
+                continue
+            (a, owner_a), (b, owner_b) = group
+            whole = not isinstance(a, list) and not isinstance(b, list) and owner_a == owner_b
+            if whole and (whole_levels is None or level < whole_levels):
+                key = (f"{prefix}all-L{level}", g)
+                layer[key] = (sum_list, [a, b])
+                new.append((key, owner_a))
+                continue
+            parts_a, parts_b = split(group[0]), split(group[1])
+            keys = []
+            for j in range(n_cols):
+                keys.append((f"{prefix}{j}-L{level}", g))
+                layer[keys[-1]] = (sum_list, [parts_a[j], parts_b[j]])
+            new.append((keys, mixed))
+        nodes = new
+        level += 1
+    return split(nodes[0])
 
 
 def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = sum_list, *args: Any) -> tuple:

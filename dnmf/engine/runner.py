@@ -127,27 +127,37 @@ class Runner:
         """
         if self.client is None:
             return arrays
-        out = []
-        for a in arrays:
-            keys = [(a.name, *idx) for idx in np.ndindex(*a.numblocks)]
+        # One who_has for every block of every array, then the blocks in batches across
+        # arrays: a cut of W, Hᵀ and HHᵀ is a handful of round trips, not a few per array.
+        names = [f"dnmf-rebased-{uuid.uuid4().hex}" for _ in arrays]
+        blocks = []
+        for a, name in zip(arrays, names, strict=True):
             graph = dict(a.__dask_graph__())
-            held = [graph[key] for key in keys]
-            holders = self.client.who_has(held)
-            name = f"dnmf-rebased-{uuid.uuid4().hex}"
-            futures: dict = {}
-            batch: list = []
-            size = 0
-            for key, future in zip(keys, held, strict=True):
-                batch.append((key, future))
-                size += int(np.prod([a.chunks[d][i] for d, i in enumerate(key[1:])])) * a.dtype.itemsize
-                if size >= REBASE_BATCH_BYTES or key == keys[-1]:
-                    futures.update(self._move(batch, holders, name))
-                    batch, size = [], 0
-            out.append(da.Array(futures, name, chunks=a.chunks, meta=np.empty((0,) * a.ndim, dtype=a.dtype)))
-        return tuple(out)
+            for idx in np.ndindex(*a.numblocks):
+                size = int(np.prod([a.chunks[d][i] for d, i in enumerate(idx)])) * a.dtype.itemsize
+                blocks.append(((name, *idx), graph[(a.name, *idx)], size))
+        holders = self.client.who_has([future for _, future, _ in blocks])
+        futures: dict = {}
+        batch: list = []
+        size = 0
+        for n, (key, future, nbytes) in enumerate(blocks):
+            batch.append((key, future))
+            size += nbytes
+            if size >= REBASE_BATCH_BYTES or n == len(blocks) - 1:
+                futures.update(self._move(batch, holders))
+                batch, size = [], 0
+        return tuple(
+            da.Array(
+                {key: f for key, f in futures.items() if key[0] == name},
+                name,
+                chunks=a.chunks,
+                meta=np.empty((0,) * a.ndim, dtype=a.dtype),
+            )
+            for a, name in zip(arrays, names, strict=True)
+        )
 
-    def _move(self, batch: list, holders: dict, name: str) -> dict:
-        """Gather a batch of ``(key, future)`` and scatter each block back, as ``name``, where it was."""
+    def _move(self, batch: list, holders: dict) -> dict:
+        """Gather a batch of ``(new_key, future)`` and scatter each block back, as ``new_key``, where it was."""
         assert self.client is not None
         values = self.client.gather([future for _, future in batch])
         # Each block goes back to a worker that held it: the placement (and
@@ -155,8 +165,7 @@ class Runner:
         by_worker: dict = {}
         for (key, future), value in zip(batch, values, strict=True):
             where = holders.get(future.key) or [None]
-            new_key = (name, *key[1:])
-            by_worker.setdefault(where[0], {})[new_key] = value
+            by_worker.setdefault(where[0], {})[key] = value
         del values
         futures: dict = {}
         for address, part in by_worker.items():
@@ -164,16 +173,32 @@ class Runner:
         return futures
 
     def fetch(self, persisted: da.Array) -> np.ndarray:
-        """The value of a persisted single-chunk array, with no new graph."""
-        if self.client is None:
-            (value,) = dict(persisted.__dask_graph__()).values()
-            if isinstance(value, np.ndarray):
+        """The value of a persisted single-chunk array, with no new graph.
+
+        On a Client this gathers the array's one future: a single wait for
+        the result, where ``compute`` would submit a second graph (a finalize
+        task on a worker) and wait for that.
+        """
+        graph = dict(persisted.__dask_graph__())
+        if len(graph) == 1:
+            (value,) = graph.values()
+            if self.client is None and isinstance(value, np.ndarray):
                 return value
+            if self.client is not None and _is_future(value):
+                return np.asarray(self.client.gather(value))
         return np.asarray(self.compute(persisted))
 
 
 def _same(block):
     return block
+
+
+def _is_future(value) -> bool:
+    try:
+        from distributed import Future
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Future)
 
 
 def recoverable_errors() -> tuple[type[BaseException], ...]:

@@ -28,7 +28,11 @@ exact non-negative minimiser (what "als" computes).
 The loop over a band's rows is compiled by Numba (a dependency of the
 ``sparse`` package dnmf uses): NumPy would have to spread every product over
 (entries, q) temporaries, several passes over memory where the compiled
-loop reads each entry's features once per pass from cache. Each row's
+loop reads each entry's features once per pass from cache: each row's
+entries' rows of the other side are gathered once into a small contiguous
+buffer (one random read of V per entry and half-step; the 4 to 8 passes
+of the CG steps then read the buffer). The column half also scores the
+entries with the new row in that loop (:func:`cg_rows_scored`), for the loss. Each row's
 numbers depend on that row's entries only, in a fixed order, so the result
 does not depend on the blocking, the threads or the processes.
 """
@@ -43,11 +47,21 @@ import numpy as np
 # infinity keep their meaning: the step limit starts at infinity).
 _FLAGS = {"reassoc", "contract"}
 
+#: The longest row whose entries' rows of V are gathered into a buffer (8·q bytes
+#: each: 34 MB at q = 33); longer rows read V in place.
+BUFFER_ENTRIES = 1 << 17
+
 
 @numba.njit(cache=True, nogil=True, fastmath=_FLAGS)
-def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, has_a, has_g):  # pragma: no cover
+def _band(
+    indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, has_a, has_g, other_bias, scores, mean, cap
+):  # pragma: no cover
     r, q = U.shape
     out = np.zeros((r, q))
+    # The scores of the result at the entries, while the row's entries are
+    # still in cache: the loss then needs no second gather of V's rows.
+    # (scores: 0 none, 1 the features' dot product, 2 the explicit prediction.)
+    pred = np.empty(indices.size if scores else 0)
     x = np.empty(q)
     g = np.empty(q)
     d = np.zeros(q)
@@ -56,10 +70,27 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
     delta = np.empty(q)
     xn = np.empty(q)
     gn = np.empty(q)
+    # Each row's rows of V, gathered once into a contiguous buffer that the
+    # passes below (4 to 8 of them) then read from cache: on a V of 100 MB
+    # or more every pass would otherwise be a random gather from memory.
+    # Rows longer than the buffer read V directly: same numbers, same order.
+    longest = 0
+    for i in range(r):
+        longest = max(longest, indptr[i + 1] - indptr[i])
+    buf = np.empty((min(longest, cap), q))
     for i in range(r):
         e0, e1 = indptr[i], indptr[i + 1]
         if e1 == e0:
             continue  # no observations: 0 is the minimiser
+        buffered = e1 - e0 <= cap
+        if buffered:
+            for e in range(e0, e1):
+                jv = indices[e]
+                for t in range(q):
+                    buf[e - e0, t] = V[jv, t]
+            F = buf
+        else:
+            F = V
         for t in range(q):
             x[t] = U[i, t] if (free[t] or U[i, t] > 0.0) else 0.0
         # g = C x − d
@@ -71,15 +102,18 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
                 for t in range(k):
                     g[t] += G[u, t] * xu
         for e in range(e0, e1):
-            j = indices[e]
+            j = e - e0 if buffered else indices[e]
             s = 0.0
             for t in range(k):
-                s += V[j, t] * x[t]
+                s += F[j, t] * x[t]
             if biases:
                 s += x[k]
-            w = (a[e] * s if has_a else s) - b[e]
+            # b[e] − F[j, k]: the other side's bias, taken here from the row
+            # this pass reads anyway (a NumPy gather would be a pass of its own).
+            target = b[e] - F[j, k] if other_bias else b[e]
+            w = (a[e] * s if has_a else s) - target
             for t in range(k):
-                g[t] += w * V[j, t]
+                g[t] += w * F[j, t]
             if biases:
                 g[k] += w
         gg_prev = 0.0
@@ -109,15 +143,15 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
                     for t in range(k):
                         Cd[t] += G[u, t] * du
             for e in range(e0, e1):
-                j = indices[e]
+                j = e - e0 if buffered else indices[e]
                 s = 0.0
                 for t in range(k):
-                    s += V[j, t] * d[t]
+                    s += F[j, t] * d[t]
                 if biases:
                     s += d[k]
                 w = a[e] * s if has_a else s
                 for t in range(k):
-                    Cd[t] += w * V[j, t]
+                    Cd[t] += w * F[j, t]
                 if biases:
                     Cd[k] += w
             dCd = 0.0
@@ -144,14 +178,14 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
                             for t in range(k):
                                 gn[t] += G[u, t] * du
                 for e in range(e0, e1):
-                    j = indices[e]
+                    j = e - e0 if buffered else indices[e]
                     s = 0.0
                     for t in range(k):
                         if delta[t] != 0.0:
-                            s += V[j, t] * delta[t]
+                            s += F[j, t] * delta[t]
                     w = a[e] * s if has_a else s
                     for t in range(k):
-                        gn[t] += w * V[j, t]
+                        gn[t] += w * F[j, t]
                     if biases:
                         gn[k] += w
                 # f(x') − f(x) = Δ·g + ½ Δ·(g' − g), Δ = x' − x: keep x' if it is lower.
@@ -176,7 +210,20 @@ def _band(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps,
             gg_prev = 0.0 if cut else gg
         for t in range(q):
             out[i, t] = x[t]
-    return out
+        if scores:
+            for e in range(e0, e1):
+                j = e - e0 if buffered else indices[e]
+                s = 0.0
+                for t in range(k):
+                    s += F[j, t] * x[t]
+                if scores == 2:
+                    # In the order of dnmf.masked.kernels' prediction: ((s + mean) + own bias) + other bias.
+                    s = s + mean
+                    if biases:
+                        s = s + x[k]
+                        s = s + F[j, k]
+                pred[e] = s
+    return out, pred
 
 
 def cg_rows(
@@ -194,6 +241,8 @@ def cg_rows(
     k: int,
     biases: bool,
     steps: int,
+    *,
+    other_bias: bool = False,
 ) -> np.ndarray:
     """``steps`` projected conjugate-gradient steps on every row's quadratic, from ``U``.
 
@@ -225,17 +274,67 @@ def cg_rows(
     biases : bool
         Whether column ``k`` is a bias (``q = k + 1``).
     steps : int
+    other_bias : bool, default=False
+        Whether the target of entry (i, j) is ``b[e] − V[j, k]`` (explicit
+        ratings with biases: the other side's bias is taken off in the loop).
 
     Returns
     -------
     ndarray of shape (r, q), float64
         Rows without entries are 0.
     """
-    r, q = U.shape
+    out, _ = _run(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, other_bias, 0, 0.0)
+    return out
+
+
+def cg_rows_scored(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    a: np.ndarray | None,
+    b: np.ndarray,
+    V: np.ndarray,
+    U: np.ndarray,
+    G: np.ndarray | None,
+    scale: np.ndarray,
+    l2: np.ndarray,
+    l1: np.ndarray,
+    free: np.ndarray,
+    k: int,
+    biases: bool,
+    steps: int,
+    *,
+    other_bias: bool = False,
+    mean: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cg_rows` and the new rows' scores at the band's entries, in one pass.
+
+    Parameters are those of :func:`cg_rows`, and
+
+    mean : float or None
+        None: the scores are the dot products ``x_i[:k]·V[j, :k]``
+        (what :func:`entry_scores` gives). A float: the explicit
+        predictions ``x_i[:k]·V[j, :k] + mean`` plus, with ``biases``, the
+        row's bias ``x_i[k]`` and the other side's ``V[j, k]``.
+
+    Returns
+    -------
+    U_new : ndarray of shape (r, q), float64
+    scores : ndarray of shape (nnz,), float64
+    """
+    mode, value = (1, 0.0) if mean is None else (2, float(mean))
+    return _run(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, other_bias, mode, value)
+
+
+def _index_array(x: np.ndarray) -> np.ndarray:
+    # int32 indices stay int32 (Numba compiles for either): half the bytes per pass.
+    return np.ascontiguousarray(x) if x.dtype in (np.int32, np.int64) else np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _run(indptr, indices, a, b, V, U, G, scale, l2, l1, free, k, biases, steps, other_bias, scores, mean):
     f64 = np.float64
     return _band(
-        np.ascontiguousarray(indptr, dtype=np.int64),
-        np.ascontiguousarray(indices, dtype=np.int64),
+        _index_array(indptr),
+        _index_array(indices),
         np.zeros(1) if a is None else np.ascontiguousarray(a, dtype=f64),
         np.ascontiguousarray(b, dtype=f64),
         np.ascontiguousarray(V, dtype=f64),
@@ -250,6 +349,10 @@ def cg_rows(
         int(steps),
         a is not None,
         G is not None,
+        bool(other_bias),
+        int(scores),
+        float(mean),
+        int(BUFFER_ENTRIES),
     )
 
 

@@ -26,8 +26,9 @@ One step (:func:`step`) is three stages:
 A. one task per row band ``i``: update ``U_i`` with all of ``V`` (and, for
    the implicit model, ``VᵀV``); return its penalty and Gram;
 B. one task per column band ``j``: update ``V_j`` with all of the new ``U``
-   (every A task's output: O(m·q) numbers per column task); return its
-   penalty, Gram and the loss at its observed entries (new U, new V);
+   (every A task's output, stacked once by one task and shared: O(m·q)
+   numbers per column task); return its penalty, Gram and the loss at its
+   observed entries (new U, new V), scored in the update's pass for "cg";
 C. one task: the loss of the step and the new ``VᵀV``.
 
 Loss terms are exact sums (:func:`dnmf.masked.exact_sum`), so they do not
@@ -328,12 +329,8 @@ def _row_task(band, U, v_blocks, G, p: masked.MaskedParams, col_offsets=None):
 @aligned_inputs
 def _col_task(band, V, u_blocks, G, p: masked.MaskedParams, row_offsets=None):
     band, U = _compact(band, u_blocks, row_offsets) if row_offsets is not None else (band, _concat(u_blocks))
-    V_new = masked.update(band, V, U, p, G)
-    out = {
-        "V": V_new,
-        "pen": masked.penalty(V_new, np.diff(band.indptr), p),
-        "loss": masked.band_loss(band, V_new, U, p),
-    }
+    V_new, loss = masked.update_with_loss(band, V, U, p, G)
+    out = {"V": V_new, "pen": masked.penalty(V_new, np.diff(band.indptr), p), "loss": loss}
     if p.feedback == "implicit":
         out["gram"] = masked.gram(V_new, p)
     return out
@@ -475,14 +472,24 @@ def step(
                 layer[(f"{core}-Vs", g, j)] = (_take_items, v_keys[j], (touched_by.name, g, 0), j)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     col_offsets = _offsets(bands.col_chunks)
+    if touched_by is None:
+        # Every band task needs the whole other side: stack its blocks once
+        # per half-step and share the result (on threads, by reference)
+        # rather than once per task: at 1M users x k = 32 each column task's
+        # copy of U took 0.15 s beside its 0.18 s update (and at 3M users it
+        # is 790 MB), most of the fit's page faults with it.
+        layer[(f"{core}-Vall", 0)] = (_concat, v_keys)
     for i in range(nI):
         if touched_by is not None:
             v_parts = [(f"{core}-Vs", group_of[i], j) for j in range(nJ)]
             layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_parts, gv_key, p, col_offsets)
         else:
-            layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_keys, gv_key, p)
+            v_all = [(f"{core}-Vall", 0)]
+            layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_all, gv_key, p)
         layer[(f"{core}-U", i)] = (_pick, (f"{core}-A", i), "U")
     u_keys = [(f"{core}-U", i) for i in range(nI)]
+    if touched_by is None:
+        layer[(f"{core}-Uall", 0)] = (_concat, u_keys)
     group_starts = _offsets([sum(bands.row_chunks[i] for i in members) for members in groups])
     if touched_by is not None:
         for g, members in enumerate(groups):
@@ -520,7 +527,8 @@ def step(
                 group_starts[:-1],
             )
         else:
-            layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_keys, gu_key, p_items)
+            u_all = [(f"{core}-Uall", 0)]
+            layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_all, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
             layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
             bucket.append((f"{core}-B{part}", j))

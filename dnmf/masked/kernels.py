@@ -438,27 +438,17 @@ def update(
         Rows without observations get 0 (their minimiser).
     """
     solver = solver or p.solver
-    if solver not in ("als", "ccd", "cg"):
-        raise ValueError(f"Unknown masked solver {solver!r}; use 'als', 'ccd' or 'cg'.")
+    _check_update(band, U, V, p, G, solver)
     r = band.shape[0]
     q = p.q
-    if U.shape != (r, q) or V.shape != (band.shape[1], q):
-        raise ValueError(
-            f"Shapes do not match: band {band.shape}, U {U.shape}, V {V.shape}; expected U "
-            f"({r}, {q}) and V ({band.shape[1]}, {q})."
-        )
-    if p.feedback == "implicit" and G is None:
-        raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
     indptr = band.indptr
     counts = np.diff(indptr)
     free = _free(p)
     if solver == "cg":
         from .compiled import cg_rows  # Numba's import (~0.5 s) only where "cg" runs
 
-        a, b = _weights(band.data, V, band.indices, p)
-        l2, l1 = _penalty_weights(np.ones(1, dtype=np.int64), replace(p, count_scaled=False, count_power=0.0))
-        scale = row_scale(counts, p)
-        return cg_rows(indptr, band.indices, a, b, V, U, G, scale, l2[0], l1[0], free, p.k, p.biases, p.cg_steps)
+        args, other_bias = _cg_args(band, U, V, p, G)
+        return cg_rows(*args, other_bias=other_bias)
     l2, l1 = _penalty_weights(counts, p)
     Gq = None
     if G is not None:
@@ -597,6 +587,68 @@ def _ccd_rows(U, PhiT, a, b, ind, local, Gq, l2, l1, free, sweeps):
 # --------------------------------------------------------------------------
 # Non-negative least squares, one Gram per row
 # --------------------------------------------------------------------------
+
+
+def _check_update(band, U, V, p: MaskedParams, G, solver: str) -> None:
+    if solver not in ("als", "ccd", "cg"):
+        raise ValueError(f"Unknown masked solver {solver!r}; use 'als', 'ccd' or 'cg'.")
+    r, q = band.shape[0], p.q
+    if U.shape != (r, q) or V.shape != (band.shape[1], q):
+        raise ValueError(
+            f"Shapes do not match: band {band.shape}, U {U.shape}, V {V.shape}; expected U "
+            f"({r}, {q}) and V ({band.shape[1]}, {q})."
+        )
+    if p.feedback == "implicit" and G is None:
+        raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
+
+
+def _cg_args(band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams, G: np.ndarray | None):
+    """The arguments of :func:`dnmf.masked.compiled.cg_rows` for a band, and its ``other_bias``."""
+    x = band.data.astype(np.float64, copy=False)
+    if p.feedback == "implicit":
+        a, c, pref = _confidence_terms(x, p)
+        a_b = (a, c if pref is None else c * pref)
+    else:
+        # The other side's bias is taken off inside the loop (as _weights
+        # would, same bits), not by a gather of V's rows of its own.
+        a_b = (None, x - p.global_mean)
+    l2, l1 = _penalty_weights(np.ones(1, dtype=np.int64), replace(p, count_scaled=False, count_power=0.0))
+    scale = row_scale(np.diff(band.indptr), p)
+    args = (band.indptr, band.indices, *a_b, V, U, G, scale, l2[0], l1[0], _free(p), p.k, p.biases, p.cg_steps)
+    return args, p.feedback == "explicit" and p.biases
+
+
+def update_with_loss(
+    band: sp.csr_matrix, U: np.ndarray, V: np.ndarray, p: MaskedParams, G: np.ndarray | None = None
+) -> tuple[np.ndarray, ExactSum]:
+    """:func:`update`, and :func:`band_loss` of its result (the column half-step).
+
+    Parameters and shapes are those of :func:`update`. The "cg" solver
+    scores the entries in the same compiled pass as the update, while each
+    row's entries are in cache, instead of gathering ``V``'s rows once more.
+
+    Returns
+    -------
+    U_new : ndarray of shape (r, q), float64
+    loss : ExactSum
+        The data term at the band's entries, with ``U_new``.
+    """
+    if p.solver != "cg":
+        U_new = update(band, U, V, p, G)
+        return U_new, band_loss(band, U_new, V, p)
+    _check_update(band, U, V, p, G, p.solver)
+    from .compiled import cg_rows_scored
+
+    args, other_bias = _cg_args(band, U, V, p, G)
+    explicit = p.feedback == "explicit"
+    U_new, s = cg_rows_scored(*args, other_bias=other_bias, mean=p.global_mean if explicit else None)
+    a, b = args[2], args[3]
+    if explicit:
+        terms = (band.data.astype(np.float64, copy=False) - s) ** 2
+    else:
+        # _entry_terms' implicit terms, from the weights the update used.
+        terms = a * s * s - 2.0 * b * s + b
+    return U_new, exact_sum(terms)
 
 
 def nnls_rows(

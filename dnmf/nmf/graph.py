@@ -36,18 +36,19 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..engine.blocks import aligned_inputs, as_partial, densify, restrict, take_rows, touched_rows
+from ..engine import blocks as engine_blocks
+from ..engine.blocks import RowSubset, aligned_inputs, densify, restrict, take_rows, touched_rows
 from ..engine.graph import (
     SPLIT_EVERY,
     assemble,
     group_of_rows,
+    partial_tree,
     pick,
     place_rows,
     sum_list,
     tree_reduce,
     x_block_refs,
 )
-from ..engine.graph import local_levels as graph_local_levels
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
 
@@ -67,7 +68,8 @@ N_SCALARS = 9
 
 #: Fan-in of the sums of the ``Xᵀ·W`` partials over row blocks: neighbours in pairs, so that
 #: the partials of any aligned range of row blocks (what one worker holds, see
-#: :mod:`dnmf.storage.placement`) are summed on that worker before anything leaves it.
+#: :mod:`dnmf.storage.placement`) are summed on that worker before anything leaves it
+#: (:func:`dnmf.engine.graph.partial_tree`).
 PARTIAL_FAN_IN = 2
 
 
@@ -234,9 +236,76 @@ def _frobenius_update(solver, A, G, AX, l1, l2, perm, n_inner, inner_tol):
         )
     if solver == "anls-bpp":
         return nnls.anls_update(A, G, AX, l1, l2)
+    return mu_step(A, G, AX, l1, l2)
+
+
+def mu_step(A: np.ndarray, G: np.ndarray, AX: np.ndarray, l1: float, l2: float) -> tuple[np.ndarray, float]:
+    """One Frobenius multiplicative half-step and its stationarity violation, for a block ``A``.
+
+    The same numbers, bit for bit, as ``kernels.mu_apply(A, AX, A @ G, l1, l2)``
+    and ``kernels.projected_gradient_l1`` of ``kernels.regularized_gradient``
+    (what the tests compare it with), computed in two arrays the size of
+    ``A`` instead of about eight: on a tall block these elementwise passes
+    and their allocations cost as much as the step's products.
+
+    Parameters
+    ----------
+    A : ndarray (r, k)
+        The block (W's, or Hᵀ's); not modified.
+    G : ndarray (k, k)
+        The other factor's Gram.
+    AX : ndarray (r, k)
+        The matching product (``X·Hᵀ`` for W, ``Xᵀ·W`` for Hᵀ); not modified.
+    l1, l2 : float
+        Already scaled regularisation weights.
+
+    Returns
+    -------
+    A_new : ndarray (r, k)
+    violation : float
+        ``Σ |projected gradient|`` at ``A``.
+    """
     den = kernels.mu_frobenius_denominator(A, G)
-    violation = kernels.projected_gradient_l1(A, kernels.regularized_gradient(A, den, AX, l1, l2))
-    return kernels.mu_apply(A, AX.copy(), den, l1, l2), violation
+    grad = np.asarray(den, dtype=np.float64) - AX
+    if l1:
+        grad += l1
+    if l2:
+        grad += l2 * A
+    np.minimum(grad, 0.0, out=grad, where=~(A > 0))
+    violation = float(np.abs(grad, out=grad).sum())
+    del grad
+    den = den if den.dtype == A.dtype else den.astype(A.dtype)
+    if l1 > 0:
+        den += l1
+    if l2 > 0:
+        den += l2 * A
+    den[den == 0] = kernels.EPSILON
+    np.divide(np.asarray(AX, dtype=A.dtype), den, out=den)
+    return np.multiply(A, den, out=den), violation
+
+
+def _partial_xtdot(x, fill, W: np.ndarray):
+    """This row block's share of ``Xᵀ·W`` for one column block (``fill``: imputed held-out entries).
+
+    A sparse block's share is zero outside the columns it touches: when they
+    are few (``SUBSET_MAX_FRACTION``), only those rows are computed, with the
+    block's columns renumbered (:func:`~dnmf.engine.blocks.restrict`), and
+    shipped as a RowSubset; the dense ``(n_j, k)`` product is never formed.
+    Each touched row accumulates the same products in the same order as in
+    the dense product, so the values are its rows, bit for bit.
+    """
+    parts = [b for b in (x, fill) if b is not None]
+    rows = touched_rows(*parts) if sp.issparse(x) else None
+    if rows is None or rows.size > engine_blocks.SUBSET_MAX_FRACTION * x.shape[1]:
+        P = kernels.xtdot(x, W)
+        if fill is not None:
+            P += kernels.xtdot(fill, W)
+        return P
+    columns = RowSubset(rows, None, x.shape[1])
+    P = kernels.xtdot(restrict(x, columns)[0], W)
+    if fill is not None:
+        P += kernels.xtdot(restrict(fill, columns)[0], W)
+    return RowSubset(rows, P, x.shape[1])
 
 
 @aligned_inputs
@@ -288,18 +357,12 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
     out = {"W": W_new, "small": (G, s)}
     if p.update_H:
         if p.beta == 2:
-            P = [kernels.xtdot(x, W_new) for x in x_blocks]
             fills: list = [None] * len(x_blocks)
             if m_blocks is not None:
                 for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks, strict=True)):
                     fills[j] = kernels.holdout_values(m, W_new, ht)
-                    P[j] += kernels.xtdot(fills[j], W_new)
                     s[S_IMPUTED] += kernels.squared_norm(fills[j])
-            # A sparse block's share of Xᵀ·W is zero outside its columns: ship only those rows.
-            out["P"] = tuple(
-                as_partial(P[j], touched_rows(*(b for b in (x, fills[j]) if b is not None)) if sp.issparse(x) else None)
-                for j, x in enumerate(x_blocks)
-            )
+            out["P"] = tuple(_partial_xtdot(x, fills[j], W_new) for j, x in enumerate(x_blocks))
         else:
             terms = [
                 kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)
@@ -338,10 +401,14 @@ def _col_task(Ht, total, small, p: StepParams):
 
 @aligned_inputs
 def _finish(row_small, col_small, HHt_old, update_H):
-    """Stage C: the new HHt and the step's scalar vector."""
+    """Stage C: the new HHt and the step's scalar vector.
+
+    ``col_small`` lists the last level of the column tasks' ``(gram, scalars)``
+    sums, summed here (one task and one hop fewer than a sum task of its own).
+    """
     G, s = row_small
     if update_H:
-        HHt, s_col = col_small
+        HHt, s_col = sum_list(col_small)
         s = s + s_col
         s[S_GRAMDOT_H] = float(np.vdot(G, HHt))
     else:
@@ -384,14 +451,14 @@ def step(
         bit. Ignored with a holdout or a beta-loss other than 2 (which need
         all of ``Ht``).
     local_levels : int, optional
-        How many levels of the pairwise tree over row blocks sum a row
-        task's partials for all column blocks at once (one task per node);
-        the levels above sum each column block's separately (one task per
-        node and column block, so that the column tasks' sums spread over
-        the workers). Any value gives the same bits: the tree is the same.
-        None: all levels (fewest tasks: ``R + C`` rather than ``R·C``) when
-        ``owners`` is None, else the levels whose nodes lie within one
-        worker's range.
+        Below which level of the pairwise tree over row blocks a node may
+        sum a row task's partials for all column blocks at once (one task
+        per node); above it, and at every node whose row blocks have more
+        than one owner, each column block is summed on its own (one task per
+        node and column block, so that only that block's partial moves).
+        Any value gives the same bits: the tree is the same
+        (:func:`dnmf.engine.graph.partial_tree`). None: every node whose row
+        blocks one worker holds (all of them when ``owners`` is None).
     whole : frozenset of (group, column block)
         With ``columns``: the blocks where a group touches so many rows that
         it takes ``Ht``'s block whole (no task to take rows from it).
@@ -466,34 +533,27 @@ def step(
     layer[small_key] = (sum_list, top)
 
     outputs = {w_name: {(w_name, i, 0): (pick, (f"{core}-A", i), "W") for i in range(nI)}}
-    col_small_key = None
+    col_small_keys = None
     if p.update_H:
         col_small = []
-        levels = graph_local_levels(owners, nI) if local_levels is None else local_levels
-        # Levels of the pairwise tree that sum whole tuples of partials (all column blocks)...
+        # The pairwise tree over row blocks sums whole tuples of partials (all column blocks)
+        # within each worker's range, then each column block's parts on their own.
         rows = [(f"{core}-P", i) for i in range(nI)]
         for i in range(nI):
             layer[rows[i]] = (pick, (f"{core}-A", i), "P")
-        remaining = -(-nI // 2**levels)
-        rows = tree_reduce(layer, f"{core}-Pall", rows, split_every=PARTIAL_FAN_IN, until=remaining)
+        totals = partial_tree(layer, f"{core}-P", rows, nJ, owners, local_levels)
         for j in range(nJ):
-            # ...then each column block's parts on their own, for the levels above.
-            parts = []
-            for r, key in enumerate(rows):
-                layer[(f"{core}-Pj", r, j)] = (operator.getitem, key, j)
-                parts.append((f"{core}-Pj", r, j))
-            parts = tree_reduce(layer, f"{core}-P{j}", parts, split_every=PARTIAL_FAN_IN)
+            parts = [totals[j]]
             b = (f"{core}-B", j)
             layer[b] = (_col_task, ht_keys[j], (sum_list, parts), small_key, p)
             layer[(f"{core}-Bs", j)] = (pick, b, "small")
             col_small.append((f"{core}-Bs", j))
         top = tree_reduce(layer, f"{core}-Bsum", col_small, until=SPLIT_EVERY)
-        col_small_key = (f"{core}-colsmall", 0)
-        layer[col_small_key] = (sum_list, top)
+        col_small_keys = top
         outputs[ht_name] = {(ht_name, j, 0): (pick, (f"{core}-B", j), "Ht") for j in range(nJ)}
 
     fin = (f"{core}-C", 0)
-    layer[fin] = (_finish, small_key, col_small_key, hht_key, p.update_H)
+    layer[fin] = (_finish, small_key, col_small_keys, hht_key, p.update_H)
     outputs[hht_name] = {(hht_name, 0, 0): (pick, fin, "HHt")}
     outputs[s_name] = {(s_name, 0): (pick, fin, "scalars")}
 

@@ -238,8 +238,8 @@ def _split_dask(X: da.Array, ts: da.Array | None, method: str, test_size: float,
     outs: dict = {train_name: {}, test_name: {}}
     if method == "leave_k_out":
         rows = tuple(X.chunks[0])
-        x_refs = row_parts(X, rows, layer, f"{core}-rows")
-        t_refs = [None] * nI if ts is None else row_parts(ts, rows, layer, f"{core}-times")
+        x_refs, _ = row_parts(X, rows, layer, f"{core}-rows")
+        t_refs = [None] * nI if ts is None else row_parts(ts, rows, layer, f"{core}-times")[0]
         for i in range(nI):
             layer[(core, i)] = (topn.split_leave_k_out, x_refs[i], t_refs[i], int(r_off[i]), n, seed, k)
             for w, name in enumerate((train_name, test_name)):
@@ -430,8 +430,9 @@ def _row_blocks(factors: Factors, test: Any) -> tuple[int, ...]:
     return even_chunks(factors.n_users, USER_BLOCK)
 
 
-def _matrix_refs(A: Any, rows: tuple[int, ...], shape, client, layer: dict, prefix: str, what: str):
-    """References to A's row blocks (all columns in one block) and A's dependencies."""
+def _matrix_refs(A: Any, rows: tuple[int, ...], shape, client, layer: dict, prefix: str, what: str, near: list):
+    """References to A's row blocks (all columns in one block), read next to ``near`` (see
+    :func:`row_parts`), and A's dependencies."""
     A = unwrap(A)
     if tuple(A.shape) != tuple(shape):
         raise ValueError(
@@ -440,7 +441,7 @@ def _matrix_refs(A: Any, rows: tuple[int, ...], shape, client, layer: dict, pref
         )
     if not isinstance(A, da.Array):
         A = tall(A if sp.issparse(A) else sp.csr_matrix(A), rows, client, what)
-    return row_parts(A, rows, layer, prefix), [A]
+    return row_parts(A, rows, layer, prefix, near)
 
 
 def _metrics_graph(
@@ -468,11 +469,12 @@ def _metrics_graph(
         item_block,
     )
     core = f"dnmf-eval-{token}"
-    test_refs, d = _matrix_refs(test, rows, shape, client, layer, f"{core}-test", "test")
+    near = [(W.name, i, 0) for i in range(len(rows))]
+    test_refs, d = _matrix_refs(test, rows, shape, client, layer, f"{core}-test", "test", near)
     deps += d
     train_refs = [None] * len(rows)
     if train is not None and want_ranking:
-        train_refs, d = _matrix_refs(train, rows, shape, client, layer, f"{core}-train", "train")
+        train_refs, d = _matrix_refs(train, rows, shape, client, layer, f"{core}-train", "train", near)
         deps += d
     err_keys, rank_keys = [], []
     for i in range(len(rows)):

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..base.estimator import current_client
 from ..base.inputs import even_split, resolve_input
-from ..engine.graph import tree_reduce
+from ..engine.graph import assemble, tree_reduce, x_block_refs
 from ..storage.arrays import blocks_array
 from . import kernels as topn
 
@@ -637,15 +638,40 @@ def _small(value: Any, client, what: str) -> tuple[Any, list]:
     return (arr.name,) + (0,) * arr.ndim, [arr]
 
 
-def row_parts(X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str) -> list:
+def row_parts(
+    X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str, near: list | None = None
+) -> tuple[list, list]:
     """References to X's rows re-blocked to ``row_chunks``, all columns in one block.
 
     Adds an assembling task per target block to ``layer`` unless X already
-    has those row chunks and one column chunk.
+    has those row chunks and one column chunk. The blocks of a dnmf store
+    are read inside those tasks (:func:`dnmf.engine.graph.x_block_refs`).
+    With ``near`` (a key per target block, typically W's blocks), each such
+    task also takes that block as an unused input: the scheduler places a
+    task where its inputs are, so the read runs on the worker that holds
+    W's block and its rows never travel. A read with no input at all would
+    go to whichever worker is free. (Annotations would not survive: the
+    array optimization that ``compute`` runs by default drops them.)
+
+    Returns
+    -------
+    refs : list of (len(row_chunks),) keys
+    deps : list
+        The collections the references depend on (for the graph's layers).
     """
     row_chunks = tuple(int(c) for c in row_chunks)
+    ref, deps = x_block_refs(X)
+    anchored = not deps and near is not None and dask.config.get("dnmf.placement", True)
+
+    def task(i: int, value: Any) -> Any:
+        return (topn.beside, near[i], value) if anchored else value
+
     if tuple(X.chunks[0]) == row_chunks and X.numblocks[1] == 1:
-        return [(X.name, i, 0) for i in range(X.numblocks[0])]
+        if deps:
+            return [(X.name, i, 0) for i in range(X.numblocks[0])], deps
+        for i in range(X.numblocks[0]):
+            layer[(prefix, i)] = task(i, ref(i, 0))
+        return [(prefix, i) for i in range(X.numblocks[0])], deps
     src = np.concatenate([[0], np.cumsum(X.chunks[0])])
     dst = np.concatenate([[0], np.cumsum(row_chunks)])
     refs = []
@@ -655,10 +681,10 @@ def row_parts(X: da.Array, row_chunks: tuple[int, ...], layer: dict, prefix: str
         for s in range(X.numblocks[0]):
             lo, hi = max(a, int(src[s])), min(b, int(src[s + 1]))
             if lo < hi or (a == b and s == 0):
-                pieces.append([[(X.name, s, j) for j in range(X.numblocks[1])], lo - int(src[s]), hi - int(src[s])])
-        layer[(prefix, i)] = (topn.assemble, pieces)
+                pieces.append([[ref(s, j) for j in range(X.numblocks[1])], lo - int(src[s]), hi - int(src[s])])
+        layer[(prefix, i)] = task(i, (topn.assemble, pieces))
         refs.append((prefix, i))
-    return refs
+    return refs, deps
 
 
 def _check_exclude_shape(exclude, m: int, n_items: int) -> None:
@@ -735,7 +761,6 @@ def recommend_all(
         _check_exclude_shape(ex, factors.n_users, factors.n_items)
         if not isinstance(ex, da.Array):
             ex = tall(ex, rows, client, "exclude")
-        deps.append(ex)
     token = tokenize(
         "dnmf-recommend-all",
         W.name,
@@ -751,10 +776,13 @@ def recommend_all(
     core = f"dnmf-recommend-all-{token}"
     idx_name, sc_name = f"dnmf-topn-idx-{token}", f"dnmf-topn-scores-{token}"
     layer: dict = {}
-    ex_refs = [None] * len(rows) if ex is None else row_parts(ex, rows, layer, f"{core}-exclude")
-
     for j, cols in enumerate(blocks):
         layer[(f"{core}-items", j)] = (topn.item_block, H_ref, ib_ref, cols)
+    ex_refs: list = [None] * len(rows)
+    if ex is not None:
+        near = [(W.name, i, 0) for i in range(len(rows))]
+        ex_refs, ex_deps = row_parts(ex, rows, layer, f"{core}-exclude", near)
+        deps += ex_deps
     dtype = np.result_type(W.dtype, factors.H.dtype, np.float32 if factors.item_bias is None else np.float64)
     idx_layer, sc_layer = {}, {}
     for i in range(len(rows)):
@@ -764,17 +792,15 @@ def recommend_all(
             layer[key] = (topn.topn_block, (W.name, i, 0), None, 0.0, (f"{core}-items", j), ex_refs[i], n)
             parts.append(key)
         (top,) = tree_reduce(layer, f"{core}-merge-{i}", parts, topn.merge_list, n)
+        if len(parts) == 1:
+            # One item block: its task runs inside the final one, so that its lists
+            # (users x n) cannot end up on another worker than the final task.
+            top = layer.pop(top)
         fin = (f"{core}-final", i)
         layer[fin] = (topn.add_row_offset, top, None if ub is None else (ub.name, i), factors.global_mean)
         idx_layer[(idx_name, i, 0)] = (topn.split_pick, fin, 0)
         sc_layer[(sc_name, i, 0)] = (topn.split_pick, fin, 1)
-
-    hg = HighLevelGraph.from_collections(core, layer, dependencies=deps)
-    layers, dependencies = dict(hg.layers), dict(hg.dependencies)
-    for name, out in ((idx_name, idx_layer), (sc_name, sc_layer)):
-        layers[name] = out
-        dependencies[name] = {core}
-    graph = HighLevelGraph(layers, dependencies)
+    graph = assemble(core, layer, deps, {idx_name: idx_layer, sc_name: sc_layer})
     chunks = (rows, (n,))
     return (
         da.Array(graph, idx_name, chunks=chunks, dtype=np.int64),

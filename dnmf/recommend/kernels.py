@@ -83,6 +83,11 @@ def column_slice(block, c0: int, c1: int):
     return block[:, c0:c1]
 
 
+def beside(anchor, value):
+    """``value``; ``anchor`` is a block the task takes only so that it runs where that block is."""
+    return value
+
+
 def item_block(H, item_bias, cols):
     """``(H[:, cols], item_bias[cols] or None, cols)`` for one item block."""
     cols = np.asarray(cols, dtype=np.int64)

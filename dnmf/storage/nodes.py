@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
-from . import locations
+from . import buffers, locations
 from .codecs import ARRAY_CONFIG, Codec, numeric_compressors, string_compressors
 from .errors import StoreError
 
@@ -214,9 +214,10 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray
         return read_whole(array.open() if isinstance(array, LocalArray) else array, where)
     dtype, compressor, checked = plan
     n = array.shape[0]
-    out = np.empty(n, dtype=dtype)
     if n == 0:
-        return out
+        return np.empty(n, dtype=dtype)
+    # Reused memory (see dnmf.storage.buffers): a worker otherwise faults in fresh pages for every block.
+    out = buffers.empty(n, dtype)
     try:
         payload = _read_file(os.path.join(root, array_path, "c", "0"))
         if checked:
@@ -228,10 +229,35 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray
                 raise ValueError(f"{len(payload)} bytes, expected {out.nbytes}")
             out.view(np.uint8)[:] = payload
         else:
+            # The decoders accept a larger ``out`` and leave its tail as it was: in reused memory, another block's.
+            size = _decoded_size(payload, compressor)
+            if size is not None and size != out.nbytes:
+                raise ValueError(f"{size} bytes decoded, expected {out.nbytes}")
             compressor.decode(payload, out=out)
     except Exception as exc:
         raise _undecodable(where, exc) from None
     return out
+
+
+def _decoded_size(payload: np.ndarray, compressor: Any) -> int | None:
+    """The decoded size a Blosc or Zstandard frame declares in its header (None if it declares none)."""
+    head = payload[:18].tobytes()
+    if compressor is _BLOSC:
+        # Blosc 1 header: version, versionlz, flags, typesize, then nbytes (uint32 little-endian).
+        return int.from_bytes(head[4:8], "little") if len(head) >= 16 else None
+    # Zstandard frame header (RFC 8878): magic, descriptor, [window], [dictionary ID], [content size].
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    fhd = head[4]
+    fcs_flag, single, did_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    fcs_len = (1 if single else 0) if fcs_flag == 0 else (2, 4, 8)[fcs_flag - 1]
+    if fcs_len == 0:
+        return None
+    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    field = head[start : start + fcs_len]
+    if len(field) != fcs_len:
+        return None
+    return int.from_bytes(field, "little") + (256 if fcs_len == 2 else 0)
 
 
 def _read_file(path: str) -> np.ndarray:

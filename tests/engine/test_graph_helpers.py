@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnmf.engine.graph import local_levels, place_rows, row_groups, tree_reduce, union_all
+from dnmf.engine.graph import local_levels, partial_tree, place_rows, row_groups, tree_reduce, union_all
 
 
 def _levels_by_building_the_tree(owners, n_rows):
@@ -40,6 +40,77 @@ def test_local_levels_of_contiguous_ranges():
     # 6 on 3 workers: the pairs stay, the next level pairs blocks 0-3 across workers a and b.
     assert local_levels(list(np.repeat(["a", "b", "c"], 2)), 6) == 1
     assert local_levels(["a", "b"], 2) == 0
+
+
+def _evaluate(layer: dict, key, values: dict):
+    """The value of ``key`` in a graph of ``(func, args...)`` tuples: a naive recursive scheduler."""
+    if key in values:
+        return values[key]
+    func, *args = layer[key]
+
+    def resolve(arg):
+        if isinstance(arg, list):
+            return [resolve(a) for a in arg]
+        return _evaluate(layer, arg, values) if isinstance(arg, tuple) and (arg in layer or arg in values) else arg
+
+    values[key] = func(*(resolve(a) for a in args))
+    return values[key]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_rows=st.integers(1, 20),
+    n_cols=st.integers(1, 3),
+    data=st.data(),
+)
+def test_partial_tree_sums_like_the_pairwise_tree_whoever_holds_the_rows(n_rows, n_cols, data):
+    """Same bits as tree_reduce over each column block alone, for any owners (or none) and any whole_levels;
+    a whole-tuple sum never mixes owners, and without owners only the root is split."""
+    contiguous = data.draw(st.booleans())
+    if contiguous:
+        n_owners = data.draw(st.integers(1, 4))
+        owners = [i * n_owners // n_rows for i in range(n_rows)]
+    else:
+        owners = data.draw(st.lists(st.integers(0, 2), min_size=n_rows, max_size=n_rows))
+    whole_levels = data.draw(st.one_of(st.none(), st.integers(0, 5)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    parts = [
+        tuple(rng.standard_normal((3, 2)) * 10.0 ** rng.integers(-8, 8) for _ in range(n_cols)) for _ in range(n_rows)
+    ]
+    values = {("leaf", i): parts[i] for i in range(n_rows)}
+    leaves = [("leaf", i) for i in range(n_rows)]
+    for who in (owners, None):
+        layer: dict = {}
+        totals = partial_tree(layer, "p", leaves, n_cols, who, whole_levels)
+        for j in range(n_cols):
+            ref: dict = {}
+            top = tree_reduce(ref, "r", [("leaf", i) for i in range(n_rows)], split_every=2)
+            expected = _evaluate(ref, top[0], {("leaf", i): parts[i][j] for i in range(n_rows)})
+            np.testing.assert_array_equal(_evaluate(layer, totals[j], dict(values)), expected)
+        for key, task in layer.items():
+            if "all-L" in key[0] and who is not None:
+                rows = set()
+                stack = list(task[1])
+                while stack:
+                    child = stack.pop()
+                    if child[0] == "leaf":
+                        rows.add(child[1])
+                    else:
+                        stack.extend(layer[child][1])
+                assert len({who[i] for i in rows}) == 1
+        if who is None and whole_levels is None:
+            assert sum(1 for key in layer if key[0] == "pj") == n_cols
+
+
+def test_partial_tree_splits_once_per_single_worker_subtree():
+    """14 row blocks on 2 workers (7 each): ranges that do not meet the tree's pairs still sum locally."""
+    layer: dict = {}
+    totals = partial_tree(layer, "p", [("leaf", i) for i in range(14)], 4, [0] * 7 + [1] * 7)
+    # Worker 0: subtrees 0-3, 4-5 and 6; worker 1: 7 and 8-13. One split per subtree and column block.
+    assert sum(1 for key in layer if key[0] == "pj") == 5 * 4
+    assert sum(1 for key in layer if key[0].startswith("pall")) == 9
+    leaves = {("leaf", i): tuple(np.full(1, 2.0**i) * (j + 1) for j in range(4)) for i in range(14)}
+    assert [_evaluate(layer, key, dict(leaves))[0] for key in totals] == [(2**14 - 1) * (j + 1) for j in range(4)]
 
 
 @settings(max_examples=100, deadline=None)

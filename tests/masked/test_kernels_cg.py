@@ -184,3 +184,53 @@ def test_cg_loss_terms_equal_the_naive_objective(name):
     if p.feedback == "implicit":
         data += float(np.vdot(U[:, : p.k].T @ U[:, : p.k], V[:, : p.k].T @ V[:, : p.k]))
     assert data + pen == pytest.approx(naive_objective(mask, values, U, V, p), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_rows_read_from_the_buffer_or_in_place_give_the_same_bits(name, monkeypatch):
+    """Rows longer than compiled.BUFFER_ENTRIES read V in place: the same numbers in the same order."""
+    p = with_steps(PARAMS[name], 3)
+    X, _, _ = ratings(15, 12, 0.6, seed=31)
+    U, V = random_state(15, p, 32), random_state(12, p, 33)
+    G = gram_of(V, p)
+    buffered = masked.update(X, U, V, p, G)
+    assert np.diff(X.indptr).max() > 3
+    monkeypatch.setattr(compiled, "BUFFER_ENTRIES", 3)  # most rows now longer than the buffer
+    np.testing.assert_array_equal(masked.update(X, U, V, p, G), buffered)
+    monkeypatch.setattr(compiled, "BUFFER_ENTRIES", 0)
+    np.testing.assert_array_equal(masked.update(X, U, V, p, G), buffered)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("solver", ["als", "ccd", "cg"])
+def test_update_with_loss_equals_update_then_band_loss(name, solver):
+    """The column half-step's fused update and loss: the bits of the two calls it replaces."""
+    p = replace(with_steps(PARAMS[name], 3), solver=solver)
+    X, _, _ = ratings(12, 9, 0.5, seed=41)
+    X = sp.vstack([X[:3], sp.csr_matrix((1, 9)), X[3:]], format="csr")  # a row without entries
+    U, V = random_state(13, p, 42), random_state(9, p, 43)
+    G = gram_of(V, p)
+    U_new, loss = masked.update_with_loss(X, U, V, p, G)
+    want = masked.update(X, U, V, p, G)
+    np.testing.assert_array_equal(U_new, want)
+    assert loss == masked.band_loss(X, want, V, p)
+
+
+def test_cg_rows_scored_scores_are_the_naive_predictions():
+    p = with_steps(PARAMS["explicit-biases-l1"], 2)
+    X, _, _ = ratings(9, 7, 0.5, seed=51)
+    U, V = random_state(9, p, 52), random_state(7, p, 53)
+    free = np.zeros(p.q, dtype=bool)
+    free[p.k] = True
+    args = (X.indptr, X.indices, None, X.data - 3.0, V, U, None, np.ones(9), np.zeros(p.q), np.zeros(p.q), free)
+    U_new, s = compiled.cg_rows_scored(*args, p.k, True, 2, other_bias=True, mean=3.0)
+    np.testing.assert_array_equal(U_new, compiled.cg_rows(*args, p.k, True, 2, other_bias=True))
+    rows = np.repeat(np.arange(9), np.diff(X.indptr))
+    want = [
+        U_new[i, : p.k] @ V[j, : p.k] + 3.0 + U_new[i, p.k] + V[j, p.k] for i, j in zip(rows, X.indices, strict=True)
+    ]
+    np.testing.assert_allclose(s, want, rtol=1e-12)
+    _, dots = compiled.cg_rows_scored(*args, p.k, True, 2, other_bias=True)
+    np.testing.assert_allclose(
+        dots, [U_new[i, : p.k] @ V[j, : p.k] for i, j in zip(rows, X.indices, strict=True)], rtol=1e-12
+    )

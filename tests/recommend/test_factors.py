@@ -171,3 +171,37 @@ def test_recommend_all_on_a_local_cluster_is_exact_and_blocking_independent(dist
     ref3 = brute_force(Wi, Hi, 7, exclude=seen, items=items)
     np.testing.assert_array_equal(got3[0], ref3[0])
     np.testing.assert_array_equal(got3[1], ref3[1])
+
+
+def _exclude_inputs(idx) -> dict:
+    """``{key: its inputs}`` of the tasks of a recommend_all graph that hold a user block's rows
+    of the training matrix."""
+    from dask.core import get_dependencies
+
+    graph = dict(idx.__dask_graph__())
+    return {key: get_dependencies(graph, key) for key in graph if "-exclude'" in str(key)}
+
+
+def test_recommend_all_reads_a_stores_rows_where_w_is(dist_client, tmp_path):
+    """With exclude read from a store, each user block's read takes W's block as an input (the
+    scheduler then runs it where that block is, and the rows never travel); the lists are exact.
+    With ``dnmf.placement`` off the reads stand alone."""
+    import dnmf
+
+    W, H, ub, ib, gm, seen = problem(m=400, n=900, k=5, seed=3)
+    path = tmp_path / "seen.zarr"
+    dnmf.write_matrix(seen, path, chunks=(90, 900))  # other blocking than W's user blocks
+    store = dnmf.open_matrix(path)
+    f = Factors(W, H, ub, ib, gm)
+    ref_idx, _ = brute_force(W, H, 10, ub=ub, ib=ib, gm=gm, exclude=seen)
+    with dask.config.set({"dnmf.placement": True}):
+        idx, _ = rec.recommend_all(f, 10, exclude=store, client=dist_client)
+    inputs = _exclude_inputs(idx)
+    w_name = next(k for k in dict(idx.__dask_graph__()) if str(k[0]).startswith("dnmf-W-"))[0]
+    assert inputs and all(deps == {(w_name, i, 0)} for (_, i), deps in inputs.items())
+    np.testing.assert_array_equal(dist_client.compute(idx, sync=True), ref_idx)
+
+    with dask.config.set({"dnmf.placement": False}):
+        idx_off, _ = rec.recommend_all(f, 10, exclude=store, client=dist_client)
+    assert all(not deps for deps in _exclude_inputs(idx_off).values())
+    np.testing.assert_array_equal(dist_client.compute(idx_off, sync=True), ref_idx)

@@ -153,3 +153,52 @@ def test_sparse_blocks_read_as_zarr_reads_them(tmp_path, codec, index_dtype):
             np.testing.assert_array_equal(got.data, want.data)
             r0, c0 = sum(info.row_chunks[:i]), sum(info.col_chunks[:j])
             np.testing.assert_array_equal(got.toarray(), X[r0 : r0 + h, c0 : c0 + w].toarray())
+
+
+def test_reads_into_reused_memory_return_each_arrays_values(tmp_path):
+    """Large arrays decode into pooled memory (dnmf.storage.buffers): a read after another's release
+    reuses its memory and must hold its own values only."""
+    from dnmf.storage import buffers
+
+    root = str(tmp_path)
+    n = buffers.MIN_POOLED_BYTES // 8 + 5000
+    rng = np.random.default_rng(2)
+    values = {name: rng.random(n) for name in "abc"}
+    for name, v in values.items():
+        nodes.write_1d(root, name, v, None)
+    buffers.clear_pool()
+    first = nodes.read_single_chunk(root, "a", nodes.open_array_meta_readonly(root, "a"))
+    start = first.ctypes.data
+    np.testing.assert_array_equal(first, values["a"])
+    del first
+    second = nodes.read_single_chunk(root, "b", nodes.open_array_meta_readonly(root, "b"))
+    assert second.ctypes.data == start  # the same memory, now b's
+    np.testing.assert_array_equal(second, values["b"])
+    third = nodes.read_single_chunk(root, "c", nodes.open_array_meta_readonly(root, "c"))
+    np.testing.assert_array_equal(third, values["c"])
+    np.testing.assert_array_equal(second, values["b"])
+
+
+@pytest.mark.parametrize("compressors", [None, (ZstdCodec(level=3), Crc32cCodec())])
+def test_a_chunk_shorter_than_its_metadata_is_a_store_error(tmp_path, compressors):
+    """The decoders fill a larger output only partly: the rest would be whatever the memory held."""
+    import json
+
+    root = str(tmp_path)
+    values = np.arange(5000.0)
+    if compressors is None:
+        nodes.write_1d(root, "a", values, None)
+    else:
+        arr = zarr.create_array(
+            store=root, name="a", shape=values.shape, chunks=values.shape, dtype=values.dtype, compressors=compressors
+        )
+        arr[...] = values
+    meta = tmp_path / "a" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"] = [5008]
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [5008]
+    meta.write_text(json.dumps(doc))
+    arr = nodes.open_array_meta_readonly(root, "a")
+    assert nodes.decodes_directly(root, arr)
+    with pytest.raises(StoreError, match="40000 bytes decoded, expected 40064"):
+        nodes.read_single_chunk(root, "a", arr)

@@ -1,0 +1,298 @@
+"""Benchmark: threads vs worker processes per NMF iteration, and the fixed cost of an iteration.
+
+For each case (power-law sparse X, ``make_zipf_csr``: Zipf-popular rows and items), k = 32,
+``init="random"``, ``tol=0``, both solvers (``cd``, ``mu``), one run interleaves:
+
+- the bare one-thread pass of one iteration's products (``X·Hᵀ``, ``Σ_i X_iᵀ·W_i`` over dnmf's
+  row blocks, both Grams), sampled before and after each pair of fits;
+- a fit on the local threads (2 threads);
+- the same fit on ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
+
+Per fit, over iterations 2..N (callback deltas): the median seconds per iteration, and per
+iteration the driver's calls into the scheduler (round trips: ``Client.persist``,
+``Client.compute``, ``Client.gather``, ``Client.scatter``, ``Client.who_has`` — each waits
+for, or sends, one message exchange), the tasks of the step graph, and the seconds the driver
+spends building the graph and handing it to the scheduler (``step.build`` + the persist
+call), i.e. client-side fixed cost (on a Client; on the threads the persist call runs the
+step itself, so only the processes' figure is reported). Ratios are medians of the
+``--repeats`` repeats, within this run: threads / bare, processes / bare, processes / threads.
+
+    python benchmarks/bench_cluster.py                       # both cases of issue 14
+    python benchmarks/bench_cluster.py --cases narrow --iters 6 --repeats 3
+    python benchmarks/bench_cluster.py --quick               # small, about a minute
+
+Cases: ``narrow`` 200,000 × 20,000, 7.3M nnz; ``wide`` 2,000,000 × 500,000, 18.2M nnz;
+``small`` 200,000 × 20,000, 1.1M nnz (``--quick``: 20,000 × 4,000, 0.2M nnz).
+Writes ``cluster.md`` and ``cluster.json`` under ``--out`` (bench-results/). The load
+average (``uptime``) is recorded before and after each case: on a shared machine the
+process/thread ratio is sensitive to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import (
+    bare_pass,
+    format_machine,
+    log,
+    machine_info,
+    make_zipf_csr,
+    markdown_table,
+    median,
+    seconds,
+    write_results,
+)
+
+CASES = {
+    "narrow": dict(m=200_000, n=20_000, nnz=7_300_000),
+    "wide": dict(m=2_000_000, n=500_000, nnz=18_200_000),
+    "small": dict(m=200_000, n=20_000, nnz=1_100_000),
+    "quick": dict(m=20_000, n=4_000, nnz=200_000),
+}
+#: Client methods counted as round trips to the scheduler.
+CALLS = ("persist", "compute", "gather", "scatter", "who_has")
+
+
+class Meter:
+    """Counts the driver's Client calls and times graph building + submission, per iteration."""
+
+    def __init__(self):
+        self.calls = 0
+        self.build_s = 0.0
+        self.tasks = 0
+        self._undo: list = []
+
+    def __enter__(self):
+        from distributed import Client
+
+        from dnmf.engine.runner import Runner
+        from dnmf.nmf.step import NMFStep
+
+        def count(cls, name):
+            fn = getattr(cls, name)
+
+            def wrapped(client, *a, __fn=fn, **kw):
+                self.calls += 1
+                return __fn(client, *a, **kw)
+
+            setattr(cls, name, wrapped)
+            self._undo.append((cls, name, fn))
+
+        for name in CALLS:
+            count(Client, name)
+        build, persist = NMFStep.build, Runner.persist
+
+        def timed_build(step, state, iteration):
+            t = time.perf_counter()
+            out = build(step, state, iteration)
+            self.build_s += time.perf_counter() - t
+            _, scalars = out
+            token = scalars.name.rsplit("-", 1)[-1]  # every layer of one step's graph carries its token
+            self.tasks = sum(len(layer) for name, layer in scalars.__dask_graph__().layers.items() if token in name)
+            return out
+
+        def timed_persist(runner, *arrays):
+            t = time.perf_counter()
+            out = persist(runner, *arrays)
+            self.build_s += time.perf_counter() - t
+            return out
+
+        NMFStep.build = timed_build
+        Runner.persist = timed_persist
+        self._undo += [(NMFStep, "build", build), (Runner, "persist", persist)]
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, fn in reversed(self._undo):
+            setattr(cls, name, fn)
+
+    def snapshot(self) -> tuple[int, float]:
+        return self.calls, self.build_s
+
+
+def fit(X, k: int, solver: str, iters: int, client=None) -> dict:
+    import dnmf
+
+    marks: list = []
+    with Meter() as meter:
+
+        def callback(iteration, elapsed, loss):
+            marks.append((elapsed, *meter.snapshot(), meter.tasks))
+
+        model = dnmf.NMF(k, solver=solver, init="random", tol=0.0, max_iter=iters, random_state=0, client=client)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X, callback=callback)
+    t = np.array([m[0] for m in marks])
+    calls = np.array([m[1] for m in marks])
+    build = np.array([m[2] for m in marks])
+    n = len(marks) - 1  # iterations 2..N
+    return {
+        "per_iter_s": median(np.diff(t)),
+        "iter_times": np.diff(t).tolist(),
+        "calls_per_iter": float((calls[-1] - calls[0]) / n),
+        "build_per_iter_s": float((build[-1] - build[0]) / n),
+        "tasks_per_iter": int(marks[-1][3]),
+        "loss": float(model.reconstruction_err_),
+    }
+
+
+def run_case(
+    name: str, spec: dict, k: int, iters: int, repeats: int, solvers, seed: int, processes: bool = True
+) -> dict:
+    from distributed import Client, LocalCluster
+
+    from benchmarks.bench_engine import dnmf_row_chunks
+
+    t = time.perf_counter()
+    X = make_zipf_csr(spec["m"], spec["n"], spec["nnz"], seed=seed)
+    log(
+        f"[{name}] {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz / 1e6:.1f}M nnz, generated in {seconds(time.perf_counter() - t)}"
+    )
+    chunks = dnmf_row_chunks(X)
+    bare = bare_pass(X, k, chunks)
+    bare()  # warm
+    entry = dict(spec, name=name, k=k, iters=iters, repeats=repeats, row_blocks=len(chunks), load=[os.getloadavg()[0]])
+    runs: dict = {s: {"threads": [], "processes": [], "bare": []} for s in solvers}
+    with contextlib.ExitStack() as stack:
+        client = None
+        if processes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=2,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
+                )
+            client = stack.enter_context(Client(cluster, set_as_default=False))
+            fit(X, k, solvers[0], 2, client=client)  # warm the workers (imports, first scatter)
+        fit(X, k, solvers[0], 2)
+        for r in range(repeats):
+            for s in solvers:
+                runs[s]["bare"].append(bare())
+                runs[s]["threads"].append(fit(X, k, s, iters))
+                # Without processes, the threads' numbers stand in (ratio 1): the run is for threads only.
+                runs[s]["processes"].append(fit(X, k, s, iters, client=client) if processes else runs[s]["threads"][-1])
+                runs[s]["bare"].append(bare())
+                th, pr = runs[s]["threads"][-1], runs[s]["processes"][-1]
+                log(
+                    f"[{name}] {s} #{r + 1}: threads {seconds(th['per_iter_s'])}/it, processes "
+                    f"{seconds(pr['per_iter_s'])}/it ({pr['calls_per_iter']:.1f} calls, {pr['tasks_per_iter']} tasks, "
+                    f"build {seconds(pr['build_per_iter_s'])}), bare {seconds(runs[s]['bare'][-1])}, "
+                    f"load {os.getloadavg()[0]:.1f}"
+                )
+                gc.collect()
+    entry["load"].append(os.getloadavg()[0])
+    entry["solvers"] = {}
+    for s in solvers:
+        bare_s = median(runs[s]["bare"])
+        th = median([x["per_iter_s"] for x in runs[s]["threads"]])
+        pr = median([x["per_iter_s"] for x in runs[s]["processes"]])
+        last = runs[s]["processes"][-1]
+        entry["solvers"][s] = {
+            "bare_s": bare_s,
+            "threads_s": th,
+            "processes_s": pr,
+            "threads_vs_bare": th / bare_s,
+            "processes_vs_bare": pr / bare_s,
+            "processes_vs_threads": median(
+                [
+                    p["per_iter_s"] / t["per_iter_s"]
+                    for p, t in zip(runs[s]["processes"], runs[s]["threads"], strict=True)
+                ]
+            ),
+            "calls_per_iter": last["calls_per_iter"],
+            "tasks_per_iter": last["tasks_per_iter"],
+            "build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["processes"]]),
+            "threads_build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["threads"]]),
+            "runs": runs[s],
+        }
+    return entry
+
+
+def render(results: dict) -> str:
+    rows = []
+    for c in results["cases"]:
+        for s, r in c["solvers"].items():
+            rows.append(
+                [
+                    f"{c['m']:,} × {c['n']:,}, {c['nnz'] / 1e6:.1f}M nnz ({c['row_blocks']} row blocks)",
+                    s,
+                    seconds(r["bare_s"]),
+                    f"{seconds(r['threads_s'])} ({r['threads_vs_bare']:.2f}×)",
+                    f"{seconds(r['processes_s'])} ({r['processes_vs_bare']:.2f}×)",
+                    f"{r['processes_vs_threads']:.2f}×",
+                    f"{r['calls_per_iter']:.1f}",
+                    r["tasks_per_iter"],
+                    seconds(r["build_per_iter_s"]),
+                    f"{c['load'][0]:.1f} → {c['load'][1]:.1f}",
+                ]
+            )
+    table = markdown_table(
+        [
+            "case",
+            "solver",
+            "bare pass (1 thread)",
+            "threads (vs bare)",
+            "2 processes (vs bare)",
+            "processes / threads",
+            "round trips / it",
+            "tasks / it",
+            "driver build+submit / it",
+            "load",
+        ],
+        rows,
+    )
+    return f"# Threads vs processes per iteration\n\n{format_machine(results['machine'])}\n\n{table}\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="narrow,wide", help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--quick", action="store_true", help="the quick case only, few iterations")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--iters", type=int, default=7, help="iterations per fit (medians over 2..N)")
+    p.add_argument("--repeats", type=int, default=2, help="fits per engine and solver, interleaved")
+    p.add_argument("--solvers", default="cd,mu")
+    p.add_argument("--threads-only", action="store_true", help="no LocalCluster: threads against the bare pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench-results")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cases = ["quick"] if args.quick else args.cases.split(",")
+    iters = 4 if args.quick else args.iters
+    solvers = tuple(args.solvers.split(","))
+    results = {"machine": machine_info(), "cases": []}
+    for name in cases:
+        results["cases"].append(
+            run_case(name, CASES[name], args.k, iters, args.repeats, solvers, args.seed, not args.threads_only)
+        )
+        gc.collect()
+    md = render(results)
+    print(md)
+    write_results(args.out, "cluster", md, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

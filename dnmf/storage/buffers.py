@@ -1,0 +1,153 @@
+"""Memory for decoded arrays, reused from one block read to the next.
+
+A Dask worker process runs with ``MALLOC_TRIM_THRESHOLD_`` set (distributed's
+default), which fixes glibc's mmap threshold at 128 KiB: every array of a
+decoded block is fresh memory from the kernel, and every one of its pages is
+faulted in and zeroed while the block is decoded. On a 401 MiB store that is
+about 51,000 page faults per pass and a third more CPU than the same read in
+an ordinary process (see the out-of-core benchmark). :func:`empty` hands out
+arrays whose memory comes back here when the last array using it is
+released, so the next block's arrays reuse pages that are already mapped.
+
+The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
+:data:`DEFAULT_POOL_BYTES`, 0 turns it off) of free memory per process;
+memory in use is never limited here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import dask
+import numpy as np
+
+#: Free memory a process keeps for the next reads, unless ``dnmf.read-pool-bytes`` says otherwise:
+#: the arrays of one of ``dnmf ingest``'s largest row blocks.
+DEFAULT_POOL_BYTES = 64 * 2**20
+#: A request takes a free buffer up to this many times its size.
+MAX_SLACK = 1.5
+#: Smaller arrays come from the allocator (glibc's heap reuses small chunks by itself).
+MIN_POOLED_BYTES = 256 * 2**10
+
+
+def pool_limit() -> int:
+    """The most free bytes the pool keeps: ``dnmf.read-pool-bytes``, else :data:`DEFAULT_POOL_BYTES`."""
+    return int(dask.config.get("dnmf.read-pool-bytes", DEFAULT_POOL_BYTES))
+
+
+def capacity(nbytes: int) -> int:
+    """The size class of a request: ``nbytes`` rounded up to an eighth of its power of two (≤ 12.5% more)."""
+    step = max(1, 1 << max(0, nbytes.bit_length() - 4))
+    return -(-nbytes // step) * step
+
+
+class _Pool:
+    """Free buffers by size class, oldest first, at most :func:`pool_limit` bytes in all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.free: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.free_bytes = 0
+        self.reused = 0
+        self.allocated = 0
+
+    def take(self, size: int) -> np.ndarray:
+        """The smallest free buffer of ``size`` to :data:`MAX_SLACK` times it, else a new one of ``size``.
+
+        Blocks of a store differ in size, so an exact size class alone would
+        leave buffers of neighbouring classes unused in the pool.
+        """
+        with self.lock:
+            best = None
+            for key, raw in self.free.items():
+                if size <= raw.size <= size * MAX_SLACK and (best is None or raw.size < self.free[best].size):
+                    best = key
+            if best is not None:
+                raw = self.free.pop(best)
+                self.free_bytes -= raw.size
+                self.reused += 1
+                return raw
+            self.allocated += 1
+        return np.empty(size, dtype=np.uint8)
+
+    def give(self, raw: np.ndarray) -> None:
+        limit = pool_limit()
+        if raw.size > limit:
+            return
+        with self.lock:
+            self.free[id(raw)] = raw
+            self.free_bytes += raw.size
+            while self.free_bytes > limit:
+                _, old = self.free.popitem(last=False)
+                self.free_bytes -= old.size
+
+    def clear(self) -> None:
+        with self.lock:
+            self.free.clear()
+            self.free_bytes = 0
+
+
+_POOL = _Pool()
+
+
+class _Lease:
+    """The owner of a pooled array's memory: returns it to the pool when the last array using it goes.
+
+    NumPy makes this object the ``base`` of the array built from its
+    ``__array_interface__``, and every view of that array keeps it alive, so
+    the memory is given back only once nothing can read or write it.
+    """
+
+    __slots__ = ("__array_interface__", "raw")
+
+    def __init__(self, raw: np.ndarray, n: int, dtype: np.dtype) -> None:
+        self.raw = raw
+        self.__array_interface__ = {
+            "shape": (n,),
+            "typestr": dtype.str,
+            "data": (raw.ctypes.data, False),
+            "version": 3,
+        }
+
+    def __del__(self) -> None:
+        # Not contextlib.suppress: at interpreter shutdown that module may already be gone.
+        try:  # noqa: SIM105
+            _POOL.give(self.raw)
+        except Exception:
+            pass
+
+
+def empty(n: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised 1-D array of ``n`` items of ``dtype``, its memory reused from earlier reads when it can be.
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    dtype : numpy.dtype
+        Item type (a fixed-size numeric type).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, C-contiguous, writable. Small arrays, and any array
+        while the pool is off, are plain :func:`numpy.empty` arrays.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes < MIN_POOLED_BYTES or capacity(nbytes) > pool_limit():
+        return np.empty(n, dtype=dtype)
+    raw = _POOL.take(capacity(nbytes))
+    return np.asarray(_Lease(raw, n, dtype))
+
+
+def pool_stats() -> dict[str, int]:
+    """This process's pool: ``free_bytes`` kept, buffers ``reused`` and ``allocated`` so far."""
+    with _POOL.lock:
+        return {"free_bytes": _POOL.free_bytes, "reused": _POOL.reused, "allocated": _POOL.allocated}
+
+
+def clear_pool() -> None:
+    """Release every free buffer of this process's pool to the allocator."""
+    _POOL.clear()
