@@ -8,7 +8,6 @@ of X that inline a store read into the task that uses the block.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -92,40 +91,6 @@ def tree_reduce(
         keys = new
         level += 1
     return keys
-
-
-def local_levels(owners: Sequence[Hashable] | None, n_rows: int) -> int:
-    """Levels of the pairwise tree over ``n_rows`` row blocks whose every node lies within one owner's range.
-
-    The tree is the one :func:`tree_reduce` builds with ``split_every=2``:
-    its node ``g`` at level ``l`` covers row blocks ``g·2^(l+1)`` to
-    ``(g+1)·2^(l+1) - 1``.
-
-    Parameters
-    ----------
-    owners : sequence of (n_rows,) hashables, optional
-        Who holds each row block (a worker's address, or any label). None:
-        one owner for all.
-    n_rows : int
-        Number of row blocks.
-
-    Returns
-    -------
-    int
-        The number of levels, counted from the leaves, whose nodes each
-        cover the row blocks of a single owner; the tree's whole depth,
-        ``ceil(log2(n_rows))``, when ``owners`` is None.
-    """
-    depth = math.ceil(math.log2(n_rows)) if n_rows > 1 else 0
-    if owners is None:
-        return depth
-    level = 0
-    while level < depth:
-        span = 2 ** (level + 1)  # row blocks under one node of this level
-        if any(len(set(owners[g : g + span])) > 1 for g in range(0, n_rows, span)):
-            break
-        level += 1
-    return level
 
 
 def partial_tree(
