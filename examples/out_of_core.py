@@ -97,8 +97,11 @@ def _memory_bytes(text: str) -> int:
 
 
 def model_params(args) -> dict:
+    # "mu": one pass over X per iteration, and no compiled code to load. solver="cd"'s compiled
+    # sweep loads Numba's code generator into each worker (about 50 MiB more per process), which
+    # a worker of 320 MiB cannot spare: it would pause at its memory threshold.
     return dict(
-        n_components=args.n_components, solver="cd", init="random", tol=0.0, max_iter=args.iters, random_state=args.seed
+        n_components=args.n_components, solver="mu", init="random", tol=0.0, max_iter=args.iters, random_state=args.seed
     )
 
 

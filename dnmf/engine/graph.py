@@ -217,17 +217,25 @@ def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | No
     return HighLevelGraph(layers, dependencies)
 
 
+#: Name prefixes of the arrays whose read tasks :func:`x_block_refs` inlines (dnmf's
+#: matrix stores and factor stores: one read per block, no dependencies).
+INLINED_READS = ("dnmf-store", "dnmf-factors-")
+
+
 def x_block_refs(X: da.Array):
     """How tasks refer to X's blocks: ``(ref(i, j), dependencies)``.
 
     For an X read from a dnmf store the block's read task itself is inlined
     into each task that uses the block: the block then lives only inside that
     task, never as a result in a worker's managed memory, so it cannot be held
-    between tasks or spilled to disk. Other arrays are referenced by key.
+    between tasks or spilled to disk. The same for a factor read from a factor
+    store (:mod:`dnmf.storage.factors`; ``ref(i, 0)``), whose row block only
+    its row task reads: one task fewer per block and iteration. Other arrays
+    are referenced by key.
     """
     layers = X.__dask_graph__().layers
     layer = layers.get(X.name)
-    if len(layers) == 1 and str(X.name).startswith("dnmf-store") and layer is not None:
+    if len(layers) == 1 and str(X.name).startswith(INLINED_READS) and layer is not None:
         tasks = dict(layer)
         if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
             return (lambda i, j: tasks[(X.name, i, j)]), []

@@ -601,6 +601,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
             max_retries=self.max_retries,
             step=step,
         )
+        if root is not None:
+            factors.drop_spare(root)
         return result.W, result.Ht, result
 
     def _best_of_inits(self, X, stats, runner, W, H, callback, resume):

@@ -27,9 +27,6 @@ EPSILON = float(np.finfo(np.float32).eps)
 # ...and clips small factor entries with float64's epsilon for beta <= 1.
 CLIP_EPS = float(np.finfo(np.float64).eps)
 
-# Rows processed at once by the coordinate-descent sweep: small enough that a
-# panel of W stays in cache across the k inner passes.
-_CD_PANEL_ROWS = 16384
 # Non-zeros processed at once when sampling W @ Ht.T at X's non-zeros; bounds
 # the (batch, k) temporaries.
 _SAMPLE_BATCH = 1 << 18
@@ -302,10 +299,12 @@ def cd_update(
 ) -> tuple[np.ndarray, float]:
     """One sweep (or several) of cyclic coordinate descent over the k columns of ``W``.
 
-    With ``n_inner=1``, exactly scikit-learn's ``_update_coordinate_descent``
-    for a block of rows: each row of W is an independent NNLS problem, so
-    sweeping a block of rows is the same as sweeping all of them. Vectorised
-    over panels of rows.
+    With ``n_inner=1``, scikit-learn's ``_update_coordinate_descent`` for a
+    block of rows (to rounding: :mod:`dnmf.nmf.compiled` keeps each row's
+    gradient current instead of recomputing it per coordinate): each row of
+    W is an independent NNLS problem, so sweeping a block of rows is the same
+    as sweeping all of them. The gradient and the arithmetic are float64
+    whatever the dtype of ``W``.
 
     With ``n_inner > 1``, accelerated HALS (Gillis & Glineur 2012): further
     sweeps reuse the same ``XHt`` and ``HHt`` (the expensive part) while they
@@ -338,57 +337,19 @@ def cd_update(
         Sum of the absolute projected gradients met during the first sweep
         (scikit-learn's measure; the later sweeps do not add to it).
     """
+    from . import compiled  # Numba: imported only when a sweep runs
+
     k = W.shape[1]
-    HHt = np.array(HHt, dtype=W.dtype, copy=True)
+    G = np.array(HHt, dtype=np.float64, copy=True)
     if l2_reg != 0.0:
-        HHt.flat[:: k + 1] += l2_reg
-    XHt = np.asarray(XHt, dtype=W.dtype)
+        G.flat[:: k + 1] += l2_reg
+    B = np.ascontiguousarray(XHt, dtype=np.float64)
     if l1_reg != 0.0:
-        XHt = XHt - l1_reg
+        B = B - l1_reg
     W = np.array(W, copy=True, order="C")
-    violation = 0.0
-    for start in range(0, W.shape[0], _CD_PANEL_ROWS):
-        Wp = W[start : start + _CD_PANEL_ROWS]
-        Xp = XHt[start : start + _CD_PANEL_ROWS]
-        W0 = Wp.copy() if n_inner > 1 else None
-        for t in permutation:
-            grad = Wp @ HHt[t] - Xp[:, t]
-            col = Wp[:, t]
-            pg = np.where(col == 0, np.minimum(grad, 0.0), grad)
-            violation += float(np.abs(pg).sum())
-            hess = HHt[t, t]
-            if hess != 0:
-                np.maximum(col - grad / hess, 0.0, out=col)
-        if n_inner > 1:
-            _cd_inner_sweeps(Wp, Xp, HHt, permutation, W0, n_inner - 1, inner_tol)
-    return W, violation
-
-
-def _cd_inner_sweeps(Wp, Xp, HHt, permutation, W0, n_more, inner_tol):
-    """Accelerated HALS's extra sweeps, in place on the panel ``Wp``.
-
-    A row keeps sweeping while its last change exceeds ``inner_tol`` times
-    its first change (``W0`` is the panel before the first sweep).
-    """
-    first = np.einsum("ij,ij->i", Wp - W0, Wp - W0)
-    active = np.flatnonzero(first > 0)
-    threshold = inner_tol * inner_tol * first
-    for _ in range(n_more):
-        if active.size == 0:
-            return
-        Wa = Wp[active]
-        Xa = Xp[active]
-        before = Wa.copy()
-        for t in permutation:
-            hess = HHt[t, t]
-            if hess != 0:
-                grad = Wa @ HHt[t] - Xa[:, t]
-                col = Wa[:, t]
-                np.maximum(col - grad / hess, 0.0, out=col)
-        Wp[active] = Wa
-        before -= Wa
-        change = np.einsum("ij,ij->i", before, before)
-        active = active[change > threshold[active]]
+    perm = np.ascontiguousarray(permutation, dtype=np.intp)
+    violation = compiled.hals_rows(W, G, np.ascontiguousarray(G.T), B, perm, int(n_inner), float(inner_tol) ** 2)
+    return W, float(violation)
 
 
 def hals_inner_limits(m: int, n: int, nnz: int, k: int, alpha: float = 0.5) -> tuple[int, int]:

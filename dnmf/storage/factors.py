@@ -7,6 +7,8 @@ Layout of a factor store (a local path or an fsspec URL)::
         W/0, W/1, ...             one Zarr array per row block of W      (m_i, k)
         Ht/0, Ht/1, ...           one Zarr array per column block of Hᵀ  (n_j, k)
         HHt/0                     H Hᵀ (k, k), as the iteration computed it
+    spare/                        (local stores) the last generation given up, whose files
+                                  the next generation's blocks take over
 
 Row task ``i`` of iteration ``t`` reads ``W_i`` from generation ``t - 1`` and
 writes the new ``W_i`` into generation ``t``: W never sits in a worker's
@@ -16,6 +18,14 @@ only after every block of it was written, and only then deletes the
 generations nothing refers to. A crash at any moment, also in the middle of
 writing a generation's blocks, leaves the committed one complete.
 
+On a local path a generation given up is not deleted but kept as ``spare/``,
+and each block of the next generation is written into the spare's file of
+the same block (moved into place by one ``rename``, then overwritten):
+writing over pages a file already has costs a tenth of making a new file,
+which on this kind of store was most of an iteration's extra time (3 MB
+blocks: 0.3 ms against 3.5–9 ms). The spare is never a generation anything
+reads, so a crash while it is overwritten loses nothing.
+
 Checkpoints refer to a generation instead of copying W: :func:`pin` keeps it
 (and its Hᵀ) until the checkpoint that named it is gone (:func:`unpin`), so a
 checkpoint writes two small JSON records whatever the size of W.
@@ -23,9 +33,11 @@ checkpoint writes two small JSON records whatever the size of W.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +53,8 @@ from .errors import StoreError
 FORMAT = "dnmf-factor-store"
 VERSION = 1
 POINTER = "CURRENT.json"
+#: A local store's last given-up generation, whose block files the next one reuses.
+SPARE = "spare"
 _GENERATION = re.compile(r"^g-(\d{8})$")
 #: Names of the Dask arrays that read a generation's blocks (see :func:`generation_of`).
 _PREFIX = "dnmf-factors-"
@@ -153,9 +167,21 @@ def commit(root: str, generation: int, layout: Layout, storage_options: dict | N
     }
     _write_pointer(root, record, storage_options)
     keep = {int(generation), *pinned}
-    for g in _generations(root, storage_options):
-        if g not in keep:
-            locations.remove(locations.join(root, generation_name(g)), storage_options)
+    dead = [g for g in _generations(root, storage_options) if g not in keep]
+    older = [g for g in dead if g < generation]
+    if older and not locations.is_url(root):
+        drop_spare(root)
+        os.rename(os.path.join(root, generation_name(older[-1])), os.path.join(root, SPARE))
+        dead.remove(older[-1])
+    for g in dead:
+        locations.remove(locations.join(root, generation_name(g)), storage_options)
+
+
+def drop_spare(root: str) -> None:
+    """Delete a local store's spare generation (at the end of a fit: it holds a W's worth of disk)."""
+    if not locations.is_url(root):
+        # Write tasks may be moving blocks out of it: what they took is gone, not an error.
+        shutil.rmtree(os.path.join(root, SPARE), ignore_errors=True)
 
 
 def pin(root: str, generation: int, storage_options: dict | None = None) -> None:
@@ -197,9 +223,13 @@ def write_block(
         )
     block = np.ascontiguousarray(block, dtype=np.dtype(block.dtype).newbyteorder("<"))
     path = _local_array(root, generation, factor, index)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with contextlib.suppress(OSError):  # take over the spare's block (see the module doc), if it has one
+            os.rename(os.path.join(root, SPARE, factor, str(index)), path)
     os.makedirs(os.path.join(path, "c", "0"), exist_ok=True)
     if block.size:
-        block.tofile(os.path.join(path, "c", "0", "0"))
+        _overwrite(os.path.join(path, "c", "0", "0"), block)
     meta = {
         "shape": list(block.shape),
         "data_type": block.dtype.name,
@@ -215,6 +245,22 @@ def write_block(
     with open(os.path.join(path, "zarr.json"), "w") as f:
         json.dump(meta, f)
     return int(block.shape[0])
+
+
+def _overwrite(file: str, block: np.ndarray) -> None:
+    """Write ``block``'s bytes as the whole of ``file``, into its existing pages when it has as many."""
+    data = block.data.cast("B")  # C-contiguous (write_block made it so)
+    try:
+        same = os.path.getsize(file) == data.nbytes
+    except OSError:
+        same = False
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | (0 if same else os.O_TRUNC), 0o666)
+    try:
+        done = 0
+        while done < data.nbytes:
+            done += os.write(fd, data[done:])
+    finally:
+        os.close(fd)
 
 
 def read_block(root: str, generation: int, factor: str, index: int, storage_options: dict | None = None) -> np.ndarray:

@@ -76,13 +76,25 @@ def test_cd_update_matches_naive(data, l1, l2):
     assert (got >= 0).all()
 
 
-def test_cd_update_panels(data, monkeypatch):
-    """Row panels are independent: a tiny panel size gives the same sweep."""
+@pytest.mark.parametrize("n_inner", [1, 4])
+def test_cd_update_rows_independent(data, n_inner):
+    """Each row is swept on its own: any split of the rows gives the same bits."""
     X, W, Ht = data
-    args = (W, Ht.T @ Ht, X @ Ht, 0.1, 0.1, np.arange(3))
-    full = kernels.cd_update(*args)
-    monkeypatch.setattr(kernels, "_CD_PANEL_ROWS", 2)
-    np.testing.assert_allclose(kernels.cd_update(*args)[0], full[0], rtol=1e-13)
+    args = (Ht.T @ Ht, X @ Ht, 0.1, 0.1, np.arange(3))
+    full, _ = kernels.cd_update(W, *args[:1], args[1], *args[2:], n_inner=n_inner)
+    parts = [
+        kernels.cd_update(W[s], args[0], args[1][s], *args[2:], n_inner=n_inner)[0]
+        for s in (slice(0, 4), slice(4, None))
+    ]
+    np.testing.assert_array_equal(np.vstack(parts), full)
+
+
+def test_cd_update_float32_keeps_dtype(data):
+    X, W, Ht = data
+    got, _ = kernels.cd_update(W.astype(np.float32), Ht.T @ Ht, X @ Ht, 0.0, 0.0, np.arange(3))
+    want, _ = naive_cd_sweep(W, Ht.T @ Ht, X @ Ht, 0.0, 0.0, np.arange(3))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("l1,l2", [(0, 0), (0.3, 0.2)])

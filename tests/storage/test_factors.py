@@ -72,3 +72,28 @@ def test_blocks_are_zarr_v3_arrays_that_zarr_reads(tmp_path):
         assert read.dtype == dtype and np.array_equal(read, block)
     factors.write_block(root, 1, "W", 1, np.zeros((0, 3)))
     assert factors.read_block(root, 1, "W", 1).shape == (0, 3)
+
+
+def test_a_given_up_generation_is_kept_as_spare_and_its_files_are_written_over(tmp_path):
+    """The next generation's blocks move the spare's files into place and overwrite them: same bits as new files."""
+    root = str(tmp_path / "f")
+    write_generation(root, 0)
+    factors.commit(root, 0, LAYOUT)
+    current = write_generation(root, 1)
+    factors.commit(root, 1, LAYOUT)
+    spare = tmp_path / "f" / factors.SPARE
+    assert on_disk(tmp_path / "f") == ["g-00000001"] and spare.is_dir()
+    old_file = spare / "W" / "0" / "c" / "0" / "0"
+    inode = old_file.stat().st_ino
+    rng = np.random.default_rng(7)
+    new = rng.random((5, 3)).astype(np.float32)  # fewer rows than the spare's block: truncated
+    factors.write_block(root, 2, "W", 0, new)
+    moved = tmp_path / "f" / "g-00000002" / "W" / "0" / "c" / "0" / "0"
+    assert moved.stat().st_ino == inode and not (spare / "W" / "0").exists()
+    np.testing.assert_array_equal(factors.read_block(root, 2, "W", 0), new)
+    same = rng.random(factors.read_block(root, 1, "W", 1).shape)
+    factors.write_block(root, 2, "W", 1, same)  # same size: written into the file's own pages
+    np.testing.assert_array_equal(factors.read_block(root, 2, "W", 1), same)
+    np.testing.assert_array_equal(factors.read_block(root, 1, "W", 1), current["W"][1])  # the current one untouched
+    factors.drop_spare(root)
+    assert not spare.exists()

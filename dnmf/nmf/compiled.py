@@ -1,0 +1,117 @@
+"""The coordinate-descent (HALS) sweep over the rows of a factor block, compiled.
+
+Each row ``w`` of the block solves its own NNLS problem
+``min ½ wᵀG w − bᵀw, w ≥ 0`` (``G`` the other factor's Gram plus ``l2`` on
+its diagonal, ``b`` the row of ``X Hᵀ`` minus ``l1``) by cyclic coordinate
+descent, one coordinate at a time in the order ``perm``: scikit-learn's
+``_update_cdnmf_fast``, with one difference in how the gradient is found.
+scikit-learn recomputes ``(G w)_t`` from scratch for every coordinate, a
+k-long dot product whose additions form one dependency chain. Here the
+row's gradient ``g = G w − b`` is formed once per row and kept current:
+when ``w_t`` moves by ``d``, ``g += d · G[:, t]``, a k-long update with
+independent lanes that the compiler vectorises. The per-row work is the
+same (about ``2k²`` multiply-adds when every coordinate moves), but it runs
+several times faster, and an unchanged coordinate (``d = 0``, common at the
+bound) costs nothing. The iterates agree with scikit-learn's to rounding
+(tests compare them with a transcription of its loop) but not bit for bit.
+
+The loop runs in plain IEEE arithmetic (no fast-math): vectorising the
+elementwise update does not change its results, so they are the same on any
+CPU and for any SIMD width. Each row's numbers depend only on that row and
+on ``G``, so the result does not depend on the blocking, the threads or the
+processes; the GIL is released (two threads sweep two blocks at once).
+
+Numba is a dependency of ``sparse``, which dnmf already uses; this module is
+imported only when a coordinate-descent sweep runs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Rows swept together, coordinate by coordinate. A row's sweep is one chain of
+#: dependent steps (each coordinate's gradient waits for the previous update);
+#: interleaving a few rows' chains keeps the CPU busy while each waits. The
+#: rows' numbers do not depend on it.
+GROUP_ROWS = 8
+
+
+@numba.njit(cache=True, nogil=True)
+def hals_rows(W, G, Gt, B, perm, n_inner, inner_tol2):  # pragma: no cover (compiled)
+    """Sweep every row of ``W`` in place; return the first sweep's violation.
+
+    Parameters
+    ----------
+    W : ndarray of shape (r, k), C-contiguous
+        The block, updated in place.
+    G : ndarray of shape (k, k)
+        The Gram with ``l2`` added to its diagonal.
+    Gt : ndarray of shape (k, k), C-contiguous
+        ``G.T`` (its rows are ``G``'s columns, read contiguously).
+    B : ndarray of shape (r, k)
+        ``X Hᵀ − l1`` for these rows.
+    perm : ndarray of int, shape (k,)
+        The order of the coordinates, the same in every sweep.
+    n_inner : int
+        Largest number of sweeps per row.
+    inner_tol2 : float
+        A row stops sweeping once a sweep's squared change is at most
+        ``inner_tol2`` times its first sweep's (Gillis & Glineur's rule).
+
+    Returns
+    -------
+    violation : float
+        ``Σ |projected gradient|`` met during the first sweep, scikit-learn's measure.
+    """
+    r, k = W.shape
+    g = np.empty((GROUP_ROWS, k))  # the rows' gradients, float64 whatever W's dtype
+    first = np.zeros(GROUP_ROWS)
+    change = np.zeros(GROUP_ROWS)
+    active = np.zeros(GROUP_ROWS, dtype=np.bool_)
+    violation = 0.0
+    for i0 in range(0, r, GROUP_ROWS):
+        nr = min(GROUP_ROWS, r - i0)
+        for a in range(nr):
+            i = i0 + a
+            for j in range(k):
+                g[a, j] = -B[i, j]
+            for q in range(k):
+                wq = W[i, q]
+                if wq != 0:
+                    for j in range(k):
+                        g[a, j] += wq * Gt[q, j]
+            active[a] = True
+        for sweep in range(n_inner):
+            for a in range(nr):
+                change[a] = 0.0
+            for s in range(k):
+                t = perm[s]
+                h = G[t, t]
+                for a in range(nr):
+                    if not active[a]:
+                        continue
+                    i = i0 + a
+                    grad = g[a, t]
+                    old = W[i, t]
+                    if sweep == 0:
+                        violation += abs(min(grad, 0.0) if old == 0 else grad)
+                    if h != 0:
+                        W[i, t] = max(old - grad / h, 0.0)
+                        d = W[i, t] - old  # what was stored (W may be float32)
+                        if d != 0:
+                            for j in range(k):
+                                g[a, j] += d * Gt[t, j]
+                            change[a] += d * d
+            more = False
+            for a in range(nr):
+                if active[a]:
+                    if sweep == 0:
+                        first[a] = change[a]
+                        active[a] = first[a] != 0
+                    else:
+                        active[a] = change[a] > inner_tol2 * first[a]
+                    more = more or active[a]
+            if not more:
+                break
+    return violation
