@@ -54,6 +54,11 @@ def _same_layout(a, b) -> bool:
     )
 
 
+#: Scheduler priority of :func:`pick` tasks in :func:`assemble`'s graphs (Dask's default is
+#: 0; higher runs first among the tasks ready on a worker).
+PICK_PRIORITY = 100
+
+
 def pick(result, name, j=None):
     """``result[name]`` (or ``result[name][j]``): one output of a task returning a dict."""
     value = result[name]
@@ -194,10 +199,24 @@ def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | No
     that worker is alive (``allow_other_workers``), so that tasks run where
     their inputs are (see :mod:`dnmf.storage.placement`). Other schedulers
     ignore it.
+
+    Every :func:`pick` task gets priority :data:`PICK_PRIORITY` on a
+    distributed scheduler: a task's dict of results stays in memory until
+    its last pick has run, and a pick whose consumers come late in Dask's
+    order would otherwise wait behind other row tasks (measured: a worker of
+    a factor-store fit held the results of 380 of its 394 row tasks, 1.3 GB,
+    until the end of each iteration, for want of one cheap pick each).
     """
-    if not where:
-        annotations = None
-    else:
+    prompt = {
+        key
+        for part in (layer, *outputs.values())
+        for key, task in part.items()
+        if isinstance(task, tuple) and task and task[0] is pick
+    }
+    annotations: dict | None = None
+    if prompt:
+        annotations = {"priority": lambda key: PICK_PRIORITY if key in prompt else 0}
+    if where:
         placed = dict(where)
 
         def workers(key):
@@ -207,7 +226,7 @@ def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | No
         def loose(key):
             return True if key in placed else None
 
-        annotations = {"workers": workers, "allow_other_workers": loose}
+        annotations = {**(annotations or {}), "workers": workers, "allow_other_workers": loose}
     hg = HighLevelGraph.from_collections(core, MaterializedLayer(layer, annotations=annotations), dependencies=deps)
     layers = dict(hg.layers)
     dependencies = dict(hg.dependencies)

@@ -31,6 +31,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.checkpoint import LoopState
+from ..engine.graph import pick
 from ..engine.loop import Report, Verdict
 from ..storage import factors
 from . import graph as blocked
@@ -38,6 +39,24 @@ from .step import NMFStep
 
 #: Scheduler priority of the write tasks (Dask's default is 0: higher runs first).
 WRITE_PRIORITY = 100
+
+
+def _source(A: da.Array, i: int):
+    """What a write task takes for block ``i`` of ``A``: the step's own pick of it, inlined.
+
+    A block of the step's output is a task that picks it from its row task's
+    results (:func:`dnmf.engine.graph.pick`). Written by a task that runs
+    that pick itself, the block depends on the row task directly: the write
+    (high priority) can run as soon as the row task ends, where a separate
+    pick task, of ordinary priority, may wait behind other row tasks while
+    the block and its partials stay in memory; and the pick task is gone
+    (one task fewer per block and iteration). Other blocks are taken by key.
+    """
+    key = (A.name, i, 0)
+    task = A.__dask_graph__().get(key)
+    if isinstance(task, tuple) and len(task) == 3 and task[0] is pick and isinstance(task[1], tuple):
+        return task
+    return key
 
 
 def _after(scalars, *written):
@@ -99,7 +118,7 @@ class StoredNMFStep(NMFStep):
                     generation,
                     factor,
                     i,
-                    (A.name, i, 0),
+                    _source(A, i),
                     self.storage_options,
                 )
                 keys.append(key)
