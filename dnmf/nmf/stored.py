@@ -45,12 +45,10 @@ def _source(A: da.Array, i: int):
     """What a write task takes for block ``i`` of ``A``: the step's own pick of it, inlined.
 
     A block of the step's output is a task that picks it from its row task's
-    results (:func:`dnmf.engine.graph.pick`). Written by a task that runs
-    that pick itself, the block depends on the row task directly: the write
-    (high priority) can run as soon as the row task ends, where a separate
-    pick task, of ordinary priority, may wait behind other row tasks while
-    the block and its partials stay in memory; and the pick task is gone
-    (one task fewer per block and iteration). Other blocks are taken by key.
+    results (:func:`dnmf.engine.graph.pick`). The write task runs that pick
+    itself, so the block depends on the row task directly and the pick task
+    is never scheduled: one task fewer per block and iteration (the block
+    has no other consumer in a factor-store step). Other blocks are taken by key.
     """
     key = (A.name, i, 0)
     task = A.__dask_graph__().get(key)
