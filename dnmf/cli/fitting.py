@@ -544,6 +544,8 @@ def resume(
                 f"job {record['id']} is {record['state']} (updated {age:.0f} s ago). Cancel it first "
                 f"(`dnmf cancel {job}`), or wait until it stops."
             )
+    if max_iter is not None:
+        _check_resume_limit(job, job_dir, record, max_iter)
     copts = o.cluster_from(kw)
     for name, value in (("max_iter", max_iter), ("max_time", max_time)):
         if value is not None:
@@ -565,6 +567,24 @@ def resume(
     with cluster_mod.session(copts, progress) as (client, info):
         model = _run(job_dir, None, client, info, progress)
     _summary(model, record["spec"]["model"], progress)
+
+
+def _check_resume_limit(job: str, job_dir: str, record: dict, max_iter: int) -> None:
+    """Refuse a --max-iter below the iteration the job's checkpoint is at (before the record changes)."""
+    from ..storage import checkpoints as ckpt_store
+    from ..storage import jobs as job_store
+
+    so = record["spec"].get("storage_options")
+    ckpt = job_store.checkpoints_dir(job_dir)
+    if not ckpt_store.exists(ckpt, so):
+        return
+    done = int(ckpt_store.read_latest(ckpt, so).state.get("state", {}).get("iteration", 0))
+    if done > max_iter:
+        raise click.BadParameter(
+            f"{max_iter} is below the iteration the job's last checkpoint is at ({done}): "
+            f"give --max-iter {done} or more (`dnmf resume {job} --max-iter {done}` saves that model).",
+            param_hint="'--max-iter'",
+        )
 
 
 @click.command()

@@ -212,13 +212,31 @@ def load(path, storage_options: dict | None = None):
     return info, record, arrays[0], arrays[1]
 
 
-def check_resumable(where: str, record: dict, params: dict, fingerprint: dict, *, rel_tol: float = 1e-9) -> None:
+def check_resumable(
+    where: str,
+    record: dict,
+    params: dict,
+    fingerprint: dict,
+    *,
+    max_iter: int | None = None,
+    rel_tol: float = 1e-9,
+) -> None:
     """Refuse to resume from a checkpoint written for other parameters or another X.
 
     ``params`` are the estimator's parameters that must not change on resume;
     ``fingerprint`` is the cheap identity of X (shape, blocking, statistics);
-    floats are compared with ``rel_tol`` (0: exactly, for statistics summed exactly).
+    ``max_iter`` (the resumed fit's) may not be below the checkpoint's iteration,
+    which would otherwise return the checkpoint's factors as a fit of
+    ``max_iter`` iterations; floats are compared with ``rel_tol`` (0: exactly,
+    for statistics summed exactly).
     """
+    done = int(record.get("state", {}).get("iteration", 0))
+    if max_iter is not None and done > max_iter:
+        raise ValueError(
+            f"Cannot resume from {where} with max_iter={max_iter}: the checkpoint is at iteration "
+            f"{done}. Give max_iter={done} or more (it counts the iterations before the "
+            "checkpoint too), or fit afresh without resume=."
+        )
     saved = record.get("params", {})
     for name, value in params.items():
         if name in saved and saved[name] != value:

@@ -568,7 +568,9 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
                 "estimator that wrote it, or fit afresh without resume=."
             )
         # The sum is computed exactly (order-independent), so it must match exactly.
-        checkpoint_mod.check_resumable(where, record, self._resume_params(), fingerprint, rel_tol=0.0)
+        checkpoint_mod.check_resumable(
+            where, record, self._resume_params(), fingerprint, max_iter=self.max_iter, rel_tol=0.0
+        )
         return U0, V0, LoopState.from_json(record["state"])
 
     def _set_fitted(self, p, U, V, history, n_iter, data, runner, rating_mean, confidence_mean):

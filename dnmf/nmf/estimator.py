@@ -668,7 +668,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         """Load the current checkpoint at ``path`` after checking it fits X and self."""
         info, record, W0, Ht0 = checkpoint_mod.load(path, self.storage_options)
         where = info.path
-        checkpoint_mod.check_resumable(where, record, self._resume_params(), _fingerprint(X, stats))
+        checkpoint_mod.check_resumable(
+            where, record, self._resume_params(), _fingerprint(X, stats), max_iter=self.max_iter
+        )
         state = LoopState.from_json(record["state"])
         return record, W0, Ht0, state
 

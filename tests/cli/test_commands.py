@@ -309,11 +309,19 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
     st = json.loads(dnmf("status", job2, "--json").stdout)
     assert st["state"] == "cancelled" and 3 <= st["iteration"] < 400
     assert not (tmp_path / "m2").exists()
-    res = dnmf("resume", job2, "--scheduler", real_cluster, "--max-iter", 40)
+    # The job stops after the iteration it is in when the request arrives (a checkpoint
+    # is written there): on a slow machine that can be well past iteration 3.
+    done = st["iteration"]
+    # a limit below what the checkpoint holds would "finish" without the iterations asked for
+    bad = dnmf("resume", job2, "--scheduler", real_cluster, "--max-iter", done - 1, check=False)
+    assert bad.returncode == 2 and "--max-iter" in bad.stderr and f"at ({done})" in bad.stderr, bad.stderr
+    assert json.loads(dnmf("status", job2, "--json").stdout)["state"] == "cancelled"
+    target = done + 10
+    res = dnmf("resume", job2, "--scheduler", real_cluster, "--max-iter", target)
     assert "model saved to" in res.stdout
     assert json.loads(dnmf("status", job2, "--json").stdout)["state"] == "finished"
     m2 = load(tmp_path / "m2")
-    assert m2.n_iter_ == 40 and len(m2.loss_history_) == 40
+    assert m2.n_iter_ == target and len(m2.loss_history_) == target
 
     # the resumed job ends with the factors of an uninterrupted run
     ref = dnmf(
@@ -324,7 +332,7 @@ def test_submit_status_cancel_resume_on_a_real_cluster(tmp_path, real_cluster):
         "-o",
         tmp_path / "ref",
         "--max-iter",
-        40,
+        target,
         "--tol",
         0,
         "--checkpoint-every",

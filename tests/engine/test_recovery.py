@@ -173,6 +173,17 @@ def test_max_iter_may_grow_on_resume(checkpointed):
     np.testing.assert_array_equal(W, W_ref)
 
 
+def test_max_iter_below_the_checkpoint_is_refused(checkpointed):
+    # Returning the checkpoint's factors as "a fit of max_iter iterations" would be a lie.
+    done = ckpt_store.read_latest(str(checkpointed)).state["state"]["iteration"]
+    assert done >= 2
+    with pytest.raises(ValueError, match=f"max_iter={done - 1}: the checkpoint is at iteration {done}"):
+        dnmf.NMF(max_iter=done - 1, **PARAMS).fit(data(), resume=str(checkpointed))
+    # the limit may equal the checkpoint's iteration: that is the checkpoint's model
+    W, m = resume(checkpointed, max_iter=done)
+    assert m.n_iter_ == done
+
+
 def test_corrupt_checkpoints_are_refused_naming_the_file(checkpointed):
     info = ckpt_store.read_latest(str(checkpointed))
     block = checkpointed / info.name / "W" / "0" / "c" / "0" / "0"
