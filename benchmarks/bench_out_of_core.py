@@ -50,6 +50,7 @@ Writes ``out_of_core.md`` and ``out_of_core.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -166,14 +167,14 @@ def sizing_rule(*, workers: int, threads: int, m: int, n: int, k: int, block_byt
     """Memory limit per worker that the README's sizing rule asks for a store-backed fit.
 
     Each worker holds its share of W twice (the blocks of this iteration and
-    of the next), Hᵀ and its next version, and per running task two row
-    blocks of X (one decoded, one in the kernels) and two (n x k) partial
-    products, on top of :data:`PROCESS_BASELINE`; Dask starts spilling when a
-    process passes 70% of its limit.
+    of the next), Hᵀ and its next version, and per running task three row
+    blocks of X (one decoded, one in the kernels, the next one read ahead)
+    and two (n x k) partial products, on top of :data:`PROCESS_BASELINE`;
+    Dask starts spilling when a process passes 70% of its limit.
     """
     w_share = m * k * itemsize / workers
     nk = n * k * itemsize
-    need = PROCESS_BASELINE + 2 * w_share + 2 * nk + threads * (2 * block_bytes + 2 * nk)
+    need = PROCESS_BASELINE + 2 * w_share + 2 * nk + threads * (3 * block_bytes + 2 * nk)
     return int(need / 0.7)
 
 
@@ -523,9 +524,28 @@ def run_cluster(path: str, store, args) -> dict:
         )
         if args.read_only:
             return res
-        # (c) the fit on the store
-        res.update(run_fit(client, path, args, args.memory_limit))
+        # (c) the fit on the store (reading ahead where dnmf.read-ahead="auto" chooses it, or forced)
+        import dask
+
+        from dnmf.engine.runner import Runner
+
+        res["read_ahead_auto"] = Runner(client).read_ahead()
+        with dask.config.set({"dnmf.read-ahead": True} if args.compare_read_ahead else {}):
+            res.update(run_fit(client, path, args, args.memory_limit))
         log(_fit_line("(c) fit on the store", res))
+        if args.compare_read_ahead:
+            # (c') the same fit, each row task reading its own blocks only (no reads ahead)
+            with dask.config.set({"dnmf.read-ahead": False}):
+                plain = {f"noahead_{k}": v for k, v in run_fit(client, path, args, args.memory_limit).items()}
+            res.update(plain)
+            log(_fit_line("(c') fit on the store, no reads ahead", res, "noahead_"))
+            for key in ("per_iter_s", "per_iter_cpu_s"):
+                if res.get(key) and res.get(f"noahead_{key}"):
+                    res[f"read_ahead_vs_not_{key}"] = res[key] / res[f"noahead_{key}"]
+            log(
+                f"(c)/(c') per iteration: {res.get('read_ahead_vs_not_per_iter_s', float('nan')):.2f}x; "
+                f"blocks read ahead and used / read by their task / dropped: {res.get('read_ahead')}"
+            )
     if args.in_memory:
         # (d) the same fit with X in the workers' memory, on workers with enough of it
         big = args.memory_big or int(3 * csr_bytes_of(store.info) / args.workers) + 1024 * MiB
@@ -573,6 +593,9 @@ def run_fit(client, X, args, limit: int) -> dict:
 
     res: dict = {"completed": False}
     pids = client.run(os.getpid)
+    from dnmf.storage import prefetch
+
+    client.run(prefetch.clear)
     calls: list[tuple[float, int, float, float]] = []
 
     cpu: list[float] = []
@@ -609,6 +632,12 @@ def run_fit(client, X, args, limit: int) -> dict:
         finally:
             timer.cancel()
     res["fit_wall_s"] = time.perf_counter() - t0
+    if not timed_out.is_set():
+        from dnmf.storage import prefetch
+
+        with contextlib.suppress(Exception):  # what the workers read ahead: used, read by the task, dropped
+            counts = client.run(prefetch.stats).values()
+            res["read_ahead"] = {k: sum(c[k] for c in counts) for k in ("hits", "misses", "dropped")}
     watch = w_fit.summary(limit)
     if not timed_out.is_set():
         try:
@@ -681,7 +710,7 @@ def render(results: dict) -> str:
             "Per iter: median of the callback deltas; setup: before iteration 1 (a statistics pass over X, "
             "random init), after iteration 1 when there are more; sizing rule: the memory limit per worker "
             "that the README's rule asks for (`sizing_rule`: 200 MiB + 2 x the worker's share of W + per "
-            "thread 2 row blocks and 2 (n x k) partials, all / 0.7), and whether the workers have it; X in memory: the same fit on workers with "
+            "thread 3 row blocks (one read ahead) and 2 (n x k) partials, all / 0.7), and whether the workers have it; X in memory: the same fit on workers with "
             "enough memory (same workers, threads, k, solver) with X's blocks read into them first, placed "
             "where the fit runs them; by CPU: the ratio of the workers' CPU seconds per iteration (median "
             "after iteration 1), which a loaded machine distorts less (the (d) columns of the JSON hold its RSS, pauses and spills). Peak RSS: the largest worker RSS sampled every "
@@ -789,6 +818,48 @@ def render(results: dict) -> str:
         ),
     ]
 
+    ahead = [r for r in results["sizes"] if r.get("noahead_per_iter_s")]
+    if ahead:
+        lines += [
+            "",
+            "## Reading ahead (`--compare-read-ahead`)",
+            "",
+            "(c) the fit on the store with `dnmf.read-ahead` true, each row task reading its worker's next "
+            "row block while it computes; (c') the same fit on the same cluster with it false. "
+            "Seconds per iteration (median after the first) and the workers' CPU seconds per iteration; "
+            "blocks read ahead and used / read by their own task / read ahead and dropped; what "
+            '`"auto"` (the default) chose on this cluster.',
+            "",
+            markdown_table(
+                [
+                    "size",
+                    "(c) s / it.",
+                    "(c') s / it.",
+                    "(c)/(c')",
+                    "(c) CPU s / it.",
+                    "(c') CPU s / it.",
+                    "peak RSS (c), (c')",
+                    "used / by task / dropped",
+                    '"auto"',
+                ],
+                [
+                    [
+                        f"{r['size']:g}x",
+                        _f(r.get("per_iter_s"), ".2f"),
+                        _f(r.get("noahead_per_iter_s"), ".2f"),
+                        _f(r.get("read_ahead_vs_not_per_iter_s"), ".2f", "x"),
+                        _f(r.get("per_iter_cpu_s"), ".1f"),
+                        _f(r.get("noahead_per_iter_cpu_s"), ".1f"),
+                        f"{((r.get('fit_watch') or {}).get('peak_rss') or 0) / MiB:.0f}, "
+                        f"{((r.get('noahead_fit_watch') or {}).get('peak_rss') or 0) / MiB:.0f} MiB",
+                        " / ".join(str((r.get("read_ahead") or {}).get(k, "–")) for k in ("hits", "misses", "dropped")),
+                        "on" if r.get("read_ahead_auto") else "off",
+                    ]
+                    for r in ahead
+                ],
+            ),
+        ]
+
     notes = []
     for r in results["sizes"]:
         if r.get("error"):
@@ -872,6 +943,11 @@ def parse_args(argv=None):
         "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable",
     )
     p.add_argument("--read-only", action="store_true", help="measure the reads (a) and (b) only, no fit")
+    p.add_argument(
+        "--compare-read-ahead",
+        action="store_true",
+        help="also fit the store with reads ahead off (dnmf.read-ahead), on the same cluster: (c')",
+    )
     p.add_argument(
         "--no-in-memory",
         dest="in_memory",

@@ -17,6 +17,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from ..storage import prefetch
 from .blocks import RowSubset, add_parts, touched_rows
 
 #: Fan-in of every tree reduction.
@@ -259,6 +260,48 @@ def x_block_refs(X: da.Array):
         if all(isinstance(t, tuple) and callable(t[0]) for t in tasks.values()):
             return (lambda i, j: tasks[(X.name, i, j)]), []
     return (lambda i, j: (X.name, i, j)), [X]
+
+
+def x_row_refs(X: da.Array, read_ahead: bool = False):
+    """How a per-row-block task refers to its row of X's blocks: ``(ref(i), dependencies)``.
+
+    ``ref(i)`` stands for the list of blocks ``X[i, 0..]`` (see
+    :func:`x_block_refs`). With ``read_ahead`` and an X read from a dnmf
+    store, it is one task that reads them (or collects them, read ahead
+    while an earlier row task of the same worker computed) and then starts
+    reading the row block this worker will likely compute next
+    (:func:`dnmf.storage.prefetch.take`). The blocks are the same either way.
+    """
+    return _line_refs(X, 0, read_ahead)
+
+
+def x_col_refs(X: da.Array, read_ahead: bool = False):
+    """:func:`x_row_refs` for a per-column-block task: ``ref(j)`` stands for ``X[0.., j]``."""
+    return _line_refs(X, 1, read_ahead)
+
+
+def _line_refs(X: da.Array, axis: int, read_ahead: bool):
+    xref, xdeps = x_block_refs(X)
+    count = X.numblocks[1 - axis]
+
+    def at(a: int, b: int):  # block b of line a
+        return xref(a, b) if axis == 0 else xref(b, a)
+
+    flat = not xdeps and all(
+        not (isinstance(arg, tuple) and arg and callable(arg[0]))
+        for i, j in np.ndindex(*X.numblocks)
+        for arg in xref(i, j)[1:]
+    )
+    if not (read_ahead and flat):
+        return (lambda a: [at(a, b) for b in range(count)]), xdeps
+    # Rows and columns are taken in orders of their own: learnt apart.
+    group = X.name if axis == 0 else f"{X.name}/columns"
+
+    def ref(a: int):
+        tasks = [at(a, b) for b in range(count)]
+        return (prefetch.take, [prefetch.Read((group, a, b), (group, a), t[0], t[1:]) for b, t in enumerate(tasks)])
+
+    return ref, xdeps
 
 
 def union_all(parts: Sequence[np.ndarray]) -> np.ndarray:

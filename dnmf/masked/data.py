@@ -100,7 +100,11 @@ class RatingsData:
                 self.csr, self.row_chunks, self.col_chunks, client=runner.client
             )
         elif self.store_path is not None or is_store_backed(self.dask):
-            self._bands, self._R, self._C = masked_graph.bands_from_store(self.dask), None, None
+            self._bands, self._R, self._C = (
+                masked_graph.bands_from_store(self.dask, read_ahead=runner.read_ahead()),
+                None,
+                None,
+            )
         else:
             self._bands, self._R, self._C = masked_graph.persist_bands(self.dask, runner)
         return self._bands

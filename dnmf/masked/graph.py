@@ -51,7 +51,17 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..engine.blocks import RowSubset, aligned_inputs, take_rows
-from ..engine.graph import assemble, place_rows, row_groups, sum_list, tree_top, union_all, x_block_refs
+from ..engine.graph import (
+    assemble,
+    place_rows,
+    row_groups,
+    sum_list,
+    tree_top,
+    union_all,
+    x_block_refs,
+    x_col_refs,
+    x_row_refs,
+)
 from ..nmf import init
 from ..storage.placement import scatter_rows
 from . import kernels as masked
@@ -166,16 +176,21 @@ def persist_bands(X: da.Array, runner) -> tuple[Bands, da.Array, da.Array]:
     return _bands_of(R, Cb, tokenize("dnmf-masked-bands", X.name)), R, Cb
 
 
-def bands_from_store(X: da.Array) -> Bands:
-    """Bands read from storage by the tasks that use them (never held)."""
-    xref, xdeps = x_block_refs(X)
-    nI, nJ = X.numblocks
+def bands_from_store(X: da.Array, read_ahead: bool = False) -> Bands:
+    """Bands read from storage by the tasks that use them (never held).
+
+    With ``read_ahead`` each band task, once it has its blocks, starts
+    reading those of the band its process will likely build next
+    (:func:`dnmf.engine.graph.x_row_refs`); the same bands either way.
+    """
+    xrow, xdeps = x_row_refs(X, read_ahead)
+    xcol, _ = x_col_refs(X, read_ahead)
     return Bands(
         shape=X.shape,
         row_chunks=X.chunks[0],
         col_chunks=X.chunks[1],
-        row_ref=lambda i: (masked.row_band, [xref(i, j) for j in range(nJ)]),
-        col_ref=lambda j: (masked.col_band, [xref(i, j) for i in range(nI)]),
+        row_ref=lambda i: (masked.row_band, xrow(i)),
+        col_ref=lambda j: (masked.col_band, xcol(j)),
         deps=tuple(xdeps),
         token=tokenize("dnmf-masked-store", X.name),
     )

@@ -48,6 +48,7 @@ from ..engine.graph import (
     sum_list,
     tree_reduce,
     x_block_refs,
+    x_row_refs,
 )
 from ..engine.graph import meta as _meta
 from . import kernels, nnls
@@ -435,6 +436,7 @@ def step(
     owners: tuple[str, ...] | None = None,
     whole: frozenset = frozenset(),
     local_levels: int | None = None,
+    read_ahead: bool = False,
 ):
     """Build the graph of one iteration.
 
@@ -476,6 +478,11 @@ def step(
         and the sums of partials that stay within one worker's blocks are
         placed there (a preference, see :func:`dnmf.engine.graph.assemble`).
         Placement changes where tasks run, never what they compute.
+    read_ahead : bool, default False
+        For an X read from a store: each row task, once it has its blocks,
+        starts reading those of the row task its worker will likely compute
+        next (:func:`dnmf.engine.graph.x_row_refs`), so that reads overlap
+        computation. Same results.
 
     Returns
     -------
@@ -484,7 +491,7 @@ def step(
     scalars : dask array (N_SCALARS,), float64
         See the ``S_*`` constants.
     """
-    xref, xdeps = x_block_refs(X)
+    xrow, xdeps = x_row_refs(X, read_ahead)
     wref, wdeps = x_block_refs(W)
     nI, nJ = X.numblocks
     if holdout is not None and (holdout.chunks != X.chunks or p.beta != 2):
@@ -525,7 +532,7 @@ def step(
         a = (f"{core}-A", i)
         layer[a] = (
             _row_task,
-            [xref(i, j) for j in range(nJ)],
+            xrow(i),
             wref(i, 0),
             [ht_keys[j] if (group[i], j) in whole else (f"{core}-Hs", group[i], j) for j in range(nJ)]
             if subsets

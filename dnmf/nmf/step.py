@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from ..engine import blocks as engine_blocks
 from ..engine import loop
 from ..engine.checkpoint import Checkpointer, LoopState
-from ..engine.graph import column_counts, group_columns
+from ..engine.graph import column_counts, group_columns, x_block_refs
 from ..engine.loop import Callback, Report, Verdict
 from ..engine.runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner  # noqa: F401 (re-exported)
 from ..storage.placement import row_ranges
@@ -178,6 +178,20 @@ class NMFStep:
         )
         return columns
 
+    def _read_ahead(self) -> bool:
+        """Whether row tasks read their worker's next row block ahead (see :func:`dnmf.nmf.graph.step`).
+
+        Where :meth:`Runner.read_ahead` says so, on the threads (one process,
+        whose threads share what is read ahead) or where the row blocks are
+        placed (:meth:`_columns`); not on a cluster without placement, where
+        a block read ahead may be computed by another worker.
+        """
+        if self.runner is None or x_block_refs(self.X)[1]:  # not read from a store: nothing to read
+            return False
+        if self.runner.client is not None and self.owners is None:
+            return False
+        return self.runner.read_ahead()
+
     def build(self, state, iteration):
         c = self.config
         W, Ht, HHt = state
@@ -198,7 +212,16 @@ class NMFStep:
             inner_tol=c.inner_tol,
         )
         W_new, Ht_new, HHt_new, scalars = blocked.step(
-            self.X, W, Ht, HHt, params, holdout=self.holdout, columns=self.columns, owners=self.owners, whole=self.whole
+            self.X,
+            W,
+            Ht,
+            HHt,
+            params,
+            holdout=self.holdout,
+            columns=self.columns,
+            owners=self.owners,
+            whole=self.whole,
+            read_ahead=self._read_ahead(),
         )
         return (W_new, Ht_new, HHt_new), scalars
 

@@ -13,6 +13,7 @@ order is fixed by the blocking), only the bytes moved.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -69,3 +70,36 @@ def scatter_rows(client: Any, data: Mapping[tuple, Any]) -> dict:
     for address, part in groups.items():
         futures.update(client.scatter(part, workers=[address]))
     return futures
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def spare_core_everywhere(client: Any | None, threads: int | None = None) -> bool:
+    """Whether every host has more cores than worker threads: room for a reader thread beside them.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        None: this process, with ``threads`` threads computing (default: one per usable core).
+    threads : int, optional
+        See ``client``.
+    """
+    if client is None:
+        cores = usable_cores()
+        return (threads or cores) < cores
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not workers:
+        return False
+    cores = client.run(usable_cores)  # one round trip: {address: cores}
+    per_host: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for address, info in workers.items():
+        host = per_host[info.get("host", address)]
+        host[0] += int(info.get("nthreads", 1))
+        host[1] = max(host[1], int(cores.get(address, 0)))
+    return all(n_threads < n_cores for n_threads, n_cores in per_host.values())
