@@ -633,8 +633,6 @@ def run_fit(client, X, args, limit: int) -> dict:
             timer.cancel()
     res["fit_wall_s"] = time.perf_counter() - t0
     if not timed_out.is_set():
-        from dnmf.storage import prefetch
-
         with contextlib.suppress(Exception):  # what the workers read ahead: used, read by the task, dropped
             counts = client.run(prefetch.stats).values()
             res["read_ahead"] = {k: sum(c[k] for c in counts) for k in ("hits", "misses", "dropped")}

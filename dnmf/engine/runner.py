@@ -85,24 +85,11 @@ class Runner:
         CPU). Asked once per fit (one round trip on a cluster).
         """
         setting = dask.config.get("dnmf.read-ahead", "auto")
-        words = {
-            "true": True,
-            "1": True,
-            "yes": True,
-            "on": True,
-            "false": False,
-            "0": False,
-            "no": False,
-            "off": False,
-        }
-        if isinstance(setting, str) and setting.lower() != "auto":
-            if setting.lower() not in words:
-                raise ValueError(
-                    f"The Dask config key dnmf.read-ahead is {setting!r}; set it to true, false or 'auto'."
-                )
-            setting = words[setting.lower()]
+        # Dask reads true/false from the environment and YAML as booleans already.
+        if not (setting is True or setting is False or setting == "auto"):
+            raise ValueError(f"The Dask config key dnmf.read-ahead is {setting!r}; set it to true, false or 'auto'.")
         if setting != "auto":
-            return bool(setting)
+            return setting
         if self._read_ahead is None:
             threads = None if self.client is not None else dask.config.get("num_workers", None)
             self._read_ahead = spare_core_everywhere(self.client, threads)

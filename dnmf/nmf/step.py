@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from ..engine import blocks as engine_blocks
 from ..engine import loop
 from ..engine.checkpoint import Checkpointer, LoopState
-from ..engine.graph import column_counts, group_columns, x_block_refs
+from ..engine.graph import column_counts, group_columns, is_store_backed
 from ..engine.loop import Callback, Report, Verdict
 from ..engine.runner import REBASE_EVERY, REBASE_MAX_BYTES, FitFailed, Runner  # noqa: F401 (re-exported)
 from ..storage.placement import row_ranges
@@ -186,7 +186,7 @@ class NMFStep:
         placed (:meth:`_columns`); not on a cluster without placement, where
         a block read ahead may be computed by another worker.
         """
-        if self.runner is None or x_block_refs(self.X)[1]:  # not read from a store: nothing to read
+        if self.runner is None or not is_store_backed(self.X):
             return False
         if self.runner.client is not None and self.owners is None:
             return False

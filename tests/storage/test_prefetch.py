@@ -172,8 +172,9 @@ def test_auto_reads_ahead_only_beside_a_spare_core(dist_client):
     threads = sum(dist_client.nthreads().values())
     assert spare_core_everywhere(dist_client) == (threads < cores)  # one host here
     assert Runner(dist_client).read_ahead() == (threads < cores)
-    for setting, want in ((True, True), ("off", False), ("true", True), (False, False)):
+    for setting in (True, False):
         with dask.config.set({"dnmf.read-ahead": setting}):
-            assert Runner(dist_client).read_ahead() is want
-    with dask.config.set({"dnmf.read-ahead": "sometimes"}), pytest.raises(ValueError, match="dnmf.read-ahead"):
-        Runner(dist_client).read_ahead()
+            assert Runner(dist_client).read_ahead() is setting
+    for setting in ("sometimes", "off", 1):
+        with dask.config.set({"dnmf.read-ahead": setting}), pytest.raises(ValueError, match="dnmf.read-ahead"):
+            Runner(dist_client).read_ahead()
