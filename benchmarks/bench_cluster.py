@@ -8,7 +8,9 @@ For each case (power-law sparse X, ``make_zipf_csr``: Zipf-popular rows and item
 - a fit on the local threads (2 threads);
 - the same fit on ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
 
-Per fit, over iterations 2..N (callback deltas): the median seconds per iteration, and per
+Per fit, over iterations 2..N (callback deltas): the median seconds per iteration, the CPU
+seconds per iteration of the worker processes and of the driver's process (on a LocalCluster it
+also runs the scheduler; on the threads it runs everything), read at iterations 1 and N, and per
 iteration the driver's calls into the scheduler (round trips: ``Client.persist``,
 ``Client.compute``, ``Client.gather``, ``Client.scatter``, ``Client.who_has`` — each waits
 for, or sends, one message exchange), the tasks of the step graph, and the seconds the driver
@@ -20,9 +22,17 @@ step itself, so only the processes' figure is reported). Ratios are medians of t
     python benchmarks/bench_cluster.py                       # both cases of issue 14
     python benchmarks/bench_cluster.py --cases narrow --iters 6 --repeats 3
     python benchmarks/bench_cluster.py --quick               # small, about a minute
+    python benchmarks/bench_cluster.py --cases narrow --compare-pipeline   # dnmf.pipeline off too
 
 Cases: ``narrow`` 200,000 × 20,000, 7.3M nnz; ``wide`` 2,000,000 × 500,000, 18.2M nnz;
-``small`` 200,000 × 20,000, 1.1M nnz (``--quick``: 20,000 × 4,000, 0.2M nnz).
+``small`` 200,000 × 20,000, 1.1M nnz (``--quick``: 20,000 × 4,000, 0.2M nnz). ``--rows-per-block``
+overrides dnmf's own row blocking (e.g. 3125 for 64 row blocks of the small case).
+``--compare-pipeline`` fits on the processes with the Dask config key ``dnmf.pipeline`` true
+(each iteration submitted before the previous one's scalars are back), and adds, per repeat,
+the same fit with it false; without it the key keeps its default ("auto").
+``--client-latency-ms D`` connects the processes' Client through a proxy that delays every
+message by D ms each way (``benchmarks/_latency.py``): a driver far from its cluster, as a
+notebook with a cluster in a data centre; the workers still talk to the scheduler directly.
 Writes ``cluster.md`` and ``cluster.json`` under ``--out`` (bench-results/). The load
 average (``uptime``) is recorded before and after each case: on a shared machine the
 process/thread ratio is sensitive to it.
@@ -35,6 +45,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import sys
 import time
 import warnings
@@ -123,17 +134,30 @@ class Meter:
         return self.calls, self.build_s
 
 
-def fit(X, k: int, solver: str, iters: int, client=None) -> dict:
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fit(X, k: int, solver: str, iters: int, client=None, chunks="auto", pipeline: bool | None = None) -> dict:
+    import dask
+
     import dnmf
 
     marks: list = []
+    cpu: list = []  # (driver, workers) at iterations 1 and N: two client.run calls per fit
     with Meter() as meter:
 
         def callback(iteration, elapsed, loss):
             marks.append((elapsed, *meter.snapshot(), meter.tasks))
+            if iteration in (1, iters):
+                cpu.append((cpu_seconds(), sum(client.run(cpu_seconds).values()) if client is not None else 0.0))
 
-        model = dnmf.NMF(k, solver=solver, init="random", tol=0.0, max_iter=iters, random_state=0, client=client)
-        with warnings.catch_warnings():
+        model = dnmf.NMF(
+            k, solver=solver, init="random", tol=0.0, max_iter=iters, random_state=0, client=client, chunks=chunks
+        )
+        with warnings.catch_warnings(), dask.config.set({} if pipeline is None else {"dnmf.pipeline": pipeline}):
             warnings.simplefilter("ignore")
             model.fit(X, callback=callback)
     t = np.array([m[0] for m in marks])
@@ -145,13 +169,25 @@ def fit(X, k: int, solver: str, iters: int, client=None) -> dict:
         "iter_times": np.diff(t).tolist(),
         "calls_per_iter": float((calls[-1] - calls[0]) / n),
         "build_per_iter_s": float((build[-1] - build[0]) / n),
+        "driver_cpu_per_iter_s": float((cpu[-1][0] - cpu[0][0]) / n),
+        "workers_cpu_per_iter_s": float((cpu[-1][1] - cpu[0][1]) / n),
         "tasks_per_iter": int(marks[-1][3]),
         "loss": float(model.reconstruction_err_),
     }
 
 
 def run_case(
-    name: str, spec: dict, k: int, iters: int, repeats: int, solvers, seed: int, processes: bool = True
+    name: str,
+    spec: dict,
+    k: int,
+    iters: int,
+    repeats: int,
+    solvers,
+    seed: int,
+    processes: bool = True,
+    rows_per_block: int | None = None,
+    compare_pipeline: bool = False,
+    client_latency_ms: float = 0.0,
 ) -> dict:
     from distributed import Client, LocalCluster
 
@@ -162,11 +198,25 @@ def run_case(
     log(
         f"[{name}] {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz / 1e6:.1f}M nnz, generated in {seconds(time.perf_counter() - t)}"
     )
-    chunks = dnmf_row_chunks(X)
+    chunks = (
+        dnmf_row_chunks(X)
+        if rows_per_block is None
+        else tuple(min(rows_per_block, X.shape[0] - start) for start in range(0, X.shape[0], rows_per_block))
+    )
+    fit_chunks = "auto" if rows_per_block is None else rows_per_block
     bare = bare_pass(X, k, chunks)
     bare()  # warm
-    entry = dict(spec, name=name, k=k, iters=iters, repeats=repeats, row_blocks=len(chunks), load=[os.getloadavg()[0]])
-    runs: dict = {s: {"threads": [], "processes": [], "bare": []} for s in solvers}
+    entry = dict(
+        spec,
+        name=name,
+        k=k,
+        iters=iters,
+        repeats=repeats,
+        row_blocks=len(chunks),
+        client_latency_ms=client_latency_ms,
+        load=[os.getloadavg()[0]],
+    )
+    runs: dict = {s: {"threads": [], "processes": [], "unpipelined": [], "bare": []} for s in solvers}
     with contextlib.ExitStack() as stack:
         client = None
         if processes:
@@ -181,22 +231,42 @@ def run_case(
                         silence_logs=logging.ERROR,
                     )
                 )
-            client = stack.enter_context(Client(cluster, set_as_default=False))
-            fit(X, k, solvers[0], 2, client=client)  # warm the workers (imports, first scatter)
-        fit(X, k, solvers[0], 2)
+            address = cluster.scheduler_address
+            if client_latency_ms:
+                from benchmarks._latency import DelayProxy
+
+                host, port = address.rsplit("/", 1)[-1].rsplit(":", 1)
+                address = DelayProxy(host, int(port), client_latency_ms / 1000).address
+            client = stack.enter_context(Client(address, set_as_default=False))
+            fit(X, k, solvers[0], 2, client=client, chunks=fit_chunks)  # warm the workers (imports, first scatter)
+        fit(X, k, solvers[0], 2, chunks=fit_chunks)
         for r in range(repeats):
             for s in solvers:
                 runs[s]["bare"].append(bare())
-                runs[s]["threads"].append(fit(X, k, s, iters))
+                runs[s]["threads"].append(fit(X, k, s, iters, chunks=fit_chunks))
                 # Without processes, the threads' numbers stand in (ratio 1): the run is for threads only.
-                runs[s]["processes"].append(fit(X, k, s, iters, client=client) if processes else runs[s]["threads"][-1])
+                # dnmf.pipeline "auto" unless compared: then on here, off in the extra fit.
+                piped = True if compare_pipeline else None
+                runs[s]["processes"].append(
+                    fit(X, k, s, iters, client=client, chunks=fit_chunks, pipeline=piped)
+                    if processes
+                    else runs[s]["threads"][-1]
+                )
+                if processes and compare_pipeline:
+                    runs[s]["unpipelined"].append(fit(X, k, s, iters, client=client, chunks=fit_chunks, pipeline=False))
                 runs[s]["bare"].append(bare())
                 th, pr = runs[s]["threads"][-1], runs[s]["processes"][-1]
+                unpiped = (
+                    f", not pipelined {seconds(runs[s]['unpipelined'][-1]['per_iter_s'])}/it"
+                    if runs[s]["unpipelined"]
+                    else ""
+                )
                 log(
-                    f"[{name}] {s} #{r + 1}: threads {seconds(th['per_iter_s'])}/it, processes "
-                    f"{seconds(pr['per_iter_s'])}/it ({pr['calls_per_iter']:.1f} calls, {pr['tasks_per_iter']} tasks, "
-                    f"build {seconds(pr['build_per_iter_s'])}), bare {seconds(runs[s]['bare'][-1])}, "
-                    f"load {os.getloadavg()[0]:.1f}"
+                    f"[{name}] {s} #{r + 1}: threads {seconds(th['per_iter_s'])}/it ({th['driver_cpu_per_iter_s']:.2f} "
+                    f"CPU s), processes {seconds(pr['per_iter_s'])}/it ({pr['workers_cpu_per_iter_s']:.2f} + "
+                    f"{pr['driver_cpu_per_iter_s']:.2f} CPU s, {pr['calls_per_iter']:.1f} calls, "
+                    f"{pr['tasks_per_iter']} tasks, build {seconds(pr['build_per_iter_s'])}){unpiped}, "
+                    f"bare {seconds(runs[s]['bare'][-1])}, load {os.getloadavg()[0]:.1f}"
                 )
                 gc.collect()
     entry["load"].append(os.getloadavg()[0])
@@ -221,6 +291,17 @@ def run_case(
             "calls_per_iter": last["calls_per_iter"],
             "tasks_per_iter": last["tasks_per_iter"],
             "build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["processes"]]),
+            "threads_cpu_s": median([x["driver_cpu_per_iter_s"] for x in runs[s]["threads"]]),
+            "workers_cpu_s": median([x["workers_cpu_per_iter_s"] for x in runs[s]["processes"]]),
+            "driver_cpu_s": median([x["driver_cpu_per_iter_s"] for x in runs[s]["processes"]]),
+            "pipelined_vs_not": median(
+                [
+                    p["per_iter_s"] / u["per_iter_s"]
+                    for p, u in zip(runs[s]["processes"], runs[s]["unpipelined"], strict=False)
+                ]
+            )
+            if runs[s]["unpipelined"]
+            else None,
             "threads_build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["threads"]]),
             "runs": runs[s],
         }
@@ -233,12 +314,15 @@ def render(results: dict) -> str:
         for s, r in c["solvers"].items():
             rows.append(
                 [
-                    f"{c['m']:,} × {c['n']:,}, {c['nnz'] / 1e6:.1f}M nnz ({c['row_blocks']} row blocks)",
+                    f"{c['m']:,} × {c['n']:,}, {c['nnz'] / 1e6:.1f}M nnz ({c['row_blocks']} row blocks)"
+                    + (f", client {c['client_latency_ms']:g} ms away" if c.get("client_latency_ms") else ""),
                     s,
                     seconds(r["bare_s"]),
                     f"{seconds(r['threads_s'])} ({r['threads_vs_bare']:.2f}×)",
                     f"{seconds(r['processes_s'])} ({r['processes_vs_bare']:.2f}×)",
                     f"{r['processes_vs_threads']:.2f}×",
+                    f"{r['threads_cpu_s']:.2f} / {r['workers_cpu_s']:.2f} + {r['driver_cpu_s']:.2f}",
+                    "–" if r.get("pipelined_vs_not") is None else f"{r['pipelined_vs_not']:.2f}×",
                     f"{r['calls_per_iter']:.1f}",
                     r["tasks_per_iter"],
                     seconds(r["build_per_iter_s"]),
@@ -253,6 +337,8 @@ def render(results: dict) -> str:
             "threads (vs bare)",
             "2 processes (vs bare)",
             "processes / threads",
+            "CPU s / it: threads / workers + driver",
+            "pipelined / not",
             "round trips / it",
             "tasks / it",
             "driver build+submit / it",
@@ -272,6 +358,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="fits per engine and solver, interleaved")
     p.add_argument("--solvers", default="cd,mu")
     p.add_argument("--threads-only", action="store_true", help="no LocalCluster: threads against the bare pass")
+    p.add_argument("--rows-per-block", type=int, default=None, help="row blocking (default: dnmf's own)")
+    p.add_argument("--compare-pipeline", action="store_true", help="also fit on the processes with dnmf.pipeline false")
+    p.add_argument(
+        "--client-latency-ms", type=float, default=0.0, help="one-way delay between the Client and the scheduler"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
     return p.parse_args(argv)
@@ -285,7 +376,19 @@ def main(argv=None) -> dict:
     results = {"machine": machine_info(), "cases": []}
     for name in cases:
         results["cases"].append(
-            run_case(name, CASES[name], args.k, iters, args.repeats, solvers, args.seed, not args.threads_only)
+            run_case(
+                name,
+                CASES[name],
+                args.k,
+                iters,
+                args.repeats,
+                solvers,
+                args.seed,
+                not args.threads_only,
+                args.rows_per_block,
+                args.compare_pipeline,
+                args.client_latency_ms,
+            )
         )
         gc.collect()
     md = render(results)

@@ -114,13 +114,17 @@ def as_partial(dense: np.ndarray, rows: np.ndarray | None):
 def add_parts(parts):
     """Sum dense arrays and RowSubsets in the given order (a RowSubset when all parts are)."""
     if all(isinstance(p, RowSubset) for p in parts):
-        rows = parts[0].rows
-        for p in parts[1:]:
-            rows = np.union1d(rows, p.rows)
-        values = np.zeros((rows.size, parts[0].values.shape[1]), dtype=np.result_type(*(p.values for p in parts)))
-        for p in parts:
-            values[np.searchsorted(rows, p.rows)] += p.values
-        return _subset_or_dense(rows, values, parts[0].n)
+        n = parts[0].n
+        dtype = np.result_type(*(p.values for p in parts))
+        rows, where = _union(parts)
+        dense = rows.size > SUBSET_MAX_FRACTION * n
+        if dense:
+            where = [p.rows for p in parts]
+        out = np.zeros((n if dense else rows.size, parts[0].values.shape[1]), dtype=dtype)
+        # Every row starts at 0.0 and adds its parts in order, in either layout: the same bits.
+        for p, at in zip(parts, where, strict=True):
+            out[at] += p.values
+        return out if dense else RowSubset(rows, out, n)
     first = parts[0]
     out = first.dense() if isinstance(first, RowSubset) else np.array(first, copy=True)
     for p in parts[1:]:
@@ -131,9 +135,24 @@ def add_parts(parts):
     return out
 
 
-def _subset_or_dense(rows: np.ndarray, values: np.ndarray, n: int):
-    part = RowSubset(rows, values, n)
-    return part if rows.size <= SUBSET_MAX_FRACTION * n else part.dense()
+def _union(parts) -> tuple[np.ndarray, list]:
+    """The sorted union of the parts' rows, and where each part's rows are in it.
+
+    A mask over all ``n`` rows and its running count where the parts cover
+    more than an eighth of them (no sort); ``union1d`` and ``searchsorted``
+    where they are few against ``n`` (a wide column block).
+    """
+    n = parts[0].n
+    if sum(p.rows.size for p in parts) * 8 >= n:
+        mask = np.zeros(n, dtype=bool)
+        for p in parts:
+            mask[p.rows] = True
+        position = np.cumsum(mask, dtype=np.intp) - 1
+        return np.flatnonzero(mask), [position[p.rows] for p in parts]
+    rows = parts[0].rows
+    for p in parts[1:]:
+        rows = np.union1d(rows, p.rows)
+    return rows, [np.searchsorted(rows, p.rows) for p in parts]
 
 
 def take_rows(dense: np.ndarray, rows: np.ndarray):

@@ -93,10 +93,11 @@ def zipf_touched(draws: float, n: int, exponent: float = 1.1) -> float:
 def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     """Tasks in one iteration's graph (:func:`dnmf.nmf.graph.step`, outputs included; exact to a few).
 
-    Per row block: the task, three picks and a share of the pairwise tree that
-    sums all its partials at once within a worker's range; per single-worker
-    subtree where the ranges meet, and per node above it, one task per
-    column block (:func:`dnmf.engine.graph.partial_tree`, counted here on
+    Per row block: the task, W's pick and a share of the pairwise tree that
+    sums all its partials (and its Gram and scalars, one more "column block")
+    at once within a worker's range; per single-worker subtree where the
+    ranges meet, and per node above it, one task per column block and one
+    for the Grams (:func:`dnmf.engine.graph.partial_tree`, counted here on
     the same tree); per worker and column block (sparse X) the touched rows
     of ``Hᵀ``; per column block: the task and three picks. With ``P``
     workers that is ``O(R + P·C)``, not ``O(R·C)``.
@@ -104,10 +105,10 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     R, C = row_blocks, col_blocks
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
     tree: dict = {}
-    partial_tree(tree, "p", list(range(R)), C, owners)
-    tasks = 4 * R + len(tree) + 4 * C
+    partial_tree(tree, "p", list(range(R)), C + 1, owners)
+    tasks = 2 * R + len(tree) + 4 * C
     shipped = min(workers, R) * C if workers > 1 else 0
-    return tasks + shipped + -(-R // 8) + -(-C // 8) + 4
+    return tasks + shipped + -(-C // 8) + 1
 
 
 def predict(

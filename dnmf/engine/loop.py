@@ -6,7 +6,13 @@ loop owns everything else, the same way for every model:
 
 - iterations, ``max_iter`` and ``max_time``, the callback and logging;
 - one round trip per iteration: the new state and the step's scalar vector
-  are persisted together, then only the scalars are fetched;
+  are persisted together, then only the scalars are fetched. On a Client the
+  next iteration may be submitted before they are (``dnmf.pipeline``, see
+  :meth:`dnmf.engine.runner.Runner.pipelines`): the workers go from one iteration's
+  last task to the next one's first without waiting for the driver. It is
+  not submitted after the last iteration nor where a checkpoint or lineage
+  cut replaces the state, and it is dropped, with the random generator put
+  back, when the iteration's scalars end the fit;
 - checkpoints when due (the first two state arrays, the loop state and the
   random generator's state) and once at the end;
 - recovery after lost workers or lost data (retry from the last checkpoint
@@ -21,8 +27,10 @@ loop owns everything else, the same way for every model:
   keeps no reference to the state the step reads (unless the step says it
   may roll back to it, ``rolls_back``), so the cluster drops each of its
   blocks once the tasks that read it have run, and the old and new factors
-  are not both held whole. Starting factors handed over in a ``list`` are
-  released once settled (see :func:`run`).
+  are not both held whole (submitted ahead, iteration t + 1 reads state t
+  while the loop still holds it: until t's scalars are back). Starting
+  factors handed over in a ``list`` are released once settled (see
+  :func:`run`).
 """
 
 from __future__ import annotations
@@ -227,20 +235,42 @@ def run(
         factors.clear()
     del factors
     rolls_back = bool(getattr(step, "rolls_back", True))
-    keep = getattr(step, "persist", None) or _persist_state
+    custom_keep = getattr(step, "persist", None)
+    keep = custom_keep or _persist_state
     lineage_free = bool(getattr(step, "lineage_free", False))
+    # A step whose state lives in storage commits it in observe: nothing may be built on
+    # an iteration before that.
+    pipeline = custom_keep is None and runner.pipelines()
+    ahead: tuple | None = None  # iteration n_iter + 1, submitted before n_iter's scalars came back
+    rng_before_ahead = None
     while st.iteration < max_iter:
         n_iter = st.iteration + 1
         previous = current if rolls_back else None
+        checkpoint_due = checkpointer is not None and checkpointer.due(n_iter)
+        cut_due = runner.client is not None and not lineage_free and n_iter % cut_every == 0
         try:
-            lazy, scalars = step.build(current, n_iter)
-            # From here only the submitted graph holds the state it reads: each of its
-            # blocks is released as soon as its tasks ran, not when the step ends.
-            current = ()
-            new, (scalars,) = keep(runner, lazy, scalars)
-            del lazy
+            if ahead is None:
+                lazy, scalars = step.build(current, n_iter)
+                # From here only the submitted graph holds the state it reads: each of its
+                # blocks is released as soon as its tasks ran, not when the step ends.
+                current = ()
+                new, (scalars,) = keep(runner, lazy, scalars)
+                del lazy
+            else:
+                current = ()
+                (new, (scalars,)), ahead = ahead, None
+            if pipeline and n_iter < max_iter and not (checkpoint_due or cut_due):
+                # The next iteration's graph goes to the scheduler now: its first tasks start
+                # as soon as this iteration's factors exist, not after this iteration's scalars
+                # have reached the driver and a new graph has reached the scheduler. It is
+                # dropped (and the random generator put back) if this iteration ends the fit.
+                rng_before_ahead = None if rng is None else rng.get_state()
+                lazy, following = step.build(new, n_iter + 1)
+                ahead = keep(runner, lazy, following)
+                del lazy, following
             s = runner.fetch(scalars)
         except recoverable as exc:
+            ahead = None
             retries += 1
             where = checkpointer.last.path if checkpointer and checkpointer.last else None
             if not recover or retries > max_retries:
@@ -272,6 +302,11 @@ def run(
         current = new
         st.iteration = n_iter
         verdict = step.observe(st, n_iter, s, report)
+        timed_out = max_time is not None and time.perf_counter() - start >= max_time
+        if ahead is not None and (verdict.rollback or verdict.stop or verdict.converged or timed_out):
+            ahead = None  # built on a state the fit does not continue from
+            if rng is not None and rng_before_ahead is not None:
+                rng.set_state(rng_before_ahead)
         if verdict.rollback:
             if previous is None:
                 raise RuntimeError(f"{type(step).__name__} rolled back with rolls_back False: it must say True.")
@@ -283,10 +318,10 @@ def run(
             break
         if stopped:
             break
-        if max_time is not None and time.perf_counter() - start >= max_time:
+        if timed_out:
             logger.info("stopping after %d iterations: max_time=%s s reached", n_iter, max_time)
             break
-        if checkpointer is not None and checkpointer.due(n_iter) and n_iter < max_iter:
+        if checkpointer is not None and checkpoint_due and n_iter < max_iter:
             save_checkpoint(current)
             if runner.client is None or lineage_free:
                 continue  # local schedulers keep values in the graph: no lineage to cut
@@ -298,7 +333,7 @@ def run(
             current = (A, B, *(next(rebased) if a is not None else None for a in current[2:]))
             del A, B  # or they would hold this state's factors until the next checkpoint
             cuts += 1
-        elif runner.client is None or lineage_free or n_iter % cut_every or n_iter == max_iter:
+        elif not cut_due or n_iter == max_iter:
             continue
         elif nbytes(*_present(current)) <= cut_max_bytes:
             rebased = iter(runner.rebase(*_present(current)))

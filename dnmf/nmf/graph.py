@@ -363,21 +363,19 @@ def _row_task(x_blocks, W, ht_blocks, HHt, p: StepParams, m_blocks=None):
         )
     G = kernels.gram(W_new)
     s[S_GRAMDOT_W] = float(np.vdot(G, HHt))
-    out = {"W": W_new, "small": (G, s)}
-    if p.update_H:
-        if p.beta == 2:
-            fills: list = [None] * len(x_blocks)
-            if m_blocks is not None:
-                for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks, strict=True)):
-                    fills[j] = kernels.holdout_values(m, W_new, ht)
-                    s[S_IMPUTED] += kernels.squared_norm(fills[j])
-            out["P"] = tuple(_partial_xtdot(x, fills[j], W_new) for j, x in enumerate(x_blocks))
-        else:
-            terms = [
-                kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)
-            ]
-            out["P"] = tuple(terms)
-    return out
+    if not p.update_H:
+        return {"W": W_new, "small": (G, s)}
+    if p.beta == 2:
+        fills: list = [None] * len(x_blocks)
+        if m_blocks is not None:
+            for j, (m, ht) in enumerate(zip(m_blocks, ht_blocks, strict=True)):
+                fills[j] = kernels.holdout_values(m, W_new, ht)
+                s[S_IMPUTED] += kernels.squared_norm(fills[j])
+        parts = [_partial_xtdot(x, fills[j], W_new) for j, x in enumerate(x_blocks)]
+    else:
+        parts = [kernels.mu_beta_terms(x.T, ht, W_new, p.beta)[:2] for x, ht in zip(x_blocks, ht_blocks, strict=True)]
+    # (G, s) rides with the partials as one more "column block": one tree sums both.
+    return {"W": W_new, "P": (*parts, (G, s))}
 
 
 @aligned_inputs
@@ -527,7 +525,6 @@ def step(
             for j in range(nJ):
                 if (g, j) not in whole:
                     layer[(f"{core}-Hs", g, j)] = (take_rows, ht_keys[j], (columns.name, g, j))
-    row_small = []
     for i in range(nI):
         a = (f"{core}-A", i)
         layer[a] = (
@@ -542,22 +539,19 @@ def step(
         )
         if holdout is not None:
             layer[a] = layer[a] + ([(holdout.name, i, j) for j in range(nJ)],)
-        layer[(f"{core}-As", i)] = (pick, a, "small")
-        row_small.append((f"{core}-As", i))
-    top = tree_reduce(layer, f"{core}-Asum", row_small, until=SPLIT_EVERY)
-    small_key = (f"{core}-small", 0)
-    layer[small_key] = (sum_list, top)
 
     outputs = {w_name: {(w_name, i, 0): (pick, (f"{core}-A", i), "W") for i in range(nI)}}
     col_small_keys = None
     if p.update_H:
         col_small = []
-        # The pairwise tree over row blocks sums whole tuples of partials (all column blocks)
-        # within each worker's range, then each column block's parts on their own.
-        rows = [(f"{core}-P", i) for i in range(nI)]
-        for i in range(nI):
-            layer[rows[i]] = (pick, (f"{core}-A", i), "P")
-        totals = partial_tree(layer, f"{core}-P", rows, nJ, owners, local_levels)
+        # The pairwise tree over row blocks sums whole tuples of partials (all column blocks,
+        # and the row tasks' (Gram, scalars) as one more) within each worker's range, then each
+        # column block's parts on their own. Its leaves are picks inlined into its first nodes:
+        # no task of their own, and a row task's result is held only as long as its partials
+        # are (until its pair has run).
+        rows = [(pick, (f"{core}-A", i), "P") for i in range(nI)]
+        totals = partial_tree(layer, f"{core}-P", rows, nJ + 1, owners, local_levels)
+        small_key = totals[nJ]
         for j in range(nJ):
             parts = [totals[j]]
             b = (f"{core}-B", j)
@@ -567,6 +561,13 @@ def step(
         top = tree_reduce(layer, f"{core}-Bsum", col_small, until=SPLIT_EVERY)
         col_small_keys = top
         outputs[ht_name] = {(ht_name, j, 0): (pick, (f"{core}-B", j), "Ht") for j in range(nJ)}
+    else:
+        row_small = [(f"{core}-As", i) for i in range(nI)]
+        for i, key in enumerate(row_small):
+            layer[key] = (pick, (f"{core}-A", i), "small")
+        top = tree_reduce(layer, f"{core}-Asum", row_small, until=SPLIT_EVERY)
+        small_key = (f"{core}-small", 0)
+        layer[small_key] = (sum_list, top)
 
     fin = (f"{core}-C", 0)
     layer[fin] = (_finish, small_key, col_small_keys, hht_key, p.update_H)
@@ -586,10 +587,15 @@ def step(
     return W_new, Ht_new, HHt_new, scalars
 
 
+def _ref(arg):
+    """The key an argument refers to: itself, or the task whose result an inlined pick reads."""
+    return arg[1] if isinstance(arg, tuple) and arg and arg[0] is pick else arg
+
+
 def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], nJ: int) -> dict:
     """``{key: worker}`` for the tasks of row block ``i`` (on ``owners[i]``) and what follows them locally."""
     n_rows = sum(1 for key in layer if key[0] == f"{core}-A")
-    where = place_rows(owners, n_rows, lambda i: [(f"{core}-A", i), (f"{core}-As", i), (f"{core}-P", i)])
+    where = place_rows(owners, n_rows, lambda i: [(f"{core}-A", i), (f"{core}-As", i)])
     for out in outputs.values():
         for key, task in out.items():
             if task[1] in where:
@@ -602,9 +608,9 @@ def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], n
         if not (isinstance(key[0], str) and key[0].startswith(f"{core}-P")):
             continue
         if "-L" in key[0]:
-            children = {where.get(c) for c in task[1]}
+            children = {where.get(_ref(c)) for c in task[1]}
         elif key[0] == f"{core}-Pj":
-            children = {where.get(task[1])}
+            children = {where.get(_ref(task[1]))}
         else:
             continue
         if len(children) == 1 and None not in children:

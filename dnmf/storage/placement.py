@@ -18,10 +18,21 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+#: Seconds :func:`worker_addresses` waits for a first worker on a cluster that has none.
+WORKER_WAIT_SECONDS = 60.0
+
 
 def worker_addresses(client: Any) -> list[str]:
-    """The client's current workers, sorted (a stable order for the ranges)."""
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+    """The client's current workers, sorted (a stable order for the ranges).
+
+    A cluster with no worker yet (starting, or restarting its workers) is
+    given :data:`WORKER_WAIT_SECONDS` to get one.
+    """
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return workers
 
 
 def row_owner(i: int, n_blocks: int, workers: list[str]) -> str:
