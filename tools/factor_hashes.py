@@ -35,7 +35,9 @@ float64, and for ``RatingsNMF`` the user/item biases and the global mean.
 The cases: ``dnmf.NMF`` with solvers mu, cd, anls-bpp and mu with the
 Kullback-Leibler loss, each on a dense NumPy array, a SciPy CSR matrix, a
 multi-block Dask array, and a sparse and a dense Zarr store written with
-``dnmf.write_matrix`` and fitted by path; a float32 input; ``select_rank``
+``dnmf.write_matrix`` and fitted by path; mu and cd on the CSR matrix cut
+into 8 row blocks (so that the order of sums over row blocks is covered); a
+float32 input; ``select_rank``
 (method "cv"); ``RatingsNMF`` explicit with and without biases, CCD, and
 implicit; ``non_negative_factorization``; fits resumed from a checkpoint
 (and the uninterrupted fits they must equal); an NMF and a RatingsNMF fit on
@@ -72,6 +74,8 @@ import dnmf  # noqa: E402
 
 M, N, K = 300, 200, 5
 BLOCK = (100, 100)  # 3 x 2 blocks
+#: 8 x 1 blocks: sums over row blocks (pairwise, three levels) differ from sequential ones.
+MANY_ROW_BLOCKS = (38, N)
 SEED = 0
 
 
@@ -260,6 +264,19 @@ def nmf_case(solver, source):
     return run
 
 
+def many_row_blocks_case(solver):
+    params, max_iter = NMF_SOLVERS[solver]
+
+    def run(ctx):
+        model = dnmf.NMF(
+            K, init="nndsvda", tol=0.0, max_iter=max_iter, random_state=SEED, chunks=MANY_ROW_BLOCKS, **params
+        )
+        W = model.fit_transform(ctx.get("csr"))
+        return nmf_parts(model, W)
+
+    return run
+
+
 def case_nmf_random_init(ctx):
     model = dnmf.NMF(
         K,
@@ -385,6 +402,8 @@ def all_cases():
     for solver in NMF_SOLVERS:
         for source in NMF_INPUTS:
             cases[f"nmf-{solver}-{source}"] = nmf_case(solver, source)
+    for solver in ("mu", "cd"):
+        cases[f"nmf-{solver}-csr-8-row-blocks"] = many_row_blocks_case(solver)
     cases["nmf-cd-dense-float32"] = case_nmf_dense32
     cases["nmf-cd-random-shuffle-l1"] = case_nmf_random_init
     cases["nnf-function-mu-kl-csr"] = case_nnf_function
