@@ -501,8 +501,10 @@ def step(
         else:
             v_all = [(f"{core}-Vall", 0)]
             layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_all, gv_key, p)
-        layer[(f"{core}-U", i)] = (_pick, (f"{core}-A", i), "U")
-    u_keys = [(f"{core}-U", i) for i in range(nI)]
+    # A band task's parts are read by picks inlined into the tasks that use them, not by
+    # pick tasks of their own: its result holds nothing those tasks would not (the new
+    # factor rows are an output of the step anyway).
+    u_keys = [(_pick, (f"{core}-A", i), "U") for i in range(nI)]
     if touched_by is None:
         layer[(f"{core}-Uall", 0)] = (_concat, u_keys)
     group_starts = _offsets([sum(bands.row_chunks[i] for i in members) for members in groups])
@@ -516,16 +518,10 @@ def step(
                     j,
                     int(group_starts[g + 1] - group_starts[g]),
                 )
-    row_pen = []
-    for i in range(nI):
-        layer[(f"{core}-Ap", i)] = (_pick, (f"{core}-A", i), "pen")
-        row_pen.append((f"{core}-Ap", i))
+    row_pen = [(_pick, (f"{core}-A", i), "pen") for i in range(nI)]
     gu_key = None
     if implicit:
-        grams = []
-        for i in range(nI):
-            layer[(f"{core}-Ag", i)] = (_pick, (f"{core}-A", i), "gram")
-            grams.append((f"{core}-Ag", i))
+        grams = [(_pick, (f"{core}-A", i), "gram") for i in range(nI)]
         gu_key = tree_top(layer, f"{core}-GU", grams, sum_list)
 
     col_parts, col_pen, col_grams = [], [], []
@@ -545,8 +541,7 @@ def step(
             u_all = [(f"{core}-Uall", 0)]
             layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_all, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
-            layer[(f"{core}-B{part}", j)] = (_pick, (f"{core}-B", j), part)
-            bucket.append((f"{core}-B{part}", j))
+            bucket.append((_pick, (f"{core}-B", j), part))
     data_key = tree_top(layer, f"{core}-data", col_parts, _exact_list)
     pen_key = tree_top(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
     gv_new_key = tree_top(layer, f"{core}-GV", col_grams, sum_list) if implicit else None
@@ -563,9 +558,7 @@ def step(
     deps = [*bands.deps, U, V] + ([GV] if implicit else []) + ([touched_by] if touched_by is not None else [])
     where = None
     if owners is not None:
-        where = place_rows(
-            owners, nI, lambda i: [*((f"{core}-{tag}", i) for tag in ("A", "U", "Ap", "Ag")), (u_name, i, 0)]
-        )
+        where = place_rows(owners, nI, lambda i: [(f"{core}-A", i), (u_name, i, 0)])
         for g, members in enumerate(groups):
             for j in range(nJ):
                 where[(f"{core}-Us", g, j)] = owners[members[0]]
