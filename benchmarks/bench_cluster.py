@@ -192,17 +192,14 @@ def run_case(
     from distributed import Client, LocalCluster
 
     from benchmarks.bench_engine import dnmf_row_chunks
+    from dnmf.base.inputs import memory_chunks
 
     t = time.perf_counter()
     X = make_zipf_csr(spec["m"], spec["n"], spec["nnz"], seed=seed)
     log(
         f"[{name}] {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz / 1e6:.1f}M nnz, generated in {seconds(time.perf_counter() - t)}"
     )
-    chunks = (
-        dnmf_row_chunks(X)
-        if rows_per_block is None
-        else tuple(min(rows_per_block, X.shape[0] - start) for start in range(0, X.shape[0], rows_per_block))
-    )
+    chunks = dnmf_row_chunks(X) if rows_per_block is None else memory_chunks(rows_per_block, X.shape, 0)[0]
     fit_chunks = "auto" if rows_per_block is None else rows_per_block
     bare = bare_pass(X, k, chunks)
     bare()  # warm

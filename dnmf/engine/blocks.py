@@ -116,10 +116,9 @@ def add_parts(parts):
     if all(isinstance(p, RowSubset) for p in parts):
         n = parts[0].n
         dtype = np.result_type(*(p.values for p in parts))
-        rows, where = _union(parts)
+        rows, mask = _union(parts)
         dense = rows.size > SUBSET_MAX_FRACTION * n
-        if dense:
-            where = [p.rows for p in parts]
+        where = [p.rows for p in parts] if dense else _positions(parts, rows, mask)
         out = np.zeros((n if dense else rows.size, parts[0].values.shape[1]), dtype=dtype)
         # Every row starts at 0.0 and adds its parts in order, in either layout: the same bits.
         for p, at in zip(parts, where, strict=True):
@@ -135,24 +134,31 @@ def add_parts(parts):
     return out
 
 
-def _union(parts) -> tuple[np.ndarray, list]:
-    """The sorted union of the parts' rows, and where each part's rows are in it.
+def _union(parts) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sorted union of the parts' rows, and the mask over all ``n`` rows it came from.
 
-    A mask over all ``n`` rows and its running count where the parts cover
-    more than an eighth of them (no sort); ``union1d`` and ``searchsorted``
-    where they are few against ``n`` (a wide column block).
+    A mask (no sort) where the parts cover more than an eighth of the ``n``
+    rows; ``union1d`` (mask None) where they are few against ``n`` (a wide
+    column block).
     """
     n = parts[0].n
-    if sum(p.rows.size for p in parts) * 8 >= n:
-        mask = np.zeros(n, dtype=bool)
-        for p in parts:
-            mask[p.rows] = True
-        position = np.cumsum(mask, dtype=np.intp) - 1
-        return np.flatnonzero(mask), [position[p.rows] for p in parts]
-    rows = parts[0].rows
-    for p in parts[1:]:
-        rows = np.union1d(rows, p.rows)
-    return rows, [np.searchsorted(rows, p.rows) for p in parts]
+    if sum(p.rows.size for p in parts) * 8 < n:
+        rows = parts[0].rows
+        for p in parts[1:]:
+            rows = np.union1d(rows, p.rows)
+        return rows, None
+    mask = np.zeros(n, dtype=bool)
+    for p in parts:
+        mask[p.rows] = True
+    return np.flatnonzero(mask), mask
+
+
+def _positions(parts, rows: np.ndarray, mask: np.ndarray | None) -> list:
+    """Where each part's rows are in their union ``rows`` (from :func:`_union`)."""
+    if mask is None:
+        return [np.searchsorted(rows, p.rows) for p in parts]
+    position = np.cumsum(mask, dtype=np.intp) - 1
+    return [position[p.rows] for p in parts]
 
 
 def take_rows(dense: np.ndarray, rows: np.ndarray):
