@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dnmf.storage.placement import scheduler_identity
+
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client, Security
 
@@ -381,7 +383,7 @@ def _blas_limit(in_process: bool):
 def cluster_info(client, link: str | None, embedded: bool) -> dict[str, Any]:
     """What the report and the progress events say about the cluster (best effort)."""
     try:
-        info = client.scheduler_info()
+        info = scheduler_identity(client)
         workers = info.get("workers", {})
         return {
             "scheduler": info.get("address"),

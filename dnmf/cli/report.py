@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dnmf.storage.placement import scheduler_identity
+
 __all__ = ["cluster_info", "render_report", "write_report"]
 
 _CSS = """
@@ -72,8 +74,8 @@ def cluster_info(client: Any) -> dict[str, Any]:
             "workers": [],
         }
     try:
-        info = client.scheduler_info(n_workers=-1)
-    except Exception:
+        info = scheduler_identity(client)
+    except Exception:  # informational only: what the client knows
         info = client.scheduler_info()
 
     def order(item):

@@ -22,16 +22,32 @@ from typing import Any
 WORKER_WAIT_SECONDS = 60.0
 
 
+def scheduler_identity(client: Any) -> dict[str, Any]:
+    """The scheduler's identity with every worker's record, asked of the scheduler on every call.
+
+    ``Client.scheduler_info`` returns the client's cached copy instead, which
+    the client's own periodic refresh (one that asks for no workers) may
+    overwrite between the fetch and the return: on a busy machine it
+    sometimes says that a cluster with workers has none.
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1))
+
+
+def workers_info(client: Any) -> dict[str, dict[str, Any]]:
+    """``{address: record}`` of the client's workers (``nthreads``, ``memory_limit``, ``host``, ...)."""
+    return dict(scheduler_identity(client)["workers"])
+
+
 def worker_addresses(client: Any) -> list[str]:
     """The client's current workers, sorted (a stable order for the ranges).
 
     A cluster with no worker yet (starting, or restarting its workers) is
     given :data:`WORKER_WAIT_SECONDS` to get one.
     """
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = sorted(workers_info(client))
     if not workers:
         client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        workers = sorted(workers_info(client))
     return workers
 
 
@@ -104,7 +120,7 @@ def spare_core_everywhere(client: Any | None, threads: int | None = None) -> boo
     if client is None:
         cores = usable_cores()
         return (threads or cores) < cores
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_info(client)
     if not workers:
         return False
     cores = client.run(usable_cores)  # one round trip: {address: cores}

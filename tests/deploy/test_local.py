@@ -13,6 +13,7 @@ import pytest
 
 import dnmf
 from dnmf.cli.cluster import ClusterOptions, ConnectError, connect
+from dnmf.storage.placement import workers_info
 from tests.deploy.helpers import dask_local, dnmf_executable, group_pids, recorded_pids, start_cluster, transitions
 from tests.helpers import free_port, planted
 
@@ -62,7 +63,7 @@ def test_connect_fits_on_the_processes_bit_identical_to_threads(cluster, store):
     X, path = store
     before = transitions(address)
     with connect(ClusterOptions(scheduler=address)) as (client, link):
-        assert len(client.scheduler_info()["workers"]) == 2
+        assert len(workers_info(client)) == 2
         assert link is None or link.startswith("http://127.0.0.1:")
         remote = dnmf.NMF(client=client, **_params()).fit(path)
     assert transitions(address) > before  # the work ran on that scheduler's workers

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
+from dnmf.storage.placement import workers_info
 from tests.helpers import local_client
 
 pytestmark = pytest.mark.cluster
@@ -54,7 +55,7 @@ def _fit(X, client, **params):
             W = model.fit_transform(X, callback=at_first_iteration)
     ((held, distinct),) = blocks
     ran = {task["worker"] for task in ts.data}
-    workers = set(client.scheduler_info()["workers"])
+    workers = set(workers_info(client))
     return W, model.components_, {"held": held, "distinct": distinct, "ran": ran, "workers": workers}
 
 

@@ -10,6 +10,7 @@ import sparse
 
 from dnmf.storage import arrays as io
 from dnmf.storage import read_model
+from dnmf.storage.placement import workers_info
 
 distributed = pytest.importorskip("distributed")
 pytestmark = [pytest.mark.cluster, pytest.mark.filterwarnings("ignore:The Zarr array:UserWarning")]
@@ -42,7 +43,7 @@ def test_sparse_dask_array_written_by_workers(client, tmp_path):
     writes = _tasks(ts, "dnmf-write-")
     writers = {t["worker"] for t in writes}
     assert len(writes) == 8
-    assert writers <= set(client.scheduler_info()["workers"]) and len(writers) == 2
+    assert writers <= set(workers_info(client)) and len(writers) == 2
     assert m.chunks == ((100,) * 4, (45, 45)) and m.nnz == X.nnz
     Y = client.compute(m.data, sync=True)
     assert (Y != X).nnz == 0

@@ -1,9 +1,10 @@
 """row_ranges names the worker that scatter_rows puts each row block on, and each worker's range."""
 
+import dask
 import numpy as np
 import pytest
 
-from dnmf.storage.placement import row_ranges, scatter_rows
+from dnmf.storage.placement import row_ranges, scatter_rows, workers_info
 
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 5, 8])
@@ -26,3 +27,15 @@ def test_row_ranges_match_where_scatter_rows_puts_the_blocks(dist_client, n_bloc
         else:
             runs.append(1)
     assert sizes == tuple(runs) and len(set(owners)) == len(sizes) == min(n_blocks, 2)
+
+
+def test_workers_info_never_misses_the_workers(dist_client):
+    """A client that refreshes its cached scheduler info every 5 ms (distributed's default is 2 s)
+    still gets both workers from every call: the placement of row blocks must not see an empty
+    cluster. ``Client.scheduler_info`` returned an empty worker list ~4% of the time here."""
+    from distributed import Client
+
+    with dask.config.set({"distributed.client.scheduler-info-interval": "5ms"}):
+        with Client(dist_client.scheduler.address, set_as_default=False) as client:
+            counts = {len(workers_info(client)) for _ in range(400)}
+    assert counts == {2}
