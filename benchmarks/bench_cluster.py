@@ -23,6 +23,7 @@ step itself, so only the processes' figure is reported). Ratios are medians of t
     python benchmarks/bench_cluster.py --cases narrow --iters 6 --repeats 3
     python benchmarks/bench_cluster.py --quick               # small, about a minute
     python benchmarks/bench_cluster.py --cases narrow --compare-pipeline   # dnmf.pipeline off too
+    python benchmarks/bench_cluster.py --cases narrow --compare-allocator  # workers' allocator as Dask sets it too
 
 Cases: ``narrow`` 200,000 × 20,000, 7.3M nnz; ``wide`` 2,000,000 × 500,000, 18.2M nnz;
 ``small`` 200,000 × 20,000, 1.1M nnz (``--quick``: 20,000 × 4,000, 0.2M nnz). ``--rows-per-block``
@@ -30,6 +31,9 @@ overrides dnmf's own row blocking (e.g. 3125 for 64 row blocks of the small case
 ``--compare-pipeline`` fits on the processes with the Dask config key ``dnmf.pipeline`` true
 (each iteration submitted before the previous one's scalars are back), and adds, per repeat,
 the same fit with it false; without it the key keeps its default ("auto").
+``--compare-allocator`` adds, per repeat, a fit on the processes with the Dask config key
+``dnmf.worker-allocator`` false (the workers' glibc thresholds as distributed starts them, see
+``dnmf.engine.allocator``); the other fits keep its default ("auto").
 ``--client-latency-ms D`` connects the processes' Client through a proxy that delays every
 message by D ms each way (``benchmarks/_latency.py``): a driver far from its cluster, as a
 notebook with a cluster in a data centre; the workers still talk to the scheduler directly.
@@ -140,7 +144,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def fit(X, k: int, solver: str, iters: int, client=None, chunks="auto", pipeline: bool | None = None) -> dict:
+def fit(
+    X, k: int, solver: str, iters: int, client=None, chunks="auto", pipeline: bool | None = None, config=None
+) -> dict:
     import dask
 
     import dnmf
@@ -157,7 +163,8 @@ def fit(X, k: int, solver: str, iters: int, client=None, chunks="auto", pipeline
         model = dnmf.NMF(
             k, solver=solver, init="random", tol=0.0, max_iter=iters, random_state=0, client=client, chunks=chunks
         )
-        with warnings.catch_warnings(), dask.config.set({} if pipeline is None else {"dnmf.pipeline": pipeline}):
+        settings = dict(config or {}, **({} if pipeline is None else {"dnmf.pipeline": pipeline}))
+        with warnings.catch_warnings(), dask.config.set(settings):
             warnings.simplefilter("ignore")
             model.fit(X, callback=callback)
     t = np.array([m[0] for m in marks])
@@ -188,6 +195,7 @@ def run_case(
     rows_per_block: int | None = None,
     compare_pipeline: bool = False,
     client_latency_ms: float = 0.0,
+    compare_allocator: bool = False,
 ) -> dict:
     from distributed import Client, LocalCluster
 
@@ -213,7 +221,7 @@ def run_case(
         client_latency_ms=client_latency_ms,
         load=[os.getloadavg()[0]],
     )
-    runs: dict = {s: {"threads": [], "processes": [], "unpipelined": [], "bare": []} for s in solvers}
+    runs: dict = {s: {"threads": [], "processes": [], "unpipelined": [], "untuned": [], "bare": []} for s in solvers}
     with contextlib.ExitStack() as stack:
         client = None
         if processes:
@@ -251,6 +259,11 @@ def run_case(
                 )
                 if processes and compare_pipeline:
                     runs[s]["unpipelined"].append(fit(X, k, s, iters, client=client, chunks=fit_chunks, pipeline=False))
+                if processes and compare_allocator:
+                    # Undone at the start of this fit, tuned again at the start of the next.
+                    runs[s]["untuned"].append(
+                        fit(X, k, s, iters, client=client, chunks=fit_chunks, config={"dnmf.worker-allocator": False})
+                    )
                 runs[s]["bare"].append(bare())
                 th, pr = runs[s]["threads"][-1], runs[s]["processes"][-1]
                 unpiped = (
@@ -258,6 +271,8 @@ def run_case(
                     if runs[s]["unpipelined"]
                     else ""
                 )
+                if runs[s]["untuned"]:
+                    unpiped += f", allocator not tuned {seconds(runs[s]['untuned'][-1]['per_iter_s'])}/it"
                 log(
                     f"[{name}] {s} #{r + 1}: threads {seconds(th['per_iter_s'])}/it ({th['driver_cpu_per_iter_s']:.2f} "
                     f"CPU s), processes {seconds(pr['per_iter_s'])}/it ({pr['workers_cpu_per_iter_s']:.2f} + "
@@ -299,6 +314,17 @@ def run_case(
             )
             if runs[s]["unpipelined"]
             else None,
+            "tuned_vs_not": median(
+                [
+                    p["per_iter_s"] / u["per_iter_s"]
+                    for p, u in zip(runs[s]["processes"], runs[s]["untuned"], strict=False)
+                ]
+            )
+            if runs[s]["untuned"]
+            else None,
+            "untuned_workers_cpu_s": median([x["workers_cpu_per_iter_s"] for x in runs[s]["untuned"]])
+            if runs[s]["untuned"]
+            else None,
             "threads_build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["threads"]]),
             "runs": runs[s],
         }
@@ -320,6 +346,9 @@ def render(results: dict) -> str:
                     f"{r['processes_vs_threads']:.2f}×",
                     f"{r['threads_cpu_s']:.2f} / {r['workers_cpu_s']:.2f} + {r['driver_cpu_s']:.2f}",
                     "–" if r.get("pipelined_vs_not") is None else f"{r['pipelined_vs_not']:.2f}×",
+                    "–"
+                    if r.get("tuned_vs_not") is None
+                    else f"{r['tuned_vs_not']:.2f}× (CPU {r['workers_cpu_s']:.2f} / {r['untuned_workers_cpu_s']:.2f})",
                     f"{r['calls_per_iter']:.1f}",
                     r["tasks_per_iter"],
                     seconds(r["build_per_iter_s"]),
@@ -336,6 +365,7 @@ def render(results: dict) -> str:
             "processes / threads",
             "CPU s / it: threads / workers + driver",
             "pipelined / not",
+            "allocator tuned / not",
             "round trips / it",
             "tasks / it",
             "driver build+submit / it",
@@ -357,6 +387,11 @@ def parse_args(argv=None):
     p.add_argument("--threads-only", action="store_true", help="no LocalCluster: threads against the bare pass")
     p.add_argument("--rows-per-block", type=int, default=None, help="row blocking (default: dnmf's own)")
     p.add_argument("--compare-pipeline", action="store_true", help="also fit on the processes with dnmf.pipeline false")
+    p.add_argument(
+        "--compare-allocator",
+        action="store_true",
+        help="also fit on the processes with dnmf.worker-allocator false",
+    )
     p.add_argument(
         "--client-latency-ms", type=float, default=0.0, help="one-way delay between the Client and the scheduler"
     )
@@ -385,6 +420,7 @@ def main(argv=None) -> dict:
                 args.rows_per_block,
                 args.compare_pipeline,
                 args.client_latency_ms,
+                args.compare_allocator,
             )
         )
         gc.collect()

@@ -243,19 +243,25 @@ def cluster_pass(client, X) -> tuple[float, int, float]:
     """Seconds for the cluster to read every block once, the sum of the blocks' nnz, and the workers' CPU seconds.
 
     One task per block, as a fit's row task reads it (the read inlined, see
-    :func:`dnmf.engine.graph.x_block_refs`); only each block's nnz comes back
+    :func:`dnmf.engine.graph.x_block_refs`) and placed as a fit places it (on
+    its row range's worker, :meth:`dnmf.engine.runner.Runner.row_owners`: the
+    scheduler does not queue placed tasks); only each block's nnz comes back
     to the client, summed here: a Dask reduction tree would add two tasks of
     scheduling per block that are no part of reading. On a loaded machine the
     CPU seconds compare with (a)'s more fairly than wall time.
     """
-    from dnmf.engine.graph import x_block_refs
+    from dnmf.engine.graph import assemble, place_blocks, x_block_refs
+    from dnmf.engine.runner import Runner
 
     ref, _ = x_block_refs(X)
     name = f"nnz-{uuid.uuid4().hex}"
-    dsk = {(name, i, j): (_nnz_of, ref(i, j)) for i in range(X.numblocks[0]) for j in range(X.numblocks[1])}
+    nI, nJ = X.numblocks
+    dsk = {(name, i, j): (_nnz_of, ref(i, j)) for i in range(nI) for j in range(nJ)}
+    owners = Runner(client).row_owners(nI)
+    graph = assemble(name, dsk, [], {}, place_blocks(owners, X.numblocks, name))
     cpu0 = client.run(_cpu_seconds)
     t = time.perf_counter()
-    total = sum(client.get(dsk, list(dsk)))
+    total = sum(client.get(graph, list(dsk)))
     wall = time.perf_counter() - t
     cpu1 = client.run(_cpu_seconds)
     return wall, total, sum(cpu1[w] - cpu0[w] for w in cpu1)
@@ -504,7 +510,10 @@ def run_cluster(path: str, store, args) -> dict:
     from distributed import Client
 
     res: dict = {"completed": False}
+    from dnmf.engine.allocator import tune_workers
+
     with start_cluster(args, args.memory_limit) as cluster, Client(cluster, set_as_default=False) as client:
+        tune_workers(client)  # the workers' allocator as a fit leaves it (dnmf.worker-allocator)
         # (b) one pass on the cluster (after a first one, to warm the workers' imports and page cache)
         cluster_pass(client, store.data)
         times, cpus = [], []

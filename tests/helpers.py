@@ -50,14 +50,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_client(n_workers: int, threads_per_worker: int, processes: bool) -> Iterator:
-    """A ``distributed.Client`` on its own LocalCluster (no dashboard), closed on exit."""
+def local_client(n_workers: int, threads_per_worker: int, processes: bool, **cluster_kwargs) -> Iterator:
+    """A ``distributed.Client`` on its own LocalCluster (no dashboard), closed on exit.
+
+    ``cluster_kwargs`` go to the LocalCluster (e.g. ``memory_limit``).
+    """
     from distributed import Client, LocalCluster
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes, dashboard_address=None
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            dashboard_address=None,
+            **cluster_kwargs,
         )
         client = Client(cluster, set_as_default=False)
     try:

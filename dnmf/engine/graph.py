@@ -358,6 +358,19 @@ def place_rows(owners: Sequence[str], n_rows: int, keys_of_row: Callable[[int], 
     return {key: owner for i, owner in enumerate(owners) for key in keys_of_row(i)}
 
 
+def place_blocks(owners: Sequence[str] | None, numblocks: tuple[int, int], name: str) -> dict | None:
+    """``where`` for one task per block ``(name, i, j)`` of a pass over X: on row block ``i``'s owner.
+
+    None (no placement) where ``owners`` is None. A pass's tasks have no
+    dependencies: unplaced, the distributed scheduler would queue them and
+    hand a worker its next one only as one finishes.
+    """
+    if owners is None:
+        return None
+    n_rows, n_cols = numblocks
+    return place_rows(owners, n_rows, lambda i: [(name, i, j) for j in range(n_cols)])
+
+
 def group_columns(X: da.Array, sizes: tuple[int, ...]) -> da.Array:
     """The columns each group of row blocks touches, per column block.
 

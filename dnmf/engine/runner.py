@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ..storage.placement import row_owner, spare_core_everywhere, worker_addresses
+from ..storage.placement import row_owner, row_ranges, spare_core_everywhere, worker_addresses
 
 #: Without checkpoints, cut the lineage of the persisted state this often...
 REBASE_EVERY = 20
@@ -54,6 +54,10 @@ class Runner:
 
     The step graphs are built minimal, so Dask's graph optimisation (culling,
     fusion) is skipped: on small problems it costs more than the step.
+
+    On a Client, the workers' memory allocator is tuned first
+    (:func:`dnmf.engine.allocator.tune_workers`, Dask config
+    ``dnmf.worker-allocator``).
     """
 
     def __init__(self, client=None, single_block: bool = False):
@@ -76,6 +80,10 @@ class Runner:
             from threadpoolctl import ThreadpoolController
 
             self._blas = ThreadpoolController()
+        if client is not None:
+            from .allocator import tune_workers
+
+            tune_workers(client)
 
     def read_ahead(self) -> bool:
         """Whether store-backed row tasks read their next row block ahead (:mod:`dnmf.storage.prefetch`).
@@ -160,6 +168,19 @@ class Runner:
                     a.map_blocks(_same, dtype=a.dtype, meta=a._meta, name=f"dnmf-placed-{tokenize(a.name, workers)}")
                 )
         return self.persist(*placed)
+
+    def row_owners(self, n_blocks: int) -> tuple[str, ...] | None:
+        """The worker of each of ``n_blocks`` row blocks (contiguous ranges), or None off a Client.
+
+        For the ``owners`` of a graph's per-row-block tasks (e.g. a pass over
+        X's blocks): placed tasks run where their row range lives, and the
+        distributed scheduler does not queue them. It queues tasks without
+        dependencies and hands a worker its next one only when one finishes:
+        a round trip per task, 3 ms against 0.7 ms on a 2-core machine.
+        """
+        if self.client is None or not dask.config.get("dnmf.placement", True):
+            return None
+        return row_ranges(self.client, n_blocks)[0]
 
     def compute(self, array):
         """Compute one (small) array and return it as NumPy."""

@@ -84,13 +84,14 @@ class RatingsData:
     def summary(self, runner):
         if self.csr is not None:
             return masked.block_summary(self.csr)
-        return np.asarray(runner.compute(masked_graph.summary(self.dask)))[0]
+        return np.asarray(runner.compute(masked_graph.summary(self.dask, runner.row_owners(self.dask.numblocks[0]))))[0]
 
     def confidence_total(self, runner, p: masked.MaskedParams) -> masked.ExactSum:
         """The exact sum of the implicit confidences at the observed entries (one pass over X)."""
         if self.csr is not None:
             return masked.block_confidence(self.csr, p)
-        return np.asarray(runner.compute(masked_graph.confidence_total(self.dask, p)))[0]
+        owners = runner.row_owners(self.dask.numblocks[0])
+        return np.asarray(runner.compute(masked_graph.confidence_total(self.dask, p, owners)))[0]
 
     def bands(self, runner, reload: bool = False):
         if self._bands is not None and not reload:

@@ -53,6 +53,7 @@ from dask.highlevelgraph import HighLevelGraph
 from ..engine.blocks import RowSubset, aligned_inputs, take_rows
 from ..engine.graph import (
     assemble,
+    place_blocks,
     place_rows,
     row_groups,
     sum_list,
@@ -218,9 +219,12 @@ def _concat(blocks):
 # --------------------------------------------------------------------------
 
 
-def summary(X: da.Array) -> da.Array:
+def summary(X: da.Array, owners: tuple[str, ...] | None = None) -> da.Array:
     """One pass over X's blocks: a 1-element object array holding
-    ``masked.combine_summaries`` of every block (exact, order-free)."""
+    ``masked.combine_summaries`` of every block (exact, order-free).
+
+    ``owners`` (optional): the worker of each row block, where its blocks'
+    tasks are placed (:meth:`dnmf.engine.runner.Runner.row_owners`)."""
     xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-masked-summary", X.name)
     core = f"dnmf-masked-summary-core-{token}"
@@ -233,13 +237,14 @@ def summary(X: da.Array) -> da.Array:
             keys.append((core, i, j))
     top = tree_top(layer, core + "-sum", keys, _summary_list)
     out = {(name, 0): (_boxed, top)}
-    graph = assemble(core, layer, xdeps, {name: out})
+    graph = assemble(core, layer, xdeps, {name: out}, place_blocks(owners, X.numblocks, core))
     return da.Array(graph, name, chunks=((1,),), dtype=object)
 
 
-def confidence_total(X: da.Array, p: masked.MaskedParams) -> da.Array:
+def confidence_total(X: da.Array, p: masked.MaskedParams, owners: tuple[str, ...] | None = None) -> da.Array:
     """One pass over X's blocks: a 1-element object array holding the exact sum
-    of the implicit confidences at the observed entries (:func:`masked.block_confidence`)."""
+    of the implicit confidences at the observed entries (:func:`masked.block_confidence`);
+    ``owners`` as in :func:`summary`."""
     xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-masked-confidence", X.name, p)
     core = f"dnmf-masked-confidence-core-{token}"
@@ -252,7 +257,7 @@ def confidence_total(X: da.Array, p: masked.MaskedParams) -> da.Array:
             keys.append((core, i, j))
     top = tree_top(layer, core + "-sum", keys, _exact_list)
     out = {(name, 0): (_boxed, top)}
-    graph = assemble(core, layer, xdeps, {name: out})
+    graph = assemble(core, layer, xdeps, {name: out}, place_blocks(owners, X.numblocks, core))
     return da.Array(graph, name, chunks=((1,),), dtype=object)
 
 

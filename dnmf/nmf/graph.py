@@ -44,6 +44,7 @@ from ..engine.graph import (
     group_of_rows,
     partial_tree,
     pick,
+    place_blocks,
     place_rows,
     sum_list,
     tree_reduce,
@@ -106,10 +107,12 @@ class StepParams:
 # --------------------------------------------------------------------------
 
 
-def stats(X: da.Array) -> da.Array:
+def stats(X: da.Array, owners: tuple[str, ...] | None = None) -> da.Array:
     """Per-block ``kernels.block_stats`` reduced to one (6,) vector.
 
     ``[min, n_nonfinite, sum, sum_of_squares, nnz, n_entries]``; one pass over X.
+    ``owners`` (optional): the worker of each row block, where its blocks'
+    tasks are placed (:meth:`dnmf.engine.runner.Runner.row_owners`).
     """
     xref, xdeps = x_block_refs(X)
     token = tokenize("dnmf-stats", X.name)
@@ -125,7 +128,7 @@ def stats(X: da.Array) -> da.Array:
     top = tree_reduce(layer, core + "-sum", keys, split_every=64, until=64)
     layer[(core, "agg")] = (_combine_stats, top)
     out = {(name, 0): (operator.getitem, (core, "agg"), slice(None))}
-    graph = assemble(core, layer, xdeps, {name: out})
+    graph = assemble(core, layer, xdeps, {name: out}, place_blocks(owners, X.numblocks, core))
     return da.Array(graph, name, chunks=((6,),), dtype=np.float64)
 
 

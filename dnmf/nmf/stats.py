@@ -43,7 +43,8 @@ class MatrixStats:
 
 
 def compute_stats(X: da.Array, runner) -> MatrixStats:
-    return MatrixStats.from_vector(np.asarray(runner.compute(blocked.stats(X))))
+    """One pass over X's blocks (placed where the runner's cluster holds its row blocks)."""
+    return MatrixStats.from_vector(np.asarray(runner.compute(blocked.stats(X, runner.row_owners(X.numblocks[0])))))
 
 
 def check_values(stats: MatrixStats, whom: str = "NMF (input X)") -> None:

@@ -139,3 +139,32 @@ def test_ratings_ship_only_touched_factor_rows_and_keep_the_bits(dist_client, fe
     assert np.array_equal(np.asarray(local.transform(X)), np.asarray(remote.transform(X)))
     names = {str(t["key"][0]).rsplit("-", 1)[-1] for t in ts.data if isinstance(t["key"], tuple)}
     assert {"Vs", "Us"} <= names, names
+
+
+def test_passes_over_a_store_run_where_their_row_ranges_live(dist_client, tmp_path):
+    """The statistics pass over a store places each block's task on its row range's worker
+    (Runner.row_owners): dependency-free tasks that the scheduler would otherwise queue."""
+    import ast
+
+    from distributed import get_task_stream
+
+    from dnmf.engine.runner import Runner
+    from dnmf.nmf.stats import compute_stats
+
+    X = sp.random(400, 60, density=0.1, random_state=3, format="csr")
+    store = dnmf.write_matrix(X, tmp_path / "x.zarr", chunks=(50, 30))
+    runner = Runner(dist_client)
+    owners = runner.row_owners(store.data.numblocks[0])
+    with get_task_stream(dist_client) as ts:
+        stats = compute_stats(store.data, runner)
+    assert stats.nnz == X.nnz
+    ran = {}
+    for task in ts.data:
+        key = task["key"]
+        if isinstance(key, str) and key.startswith("("):
+            key = ast.literal_eval(key)
+        if isinstance(key, tuple) and str(key[0]).startswith("dnmf-stats-core") and len(key) == 3:
+            ran[key[1:]] = task["worker"]
+    assert len(ran) == 8 * 2, ran
+    assert all(worker == owners[i] for (i, _), worker in ran.items()), (owners, ran)
+    assert len(set(owners)) == 2
