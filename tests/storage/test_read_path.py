@@ -116,6 +116,20 @@ def test_metadata_that_is_not_an_array_is_a_store_error(tmp_path):
         nodes.open_array_meta_readonly(root, "b")
 
 
+def test_metadata_parsed_once_per_document_and_never_stale(tmp_path):
+    """A second open of the same array reuses its parse; an array rewritten with another
+    shape (a factor store's block written over a given-up generation's file) is parsed anew."""
+    root = str(tmp_path)
+    nodes.write_1d(root, "a", np.arange(10.0), None)
+    first = nodes.open_array_meta_readonly(root, "a")
+    again = nodes.open_array_meta_readonly(root, "a")
+    assert again.metadata is first.metadata and again.shape == (10,)
+    nodes.write_1d(root, "a", np.arange(25.0), None)
+    rewritten = nodes.open_array_meta_readonly(root, "a")
+    assert rewritten.shape == (25,) and rewritten.metadata is not first.metadata
+    np.testing.assert_array_equal(nodes.read_single_chunk(root, "a", rewritten), np.arange(25.0))
+
+
 def test_blocks_do_not_share_the_read_buffer(tmp_path):
     """Each read returns its own array, although the file bytes go through one reused buffer."""
     root = str(tmp_path)
