@@ -244,20 +244,20 @@ def cluster_pass(client, X) -> tuple[float, int, float]:
 
     One task per block, as a fit's row task reads it (the read inlined, see
     :func:`dnmf.engine.graph.x_block_refs`) and placed as a fit places it (on
-    its row range's worker, :meth:`dnmf.engine.runner.Runner.row_owners`: the
+    its row range's worker, :func:`dnmf.storage.placement.row_ranges`: the
     scheduler does not queue placed tasks); only each block's nnz comes back
     to the client, summed here: a Dask reduction tree would add two tasks of
     scheduling per block that are no part of reading. On a loaded machine the
     CPU seconds compare with (a)'s more fairly than wall time.
     """
     from dnmf.engine.graph import assemble, place_blocks, x_block_refs
-    from dnmf.engine.runner import Runner
+    from dnmf.storage.placement import row_ranges
 
     ref, _ = x_block_refs(X)
     name = f"nnz-{uuid.uuid4().hex}"
     nI, nJ = X.numblocks
     dsk = {(name, i, j): (_nnz_of, ref(i, j)) for i in range(nI) for j in range(nJ)}
-    owners = Runner(client).row_owners(nI)
+    owners = row_ranges(client, nI)[0]
     graph = assemble(name, dsk, [], {}, place_blocks(owners, X.numblocks, name))
     cpu0 = client.run(_cpu_seconds)
     t = time.perf_counter()

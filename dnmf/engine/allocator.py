@@ -36,6 +36,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .config import switch
+
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -151,13 +153,7 @@ class AllocatorPlugin(WorkerPlugin):
 
 def setting() -> bool | str:
     """The Dask config key ``dnmf.worker-allocator``: true, false or "auto" (the default)."""
-    import dask
-
-    value = dask.config.get("dnmf.worker-allocator", "auto")
-    # Dask reads true/false from the environment and YAML as booleans already.
-    if not (value is True or value is False or value == "auto"):
-        raise ValueError(f"The Dask config key dnmf.worker-allocator is {value!r}; set it to true, false or 'auto'.")
-    return value
+    return switch("dnmf.worker-allocator")
 
 
 def tune_workers(client: Any) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..storage.placement import row_owner, row_ranges, spare_core_everywhere, worker_addresses
+from .config import switch
 
 #: Without checkpoints, cut the lineage of the persisted state this often...
 REBASE_EVERY = 20
@@ -97,11 +98,8 @@ class Runner:
         thread. Set it true for stores read over a network (latency, not
         CPU). Asked once per fit (one round trip on a cluster).
         """
-        setting = dask.config.get("dnmf.read-ahead", "auto")
-        # Dask reads true/false from the environment and YAML as booleans already.
-        if not (setting is True or setting is False or setting == "auto"):
-            raise ValueError(f"The Dask config key dnmf.read-ahead is {setting!r}; set it to true, false or 'auto'.")
-        if setting != "auto":
+        setting = switch("dnmf.read-ahead")
+        if isinstance(setting, bool):
             return setting
         if self._read_ahead is None:
             threads = None if self.client is not None else dask.config.get("num_workers", None)
@@ -123,12 +121,10 @@ class Runner:
         while the next iteration writes its own: on a small fit, two states
         at once. The factors are the same bits either way.
         """
-        setting = dask.config.get("dnmf.pipeline", "auto")
-        if not (setting is True or setting is False or setting == "auto"):
-            raise ValueError(f"The Dask config key dnmf.pipeline is {setting!r}; set it to true, false or 'auto'.")
+        setting = switch("dnmf.pipeline")
         if self.client is None:
             return False
-        if setting != "auto":
+        if isinstance(setting, bool):
             return setting
         if self._pipelines is None:
             self._pipelines = round_trip_seconds(self.client) >= PIPELINE_MIN_ROUND_TRIP
