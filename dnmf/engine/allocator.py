@@ -12,12 +12,10 @@ the partial products), so a worker process spends a large part of its CPU in
 the kernel: on 2 cores, 2.5 MB NumPy temporaries cost 8.8 ms per task against
 3.0 ms without the pinned threshold.
 
-:class:`AllocatorPlugin` gives each worker process what glibc does by itself
-in an ordinary process, with a bound that follows the worker's memory limit:
-arrays up to :func:`thresholds`' mmap threshold come from the heap and are
-reused, and at most twice that much free memory is kept at the top of each
-heap (:data:`MMAP_THRESHOLD_MAX`, as glibc's own dynamic maximum, for
-workers of 2 GiB or more; less on smaller workers). It is registered for a
+:class:`AllocatorPlugin` gives each worker process of at least
+:data:`MIN_TUNED_MEMORY` what glibc does by itself in an ordinary process:
+arrays up to 32 MiB come from the heap and are reused, and up to 64 MiB of
+free memory is kept at the top of each heap (glibc's own dynamic maxima). It is registered for a
 fit's cluster by :func:`tune_workers` (Dask config ``dnmf.worker-allocator``)
 and undone when unregistered. Results never depend on it.
 
@@ -45,26 +43,25 @@ M_MMAP_THRESHOLD = -3
 GLIBC_MMAP_THRESHOLD = 128 * 2**10
 #: The largest mmap threshold this module sets: glibc's own dynamic maximum on 64-bit systems.
 MMAP_THRESHOLD_MAX = 32 * 2**20
-#: The smallest (for workers with little memory).
-MMAP_THRESHOLD_MIN = 1 * 2**20
-#: The mmap threshold is at most this fraction of the worker's memory limit.
-MEMORY_FRACTION = 1 / 64
+#: Workers with less memory than this are left alone: a worker sized tightly for an
+#: out-of-core fit can not spare the freed memory kept (a 400 MiB worker kept enough of it,
+#: with thresholds scaled down to its limit, to pause at 83% once in a CI run).
+MIN_TUNED_MEMORY = 4 * 2**30
 #: Name of the worker plugin on the cluster.
 PLUGIN_NAME = "dnmf-allocator"
 
 logger = logging.getLogger("dnmf")
 
 
-def thresholds(memory_limit: int | None) -> tuple[int, int]:
+def thresholds(memory_limit: int | None) -> tuple[int, int] | None:
     """``(mmap_threshold, trim_threshold)`` in bytes for a worker with ``memory_limit`` (None or 0: none).
 
-    The mmap threshold is ``memory_limit / 64`` between 1 MiB and 32 MiB (32 MiB
-    without a limit); the trim threshold twice that, as glibc's dynamic rule.
+    32 MiB and 64 MiB, glibc's own dynamic maxima; None (leave the worker as
+    it is) below :data:`MIN_TUNED_MEMORY`.
     """
-    mmap = MMAP_THRESHOLD_MAX
-    if memory_limit:
-        mmap = int(min(MMAP_THRESHOLD_MAX, max(MMAP_THRESHOLD_MIN, memory_limit * MEMORY_FRACTION)))
-    return mmap, 2 * mmap
+    if memory_limit and memory_limit < MIN_TUNED_MEMORY:
+        return None
+    return MMAP_THRESHOLD_MAX, 2 * MMAP_THRESHOLD_MAX
 
 
 def _libc() -> Any | None:
@@ -113,7 +110,7 @@ def pinned() -> bool:
 
 
 class AllocatorPlugin(WorkerPlugin):
-    """Sets each worker's glibc thresholds (:func:`thresholds` of its memory limit).
+    """Sets each worker's glibc thresholds (:func:`thresholds`: none below :data:`MIN_TUNED_MEMORY`).
 
     Its teardown (the plugin unregistered, or replaced) puts a :func:`pinned`
     worker's thresholds back as the worker started.
@@ -136,7 +133,7 @@ class AllocatorPlugin(WorkerPlugin):
             return
         limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
         wanted = thresholds(limit)
-        if set_thresholds(*wanted):
+        if wanted is not None and set_thresholds(*wanted):
             self.applied = wanted
 
     def teardown(self, worker: Any) -> None:

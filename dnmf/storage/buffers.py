@@ -8,10 +8,10 @@ about 51,000 page faults per pass and a third more CPU than the same read in
 an ordinary process (see the out-of-core benchmark). :func:`empty` hands out
 arrays whose memory comes back here when the last array using it is
 released, so the next block's arrays reuse pages that are already mapped.
-A fit raises the worker's threshold (:mod:`dnmf.engine.allocator`), but only
-to 1/64 of its memory limit and at most 32 MiB: the arrays of larger blocks
-(``dnmf ingest`` writes blocks of about 64 MiB) still come fresh, and a
-worker whose tuning is turned off keeps the 128 KiB.
+A fit raises the threshold of workers of 4 GiB or more to 32 MiB
+(:mod:`dnmf.engine.allocator`): the arrays of larger blocks (``dnmf ingest``
+writes blocks of about 64 MiB) still come fresh there, and smaller workers,
+or workers whose tuning is turned off, keep the 128 KiB.
 
 The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
 :data:`DEFAULT_POOL_BYTES`, 0 turns it off) of free memory per process;

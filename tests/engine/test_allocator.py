@@ -46,8 +46,8 @@ def _applied(dask_worker):
 
 @pytest.fixture(scope="module")
 def worker_client():
-    """One worker process of one thread and 1 GiB, for this module alone (its tuning changes)."""
-    with local_client(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB") as client:
+    """One worker process of one thread and 4 GiB, for this module alone (its tuning changes)."""
+    with local_client(n_workers=1, threads_per_worker=1, processes=True, memory_limit="4GiB") as client:
         yield client
 
 
@@ -55,8 +55,9 @@ def test_thresholds_follow_the_memory_limit():
     MiB = 2**20
     assert allocator.thresholds(None) == (32 * MiB, 64 * MiB)
     assert allocator.thresholds(8 * 2**30) == (32 * MiB, 64 * MiB)
-    assert allocator.thresholds(2**30) == (16 * MiB, 32 * MiB)
-    assert allocator.thresholds(32 * MiB) == (1 * MiB, 2 * MiB)
+    assert allocator.thresholds(4 * 2**30) == (32 * MiB, 64 * MiB)
+    assert allocator.thresholds(2**30) is None
+    assert allocator.thresholds(400 * MiB) is None
 
 
 def test_a_fit_runner_tunes_the_workers_and_false_undoes_it(worker_client):
@@ -67,7 +68,7 @@ def test_a_fit_runner_tunes_the_workers_and_false_undoes_it(worker_client):
     assert pinned > 5_000, pinned
     Runner(worker_client)
     (applied,) = worker_client.run(_applied).values()
-    assert applied == allocator.thresholds(2**30)
+    assert applied == allocator.thresholds(4 * 2**30)
     tuned = _faults(worker_client)
     assert tuned < pinned / 20, (tuned, pinned)
     with dask.config.set({"dnmf.worker-allocator": False}):
@@ -76,11 +77,20 @@ def test_a_fit_runner_tunes_the_workers_and_false_undoes_it(worker_client):
     assert _faults(worker_client) > 5_000
 
 
+def test_a_worker_with_little_memory_is_left_alone():
+    """A 400 MiB worker (an out-of-core fit's) keeps distributed's setting: it has no memory to
+    spare for freed memory kept."""
+    with local_client(n_workers=1, threads_per_worker=1, processes=True, memory_limit="400MiB") as client:
+        Runner(client)
+        assert list(client.run(_applied).values()) == [None]
+        assert _faults(client) > 5_000
+
+
 def test_a_restarted_worker_is_tuned_again(worker_client):
     Runner(worker_client)
     worker_client.restart()
     (applied,) = worker_client.run(_applied).values()
-    assert applied == allocator.thresholds(2**30)
+    assert applied == allocator.thresholds(4 * 2**30)
     assert _faults(worker_client) < 1_000
 
 
