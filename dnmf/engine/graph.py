@@ -192,7 +192,9 @@ def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = su
     return top
 
 
-def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | None = None) -> HighLevelGraph:
+def assemble(
+    core: str, layer: dict, deps: list, outputs: dict, where: dict | None = None, urgent: set | None = None
+) -> HighLevelGraph:
     """One graph: a core layer plus one thin layer per output collection.
 
     ``where`` (optional) maps keys of any of these layers to the worker that
@@ -207,13 +209,15 @@ def assemble(core: str, layer: dict, deps: list, outputs: dict, where: dict | No
     order would otherwise wait behind other row tasks (measured: a worker of
     a factor-store fit held the results of 380 of its 394 row tasks, 1.3 GB,
     until the end of each iteration, for want of one cheap pick each).
+    The keys in ``urgent`` (e.g. tasks that write a block out and so free
+    it) get the same priority.
     """
     prompt = {
         key
         for part in (layer, *outputs.values())
         for key, task in part.items()
         if isinstance(task, tuple) and task and task[0] is pick
-    }
+    } | set(urgent or ())
     annotations: dict | None = None
     if prompt:
         annotations = {"priority": lambda key: PICK_PRIORITY if key in prompt else 0}

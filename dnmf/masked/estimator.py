@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -31,11 +32,13 @@ from ..engine import loop
 from ..engine.checkpoint import LoopState
 from ..engine.runner import Runner
 from ..storage import checkpoints as checkpoint_store
+from ..storage import factors, locations
 from . import graph as masked_graph
 from . import kernels as masked
 from .data import RatingsData, as_2d, check_summary, is_str
 from .queries import RatingsQueries
 from .step import MaskedStep
+from .stored import StoredMaskedStep
 
 logger = logging.getLogger("dnmf")
 
@@ -235,6 +238,20 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         workers every N iterations / S seconds, ``fit(X, resume=PATH)``
         continues bit-identically, and lost workers are recovered from the
         last checkpoint.
+    factor_store : str, os.PathLike or None, default=None
+        Directory (local path or fsspec URL, new or empty) where the users'
+        factors and biases live during the fit instead of in the workers'
+        memory: row task ``i`` reads its block from there and writes the new
+        one every iteration, and each item task reads the new blocks back one
+        at a time, accumulating its items' Grams, instead of receiving every
+        user who rated its items. So a fit whose W is larger than the
+        cluster's memory runs (H, the item biases and, per item task, its
+        items' Grams, n_j × (k+1)² floats, must still fit a worker). One
+        generation per iteration, committed by a pointer once all its blocks
+        are written; checkpoints refer to a generation instead of copying W.
+        Same factors, bit for bit, as the in-memory fit. Needs
+        ``solver="als"``. ``user_factors_`` of a Dask or store X is then a
+        lazy Dask array reading the store's last generation.
 
     Attributes
     ----------
@@ -306,6 +323,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         "cg_steps": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "factor_store": [str, os.PathLike, None],
         **RUN_CONSTRAINTS,
     }
 
@@ -341,6 +359,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         keep_checkpoints=2,
         max_retries=3,
         storage_options=None,
+        factor_store=None,
     ):
         self.n_components = n_components
         self.feedback = feedback
@@ -371,6 +390,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         self.keep_checkpoints = keep_checkpoints
         self.max_retries = max_retries
         self.storage_options = storage_options
+        self.factor_store = factor_store
 
     # ------------------------------------------------------------ fitting
 
@@ -394,6 +414,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         """
         self._validate_params()
         p0 = self._params()  # parameter combinations, before any pass over X
+        root = self._check_factor_store(resume)
         client = self._client()
         data = RatingsData.prepare(X, self.chunks, client, self.storage_options)
         runner = Runner(client, single_block=data.single_block)
@@ -443,8 +464,20 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
                 (Ur, Vr), st = self._initial(data, p, seed, summ), LoopState()
             return nb, Ur, Vr, st
 
+        if root is None:
+            step = MaskedStep(bands, p, self.tol, recover=recover)
+        else:
+            step = StoredMaskedStep(
+                root,
+                bands,
+                p,
+                self.tol,
+                recover=recover,
+                start=state.iteration if state is not None else 0,
+                storage_options=self.storage_options,
+            )
         result = loop.run(
-            MaskedStep(bands, p, self.tol, recover=recover),
+            step,
             (U0, V0),
             max_iter=self.max_iter,
             tol=self.tol,
@@ -457,6 +490,8 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
             recover=runner.client is not None,
             max_retries=self.max_retries,
         )
+        if root is not None:
+            factors.drop_spare(root)
         U, V, _ = result.state
         history, n_iter = result.history, result.n_iter
         V_np = np.asarray(runner.compute(V))
@@ -473,6 +508,20 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         )
         self.converged_ = bool(result.converged)
         return self
+
+    def _check_factor_store(self, resume) -> str | None:
+        """Before any work: the solver can stream, and a fresh fit never writes over an earlier one's factors."""
+        if self.factor_store is None:
+            return None
+        if self.solver != "als":
+            raise ValueError(
+                f"factor_store needs solver='als'; got solver={self.solver!r} (ccd and cg need every "
+                "user row of an item at once). Use solver='als', or leave factor_store=None."
+            )
+        root = locations.normalize(self.factor_store)
+        if resume is None:
+            factors.check_new(root, self.storage_options)
+        return root
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit and return ``user_factors_`` (W)."""

@@ -64,6 +64,7 @@ from ..engine.graph import (
     x_row_refs,
 )
 from ..nmf import init
+from ..storage.factors import Generation
 from ..storage.placement import scatter_rows
 from . import kernels as masked
 
@@ -356,6 +357,20 @@ def _col_task(band, V, u_blocks, G, p: masked.MaskedParams, row_offsets=None):
     return out
 
 
+@aligned_inputs
+def _col_task_streamed(band, V, written, users: Generation, row_offsets, G, p: masked.MaskedParams):
+    """:func:`_col_task` with the users' factors read from ``users``, one row block at a time."""
+    V_new, loss = masked.update_streamed(band, V, lambda i: users.read("W", i), row_offsets, p, G)
+    out = {"V": V_new, "pen": masked.penalty(V_new, np.diff(band.indptr), p), "loss": loss}
+    if p.feedback == "implicit":
+        out["gram"] = masked.gram(V_new, p)
+    return out
+
+
+def _write_users(users: Generation, i: int, U_i):
+    return users.write("W", i, U_i)
+
+
 def _pick(result, name):
     return result[name]
 
@@ -433,6 +448,7 @@ def step(
     p: masked.MaskedParams,
     touched_by: da.Array | None = None,
     owners: tuple[str, ...] | None = None,
+    users: Generation | None = None,
 ):
     """Build the graph of one alternating step (U then V).
 
@@ -453,6 +469,13 @@ def step(
     owners : tuple of str, optional
         The worker of each row band: its task and picks are placed there (a
         preference, see :func:`dnmf.engine.graph.assemble`).
+    users : dnmf.storage.factors.Generation, optional
+        Factors out of core (solver "als" only): each row band's new ``U``
+        block is written into this generation as block ``"W"/i`` (by the
+        worker of its row task), and each column task reads the blocks back
+        one at a time (:func:`dnmf.masked.kernels.update_streamed`) instead
+        of receiving the rows of U it touches. Same bits; no task ever holds
+        more of U than one block.
 
     Returns
     -------
@@ -474,7 +497,10 @@ def step(
         p,
         None if touched_by is None else touched_by.name,
         owners,
+        users,
     )
+    if users is not None and p.solver != "als":
+        raise ValueError(f"Factors in a factor store need solver='als'; got solver={p.solver!r}.")
     core = f"dnmf-masked-step-{token}"
     u_name, v_name = f"dnmf-masked-U-{token}", f"dnmf-masked-V-{token}"
     g_name, s_name = f"dnmf-masked-GV-{token}", f"dnmf-masked-scalars-{token}"
@@ -510,10 +536,13 @@ def step(
     # pick tasks of their own: its result holds nothing those tasks would not (the new
     # factor rows are an output of the step anyway).
     u_keys = [(_pick, (f"{core}-A", i), "U") for i in range(nI)]
-    if touched_by is None:
+    if touched_by is None and users is None:
         layer[(f"{core}-Uall", 0)] = (_concat, u_keys)
+    if users is not None:
+        for i in range(nI):
+            layer[(f"{core}-Uw", i)] = (_write_users, users, i, u_keys[i])
     group_starts = _offsets([sum(bands.row_chunks[i] for i in members) for members in groups])
-    if touched_by is not None:
+    if touched_by is not None and users is None:
         for g, members in enumerate(groups):
             for j in range(nJ):
                 layer[(f"{core}-Us", g, j)] = (
@@ -530,8 +559,20 @@ def step(
         gu_key = tree_top(layer, f"{core}-GU", grams, sum_list)
 
     col_parts, col_pen, col_grams = [], [], []
+    row_offsets = _offsets(bands.row_chunks)
     for j in range(nJ):
-        if touched_by is not None:
+        if users is not None:
+            layer[(f"{core}-B", j)] = (
+                _col_task_streamed,
+                bands.col_ref(j),
+                (V.name, j, 0),
+                [(f"{core}-Uw", i) for i in range(nI)],
+                users,
+                row_offsets,
+                gu_key,
+                p_items,
+            )
+        elif touched_by is not None:
             u_parts = [(f"{core}-Us", g, j) for g in range(len(groups))]
             layer[(f"{core}-B", j)] = (
                 _col_task,
@@ -563,11 +604,13 @@ def step(
     deps = [*bands.deps, U, V] + ([GV] if implicit else []) + ([touched_by] if touched_by is not None else [])
     where = None
     if owners is not None:
-        where = place_rows(owners, nI, lambda i: [(f"{core}-A", i), (u_name, i, 0)])
-        for g, members in enumerate(groups):
-            for j in range(nJ):
-                where[(f"{core}-Us", g, j)] = owners[members[0]]
-    graph = assemble(core, layer, deps, outputs, where)
+        where = place_rows(owners, nI, lambda i: [(f"{core}-A", i), (u_name, i, 0), (f"{core}-Uw", i)])
+        if users is None:
+            for g, members in enumerate(groups):
+                for j in range(nJ):
+                    where[(f"{core}-Us", g, j)] = owners[members[0]]
+    urgent = {(f"{core}-Uw", i) for i in range(nI)} if users is not None else None
+    graph = assemble(core, layer, deps, outputs, where, urgent=urgent)
     U_new = da.Array(graph, u_name, chunks=U.chunks, meta=_meta())
     V_new = da.Array(graph, v_name, chunks=V.chunks, meta=_meta())
     GV_new = da.Array(graph, g_name, chunks=((p.k,), (p.k,)), meta=_meta()) if implicit else None

@@ -651,6 +651,178 @@ def update_with_loss(
     return U_new, exact_sum(terms)
 
 
+# --------------------------------------------------------------------------
+# The item half-step with the users' factors read block by block
+# --------------------------------------------------------------------------
+
+
+def split_by_blocks(band: sp.csr_matrix, offsets: np.ndarray) -> list[sp.csr_matrix]:
+    """The band's entries split by the block of the other side their column is in.
+
+    ``offsets`` (blocks + 1,) are the other side's block boundaries; part
+    ``i`` is a (rows, offsets[i+1] − offsets[i]) CSR with block-local
+    columns. Every row keeps its entries in their order, so a row's entries
+    in part 0, then part 1, ... are the row's entries of ``band`` in order
+    (its columns are sorted: :func:`col_band` sorts them).
+    """
+    if not band.has_sorted_indices:
+        band = band.sorted_indices()
+    r = band.shape[0]
+    nb = len(offsets) - 1
+    which = np.searchsorted(offsets[1:-1], band.indices, side="right") if nb > 1 else np.zeros(band.nnz, np.intp)
+    rows_of = np.repeat(np.arange(r), np.diff(band.indptr))
+    order = np.argsort(which, kind="stable")  # by block, each block's entries in band order
+    bounds = np.searchsorted(which[order], np.arange(nb + 1))
+    parts = []
+    for i in range(nb):
+        sel = order[bounds[i] : bounds[i + 1]]
+        indptr = np.zeros(r + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows_of[sel], minlength=r), out=indptr[1:])
+        cols = (band.indices[sel] - offsets[i]).astype(band.indices.dtype)
+        width = int(offsets[i + 1] - offsets[i])
+        parts.append(sp.csr_matrix((band.data[sel], cols, indptr), shape=(r, width)))
+    return parts
+
+
+def _continued(prev: np.ndarray, rows: np.ndarray, indptr: np.ndarray, cols: np.ndarray, weights, extra):
+    """``prev[rows] + Σ weights·extra[cols]`` per row, the row's terms added after its previous sum, in order.
+
+    One SciPy CSR × dense product on ``[prev[rows]; extra]`` whose row ``t``
+    is ``1·prev[t]`` followed by the row's entries: a row's running sum goes
+    on exactly as if its earlier entries and these had been one segment
+    (``0 + 1·s`` is ``s``), which is what makes the streamed sums equal the
+    one-pass sums of :func:`update` bit for bit.
+    """
+    nr = rows.size
+    out_ptr = indptr + np.arange(nr + 1)
+    first = out_ptr[:-1]
+    index = np.empty(out_ptr[-1], dtype=np.int64)
+    data = np.empty(out_ptr[-1])
+    is_entry = np.ones(out_ptr[-1], dtype=bool)
+    is_entry[first] = False
+    index[first] = np.arange(nr)
+    data[first] = 1.0
+    index[is_entry] = nr + cols
+    data[is_entry] = 1.0 if weights is None else weights
+    ind = sp.csr_matrix((data, index, out_ptr), shape=(nr, nr + extra.shape[0]))
+    return np.asarray(ind @ np.vstack([prev[rows], extra]))
+
+
+def update_streamed(
+    band: sp.csr_matrix,
+    U: np.ndarray,
+    read_block,
+    offsets: np.ndarray,
+    p: MaskedParams,
+    G: np.ndarray | None = None,
+) -> tuple[np.ndarray, ExactSum]:
+    """:func:`update_with_loss` ("als") with the other side's factors read one block at a time.
+
+    For a column band whose users' factors do not fit in memory (a factor
+    store): the per-row Grams and right-hand sides are accumulated over the
+    other side's blocks, each block read when its turn comes, then solved;
+    the loss is a second pass over the blocks. The sums are the same sums in
+    the same order as :func:`update`'s, and the loss terms the same terms,
+    so the result is bit-identical to ``update_with_loss(band, U, V, p, G)``
+    with ``V`` the blocks stacked.
+
+    Parameters
+    ----------
+    band : CSR matrix of shape (r, n)
+    U : ndarray of shape (r, q)
+        The rows' current factors (the warm start of the pivoting).
+    read_block : callable
+        ``read_block(i)`` returns block ``i`` of the other side, (n_i, q).
+    offsets : ndarray of shape (blocks + 1,)
+        The other side's block boundaries (``offsets[-1] == n``).
+    p : MaskedParams
+        ``p.solver`` must be "als".
+    G : ndarray of shape (k, k), optional
+        The other side's Gram (implicit only).
+
+    Returns
+    -------
+    U_new : ndarray of shape (r, q), float64
+    loss : ExactSum
+        The data term at the band's entries, with ``U_new``.
+
+    Memory: the (r, q²) Grams and one block of the other side, whatever n.
+    """
+    if p.solver != "als":
+        raise ValueError(f"Reading the other side block by block needs solver='als'; got {p.solver!r}.")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets[-1] != band.shape[1]:
+        raise ValueError(f"The blocks cover {int(offsets[-1])} columns; the band has {band.shape[1]}.")
+    if p.feedback == "implicit" and G is None:
+        raise ValueError("The implicit model needs G, the Gram of the other side's factors.")
+    r, q = band.shape[0], p.q
+    if U.shape != (r, q):
+        raise ValueError(f"Shapes do not match: band {band.shape}, U {U.shape}; expected U ({r}, {q}).")
+    parts = split_by_blocks(band, offsets)
+    C = np.zeros((r, q * q))
+    D = np.zeros((r, q))
+    budget = _budget(q * q)
+    for i, part in enumerate(parts):
+        if part.nnz == 0:
+            continue
+        V = _checked_block(read_block(i), part.shape[1], q, i)
+        touched = np.flatnonzero(np.diff(part.indptr))
+        t_ptr = np.concatenate([[0], np.cumsum(np.diff(part.indptr)[touched])])
+        for s0, s1 in _row_batches(t_ptr, budget):
+            rows = touched[s0:s1]
+            e0, e1 = int(t_ptr[s0]), int(t_ptr[s1])
+            g0 = int(part.indptr[rows[0]])
+            idx = part.indices[g0 : g0 + (e1 - e0)]
+            local_ptr = t_ptr[s0 : s1 + 1] - e0
+            present, inverse = np.unique(idx, return_inverse=True)
+            Phi_u = _features(V, present, p)
+            table = (Phi_u[:, :, None] * Phi_u[:, None, :]).reshape(present.size, q * q)
+            a, b = _weights(part.data[g0 : g0 + (e1 - e0)], V, idx, p)
+            C[rows] = _continued(C, rows, local_ptr, inverse, a, table)
+            D[rows] = _continued(D, rows, local_ptr, np.arange(e1 - e0), None, b[:, None] * _features(V, idx, p))
+    counts = np.diff(band.indptr)
+    l2, l1 = _penalty_weights(counts, p)
+    free = _free(p)
+    out = np.zeros((r, q))
+    diag = np.arange(q)
+    for r0 in range(0, r, BATCH_ROWS):
+        rows = np.arange(r0, min(r0 + BATCH_ROWS, r))
+        rows = rows[counts[rows] > 0]
+        if rows.size == 0:
+            continue
+        Cr = C[rows].reshape(rows.size, q, q)
+        if G is not None:
+            Gq = np.zeros((q, q))
+            Gq[: p.k, : p.k] = G
+            Cr += Gq
+        Cr[:, diag, diag] += l2[rows]
+        Dr = D[rows] - 0.5 * l1[rows]
+        out[rows] = nnls_rows(Cr, Dr, free=free, passive=U[rows] > 0)
+    del C, D
+    total = ZERO
+    loss_budget = _budget(q)
+    for i, part in enumerate(parts):
+        if part.nnz == 0:
+            continue
+        V = _checked_block(read_block(i), part.shape[1], q, i)
+        pc = np.diff(part.indptr)
+        for r0, r1 in _row_batches(part.indptr, loss_budget):
+            e0, e1 = int(part.indptr[r0]), int(part.indptr[r1])
+            if e1 == e0:
+                continue
+            local = np.repeat(np.arange(r0, r1), pc[r0:r1])
+            s = np.einsum("ij,ij->i", out[local, : p.k], V[part.indices[e0:e1], : p.k])
+            total = exact_add(total, exact_sum(_entry_terms(part[r0:r1], out[r0:r1], V, s, p)))
+    return out, total
+
+
+def _checked_block(V: np.ndarray, rows: int, q: int, i: int) -> np.ndarray:
+    V = np.asarray(V, dtype=np.float64)
+    if V.shape != (rows, q):
+        raise ValueError(f"Block {i} of the other side is {V.shape}; expected ({rows}, {q}).")
+    return V
+
+
 def nnls_rows(
     C: np.ndarray,
     D: np.ndarray,

@@ -24,42 +24,15 @@ deleted).
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
+from ..engine import generations
 from ..engine.checkpoint import LoopState
-from ..engine.graph import pick
 from ..engine.loop import Report, Verdict
 from ..storage import factors
 from . import graph as blocked
 from .step import NMFStep
-
-#: Scheduler priority of the write tasks (Dask's default is 0: higher runs first).
-WRITE_PRIORITY = 100
-
-
-def _source(A: da.Array, i: int):
-    """What a write task takes for block ``i`` of ``A``: the step's own pick of it, inlined.
-
-    A block of the step's output is a task that picks it from its row task's
-    results (:func:`dnmf.engine.graph.pick`). The write task runs that pick
-    itself, so the block depends on the row task directly and the pick task
-    is never scheduled: one task fewer per block and iteration (the block
-    has no other consumer in a factor-store step). Other blocks are taken by key.
-    """
-    key = (A.name, i, 0)
-    task = A.__dask_graph__().get(key)
-    if isinstance(task, tuple) and len(task) == 3 and task[0] is pick and isinstance(task[1], tuple):
-        return task
-    return key
-
-
-def _after(scalars, *written):
-    """The scalars, once every write they wait for has run."""
-    return scalars
 
 
 class StoredNMFStep(NMFStep):
@@ -103,37 +76,8 @@ class StoredNMFStep(NMFStep):
 
     def _written(self, generation: int, scalars: da.Array | None, W, Ht, HHt) -> da.Array:
         """``scalars`` (or a (1,) zero) once every block of ``W``, ``Ht`` and ``HHt`` is in ``generation``."""
-        token = tokenize("dnmf-factors-write", self.root, generation, W.name, Ht.name, HHt.name)
-        core = f"dnmf-factors-write-{token}"
-        layer: dict = {}
-        keys = []
-        for factor, A in (("W", W), ("Ht", Ht), ("HHt", HHt)):
-            for i in range(A.numblocks[0]):
-                key = (core, factor, i)
-                layer[key] = (
-                    factors.write_block,
-                    self.root,
-                    generation,
-                    factor,
-                    i,
-                    _source(A, i),
-                    self.storage_options,
-                )
-                keys.append(key)
-        name = f"dnmf-factors-written-{token}"
-        deps = [W, Ht, HHt]
-        if scalars is None:
-            layer[(name, 0)] = (_after, np.zeros(1), *keys)
-            chunks: tuple = ((1,),)
-        else:
-            layer[(name, 0)] = (_after, (scalars.name, 0), *keys)
-            deps.append(scalars)
-            chunks = scalars.chunks
-        # Writes first: a row task's new W_i leaves the worker's memory before the next row
-        # task starts, or a worker with room for a few blocks only would hold many of them.
-        with dask.annotate(priority=WRITE_PRIORITY):
-            graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-        return da.Array(graph, name, chunks=chunks, dtype=np.float64)
+        arrays = [("W", W), ("Ht", Ht), ("HHt", HHt)]
+        return generations.written(self.root, generation, arrays, scalars, self.storage_options)
 
     def build(self, state, iteration):
         (W_new, Ht_new, HHt_new), scalars = super().build(state, iteration)

@@ -62,25 +62,69 @@ _PREFIX = "dnmf-factors-"
 
 @dataclass(frozen=True)
 class Layout:
-    """The blocking of the factors a store holds."""
+    """The blocking of the factors a store holds.
+
+    ``k`` is the width of W and Hᵀ (RatingsNMF: of its users' and items'
+    state, with their bias column), ``gram`` the width of the Gram beside
+    them (None: ``k``; 0: the fit keeps no Gram).
+    """
 
     W_chunks: tuple[int, ...]
     Ht_chunks: tuple[int, ...]
     k: int
     dtype: str
+    gram: int | None = None
+
+    @property
+    def gram_width(self) -> int:
+        return self.k if self.gram is None else self.gram
 
     def to_json(self) -> dict[str, Any]:
-        return {"W_chunks": list(self.W_chunks), "Ht_chunks": list(self.Ht_chunks), "k": self.k, "dtype": self.dtype}
+        out: dict[str, Any] = {
+            "W_chunks": list(self.W_chunks),
+            "Ht_chunks": list(self.Ht_chunks),
+            "k": self.k,
+            "dtype": self.dtype,
+        }
+        if self.gram is not None:
+            out["gram"] = self.gram
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Layout:
-        return cls(tuple(data["W_chunks"]), tuple(data["Ht_chunks"]), int(data["k"]), str(data["dtype"]))
+        gram = data.get("gram")
+        return cls(
+            tuple(data["W_chunks"]),
+            tuple(data["Ht_chunks"]),
+            int(data["k"]),
+            str(data["dtype"]),
+            None if gram is None else int(gram),
+        )
 
     @classmethod
-    def of(cls, W: da.Array, Ht: da.Array) -> Layout:
+    def of(cls, W: da.Array, Ht: da.Array, gram: int | None = None) -> Layout:
         return cls(
-            tuple(int(c) for c in W.chunks[0]), tuple(int(c) for c in Ht.chunks[0]), int(W.shape[1]), str(W.dtype)
+            tuple(int(c) for c in W.chunks[0]),
+            tuple(int(c) for c in Ht.chunks[0]),
+            int(W.shape[1]),
+            str(W.dtype),
+            gram,
         )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation of a factor store, as the tasks that read and write its blocks name it."""
+
+    root: str
+    number: int
+    storage_options: dict | None = None
+
+    def write(self, factor: str, index: int, block: np.ndarray) -> int:
+        return write_block(self.root, self.number, factor, index, block, self.storage_options)
+
+    def read(self, factor: str, index: int) -> np.ndarray:
+        return read_block(self.root, self.number, factor, index, self.storage_options)
 
 
 def generation_name(generation: int) -> str:
@@ -293,22 +337,31 @@ def read_block(root: str, generation: int, factor: str, index: int, storage_opti
 
 def open_generation(
     root: str, generation: int, layout: Layout, storage_options: dict | None = None
-) -> tuple[da.Array, da.Array, da.Array]:
+) -> tuple[da.Array, da.Array, da.Array | None]:
     """``(W, Ht, HHt)`` of ``generation`` as lazy Dask arrays with no dependencies.
 
     Each block is one read task: nothing is held in memory until a task
-    needs it, and the arrays carry no lineage.
+    needs it, and the arrays carry no lineage. The Gram is None when the
+    layout keeps none (``layout.gram == 0``).
     """
-    out = []
-    for factor, chunks in (("W", layout.W_chunks), ("Ht", layout.Ht_chunks), ("HHt", (layout.k,))):
+    out: list[da.Array | None] = []
+    parts = (("W", layout.W_chunks, layout.k), ("Ht", layout.Ht_chunks, layout.k), ("HHt", None, layout.gram_width))
+    for factor, chunks, width in parts:
+        if chunks is None:
+            if width == 0:
+                out.append(None)
+                continue
+            chunks = (width,)
         name = f"{_PREFIX}{factor}-{generation_name(generation)}-" + tokenize(root, generation, factor, layout)
         dsk = {
             (name, i, 0): (read_block, root, int(generation), factor, i, storage_options) for i in range(len(chunks))
         }
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         meta = np.empty((0, 0), dtype=np.dtype(layout.dtype))
-        out.append(da.Array(graph, name, chunks=(tuple(chunks), (layout.k,)), meta=meta))
-    return out[0], out[1], out[2]
+        out.append(da.Array(graph, name, chunks=(tuple(chunks), (width,)), meta=meta))
+    W, Ht, HHt = out
+    assert W is not None and Ht is not None
+    return W, Ht, HHt
 
 
 def generation_of(A: da.Array) -> tuple[str, int] | None:
