@@ -1,4 +1,4 @@
-"""Benchmark: factors in a factor store (``NMF(factor_store=...)``) against factors in memory.
+"""Benchmark: factors in a factor store (``NMF`` / ``RatingsNMF(factor_store=...)``) against factors in memory.
 
 (a) Per-iteration time. A sparse store X is generated block by block with
     ``m`` rows such that W (m x k float64) is ``--w-multiple`` times the total
@@ -12,6 +12,11 @@
 
     Reported: median per-iteration time (callback deltas, the first iteration
     included), its ratio to 2, peak worker RSS, pauses/restarts, completed.
+
+    With ``--model ratings`` the fits are ``dnmf.RatingsNMF(k,
+    feedback=--feedback, tol=0)`` ("als"), W is the users' state (m x (k+1)
+    with the explicit model's biases) and X has ``--col-blocks`` column
+    blocks (default 4: an item task holds its column band of X).
 
 (b) Checkpoint write time at two sizes of m (``--ckpt-rows`` and 4x that),
     factors in memory (persisted on the large cluster; the checkpoint writes
@@ -42,6 +47,8 @@ import tempfile
 import time
 import warnings
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,11 +73,49 @@ def _cluster(workers: int, memory_limit: int):
         )
 
 
+def _model(args, client, factor_store):
+    import dnmf
+
+    if args.model == "ratings":
+        return dnmf.RatingsNMF(
+            args.k,
+            feedback=args.feedback,
+            random_state=0,
+            max_iter=args.iters,
+            tol=0,
+            client=client,
+            factor_store=factor_store,
+        )
+    return dnmf.NMF(
+        args.k,
+        solver=args.solver,
+        init="random",
+        random_state=0,
+        max_iter=args.iters,
+        tol=0,
+        client=client,
+        factor_store=factor_store,
+    )
+
+
+def _width(args) -> int:
+    """Columns of the state a factor store holds per row: k, plus the explicit RatingsNMF's bias."""
+    return args.k + 1 if args.model == "ratings" and args.feedback == "explicit" else args.k
+
+
+def _column_blocks(X, blocks: int):
+    """X with its one column block cut into ``blocks`` (each read of a block generates it again)."""
+    import dask.array as da
+
+    if blocks <= 1:
+        return X
+    edges = np.linspace(0, X.shape[1], blocks + 1).astype(int)
+    return da.concatenate([X[:, a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)], axis=1)
+
+
 def timed_fit(client, X_path: str, args, memory_limit: int, factor_store: str | None) -> dict:
     """One fit of ``args.iters`` iterations; per-iteration times from the callback."""
     from sklearn.exceptions import ConvergenceWarning
-
-    import dnmf
 
     calls: list[float] = []
     res: dict = {"completed": False, "factor_store": factor_store is not None}
@@ -80,21 +125,12 @@ def timed_fit(client, X_path: str, args, memory_limit: int, factor_store: str | 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                model = dnmf.NMF(
-                    args.k,
-                    solver=args.solver,
-                    init="random",
-                    random_state=0,
-                    max_iter=args.iters,
-                    tol=0,
-                    client=client,
-                    factor_store=factor_store,
-                )
+                model = _model(args, client, factor_store)
                 model.fit(
                     X_path, callback=lambda it, el, loss: calls.append(el) or log(f"  iteration {it}: {el:.2f} s")
                 )
             res["completed"] = len(calls) == args.iters
-            res["loss"] = float(model.reconstruction_err_)
+            res["loss"] = float(model.loss_history_[-1])
         except Exception as exc:
             res["error"] = f"{type(exc).__name__}: {exc}"
             log(f"FAILED: {res['error']}")
@@ -118,9 +154,11 @@ def per_iteration(args, base: str) -> dict:
     import dnmf
 
     total = args.workers * args.memory_limit
-    rows = math.ceil(args.w_multiple * total / (args.k * 8) / args.rows_per_block) * args.rows_per_block
+    width = _width(args)
+    rows = math.ceil(args.w_multiple * total / (width * 8) / args.rows_per_block) * args.rows_per_block
     n_blocks = rows // args.rows_per_block
-    out: dict = {"m": rows, "n": args.cols, "k": args.k, "W_bytes": rows * args.k * 8, "total_memory": total}
+    out: dict = {"m": rows, "n": args.cols, "k": args.k, "W_bytes": rows * width * 8, "total_memory": total}
+    out["model"] = args.model if args.model == "nmf" else f"ratings ({args.feedback})"
     out["W_multiple"] = out["W_bytes"] / total
     log(
         f"\n== (a) X {rows} x {args.cols}, {args.nnz_per_row} nnz/row; W {out['W_bytes'] / MiB:.0f} MiB "
@@ -128,8 +166,9 @@ def per_iteration(args, base: str) -> dict:
     )
     path = os.path.join(base, "x.zarr")
     t = time.perf_counter()
+    X = generated(n_blocks, args.rows_per_block, args.cols, args.nnz_per_row * args.rows_per_block, "uniform", 0.9)
     dnmf.write_matrix(
-        generated(n_blocks, args.rows_per_block, args.cols, args.nnz_per_row * args.rows_per_block, "uniform", 0.9),
+        _column_blocks(X, args.col_blocks),
         path,
         scheduler="threads",
     )
@@ -224,7 +263,8 @@ def render(res: dict) -> str:
     if a:
         lines += [
             "",
-            f"## (a) Per iteration: X {a['m']} x {a['n']}, k={a['k']}, W {a['W_bytes'] / MiB:.0f} MiB = "
+            f"## (a) Per iteration, {a.get('model', 'nmf')}: X {a['m']} x {a['n']}, k={a['k']}, "
+            f"W {a['W_bytes'] / MiB:.0f} MiB = "
             f"{a['W_multiple']:.2f}x the small cluster's {a['total_memory'] / MiB:.0f} MiB",
             "",
         ]
@@ -291,6 +331,9 @@ def parse_args(argv=None):
         default=None,
         help="W's bytes / the small cluster's total memory (default 3; quick 1)",
     )
+    p.add_argument("--model", choices=["nmf", "ratings"], default="nmf", help="dnmf.NMF or dnmf.RatingsNMF")
+    p.add_argument("--feedback", choices=["explicit", "implicit"], default="explicit", help="--model ratings")
+    p.add_argument("--col-blocks", type=int, default=None, help="column blocks of X (default 1; ratings 4)")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--solver", default="mu", help="solver of the fits (default mu: W's update is one gemm)")
     p.add_argument("--cols", type=int, default=2_000)
@@ -315,6 +358,7 @@ def parse_args(argv=None):
     args.big_memory = parse_bytes(args.big_memory)
     args.iters = args.iters or (2 if q else 3)
     args.ckpt_rows = args.ckpt_rows or (200_000 if q else 500_000)
+    args.col_blocks = args.col_blocks or (4 if args.model == "ratings" else 1)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     args.runs = [s.strip() for s in args.runs.split(",") if s.strip()]
     return args

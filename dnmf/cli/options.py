@@ -726,6 +726,13 @@ ratings_options = _stack(
         show_default=True,
         help="cg: conjugate-gradient steps per user/item and half-step.",
     ),
+    click.option(
+        "--factor-store",
+        default=None,
+        metavar="DIR",
+        help="Keep the users' factors in this new (or empty) directory during the fit instead of in the "
+        "workers' memory: for more users than the cluster's memory holds (--solver als; same results).",
+    ),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
     run_options,
 )
@@ -759,4 +766,15 @@ def ratings_params(kwargs: dict[str, Any]) -> dict[str, Any]:
     v = {k: kwargs.pop(k) for k in RATINGS_KEYS}
     v["biases"] = "auto" if v["biases"] is None else bool(v["biases"])
     v["random_state"] = v.pop("seed")
+    factor_store = kwargs.pop("factor_store", None)
+    if factor_store is not None:
+        if v["solver"] != "als":
+            raise click.UsageError(
+                f"--factor-store needs --solver als; got --solver {v['solver']} (ccd and cg need every user "
+                "row of an item at once). Use --solver als, or leave out --factor-store."
+            )
+        from ..storage import locations
+
+        # Absolute: the fit may run in a worker (`dnmf submit`) or be resumed from elsewhere.
+        v["factor_store"] = locations.normalize(factor_store)
     return v

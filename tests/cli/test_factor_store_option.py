@@ -39,3 +39,27 @@ def test_fit_with_a_factor_store_then_a_second_fit_into_it_is_refused_before_any
     assert "--factor-store" in lines[-1] and "already holds the factors of another fit" in lines[-1], again.stderr
     assert not (tmp_path / "again").exists()
     assert json.loads((tmp_path / "f" / factors.POINTER).read_text()) == before
+
+
+def test_fit_ratings_with_a_factor_store_gives_the_in_memory_bits_and_refuses_what_cannot_stream(tmp_path):
+    write_ratings(tmp_path / "ratings.csv")
+    store = tmp_path / "ratings.zarr"
+    dnmf("ingest", tmp_path / "ratings.csv", "-o", store)
+    args = ["-k", 3, "--max-iter", 4, "--tol", 0, "--seed", 1, "--workers", 1, "--threads-per-worker", 2]
+    dnmf("fit-ratings", store, "-o", tmp_path / "stored", "--factor-store", tmp_path / "f", *args)
+    assert factors.read_pointer(str(tmp_path / "f"))["current"] == 4
+    saved = dnmf_api.load(tmp_path / "stored")
+    params = {k: v for k, v in saved.get_params().items() if k != "factor_store"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = dnmf_api.RatingsNMF(**params).fit(str(store))
+    np.testing.assert_array_equal(np.asarray(saved.user_factors_), np.asarray(plain.user_factors_))
+    np.testing.assert_array_equal(saved.components_, plain.components_)
+
+    cg = dnmf(
+        "fit-ratings", store, "-o", tmp_path / "cg", "--factor-store", tmp_path / "g", "--solver", "cg", check=False
+    )
+    assert cg.returncode == 2, cg.stderr
+    last = [line for line in cg.stderr.splitlines() if line.strip()][-1]
+    assert "--factor-store needs --solver als; got --solver cg" in last, cg.stderr
+    assert not (tmp_path / "cg").exists() and not (tmp_path / "g").exists()
