@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -117,3 +120,31 @@ def kill_after_checkpoint(proc, checkpoint_dir: Path, iteration: int = 6, timeou
     at = committed_iteration(checkpoint_dir)
     assert at >= iteration, at
     return at
+
+
+@contextmanager
+def cluster_losing_a_worker(at: int) -> Iterator:
+    """A LocalCluster of 2 worker processes × 1 thread whose first worker is SIGKILLed after iteration ``at``.
+
+    Yields ``(client, callback)``: give ``callback`` to a fit; the kill comes
+    20 ms into the next iteration (while it reads and writes its blocks), and
+    on leaving, the context checks that the callback fired and the worker is gone.
+    """
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        victim = list(client.run(os.getpid).values())[0]
+        done = threading.Event()
+
+        def callback(it, elapsed, loss):
+            if it == at and not done.is_set():
+                done.set()
+                threading.Timer(0.02, os.kill, (victim, signal.SIGKILL)).start()
+            time.sleep(0.05)
+
+        yield client, callback
+        assert done.is_set(), f"the fit never reached iteration {at}"
+        assert victim not in client.run(os.getpid).values(), "the worker was not killed"

@@ -16,7 +16,9 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..storage import factors
+from .checkpoint import LoopState
 from .graph import pick
+from .loop import Report, Verdict
 
 #: Scheduler priority of the write tasks (Dask's default is 0: higher runs first).
 WRITE_PRIORITY = 100
@@ -80,3 +82,64 @@ def written(
     with dask.annotate(priority=WRITE_PRIORITY):
         graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
     return da.Array(graph, name, chunks=chunks, dtype=np.float64)
+
+
+class InFactorStore:
+    """What every step whose state lives in a factor store does alike (a mixin before the model's step).
+
+    The subclass sets ``root``, ``storage_options``, ``layout`` and ``start``
+    (the iteration of factors handed to ``settle`` that are not in the store
+    yet); its ``build`` returns lazy reads of the new generation and scalars
+    that depend on every write of it (:func:`written`).
+    """
+
+    root: str
+    storage_options: dict | None
+    layout: factors.Layout | None
+    start: int
+    #: The state is reads of a generation: there is no lineage to cut.
+    lineage_free = True
+
+    def _in_store(self, root: str, start: int, storage_options: dict | None) -> None:
+        self.root = root
+        self.storage_options = storage_options
+        self.layout = None
+        self.start = start
+
+    def _first_generation(self, runner, A: da.Array, B: da.Array, arrays) -> int:
+        """The generation the fit goes on from, committed before the next iteration writes anything.
+
+        Factors read from a generation of this store continue from it (a
+        checkpoint's, a recovery's); others are written as generation
+        ``start`` (``arrays()``: what to write). After a recovery, the
+        generations past this one, about to be rewritten, are no longer current.
+        """
+        stored = factors.generation_of(A)
+        if stored is not None and stored[0] == self.root and factors.generation_of(B) == stored:
+            generation = stored[1]
+        else:
+            generation = self.start
+            runner.compute(written(self.root, generation, arrays(), None, self.storage_options))
+        assert self.layout is not None
+        factors.commit(self.root, generation, self.layout, self.storage_options)
+        return generation
+
+    @property
+    def rolls_back(self) -> bool:
+        """Never (a generation once left is deleted)."""
+        return False
+
+    def persist(self, runner, state, scalars):
+        """Persist only the scalars: their graph writes the new generation (the state reads it)."""
+        return state, runner.persist(scalars)
+
+    def recover(self):
+        A, B, st = super().recover()
+        self.start = st.iteration
+        return A, B, st
+
+    def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:
+        """Commit the iteration's generation (complete: the scalars waited for its writes), then judge it."""
+        assert self.layout is not None
+        factors.commit(self.root, iteration, self.layout, self.storage_options)
+        return super().observe(st, iteration, s, report)  # type: ignore[misc]

@@ -245,8 +245,9 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         one every iteration, and each item task reads the new blocks back one
         at a time, accumulating its items' Grams, instead of receiving every
         user who rated its items. So a fit whose W is larger than the
-        cluster's memory runs (H, the item biases and, per item task, its
-        items' Grams, n_j × (k+1)² floats, must still fit a worker). One
+        cluster's memory runs (H and the item biases must still fit a
+        worker; an item task holds at most 256 MiB of its items' Grams, and
+        reads W once more per such group of items). One
         generation per iteration, committed by a pointer once all its blocks
         are written; checkpoints refer to a generation instead of copying W.
         Same factors, bit for bit, as the in-memory fit. Needs

@@ -66,13 +66,18 @@ from ..nmf import nnls
 #: Bytes of temporaries per batch of rows (gathered features and their
 #: pairwise products); bounds a task's memory whatever the band's size.
 BATCH_BYTES = 32 * 2**20
-#: Rows per batch at most (bounds the (rows, q, q) Gram stack).
-BATCH_ROWS = 4096
+#: Rows per batch at most: bounds the (rows, q, q) Gram stack and the pivoting's copies of it
+#: (about 4 stacks: 36 MB at q = 33; 4096 rows took 143 MB, which paused a 400 MiB worker,
+#: and were no faster: 3-iteration fits of 2M ratings, 39-42 s against 33-38 s).
+BATCH_ROWS = 1024
 #: Largest table of pairwise feature products (the band's distinct columns ×
 #: q²) that "als" precomputes; the per-row Grams are then one SciPy CSR ×
 #: dense product. Bigger tables are replaced by per-entry products, in
 #: batches: the same numbers added in the same order.
 TABLE_BYTES = 256 * 2**20
+#: Largest stack of per-row Grams (rows × q²) that :func:`update_streamed`
+#: accumulates at once; more rows take more passes over the other side's blocks.
+GRAM_BYTES = 256 * 2**20
 # Relative tolerance of the sign tests of the pivoting (as nnls.nnls_bpp).
 _SIGN_RTOL = 1e-11
 
@@ -746,7 +751,9 @@ def update_streamed(
     loss : ExactSum
         The data term at the band's entries, with ``U_new``.
 
-    Memory: the (r, q²) Grams and one block of the other side, whatever n.
+    Memory: the Grams of at most :data:`GRAM_BYTES` worth of rows and one
+    block of the other side, whatever n; a band with more rows reads the
+    blocks once per such group of rows (and once more for the loss).
     """
     if p.solver != "als":
         raise ValueError(f"Reading the other side block by block needs solver='als'; got {p.solver!r}.")
@@ -759,6 +766,37 @@ def update_streamed(
     if U.shape != (r, q):
         raise ValueError(f"Shapes do not match: band {band.shape}, U {U.shape}; expected U ({r}, {q}).")
     parts = split_by_blocks(band, offsets)
+    counts = np.diff(band.indptr)
+    l2, l1 = _penalty_weights(counts, p)
+    free = _free(p)
+    out = np.zeros((r, q))
+    # Rows in groups whose Grams fit GRAM_BYTES, each group one pass over the blocks.
+    group = max(1, GRAM_BYTES // (8 * q * q))
+    for g0 in range(0, r, group):
+        g1 = min(g0 + group, r)
+        C, D = _streamed_grams([part[g0:g1] for part in parts], read_block, p)
+        _solve_rows(C, D, g0, counts, l2, l1, free, G, U, p, out)
+        del C, D
+    total = ZERO
+    loss_budget = _budget(q)
+    for i, part in enumerate(parts):
+        if part.nnz == 0:
+            continue
+        V = _checked_block(read_block(i), part.shape[1], q, i)
+        pc = np.diff(part.indptr)
+        for r0, r1 in _row_batches(part.indptr, loss_budget):
+            e0, e1 = int(part.indptr[r0]), int(part.indptr[r1])
+            if e1 == e0:
+                continue
+            local = np.repeat(np.arange(r0, r1), pc[r0:r1])
+            s = np.einsum("ij,ij->i", out[local, : p.k], V[part.indices[e0:e1], : p.k])
+            total = exact_add(total, exact_sum(_entry_terms(part[r0:r1], out[r0:r1], V, s, p)))
+    return out, total
+
+
+def _streamed_grams(parts: list, read_block, p: MaskedParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``Σ a·φφᵀ`` (rows, q²) and ``Σ b·φ`` (rows, q) over the parts' entries, block after block."""
+    r, q = parts[0].shape[0], p.q
     C = np.zeros((r, q * q))
     D = np.zeros((r, q))
     budget = _budget(q * q)
@@ -780,40 +818,29 @@ def update_streamed(
             a, b = _weights(part.data[g0 : g0 + (e1 - e0)], V, idx, p)
             C[rows] = _continued(C, rows, local_ptr, inverse, a, table)
             D[rows] = _continued(D, rows, local_ptr, np.arange(e1 - e0), None, b[:, None] * _features(V, idx, p))
-    counts = np.diff(band.indptr)
-    l2, l1 = _penalty_weights(counts, p)
-    free = _free(p)
-    out = np.zeros((r, q))
+    return C, D
+
+
+def _solve_rows(C, D, g0, counts, l2, l1, free, G, U, p: MaskedParams, out) -> None:
+    """Rows ``g0 ..`` of ``out`` from their accumulated Grams: :func:`update`'s finish, batch by batch."""
+    q = p.q
     diag = np.arange(q)
-    for r0 in range(0, r, BATCH_ROWS):
-        rows = np.arange(r0, min(r0 + BATCH_ROWS, r))
-        rows = rows[counts[rows] > 0]
-        if rows.size == 0:
+    Gq = None
+    if G is not None:
+        Gq = np.zeros((q, q))
+        Gq[: p.k, : p.k] = G
+    for r0 in range(0, C.shape[0], BATCH_ROWS):
+        local = np.arange(r0, min(r0 + BATCH_ROWS, C.shape[0]))
+        local = local[counts[g0 + local] > 0]
+        if local.size == 0:
             continue
-        Cr = C[rows].reshape(rows.size, q, q)
-        if G is not None:
-            Gq = np.zeros((q, q))
-            Gq[: p.k, : p.k] = G
+        rows = g0 + local
+        Cr = C[local].reshape(local.size, q, q)
+        if Gq is not None:
             Cr += Gq
         Cr[:, diag, diag] += l2[rows]
-        Dr = D[rows] - 0.5 * l1[rows]
+        Dr = D[local] - 0.5 * l1[rows]
         out[rows] = nnls_rows(Cr, Dr, free=free, passive=U[rows] > 0)
-    del C, D
-    total = ZERO
-    loss_budget = _budget(q)
-    for i, part in enumerate(parts):
-        if part.nnz == 0:
-            continue
-        V = _checked_block(read_block(i), part.shape[1], q, i)
-        pc = np.diff(part.indptr)
-        for r0, r1 in _row_batches(part.indptr, loss_budget):
-            e0, e1 = int(part.indptr[r0]), int(part.indptr[r1])
-            if e1 == e0:
-                continue
-            local = np.repeat(np.arange(r0, r1), pc[r0:r1])
-            s = np.einsum("ij,ij->i", out[local, : p.k], V[part.indices[e0:e1], : p.k])
-            total = exact_add(total, exact_sum(_entry_terms(part[r0:r1], out[r0:r1], V, s, p)))
-    return out, total
 
 
 def _checked_block(V: np.ndarray, rows: int, q: int, i: int) -> np.ndarray:

@@ -55,18 +55,21 @@ class MaskedStep:
         self.owners, self.touched = self._placement(runner)
         return (U, V, GV)
 
-    def _placement(self, runner):
+    def _placement(self, runner, touched: bool = True):
         """On a cluster: the worker of each row band, and what each worker's bands touch.
 
         Row-band tasks then run where their bands and U's blocks are, and only
         the touched factor rows travel (see :func:`dnmf.masked.graph.step`).
         The Dask config key ``dnmf.placement`` (default True) turns this off.
+        With ``touched=False`` only the owners (the second item is None).
         """
         if runner.client is None or not dask.config.get("dnmf.placement", True):
             return None, None
         owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
-        (touched,) = runner.persist(masked_graph.touched(self.bands, sizes))
-        return owners, touched
+        if not touched:
+            return owners, None
+        (where,) = runner.persist(masked_graph.touched(self.bands, sizes))
+        return owners, where
 
     def build(self, state, iteration):
         U, V, GV = state

@@ -18,26 +18,23 @@ entries per step).
 Cost per iteration, beyond the in-memory step: U written once, and read
 ``1 + 2·column_blocks`` times (row tasks once; each column task twice: the
 Grams, then the loss at the new V). Memory per column task: its band of X,
-its items' Grams (n_j × q² floats) and one block of U.
+its items' Grams (n_j × q² floats, at most
+:data:`dnmf.masked.kernels.GRAM_BYTES` at once: a wider band reads U once
+more per group of items) and one block of U.
 """
 
 from __future__ import annotations
 
 import dask.array as da
-import numpy as np
 
 from ..engine import generations
-from ..engine.checkpoint import LoopState
-from ..engine.loop import Report, Verdict
 from ..storage import factors
 from . import graph as masked_graph
 from .step import MaskedStep
 
 
-class StoredMaskedStep(MaskedStep):
+class StoredMaskedStep(generations.InFactorStore, MaskedStep):
     """:class:`MaskedStep` with ``(U, V, GV)`` in the factor store at ``root`` (see the module doc)."""
-
-    lineage_free = True
 
     def __init__(self, root: str, *args, start: int = 0, storage_options: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -46,16 +43,7 @@ class StoredMaskedStep(MaskedStep):
                 f"factor_store needs solver='als'; got solver={self.params.solver!r}. "
                 "Use solver='als', or leave factor_store=None."
             )
-        self.root = root
-        self.storage_options = storage_options
-        self.layout: factors.Layout | None = None
-        #: The iteration of factors handed to settle() that are not in the store yet.
-        self.start = start
-
-    @property
-    def rolls_back(self) -> bool:
-        """Never (a generation once left is deleted)."""
-        return False
+        self._in_store(root, start, storage_options)
 
     def _generation(self, number: int) -> factors.Generation:
         return factors.Generation(self.root, int(number), self.storage_options)
@@ -72,19 +60,16 @@ class StoredMaskedStep(MaskedStep):
         """Write the starting factors as generation ``start``, or continue from the generation they are read from."""
         U, V = start
         self.layout = factors.Layout.of(U, V, gram=self.params.k if self.implicit else 0)
-        stored = factors.generation_of(U)
-        if stored is not None and stored[0] == self.root and factors.generation_of(V) == stored:
-            generation = stored[1]
-        else:
-            generation = self.start
-            arrays = [("W", U), ("Ht", V)]
-            if self.implicit:
-                arrays.append(("HHt", masked_graph.factor_gram(V, self.params)))
-            runner.compute(self._written(generation, None, arrays))
-        # Committed before the next iteration writes anything: after a recovery, the
-        # generations past this one (about to be rewritten) are no longer current.
-        factors.commit(self.root, generation, self.layout, self.storage_options)
-        self.owners, self.touched = self._placement(runner)
+
+        def arrays():
+            out = [("W", U), ("Ht", V)]
+            return out + [("HHt", masked_graph.factor_gram(V, self.params))] if self.implicit else out
+
+        generation = self._first_generation(runner, U, V, arrays)
+        # Owners only: what the row bands touch serves to ship U's rows to the item tasks
+        # (here they read U's blocks), and it holds an index per user and column block
+        # (150 MB on a worker for 4.8M users × 4 blocks: a 400 MiB worker died of it).
+        self.owners, self.touched = self._placement(runner, touched=False)
         return self._open(generation)
 
     def build(self, state, iteration):
@@ -97,17 +82,3 @@ class StoredMaskedStep(MaskedStep):
         # scalars depend on those column tasks, so also on every block of U.
         arrays = [("Ht", V2)] + ([("HHt", G2)] if self.implicit else [])
         return self._open(iteration), self._written(iteration, s, arrays)
-
-    def persist(self, runner, state, scalars):
-        """Persist only the scalars: their graph writes the new generation (the state reads it)."""
-        return state, runner.persist(scalars)
-
-    def recover(self):
-        U, V, st = super().recover()
-        self.start = st.iteration
-        return U, V, st
-
-    def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:
-        assert self.layout is not None
-        factors.commit(self.root, iteration, self.layout, self.storage_options)
-        return super().observe(st, iteration, s, report)

@@ -25,51 +25,28 @@ deleted).
 from __future__ import annotations
 
 import dask.array as da
-import numpy as np
 
 from ..engine import generations
-from ..engine.checkpoint import LoopState
-from ..engine.loop import Report, Verdict
 from ..storage import factors
 from . import graph as blocked
 from .step import NMFStep
 
 
-class StoredNMFStep(NMFStep):
+class StoredNMFStep(generations.InFactorStore, NMFStep):
     """:class:`NMFStep` with ``(W, Ht, HHt)`` in the factor store at ``root`` (see the module doc)."""
-
-    lineage_free = True
 
     def __init__(self, root: str, *args, start: int = 0, storage_options: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.config.beta != 2 or self.holdout is not None:
             raise ValueError("factors in a factor store need the Frobenius loss and no holdout.")
-        self.root = root
-        self.storage_options = storage_options
-        self.layout: factors.Layout | None = None
-        #: The iteration of factors handed to settle() that are not in the store yet.
-        self.start = start
-
-    @property
-    def rolls_back(self) -> bool:
-        """Never: Frobenius only (a generation once left is deleted)."""
-        return False
+        self._in_store(root, start, storage_options)
 
     def settle(self, runner, start):
         """Write the starting factors as generation ``start``, or continue from the generation they are read from."""
         self.runner = runner
         W, Ht = start
         self.layout = factors.Layout.of(W, Ht)
-        stored = factors.generation_of(W)
-        if stored is not None and stored[0] == self.root and factors.generation_of(Ht) == stored:
-            generation = stored[1]
-        else:
-            generation = self.start
-            HHt = blocked.gram(Ht)
-            runner.compute(self._written(generation, None, W, Ht, HHt))
-        # Committed before the next iteration writes anything: after a recovery, the
-        # generations past this one (about to be rewritten) are no longer current.
-        factors.commit(self.root, generation, self.layout, self.storage_options)
+        generation = self._first_generation(runner, W, Ht, lambda: [("W", W), ("Ht", Ht), ("HHt", blocked.gram(Ht))])
         self.owners = None
         self.columns = self._columns(runner)
         return factors.open_generation(self.root, generation, self.layout, self.storage_options)
@@ -84,17 +61,3 @@ class StoredNMFStep(NMFStep):
         assert self.layout is not None
         scalars = self._written(iteration, scalars, W_new, Ht_new, HHt_new)
         return factors.open_generation(self.root, iteration, self.layout, self.storage_options), scalars
-
-    def persist(self, runner, state, scalars):
-        """Persist only the scalars: their graph writes the new generation (the state reads it)."""
-        return state, runner.persist(scalars)
-
-    def recover(self):
-        W, Ht, st = super().recover()
-        self.start = st.iteration
-        return W, Ht, st
-
-    def observe(self, st: LoopState, iteration: int, s: np.ndarray, report: Report) -> Verdict:
-        assert self.layout is not None
-        factors.commit(self.root, iteration, self.layout, self.storage_options)
-        return super().observe(st, iteration, s, report)

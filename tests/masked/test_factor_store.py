@@ -6,12 +6,9 @@ a real SIGKILL of a worker and of the driver.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 import warnings
 
 import dask.array as da
@@ -25,7 +22,7 @@ import dnmf
 from dnmf.masked import kernels as masked
 from dnmf.storage import checkpoints as ckpt_store
 from dnmf.storage import factors
-from tests.helpers import REPO_ROOT, kill_after_checkpoint
+from tests.helpers import REPO_ROOT, cluster_losing_a_worker, kill_after_checkpoint
 from tests.masked.helpers import ratings
 
 PARAMS = dict(n_components=4, random_state=3, tol=0, chunks=(70, 45))
@@ -70,10 +67,12 @@ MODELS = {
     cuts=st.lists(st.integers(1, 119), max_size=5, unique=True),
     table=st.booleans(),
     batch=st.sampled_from([None, 1_500, 20_000]),
+    group=st.sampled_from([None, 1, 7, 29]),
     seed=st.integers(0, 2**16),
 )
-def test_streamed_item_update_equals_the_one_pass_update(monkeypatch, model, cuts, table, batch, seed):
-    """Grams accumulated over the users' blocks, in any blocking and batching, give the one-pass bits."""
+def test_streamed_item_update_equals_the_one_pass_update(monkeypatch, model, cuts, table, batch, group, seed):
+    """Grams accumulated over the users' blocks, in any blocking, batching and grouping of the
+    items, give the one-pass bits."""
     X = ratings(120, 30, 0.15, seed)[0]
     p = masked.MaskedParams(k=4, l2=0.05, l1=0.01, l2_bias=0.02, **MODELS[model])
     rng = np.random.default_rng(seed)
@@ -87,6 +86,8 @@ def test_streamed_item_update_equals_the_one_pass_update(monkeypatch, model, cut
             mp.setattr(masked, "TABLE_BYTES", 0)
         if batch is not None:
             mp.setattr(masked, "BATCH_BYTES", batch)
+        if group is not None:
+            mp.setattr(masked, "GRAM_BYTES", group * 8 * p.q * p.q)
         ref, ref_loss = masked.update_with_loss(band, V, U, p, G)
         reads = []
 
@@ -97,8 +98,10 @@ def test_streamed_item_update_equals_the_one_pass_update(monkeypatch, model, cut
         out, loss = masked.update_streamed(band, V, read, offsets, p, G)
     np.testing.assert_array_equal(out, ref)
     assert loss == ref_loss
-    # Each block with entries is read twice (Grams, then the loss), never more.
-    assert max(reads.count(i) for i in set(reads)) == 2
+    # Each block is read once per group of items whose Grams fit GRAM_BYTES, then once for the loss.
+    groups = 1 if group is None else -(-30 // group)
+    assert max(reads.count(i) for i in set(reads)) <= groups + 1
+    assert sorted(set(reads)) == [i for i in range(len(offsets) - 1) if offsets[i + 1] > offsets[i]]
 
 
 def test_streamed_update_refuses_what_it_cannot_do():
@@ -194,36 +197,19 @@ def test_on_worker_processes_the_bits_are_the_same(tmp_path, dist_client, feedba
 @pytest.mark.slow
 def test_after_a_killed_worker_the_bits_are_the_same(tmp_path):
     """Slow (a cluster of its own, whose worker it kills: 30-60 s on a loaded 2-core machine)."""
-    from distributed import Client, LocalCluster
-
     ref = fit(8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
-        victim = list(client.run(os.getpid).values())[0]
-        done = threading.Event()
-
-        def on_iteration(it, elapsed, loss):
-            if it == 3 and not done.is_set():
-                done.set()
-                # Kill a worker process while the next iteration reads and writes its blocks.
-                threading.Timer(0.02, os.kill, (victim, signal.SIGKILL)).start()
-            time.sleep(0.05)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            m = dnmf.RatingsNMF(
-                max_iter=8,
-                client=client,
-                factor_store=str(tmp_path / "killed"),
-                checkpoint=str(tmp_path / "ck"),
-                checkpoint_every=2,
-                **PARAMS,
-            )
-            m.fit(data(), callback=on_iteration)
-        assert victim not in client.run(os.getpid).values(), "the worker was not killed"
-    assert done.is_set() and m.n_iter_ == 8
+    with cluster_losing_a_worker(at=3) as (client, on_iteration), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = dnmf.RatingsNMF(
+            max_iter=8,
+            client=client,
+            factor_store=str(tmp_path / "killed"),
+            checkpoint=str(tmp_path / "ck"),
+            checkpoint_every=2,
+            **PARAMS,
+        )
+        m.fit(data(), callback=on_iteration)
+    assert m.n_iter_ == 8
     assert_same_fit(m, ref)
 
 

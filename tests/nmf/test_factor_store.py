@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 import warnings
 
 import dask.array as da
@@ -22,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 import dnmf
 from dnmf.storage import checkpoints as ckpt_store
 from dnmf.storage import factors
-from tests.helpers import REPO_ROOT, kill_after_checkpoint
+from tests.helpers import REPO_ROOT, cluster_losing_a_worker, kill_after_checkpoint
 
 PARAMS = dict(n_components=5, solver="cd", init="nndsvdar", random_state=4, tol=0, chunks=(60, 50))
 
@@ -143,36 +141,19 @@ def test_on_worker_processes_the_bits_are_the_same(tmp_path, dist_client):
 @pytest.mark.slow
 def test_after_a_killed_worker_the_bits_are_the_same(tmp_path):
     """Slow (a cluster of its own, whose worker it kills: 30-60 s on a loaded 2-core machine)."""
-    from distributed import Client, LocalCluster
-
     W_ref, ref = reference(10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
-        victim = list(client.run(os.getpid).values())[0]
-        done = threading.Event()
-
-        def on_iteration(it, elapsed, loss):
-            if it == 4 and not done.is_set():
-                done.set()
-                # Kill a worker process while the next iteration reads and writes its blocks.
-                threading.Timer(0.02, os.kill, (victim, signal.SIGKILL)).start()
-            time.sleep(0.05)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            m = dnmf.NMF(
-                max_iter=10,
-                client=client,
-                factor_store=str(tmp_path / "killed"),
-                checkpoint=str(tmp_path / "ck"),
-                checkpoint_every=3,
-                **PARAMS,
-            )
-            W = m.fit_transform(data(), callback=on_iteration)
-        assert victim not in client.run(os.getpid).values(), "the worker was not killed"
-    assert done.is_set() and m.n_iter_ == 10
+    with cluster_losing_a_worker(at=4) as (client, on_iteration), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = dnmf.NMF(
+            max_iter=10,
+            client=client,
+            factor_store=str(tmp_path / "killed"),
+            checkpoint=str(tmp_path / "ck"),
+            checkpoint_every=3,
+            **PARAMS,
+        )
+        W = m.fit_transform(data(), callback=on_iteration)
+    assert m.n_iter_ == 10
     np.testing.assert_array_equal(W, W_ref)
     np.testing.assert_array_equal(m.components_, ref.components_)
 
