@@ -58,7 +58,8 @@ class Runner:
 
     On a Client, the workers' memory allocator is tuned first
     (:func:`dnmf.engine.allocator.tune_workers`, Dask config
-    ``dnmf.worker-allocator``).
+    ``dnmf.worker-allocator``), and the tasks it places stay where they are
+    placed (:func:`dnmf.engine.stealing.keep_placed`, with ``dnmf.placement``).
     """
 
     def __init__(self, client=None, single_block: bool = False):
@@ -85,6 +86,10 @@ class Runner:
             from .allocator import tune_workers
 
             tune_workers(client)
+            if dask.config.get("dnmf.placement", True):
+                from .stealing import keep_placed
+
+                keep_placed(client)
 
     def read_ahead(self) -> bool:
         """Whether store-backed row tasks read their next row block ahead (:mod:`dnmf.storage.prefetch`).
