@@ -61,9 +61,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         "random". The NNDSVD variants use a distributed randomized SVD with
         4 power iterations (10 passes over X), or, when X has
         ``dnmf.nmf.init.LARGE_NNZ`` (10 million) stored entries or more,
-        none (2 passes) with sketches in X's float type, so that the
-        initialisation of a large X costs a few iterations, not ten or more,
-        and no more memory than the factors.
+        none (2 passes) with sketches in X's float type and without forming
+        the sketch's orthonormal basis, so that the initialisation of a
+        large X costs a few iterations, not ten or more, and no more memory
+        than the factors.
     solver : {"cd", "mu", "anls-bpp"}, default="cd"
         "cd": HALS / coordinate descent (scikit-learn's ``solver="cd"``);
         "anls-bpp": alternating non-negative least squares, each half-step
@@ -719,7 +720,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         else:
             n_iter = init.power_iterations(stats.nnz)
             dtype = init.sketch_dtype(stats.nnz, X.dtype)
-            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner, n_iter=n_iter, dtype=dtype)
+            lean = init.lean_basis(stats.nnz)
+            W0, Ht0 = init.nndsvd_init(X, k, method, stats.mean, seed, runner, n_iter=n_iter, dtype=dtype, lean=lean)
             # Persisted here, the SVD's float64 U and V (on which they are built) are released
             # now instead of being held, through the callers' references, for the whole fit.
             W0, Ht0 = runner.persist(W0, Ht0)

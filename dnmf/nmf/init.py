@@ -127,13 +127,30 @@ def _as_dtype(block, dtype):
     return block.astype(dtype)
 
 
-def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 10, n_iter: int = 4, dtype=np.float64):
+def randomized_svd(
+    X: da.Array,
+    k: int,
+    seed: int,
+    runner,
+    n_oversamples: int = 10,
+    n_iter: int = 4,
+    dtype=np.float64,
+    lean: bool = False,
+):
     """Leading ``k`` singular triplets of X: ``U`` (m, k), ``S`` (k,), ``V`` (n, k).
 
     ``U`` and ``V`` are Dask arrays chunked like X's rows and columns.
     Reads X ``2 + 2 * n_iter`` times (``n_iter`` power iterations). The
     (m, l) and (n, l) sketches are held in ``dtype`` (float32 halves their
     memory, the largest of the fit's setup); Grams are decomposed in float64.
+
+    ``lean``: the last sketch ``Y`` is not turned into an orthonormal basis
+    ``Q = Y·M`` (one Gram, not two, and no (m, l) array formed): ``Qᵀ·X`` is
+    taken as ``(Xᵀ·Y)·M`` and ``U`` as ``Y·(M·U_B)``. That saves three of the
+    five (m, l)-sized dense passes of the setup (on 3M rows, l = 42, float32:
+    about 2.5 s of 2 cores, most of a fit iteration), at the accuracy of one
+    Cholesky-QR pass (orthogonality to about ``κ(Y)²`` times the rounding
+    unit), which an initialisation can spare. :func:`lean_basis` says when.
     """
     m, n = X.shape
     dtype = np.dtype(dtype)
@@ -141,20 +158,29 @@ def randomized_svd(X: da.Array, k: int, seed: int, runner, n_oversamples: int = 
     Xf = X if X.dtype == dtype else X.map_blocks(_as_dtype, dtype, dtype=dtype)
     omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, dtype, absolute=False)
     # Each sketch is handed to _orthonormalize, which lets its blocks go as the next ones are made.
-    Q = _orthonormalize(list(runner.persist(blocked.xdot(Xf, omega))), runner)
+    held = list(runner.persist(blocked.xdot(Xf, omega)))
     for _ in range(n_iter):
+        Q = _orthonormalize(held, runner)
         Z = _orthonormalize(list(runner.persist(blocked.xtdot(Xf, Q))), runner)
         del Q
-        Q = _orthonormalize(list(runner.persist(blocked.xdot(Xf, Z))), runner)
+        held = list(runner.persist(blocked.xdot(Xf, Z)))
         del Z
-    (Bt,) = runner.persist(blocked.xtdot(Xf, Q))  # (n, l) = (Q' X)'
+    if lean:
+        (basis,) = held
+        M = _gram_inverse_sqrt(runner.compute(blocked.gram(basis)), np.float64)
+        (Bt,) = runner.persist(blocked.xtdot(Xf, basis).map_blocks(np.dot, M.astype(dtype, copy=False), dtype=dtype))
+    else:
+        basis = _orthonormalize(held, runner)
+        M = None
+        (Bt,) = runner.persist(blocked.xtdot(Xf, basis))  # (n, l) = (Q' X)'
     G = np.asarray(runner.compute(blocked.gram(Bt)), dtype=np.float64)  # B B'
     evals, evecs = np.linalg.eigh(G)
     order = np.argsort(evals)[::-1][:k]
     S = np.sqrt(np.clip(evals[order], 0, None))
     Ub = evecs[:, order]
     inv = np.where(S > 0, 1.0 / np.where(S > 0, S, 1.0), 0.0)
-    U = Q.map_blocks(np.dot, Ub.astype(dtype, copy=False), dtype=dtype, chunks=(Q.chunks[0], (k,)))
+    to_U = Ub if M is None else M @ Ub
+    U = basis.map_blocks(np.dot, to_U.astype(dtype, copy=False), dtype=dtype, chunks=(basis.chunks[0], (k,)))
     V = Bt.map_blocks(np.dot, (Ub * inv).astype(dtype, copy=False), dtype=dtype, chunks=(Bt.chunks[0], (k,)))
     return U, S, V
 
@@ -191,6 +217,16 @@ def power_iterations(nnz: int) -> int:
     return POWER_ITERATIONS if nnz < LARGE_NNZ else LARGE_POWER_ITERATIONS
 
 
+def lean_basis(nnz: int) -> bool:
+    """Whether the randomized SVD of an X with ``nnz`` stored entries skips forming its basis (``lean``).
+
+    From ``LARGE_NNZ`` entries, where the dense passes over the (m, l) sketch
+    cost as much as a pass over X. Measured on 45M ratings of 3M users
+    (k 32, ``benchmarks/bench_scale.py``): see the README's "Blocking and sizing".
+    """
+    return nnz >= LARGE_NNZ
+
+
 def sketch_dtype(nnz: int, dtype) -> np.dtype:
     """Float type of the randomized SVD's sketches: float64, or X's own from ``LARGE_NNZ`` entries.
 
@@ -212,6 +248,7 @@ def nndsvd_init(
     svd=None,
     n_iter: int = 4,
     dtype=np.float64,
+    lean: bool = False,
 ):
     """NNDSVD, NNDSVDa (zeros filled with mean(X)) or NNDSVDar (small noise).
 
@@ -219,10 +256,11 @@ def nndsvd_init(
     components, reused (truncated) instead of a new SVD — e.g. across the
     ranks tried by rank selection. ``n_iter``: power iterations of the
     randomized SVD (see :func:`power_iterations`); ``dtype``: of its
-    sketches (see :func:`sketch_dtype`).
+    sketches (see :func:`sketch_dtype`); ``lean``: see :func:`randomized_svd`
+    and :func:`lean_basis`.
     """
     if svd is None:
-        U, S, V = randomized_svd(X, k, seed, runner, n_iter=n_iter, dtype=dtype)
+        U, S, V = randomized_svd(X, k, seed, runner, n_iter=n_iter, dtype=dtype, lean=lean)
     else:
         U, S, V = svd[0][:, :k], np.asarray(svd[1])[:k], svd[2][:, :k]
     U, V = runner.persist(U, V)
