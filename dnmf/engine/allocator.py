@@ -17,10 +17,12 @@ the kernel: on 2 cores, 2.5 MB NumPy temporaries cost 8.8 ms per task against
 arrays up to 32 MiB come from the heap and are reused, and up to 64 MiB of
 free memory is kept at the top of each heap (glibc's own dynamic maxima).
 A smaller worker, such as one sized tightly for an out-of-core fit, gets
-the first half only: arrays up to a sixteenth of its memory limit (at most
-32 MiB) come from the heap, where memory freed below the heap's top is
+the first half only, scaled: arrays up to 1/32 of its memory limit (16 MiB
+at 512 MiB) come from the heap, where memory freed below the heap's top is
 reused, while the top is still returned at once (distributed's trim
-threshold stays). It is registered for a fit's cluster by
+threshold stays). Fits with their factors in a factor store leave small
+workers as they started (:func:`tune_workers`): their 400 MiB worker paused
+with this tuning. It is registered for a fit's cluster by
 :func:`tune_workers` (Dask config ``dnmf.worker-allocator``) and undone when
 unregistered. Results never depend on it.
 
@@ -28,10 +30,8 @@ The cost is memory held: a worker keeps up to the trim threshold of freed
 memory per heap (one heap per thread that allocates) where distributed's
 setting returned it at once, and the free chunks inside its heaps, seen by
 its memory monitor as unmanaged memory. Measured on 2 workers × 512 MiB
-fitting stores of 3× and 5× their memory (``benchmarks/bench_out_of_core.py``,
-the mmap threshold set for every worker): the workers' CPU seconds per
-iteration went from 8.1–9.3 to 6.7 (3×) and from 13.9–15.7 to 11.4 (5×),
-their peak RSS from 253–269 MiB to 271–277 MiB, with nothing spilled.
+fitting stores of 3× and 5× their memory (``benchmarks/bench_out_of_core.py``):
+see the README's "Memory model" and "How it works".
 """
 
 from __future__ import annotations
@@ -58,24 +58,28 @@ MMAP_THRESHOLD_MAX = 32 * 2**20
 #: 400 MiB worker kept enough of it, with both thresholds scaled down to its limit, to pause
 #: at 83% once in a CI run).
 MIN_TUNED_MEMORY = 4 * 2**30
-#: A smaller worker's mmap threshold: this fraction of its memory limit (at most
-#: :data:`MMAP_THRESHOLD_MAX`), a row block's decoded arrays and partial products on a worker
-#: sized by the README's rule.
-SMALL_MMAP_FRACTION = 1 / 16
+#: A smaller worker's mmap threshold: this fraction of its memory limit (16 MiB at 512 MiB).
+#: Measured on an out-of-core fit's 512 MiB workers (README, "Memory model"): a sixteenth and
+#: this fraction both brought the store's time per iteration within 1.1-1.26x of X in memory,
+#: 1/128 (4 MiB) only to 1.36x.
+SMALL_MMAP_FRACTION = 1 / 32
 #: Name of the worker plugin on the cluster.
 PLUGIN_NAME = "dnmf-allocator"
 
 logger = logging.getLogger("dnmf")
 
 
-def thresholds(memory_limit: int | None) -> tuple[int, int | None]:
+def thresholds(memory_limit: int | None, small_workers: bool = True) -> tuple[int, int | None] | None:
     """``(mmap_threshold, trim_threshold)`` in bytes for a worker with ``memory_limit`` (None or 0: none).
 
     32 MiB and 64 MiB, glibc's own dynamic maxima; below
-    :data:`MIN_TUNED_MEMORY`, :data:`SMALL_MMAP_FRACTION` of the limit (at
-    most 32 MiB) and None: the trim threshold stays as the worker started.
+    :data:`MIN_TUNED_MEMORY`, :data:`SMALL_MMAP_FRACTION` of the limit and
+    None (the trim threshold stays as the worker started), or, with
+    ``small_workers`` false, None: such a worker is left as it started.
     """
     if memory_limit and memory_limit < MIN_TUNED_MEMORY:
+        if not small_workers:
+            return None
         return min(MMAP_THRESHOLD_MAX, int(memory_limit * SMALL_MMAP_FRACTION)), None
     return MMAP_THRESHOLD_MAX, 2 * MMAP_THRESHOLD_MAX
 
@@ -141,20 +145,23 @@ class AllocatorPlugin(WorkerPlugin):
     force : bool, default False
         Also where the worker's allocator is not :func:`pinned` (a worker in
         the client's own process, or one started with settings of its own).
+    small_workers : bool, default True
+        Also tune workers under :data:`MIN_TUNED_MEMORY` (see :func:`thresholds`).
     """
 
     idempotent = False
 
-    def __init__(self, force: bool = False) -> None:
+    def __init__(self, force: bool = False, small_workers: bool = True) -> None:
         self.force = force
+        self.small_workers = small_workers
         self.applied: tuple[int, int | None] | None = None
 
     def setup(self, worker: Any) -> None:
         if not (self.force or pinned()):
             return
         limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-        wanted = thresholds(limit)
-        if set_thresholds(*wanted):
+        wanted = thresholds(limit, self.small_workers)
+        if wanted is not None and set_thresholds(*wanted):
             self.applied = wanted
 
     def teardown(self, worker: Any) -> None:
@@ -174,13 +181,16 @@ def setting() -> bool | str:
     return switch("dnmf.worker-allocator")
 
 
-def tune_workers(client: Any) -> None:
+def tune_workers(client: Any, small_workers: bool = True) -> None:
     """Register (or, with ``dnmf.worker-allocator`` false, remove) :class:`AllocatorPlugin` on ``client``'s cluster.
 
     "auto" tunes the worker processes whose allocator distributed pinned
     (:func:`pinned`); true tunes every worker, false none (and undoes an
     earlier fit's tuning). Workers that join later, such as a restarted
-    one, get the plugin too. One round trip.
+    one, get the plugin too. One round trip. ``small_workers`` false
+    leaves (or puts back) workers under :data:`MIN_TUNED_MEMORY` as they
+    started: a fit with its factors in a factor store runs on workers sized
+    tightly around W's blocks, which paused with the small workers' tuning.
     """
     value = setting()
     try:
@@ -188,7 +198,7 @@ def tune_workers(client: Any) -> None:
             if PLUGIN_NAME in _registered(client):
                 client.unregister_worker_plugin(PLUGIN_NAME)
             return
-        client.register_plugin(AllocatorPlugin(force=value is True), name=PLUGIN_NAME)
+        client.register_plugin(AllocatorPlugin(force=value is True, small_workers=small_workers), name=PLUGIN_NAME)
     except Exception as exc:  # a worker leaving mid-broadcast, say: a speed-up is not worth a failed fit
         logger.warning("Could not tune the workers' memory allocator (%s); the fit goes on without it.", exc)
 
