@@ -15,23 +15,13 @@ the kernel: on 2 cores, 2.5 MB NumPy temporaries cost 8.8 ms per task against
 :class:`AllocatorPlugin` gives each worker process of at least
 :data:`MIN_TUNED_MEMORY` what glibc does by itself in an ordinary process:
 arrays up to 32 MiB come from the heap and are reused, and up to 64 MiB of
-free memory is kept at the top of each heap (glibc's own dynamic maxima).
-A smaller worker, such as one sized tightly for an out-of-core fit, gets
-the first half only, scaled: arrays up to 1/32 of its memory limit (16 MiB
-at 512 MiB) come from the heap, where memory freed below the heap's top is
-reused, while the top is still returned at once (distributed's trim
-threshold stays). Fits with their factors in a factor store leave small
-workers as they started (:func:`tune_workers`): their 400 MiB worker paused
-with this tuning. It is registered for a fit's cluster by
-:func:`tune_workers` (Dask config ``dnmf.worker-allocator``) and undone when
-unregistered. Results never depend on it.
+free memory is kept at the top of each heap (glibc's own dynamic maxima). It is registered for a
+fit's cluster by :func:`tune_workers` (Dask config ``dnmf.worker-allocator``)
+and undone when unregistered. Results never depend on it.
 
 The cost is memory held: a worker keeps up to the trim threshold of freed
 memory per heap (one heap per thread that allocates) where distributed's
-setting returned it at once, and the free chunks inside its heaps, seen by
-its memory monitor as unmanaged memory. Measured on 2 workers × 512 MiB
-fitting stores of 3× and 5× their memory (``benchmarks/bench_out_of_core.py``):
-see the README's "Memory model" and "How it works".
+setting returned it at once, seen by its memory monitor as unmanaged memory.
 """
 
 from __future__ import annotations
@@ -53,34 +43,24 @@ M_MMAP_THRESHOLD = -3
 GLIBC_MMAP_THRESHOLD = 128 * 2**10
 #: The largest mmap threshold this module sets: glibc's own dynamic maximum on 64-bit systems.
 MMAP_THRESHOLD_MAX = 32 * 2**20
-#: Workers with less memory than this keep distributed's trim threshold: a worker sized
-#: tightly for an out-of-core fit can not spare free memory kept at the top of its heaps (a
-#: 400 MiB worker kept enough of it, with both thresholds scaled down to its limit, to pause
-#: at 83% once in a CI run).
+#: Workers with less memory than this are left alone: a worker sized tightly for an
+#: out-of-core fit can not spare the freed memory kept (a 400 MiB worker kept enough of it,
+#: with thresholds scaled down to its limit, to pause at 83% once in a CI run).
 MIN_TUNED_MEMORY = 4 * 2**30
-#: A smaller worker's mmap threshold: this fraction of its memory limit (16 MiB at 512 MiB).
-#: Measured on an out-of-core fit's 512 MiB workers (README, "Memory model"): a sixteenth and
-#: this fraction both brought the store's time per iteration within 1.1-1.26x of X in memory,
-#: 1/128 (4 MiB) only to 1.36x.
-SMALL_MMAP_FRACTION = 1 / 32
 #: Name of the worker plugin on the cluster.
 PLUGIN_NAME = "dnmf-allocator"
 
 logger = logging.getLogger("dnmf")
 
 
-def thresholds(memory_limit: int | None, small_workers: bool = True) -> tuple[int, int | None] | None:
+def thresholds(memory_limit: int | None) -> tuple[int, int] | None:
     """``(mmap_threshold, trim_threshold)`` in bytes for a worker with ``memory_limit`` (None or 0: none).
 
-    32 MiB and 64 MiB, glibc's own dynamic maxima; below
-    :data:`MIN_TUNED_MEMORY`, :data:`SMALL_MMAP_FRACTION` of the limit and
-    None (the trim threshold stays as the worker started), or, with
-    ``small_workers`` false, None: such a worker is left as it started.
+    32 MiB and 64 MiB, glibc's own dynamic maxima; None (leave the worker as
+    it is) below :data:`MIN_TUNED_MEMORY`.
     """
     if memory_limit and memory_limit < MIN_TUNED_MEMORY:
-        if not small_workers:
-            return None
-        return min(MMAP_THRESHOLD_MAX, int(memory_limit * SMALL_MMAP_FRACTION)), None
+        return None
     return MMAP_THRESHOLD_MAX, 2 * MMAP_THRESHOLD_MAX
 
 
@@ -94,17 +74,12 @@ def _libc() -> Any | None:
         return None
 
 
-def set_thresholds(mmap_threshold: int, trim_threshold: int | None) -> bool:
-    """Set this process's glibc mmap and trim thresholds (None: the trim threshold as it is).
-
-    False where glibc is not the allocator.
-    """
+def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set this process's glibc mmap and trim thresholds; False where glibc is not the allocator."""
     libc = _libc()
     if libc is None:
         return False
     ok = libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
-    if trim_threshold is None:
-        return bool(ok)
     return bool(libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok)
 
 
@@ -135,7 +110,7 @@ def pinned() -> bool:
 
 
 class AllocatorPlugin(WorkerPlugin):
-    """Sets each worker's glibc thresholds (:func:`thresholds`, by the worker's memory limit).
+    """Sets each worker's glibc thresholds (:func:`thresholds`: none below :data:`MIN_TUNED_MEMORY`).
 
     Its teardown (the plugin unregistered, or replaced) puts a :func:`pinned`
     worker's thresholds back as the worker started.
@@ -145,22 +120,19 @@ class AllocatorPlugin(WorkerPlugin):
     force : bool, default False
         Also where the worker's allocator is not :func:`pinned` (a worker in
         the client's own process, or one started with settings of its own).
-    small_workers : bool, default True
-        Also tune workers under :data:`MIN_TUNED_MEMORY` (see :func:`thresholds`).
     """
 
     idempotent = False
 
-    def __init__(self, force: bool = False, small_workers: bool = True) -> None:
+    def __init__(self, force: bool = False) -> None:
         self.force = force
-        self.small_workers = small_workers
-        self.applied: tuple[int, int | None] | None = None
+        self.applied: tuple[int, int] | None = None
 
     def setup(self, worker: Any) -> None:
         if not (self.force or pinned()):
             return
         limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-        wanted = thresholds(limit, self.small_workers)
+        wanted = thresholds(limit)
         if wanted is not None and set_thresholds(*wanted):
             self.applied = wanted
 
@@ -181,16 +153,13 @@ def setting() -> bool | str:
     return switch("dnmf.worker-allocator")
 
 
-def tune_workers(client: Any, small_workers: bool = True) -> None:
+def tune_workers(client: Any) -> None:
     """Register (or, with ``dnmf.worker-allocator`` false, remove) :class:`AllocatorPlugin` on ``client``'s cluster.
 
     "auto" tunes the worker processes whose allocator distributed pinned
     (:func:`pinned`); true tunes every worker, false none (and undoes an
     earlier fit's tuning). Workers that join later, such as a restarted
-    one, get the plugin too. One round trip. ``small_workers`` false
-    leaves (or puts back) workers under :data:`MIN_TUNED_MEMORY` as they
-    started: a fit with its factors in a factor store runs on workers sized
-    tightly around W's blocks, which paused with the small workers' tuning.
+    one, get the plugin too. One round trip.
     """
     value = setting()
     try:
@@ -198,7 +167,7 @@ def tune_workers(client: Any, small_workers: bool = True) -> None:
             if PLUGIN_NAME in _registered(client):
                 client.unregister_worker_plugin(PLUGIN_NAME)
             return
-        client.register_plugin(AllocatorPlugin(force=value is True, small_workers=small_workers), name=PLUGIN_NAME)
+        client.register_plugin(AllocatorPlugin(force=value is True), name=PLUGIN_NAME)
     except Exception as exc:  # a worker leaving mid-broadcast, say: a speed-up is not worth a failed fit
         logger.warning("Could not tune the workers' memory allocator (%s); the fit goes on without it.", exc)
 

@@ -58,13 +58,11 @@ class Runner:
 
     On a Client, the workers' memory allocator is tuned first
     (:func:`dnmf.engine.allocator.tune_workers`, Dask config
-    ``dnmf.worker-allocator``; ``small_workers`` false leaves workers under
-    4 GiB untuned, for fits with a factor store), and the tasks it places
-    stay where they are placed (:func:`dnmf.engine.stealing.keep_placed`,
-    with ``dnmf.placement``).
+    ``dnmf.worker-allocator``), and the tasks it places stay where they are
+    placed (:func:`dnmf.engine.stealing.keep_placed`, with ``dnmf.placement``).
     """
 
-    def __init__(self, client=None, single_block: bool = False, small_workers: bool = True):
+    def __init__(self, client=None, single_block: bool = False):
         self.client = client
         # One block leaves nothing to run in parallel within a step; unless a
         # scheduler was configured, the synchronous one then saves the thread
@@ -87,7 +85,7 @@ class Runner:
         if client is not None:
             from .allocator import tune_workers
 
-            tune_workers(client, small_workers)
+            tune_workers(client)
             if dask.config.get("dnmf.placement", True):
                 from .stealing import keep_placed
 

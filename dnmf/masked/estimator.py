@@ -418,7 +418,7 @@ class RatingsNMF(RatingsQueries, DnmfEstimator):
         root = self._check_factor_store(resume)
         client = self._client()
         data = RatingsData.prepare(X, self.chunks, client, self.storage_options)
-        runner = Runner(client, single_block=data.single_block, small_workers=self.factor_store is None)
+        runner = Runner(client, single_block=data.single_block)
         summ = data.summary(runner)
         check_summary(summ, self.feedback)
         nnz = summ[1]

@@ -413,7 +413,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
     def _prepare(self, X, reset: bool):
         """Block X, validate its values; returns (X, in_memory, runner, stats)."""
         client = self._client()
-        runner = Runner(client, small_workers=self.factor_store is None)
+        runner = Runner(client)
         source = inputs.resolve_input(X, self.storage_options)
         X = source.data
         if reset:
@@ -468,7 +468,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DnmfEstimator):
         Xd = inputs.from_memory(X, self.chunks, client=client)
         self._reload_X = lambda: inputs.from_memory(X, self.chunks, client=client)
         if Xd.npartitions == 1:
-            runner = Runner(client, single_block=True, small_workers=self.factor_store is None)
+            runner = Runner(client, single_block=True)
         return Xd, True, runner, stats
 
     def _fit_transform(

@@ -56,13 +56,8 @@ def test_thresholds_follow_the_memory_limit():
     assert allocator.thresholds(None) == (32 * MiB, 64 * MiB)
     assert allocator.thresholds(8 * 2**30) == (32 * MiB, 64 * MiB)
     assert allocator.thresholds(4 * 2**30) == (32 * MiB, 64 * MiB)
-    # Smaller workers: the mmap threshold only, 1/32 of the limit up to 32 MiB; none for a
-    # factor-store fit's (small_workers false).
-    assert allocator.thresholds(2**30) == (32 * MiB, None)
-    assert allocator.thresholds(512 * MiB) == (16 * MiB, None)
-    assert allocator.thresholds(400 * MiB) == (400 * MiB // 32, None)
-    assert allocator.thresholds(400 * MiB, small_workers=False) is None
-    assert allocator.thresholds(8 * 2**30, small_workers=False) == (32 * MiB, 64 * MiB)
+    assert allocator.thresholds(2**30) is None
+    assert allocator.thresholds(400 * MiB) is None
 
 
 def test_a_fit_runner_tunes_the_workers_and_false_undoes_it(worker_client):
@@ -82,35 +77,13 @@ def test_a_fit_runner_tunes_the_workers_and_false_undoes_it(worker_client):
     assert _faults(worker_client) > 5_000
 
 
-def _heap_top_returned() -> bool:
-    """Whether freeing a 2.5 MB array at the top of this thread's heap gives its pages back at once."""
-    a = np.ones(320_000)
-    del a
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    a = np.ones(320_000)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del a
-    return faults > 500
-
-
-def test_a_worker_with_little_memory_keeps_its_trim_threshold():
-    """A 400 MiB worker (an out-of-core fit's) gets the mmap threshold only: its arrays come from
-    the heap, but the heap's free top still goes back at once (distributed's trim threshold), for
-    it has no memory to spare for freed memory kept; a factor-store fit's Runner leaves it (or
-    puts it back) as it started."""
+def test_a_worker_with_little_memory_is_left_alone():
+    """A 400 MiB worker (an out-of-core fit's) keeps distributed's setting: it has no memory to
+    spare for freed memory kept."""
     with local_client(n_workers=1, threads_per_worker=1, processes=True, memory_limit="400MiB") as client:
-        assert client.submit(_heap_top_returned, pure=False).result()
-        Runner(client, small_workers=False)  # a factor-store fit's
-        assert list(client.run(_applied).values()) == [None]
         Runner(client)
-        assert list(client.run(_applied).values()) == [allocator.thresholds(400 * 2**20)]
-        assert client.submit(_heap_top_returned, pure=False).result()
-        Runner(client, small_workers=False)  # puts the worker back as it started
         assert list(client.run(_applied).values()) == [None]
-        Runner(client)
-        with dask.config.set({"dnmf.worker-allocator": False}):
-            Runner(client)
-        assert list(client.run(_applied).values()) == [None]
+        assert _faults(client) > 5_000
 
 
 def test_a_restarted_worker_is_tuned_again(worker_client):
