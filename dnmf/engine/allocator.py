@@ -83,6 +83,16 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     return bool(libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok)
 
 
+def trim() -> bool:
+    """Ask glibc to return this process's free heap memory to the system (``malloc_trim(0)``).
+
+    True if it released any; False where it had none to release, or glibc is
+    not the allocator.
+    """
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0) == 1)
+
+
 def start_environ() -> dict[str, str]:
     """The environment this process started with (what glibc read), else the current one.
 

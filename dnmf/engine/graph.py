@@ -17,7 +17,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from ..storage import prefetch
+from ..storage import buffers, prefetch
 from .blocks import RowSubset, add_parts, touched_rows
 
 #: Fan-in of every tree reduction.
@@ -25,7 +25,11 @@ SPLIT_EVERY = 8
 
 
 def sum_list(parts):
-    """Sum arrays (or tuples of arrays, or :class:`~dnmf.engine.blocks.RowSubset` partials) in the given order."""
+    """Sum arrays (or tuples of arrays, or :class:`~dnmf.engine.blocks.RowSubset` partials) in the given order.
+
+    A dense sum's memory comes from :mod:`dnmf.storage.buffers`: the sums of one
+    iteration's partials have the sizes of the last iteration's.
+    """
     first = parts[0]
     if isinstance(first, tuple):
         return tuple(sum_list([p[t] for p in parts]) for t in range(len(first)))
@@ -35,8 +39,12 @@ def sum_list(parts):
     if _same_layout(first, second):
         # The copy and the first addition in one pass: the same bits as ``copy(first) += second``
         # (same dtype and shape), and each (n_j, k) partial of a sum is read once less.
-        out = first + second
+        out = np.add(first, second, out=buffers.empty_like(first))
         rest = parts[2:]
+    elif isinstance(first, np.ndarray) and first.ndim > 0:
+        out = buffers.empty_like(first)
+        np.copyto(out, first)
+        rest = parts[1:]
     else:
         out = np.array(first, copy=True)
         rest = parts[1:]

@@ -44,7 +44,6 @@ from typing import Protocol
 
 import dask.array as da
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from .. import caller
 from .checkpoint import Checkpointer, LoopState, rng_from_json, rng_to_json
@@ -347,6 +346,10 @@ def run(
     if checkpointer is not None:
         save_checkpoint(current)
     if not converged and not stopped and st.iteration == max_iter and tol > 0:
+        # Imported here: Dask workers import this module (a factor store's tasks live beside it), and
+        # scikit-learn with pandas and pyarrow would add about 110 MiB to every worker process.
+        from sklearn.exceptions import ConvergenceWarning
+
         caller.warn(f"Maximum number of iterations {max_iter} reached.{step.not_converged_hint}", ConvergenceWarning)
     return LoopResult(
         state=current,

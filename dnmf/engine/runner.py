@@ -58,7 +58,8 @@ class Runner:
 
     On a Client, the workers' memory allocator is tuned first
     (:func:`dnmf.engine.allocator.tune_workers`, Dask config
-    ``dnmf.worker-allocator``), and the tasks it places stay where they are
+    ``dnmf.worker-allocator``), their buffer pools are sized to them
+    (:func:`dnmf.engine.pooling.manage_pools`), and the tasks it places stay where they are
     placed (:func:`dnmf.engine.stealing.keep_placed`, with ``dnmf.placement``).
     """
 
@@ -84,8 +85,10 @@ class Runner:
             self._blas = ThreadpoolController()
         if client is not None:
             from .allocator import tune_workers
+            from .pooling import manage_pools
 
             tune_workers(client)
+            manage_pools(client)
             if dask.config.get("dnmf.placement", True):
                 from .stealing import keep_placed
 

@@ -52,6 +52,7 @@ from ..engine.graph import (
     x_row_refs,
 )
 from ..engine.graph import meta as _meta
+from ..storage import buffers
 from . import kernels, nnls
 
 # Layout of the scalar vector a step returns (float64).
@@ -143,10 +144,15 @@ def _combine_stats(parts):
 @aligned_inputs
 def _row_xdot(x_blocks, b_blocks):
     """``Σ_j x_j @ b_j`` in order; a ``b_j`` may be a RowSubset of the rows ``x_j`` touches."""
-    out = kernels.xdot(*restrict(x_blocks[0], b_blocks[0]))
+    out = _pooled_xdot(*restrict(x_blocks[0], b_blocks[0]))
     for x, b in zip(x_blocks[1:], b_blocks[1:], strict=True):
         out += kernels.xdot(*restrict(x, b))
     return out
+
+
+def _pooled_xdot(x, b: np.ndarray) -> np.ndarray:
+    """``kernels.xdot(x, b)`` into memory from the buffer pool (the same bits as a new array)."""
+    return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), np.result_type(x.dtype, b.dtype)))
 
 
 def xdot(X: da.Array, B: da.Array) -> da.Array:
@@ -236,7 +242,15 @@ def _frobenius_update(solver, A, G, AX, l1, l2, perm, n_inner, inner_tol):
     """
     if solver == "cd":
         return kernels.cd_update(
-            A, G, AX, l1, l2, np.asarray(perm, dtype=np.intp), n_inner=n_inner, inner_tol=inner_tol
+            A,
+            G,
+            AX,
+            l1,
+            l2,
+            np.asarray(perm, dtype=np.intp),
+            n_inner=n_inner,
+            inner_tol=inner_tol,
+            out=buffers.empty_like(A),
         )
     if solver == "anls-bpp":
         return nnls.anls_update(A, G, AX, l1, l2)
@@ -269,13 +283,16 @@ def mu_step(A: np.ndarray, G: np.ndarray, AX: np.ndarray, l1: float, l2: float) 
     violation : float
         ``Σ |projected gradient|`` at ``A``.
     """
-    den = kernels.mu_frobenius_denominator(A, G)
-    grad = np.asarray(den, dtype=np.float64) - AX
+    # Every array here comes from the buffer pool: row tasks of one size follow each other, and on
+    # a worker with glibc's mmap threshold pinned each fresh array costs its pages' faults.
+    den = kernels.mu_frobenius_denominator(A, G, out=buffers.empty(A.shape, np.result_type(A, G)))
+    grad = np.subtract(den, AX, out=buffers.empty(A.shape, np.float64), dtype=np.float64)
     if l1:
         grad += l1
     if l2:
         grad += l2 * A
-    np.minimum(grad, 0.0, out=grad, where=~(A > 0))
+    mask = np.greater(A, 0, out=buffers.empty(A.shape, np.bool_))
+    np.minimum(grad, 0.0, out=grad, where=np.logical_not(mask, out=mask))
     violation = float(np.abs(grad, out=grad).sum())
     del grad
     den = den if den.dtype == A.dtype else den.astype(A.dtype)
@@ -283,7 +300,7 @@ def mu_step(A: np.ndarray, G: np.ndarray, AX: np.ndarray, l1: float, l2: float) 
         den += l1
     if l2 > 0:
         den += l2 * A
-    den[den == 0] = kernels.EPSILON
+    np.copyto(den, kernels.EPSILON, where=np.equal(den, 0, out=mask))
     np.divide(np.asarray(AX, dtype=A.dtype), den, out=den)
     return np.multiply(A, den, out=den), violation
 
@@ -309,12 +326,12 @@ def _partial_xtdot(x, fill, W: np.ndarray):
     few = sp.issparse(x) and sum(b.nnz for b in parts) < DENSE_PARTIAL_NNZ_RATIO * x.shape[1]
     rows = touched_rows(*parts) if few else None
     if rows is None or rows.size > engine_blocks.SUBSET_MAX_FRACTION * x.shape[1]:
-        P = kernels.xtdot(x, W)
+        P = _pooled_xdot(x.T, W)
         if fill is not None:
             P += kernels.xtdot(fill, W)
         return P
     columns = RowSubset(rows, None, x.shape[1])
-    P = kernels.xtdot(restrict(x, columns)[0], W)
+    P = _pooled_xdot(restrict(x, columns)[0].T, W)
     if fill is not None:
         P += kernels.xtdot(restrict(fill, columns)[0], W)
     return RowSubset(rows, P, x.shape[1])

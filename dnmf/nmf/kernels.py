@@ -22,6 +22,11 @@ import scipy.sparse as sp
 
 from ..engine.blocks import aligned_inputs
 
+try:  # SciPy's sparse x dense loops, which accept the output array (not public API: checked by the tests)
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - another SciPy layout: xdot allocates as SciPy does
+    _sparsetools = None
+
 # scikit-learn's NMF clamps with float32's epsilon whatever the dtype.
 EPSILON = float(np.finfo(np.float32).eps)
 # ...and clips small factor entries with float64's epsilon for beta <= 1.
@@ -43,25 +48,58 @@ def gram(A: np.ndarray) -> np.ndarray:
     return A.T @ A
 
 
-def xdot(X, B: np.ndarray) -> np.ndarray:
+def xdot(X, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``X @ B`` for a dense or sparse block ``X`` (r, c) and dense ``B`` (c, k).
 
-    Returns a C-contiguous dense (r, k) array. For a CSR block this is SciPy's
-    CSR x dense kernel, which releases the GIL.
+    Returns a C-contiguous dense (r, k) array. For a CSR (or CSC) block this
+    is SciPy's CSR x dense kernel, which releases the GIL.
+
+    ``out`` (optional; (r, k), C-contiguous): where the product is written
+    when ``X``, ``B`` and ``out`` share one dtype and ``B`` is C-contiguous
+    (then ``out`` is returned; otherwise a new array is). The numbers are the
+    same bits either way: the same loop (SciPy's, or BLAS for a dense block)
+    runs from the same zeros. A worker reuses ``out``'s memory from one block
+    to the next, where SciPy's own result is fresh memory every time.
     """
-    out = X @ B
-    if sp.issparse(out):  # pragma: no cover - only if B were sparse
-        out = out.toarray()
-    return np.ascontiguousarray(out)
+    if out is not None and _product_into(X, B, out):
+        return out
+    product = X @ B
+    if sp.issparse(product):  # pragma: no cover - only if B were sparse
+        product = product.toarray()
+    return np.ascontiguousarray(product)
+
+
+def _product_into(X, B, out: np.ndarray) -> bool:
+    """``X @ B`` written into ``out`` as ``X @ B`` computes it; False (nothing written) where it can not be."""
+    if not (
+        isinstance(B, np.ndarray)
+        and B.ndim == 2
+        and B.flags.c_contiguous
+        and out.flags.c_contiguous
+        and out.shape == (X.shape[0], B.shape[1])
+        and X.shape[1] == B.shape[0]
+        and X.dtype == B.dtype == out.dtype
+    ):
+        return False
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        np.matmul(X, B, out=out)
+        return True
+    if _sparsetools is None or not sp.issparse(X) or X.format not in ("csr", "csc") or X.ndim != 2:
+        return False
+    # What SciPy's ``_cs_matrix._matmul_multivector`` does, into ``out`` instead of np.zeros.
+    out.fill(0)
+    matvecs = getattr(_sparsetools, X.format + "_matvecs")
+    matvecs(X.shape[0], X.shape[1], B.shape[1], X.indptr, X.indices, X.data, B.ravel(), out.ravel())
+    return True
 
 
 @aligned_inputs
-def xtdot(X, A: np.ndarray) -> np.ndarray:
-    """``X.T @ A`` for a block ``X`` (r, c) and dense ``A`` (r, k): (c, k).
+def xtdot(X, A: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``X.T @ A`` for a block ``X`` (r, c) and dense ``A`` (r, k): (c, k); ``out`` as for :func:`xdot`.
 
     For CSR, ``X.T`` is the CSC view: no copy of the block is made.
     """
-    return xdot(X.T, A)
+    return xdot(X.T, A, out)
 
 
 def squared_norm(X) -> float:
@@ -117,9 +155,9 @@ def mu_gamma(beta: float) -> float:
     return 1.0
 
 
-def mu_frobenius_denominator(W: np.ndarray, HHt: np.ndarray) -> np.ndarray:
-    """``W @ HHt``: the Frobenius MU denominator for one block of W."""
-    return W @ HHt
+def mu_frobenius_denominator(W: np.ndarray, HHt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``W @ HHt``: the Frobenius MU denominator for one block of W (into ``out``, C-contiguous, if given)."""
+    return np.matmul(W, HHt, out=out)
 
 
 def mu_apply(
@@ -296,6 +334,7 @@ def cd_update(
     permutation: np.ndarray,
     n_inner: int = 1,
     inner_tol: float = 0.1,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """One sweep (or several) of cyclic coordinate descent over the k columns of ``W``.
 
@@ -329,6 +368,9 @@ def cd_update(
         Largest number of sweeps (see ``hals_inner_limits``).
     inner_tol : float, default=0.1
         Gillis & Glineur's epsilon.
+    out : ndarray of shape (r, k), optional
+        C-contiguous, of ``W``'s dtype: where the new block is written (and
+        returned) instead of a new array.
 
     Returns
     -------
@@ -346,7 +388,11 @@ def cd_update(
     B = np.ascontiguousarray(XHt, dtype=np.float64)
     if l1_reg != 0.0:
         B = B - l1_reg
-    W = np.array(W, copy=True, order="C")
+    if out is None:
+        W = np.array(W, copy=True, order="C")
+    else:
+        np.copyto(out, W)
+        W = out
     perm = np.ascontiguousarray(permutation, dtype=np.intp)
     violation = compiled.hals_rows(W, G, np.ascontiguousarray(G.T), B, perm, int(n_inner), float(inner_tol) ** 2)
     return W, float(violation)

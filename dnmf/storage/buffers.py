@@ -1,4 +1,4 @@
-"""Memory for decoded arrays, reused from one block read to the next.
+"""Memory for decoded arrays and per-block temporaries, reused from one block to the next.
 
 A Dask worker process runs with ``MALLOC_TRIM_THRESHOLD_`` set (distributed's
 default), which fixes glibc's mmap threshold at 128 KiB: every array of a
@@ -13,13 +13,24 @@ A fit raises the threshold of workers of 4 GiB or more to 32 MiB
 writes blocks of about 64 MiB) still come fresh there, and smaller workers,
 or workers whose tuning is turned off, keep the 128 KiB.
 
+The same holds for the arrays a row task computes, which have the same
+sizes from one row block and one iteration to the next: the step's
+temporaries and new factor blocks (:func:`dnmf.nmf.graph.mu_step`), the
+sums of partial products (:func:`dnmf.engine.graph.sum_list`) and the
+blocks read from a factor store take their memory here too. Products that
+SciPy allocates itself (sparse times dense) do not.
+
 The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
 :data:`DEFAULT_POOL_BYTES`, 0 turns it off) of free memory per process;
-memory in use is never limited here.
+memory in use is never limited here. On a Dask worker,
+:mod:`dnmf.engine.pooling` sizes the default to the worker's memory limit
+and empties the pool before the memory it keeps could make the worker spill
+or pause.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -35,9 +46,30 @@ MAX_SLACK = 1.5
 MIN_POOLED_BYTES = 256 * 2**10
 
 
+#: This process's default in place of :data:`DEFAULT_POOL_BYTES` (:func:`set_default_limit`).
+_default_limit: int | None = None
+
+
 def pool_limit() -> int:
-    """The most free bytes the pool keeps: ``dnmf.read-pool-bytes``, else :data:`DEFAULT_POOL_BYTES`."""
-    return int(dask.config.get("dnmf.read-pool-bytes", DEFAULT_POOL_BYTES))
+    """The most free bytes the pool keeps: ``dnmf.read-pool-bytes``, else this process's default.
+
+    The default is :data:`DEFAULT_POOL_BYTES` unless :func:`set_default_limit`
+    set another (a Dask worker's, sized to its memory limit).
+    """
+    value = dask.config.get("dnmf.read-pool-bytes", None)
+    if value is None:
+        return DEFAULT_POOL_BYTES if _default_limit is None else _default_limit
+    return int(value)
+
+
+def set_default_limit(nbytes: int | None) -> None:
+    """Make ``nbytes`` (None: :data:`DEFAULT_POOL_BYTES`) this process's default :func:`pool_limit`.
+
+    Free buffers beyond the new limit are released at once.
+    """
+    global _default_limit
+    _default_limit = None if nbytes is None else int(nbytes)
+    _POOL.shrink(pool_limit())
 
 
 def capacity(nbytes: int) -> int:
@@ -82,14 +114,22 @@ class _Pool:
         with self.lock:
             self.free[id(raw)] = raw
             self.free_bytes += raw.size
-            while self.free_bytes > limit:
-                _, old = self.free.popitem(last=False)
-                self.free_bytes -= old.size
+            self._shrink(limit)
 
-    def clear(self) -> None:
+    def shrink(self, limit: int) -> None:
         with self.lock:
+            self._shrink(limit)
+
+    def _shrink(self, limit: int) -> None:
+        while self.free_bytes > limit:
+            _, old = self.free.popitem(last=False)
+            self.free_bytes -= old.size
+
+    def clear(self) -> int:
+        with self.lock:
+            released, self.free_bytes = self.free_bytes, 0
             self.free.clear()
-            self.free_bytes = 0
+        return released
 
 
 _POOL = _Pool()
@@ -122,28 +162,36 @@ class _Lease:
             pass
 
 
-def empty(n: int, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised 1-D array of ``n`` items of ``dtype``, its memory reused from earlier reads when it can be.
+def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` and ``dtype``, its memory reused from earlier arrays when it can be.
 
     Parameters
     ----------
-    n : int
-        Number of items.
+    shape : int or tuple of int
+        Number of items, or the array's shape.
     dtype : numpy.dtype
-        Item type (a fixed-size numeric type).
+        Item type (a fixed-size numeric or boolean type).
 
     Returns
     -------
     numpy.ndarray
-        Shape ``(n,)``, C-contiguous, writable. Small arrays, and any array
+        Of ``shape``, C-contiguous, writable. Small arrays, and any array
         while the pool is off, are plain :func:`numpy.empty` arrays.
     """
     dtype = np.dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, int | np.integer) else tuple(int(d) for d in shape)
+    n = math.prod(shape)
     nbytes = n * dtype.itemsize
     if nbytes < MIN_POOLED_BYTES or capacity(nbytes) > pool_limit():
-        return np.empty(n, dtype=dtype)
+        return np.empty(shape, dtype=dtype)
     raw = _POOL.take(capacity(nbytes))
-    return np.asarray(_Lease(raw, n, dtype))
+    flat = np.asarray(_Lease(raw, n, dtype))
+    return flat if len(shape) == 1 else flat.reshape(shape)
+
+
+def empty_like(a: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """:func:`empty` of ``a``'s shape and (unless given) dtype."""
+    return empty(a.shape, a.dtype if dtype is None else dtype)
 
 
 def pool_stats() -> dict[str, int]:
@@ -152,6 +200,6 @@ def pool_stats() -> dict[str, int]:
         return {"free_bytes": _POOL.free_bytes, "reused": _POOL.reused, "allocated": _POOL.allocated}
 
 
-def clear_pool() -> None:
-    """Release every free buffer of this process's pool to the allocator."""
-    _POOL.clear()
+def clear_pool() -> int:
+    """Release every free buffer of this process's pool to the allocator; returns the bytes released."""
+    return _POOL.clear()

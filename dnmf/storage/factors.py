@@ -47,7 +47,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import checkpoints, locations
+from . import buffers, checkpoints, locations
 from .errors import StoreError
 
 FORMAT = "dnmf-factor-store"
@@ -320,10 +320,16 @@ def read_block(root: str, generation: int, factor: str, index: int, storage_opti
             dtype = np.dtype(meta["data_type"]).newbyteorder("<")
             if not all(shape):
                 return np.zeros(shape, dtype=dtype)
-            out = np.fromfile(os.path.join(path, "c", "0", "0"), dtype=dtype)
-            if out.size != int(np.prod(shape)):
-                raise ValueError(f"{out.size} values where the array has {int(np.prod(shape))}")
-            return out.reshape(shape)
+            # Reused memory (dnmf.storage.buffers): a worker otherwise faults in a fresh block every iteration.
+            out = buffers.empty(shape, dtype)
+            with open(os.path.join(path, "c", "0", "0"), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != out.nbytes:
+                    raise ValueError(f"{size // dtype.itemsize} values where the array has {out.size}")
+                got = f.readinto(out.data.cast("B"))
+            if got != out.nbytes:
+                raise ValueError(f"{got} bytes read of {out.nbytes}")
+            return out
         except Exception as exc:
             raise StoreError(path, f"({type(exc).__name__}: {exc})", "") from None
     except StoreError as exc:

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.decomposition._nmf import _beta_divergence
 
 from dnmf.nmf import kernels
@@ -43,6 +45,48 @@ def test_products(data, fmt):
     np.testing.assert_allclose(kernels.xtdot(Xb, W), X.T @ W)
     np.testing.assert_allclose(kernels.gram(W), W.T @ W)
     assert kernels.squared_norm(Xb) == pytest.approx((X**2).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["dense", "csr", "csc"]),
+    st.sampled_from([np.float64, np.float32]),
+    st.integers(0, 40),
+    st.integers(0, 30),
+    st.integers(1, 9),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_products_into_an_array_are_the_bits_of_the_plain_product(fmt, dtype, r, c, k, density, seed):
+    """``out=`` runs SciPy's own loop (or BLAS) into the given array: the bits of ``X @ B``, whatever it held.
+
+    ``got is out`` also fails if SciPy stops offering that loop (``kernels.xdot`` would then
+    allocate as SciPy does: the same numbers, each product fresh memory on a worker).
+    """
+    rng = np.random.default_rng(seed)
+    X = sp.random(r, c, density=density, format="csr", random_state=rng, dtype=dtype)
+    Xb = X.toarray() if fmt == "dense" else X.asformat(fmt)
+    B = rng.random((c, k)).astype(dtype)
+    A = rng.random((r, k)).astype(dtype)
+    out = np.full((r, k), np.nan, dtype=dtype)
+    got = kernels.xdot(Xb, B, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, Xb @ B)
+    out_t = np.full((c, k), 7.0, dtype=dtype)
+    assert kernels.xtdot(Xb, A, out=out_t) is out_t
+    np.testing.assert_array_equal(out_t, Xb.T @ A)
+
+
+def test_a_product_that_can_not_go_into_out_is_a_new_array(data):
+    X, _, Ht = data
+    Xs = sp.csr_matrix(X.astype(np.float32))
+    out = np.zeros((9, 3))
+    got = kernels.xdot(Xs, Ht, out=out)  # float32 block, float64 factor: SciPy's own product
+    assert got is not out
+    np.testing.assert_array_equal(got, Xs @ Ht)
+    got = kernels.xdot(sp.csr_matrix(X), np.asfortranarray(Ht), out=out)
+    assert got is not out
+    np.testing.assert_array_equal(got, sp.csr_matrix(X) @ Ht)
 
 
 def test_sampled_dot(data):

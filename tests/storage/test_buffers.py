@@ -120,3 +120,34 @@ def test_a_slightly_smaller_request_reuses_a_larger_buffer():
     assert second.ctypes.data == starts["far"]
     assert third.ctypes.data not in starts.values()  # "huge" is more than MAX_SLACK times a request
     assert buffers.pool_stats()["free_bytes"] == buffers.capacity(int(BIG * 2) * 8)
+
+
+def test_arrays_of_a_shape_reuse_memory_of_any_shape():
+    """The step's temporaries are 2-D: the pool serves shapes, from the same free memory."""
+    a = buffers.empty((BIG // 4, 4), np.float64)
+    assert a.shape == (BIG // 4, 4) and a.flags.c_contiguous and a.flags.writeable
+    start = a.ctypes.data
+    del a
+    b = buffers.empty((4, BIG // 4), np.float64)
+    assert b.ctypes.data == start
+    c = buffers.empty_like(b, np.float32)
+    assert c.shape == b.shape and c.dtype == np.float32
+    assert buffers.empty((3, 5), np.float64).shape == (3, 5)  # small: a plain array
+
+
+def test_a_process_default_limit_bounds_the_pool_and_the_config_key_wins():
+    arrays = [buffers.empty(BIG, np.float64) for _ in range(4)]
+    del arrays
+    held = buffers.pool_stats()["free_bytes"]
+    assert held >= 4 * BIG * 8
+    try:
+        buffers.set_default_limit(2 * buffers.capacity(BIG * 8))
+        assert buffers.pool_limit() == 2 * buffers.capacity(BIG * 8)
+        assert buffers.pool_stats()["free_bytes"] <= buffers.pool_limit()  # shrunk at once
+        with dask.config.set({"dnmf.read-pool-bytes": 10 * BIG * 8}):
+            assert buffers.pool_limit() == 10 * BIG * 8
+    finally:
+        buffers.set_default_limit(None)
+    assert buffers.pool_limit() == buffers.DEFAULT_POOL_BYTES
+    assert buffers.clear_pool() > 0
+    assert buffers.pool_stats()["free_bytes"] == 0

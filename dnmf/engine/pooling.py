@@ -1,0 +1,99 @@
+"""The buffer pool on Dask workers: sized to each worker, and emptied before it costs a spill or a pause.
+
+A worker process keeps up to :func:`dnmf.storage.buffers.pool_limit` bytes
+of freed block memory for the next row tasks (decoded blocks of X, the
+step's temporaries and new factor blocks, sums of partial products, factor
+blocks read from a store). Distributed counts that memory as unmanaged: on
+a worker sized tightly for an out-of-core fit it can push the process past
+the spill threshold (Dask then writes managed data to disk) or the pause
+threshold (the worker stops running tasks, and memory that is not Dask's
+never goes away by itself: the fit would hang).
+
+:class:`PoolPlugin`, registered on a fit's cluster by :func:`manage_pools`,
+makes each worker's default pool a sixteenth of its memory limit (at most
+:data:`dnmf.storage.buffers.DEFAULT_POOL_BYTES`; 25 MiB on a 400 MiB worker)
+and checks the worker's memory every :data:`CHECK_INTERVAL_MS`: above the
+spill threshold, or when the worker is paused, the pool is emptied (and on
+a paused worker glibc is asked to return its free memory too). The pool then
+fills again from the next tasks. Results never depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..storage import buffers
+from .allocator import trim
+
+#: Name of the worker plugin on the cluster.
+PLUGIN_NAME = "dnmf-pool"
+#: How often a worker's memory is checked (distributed's own memory monitor: 100 ms).
+CHECK_INTERVAL_MS = 100
+#: A worker's default pool is its memory limit over this (at most DEFAULT_POOL_BYTES).
+LIMIT_SHARE = 16
+
+logger = logging.getLogger("dnmf")
+
+
+def default_limit(memory_limit: int | None) -> int:
+    """The pool a worker with ``memory_limit`` keeps by default (None or 0: no limit, the global default)."""
+    if not memory_limit:
+        return buffers.DEFAULT_POOL_BYTES
+    return min(buffers.DEFAULT_POOL_BYTES, int(memory_limit) // LIMIT_SHARE)
+
+
+def _status_name(worker: Any) -> str:
+    return getattr(getattr(worker, "status", None), "name", "")
+
+
+class PoolPlugin(WorkerPlugin):
+    """Sizes a worker's buffer pool to its memory limit and empties it under memory pressure (module doc)."""
+
+    idempotent = False
+
+    def __init__(self) -> None:
+        self.released = 0
+        self._callback: Any = None
+
+    def setup(self, worker: Any) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        manager = getattr(worker, "memory_manager", None)
+        limit = getattr(manager, "memory_limit", None)
+        buffers.set_default_limit(default_limit(limit))
+        if not limit:
+            return
+        self._callback = PeriodicCallback(lambda: self.check(worker), CHECK_INTERVAL_MS)
+        worker.periodic_callbacks[PLUGIN_NAME] = self._callback
+        self._callback.start()
+
+    def check(self, worker: Any) -> None:
+        """Empty the pool if the worker is paused or above its spill threshold; trim glibc if paused."""
+        manager = worker.memory_manager
+        paused = _status_name(worker) == "paused"
+        fractions = [f for f in (manager.memory_spill_fraction, manager.memory_pause_fraction) if f]
+        high = paused or bool(fractions and worker.monitor.get_process_memory() > min(fractions) * manager.memory_limit)
+        if not high:
+            return
+        self.released += buffers.clear_pool()
+        if paused:
+            trim()
+
+    def teardown(self, worker: Any) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            if worker.periodic_callbacks.get(PLUGIN_NAME) is self._callback:
+                del worker.periodic_callbacks[PLUGIN_NAME]
+            self._callback = None
+        buffers.set_default_limit(None)
+
+
+def manage_pools(client: Any) -> None:
+    """Register :class:`PoolPlugin` on ``client``'s cluster (workers that join later get it too). One round trip."""
+    try:
+        client.register_plugin(PoolPlugin(), name=PLUGIN_NAME)
+    except Exception as exc:  # a worker leaving mid-broadcast, say: not worth a failed fit
+        logger.warning("Could not size the workers' buffer pools (%s); the fit goes on without it.", exc)

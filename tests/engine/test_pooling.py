@@ -1,0 +1,142 @@
+"""Buffer pools on real worker processes (dnmf.engine.pooling), and what a worker imports.
+
+A fit's Runner sizes each worker's pool to its memory limit; a worker above its spill threshold,
+or paused, empties its pool (a paused worker whose memory is not Dask's would never resume).
+A worker that ran a fit, factor store included, has not imported scikit-learn, pandas or
+pyarrow (about 110 MiB of a small worker's memory).
+"""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import dnmf
+from dnmf.engine import pooling
+from dnmf.engine.runner import Runner
+from dnmf.storage import buffers
+from tests.helpers import local_client
+
+pytestmark = pytest.mark.cluster
+
+MiB = 2**20
+
+
+def _fill_pool(n_arrays: int = 4, nbytes: int = MiB) -> int:
+    """Take and release ``n_arrays`` pooled arrays on this worker; the pool's free bytes after."""
+    arrays = [buffers.empty(nbytes // 8, np.float64) for _ in range(n_arrays)]
+    del arrays
+    return buffers.pool_stats()["free_bytes"]
+
+
+def _pool(dask_worker):
+    plugin = dask_worker.plugins.get(pooling.PLUGIN_NAME)
+    return buffers.pool_limit(), buffers.pool_stats()["free_bytes"], getattr(plugin, "released", None)
+
+
+def _wait_for(client, condition, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        (state,) = client.run(_pool).values()
+        if condition(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def worker_client():
+    """One worker process of one thread and 512 MiB, for this module alone (its settings change)."""
+    with local_client(n_workers=1, threads_per_worker=1, processes=True, memory_limit="512MiB") as client:
+        Runner(client)  # registers the plugin, as every fit does
+        yield client
+
+
+def test_default_limit_follows_the_memory_limit():
+    assert pooling.default_limit(None) == buffers.DEFAULT_POOL_BYTES
+    assert pooling.default_limit(8 * 2**30) == buffers.DEFAULT_POOL_BYTES
+    assert pooling.default_limit(400 * MiB) == 25 * MiB
+    assert pooling.default_limit(512 * MiB) == 32 * MiB
+
+
+def test_a_worker_keeps_a_pool_sized_to_its_memory(worker_client):
+    limit, _, released = _wait_for(worker_client, lambda s: True)
+    assert limit == 32 * MiB
+    assert released is not None  # the plugin is there
+    free = worker_client.submit(_fill_pool, pure=False).result()
+    assert free >= 4 * MiB
+    # Below its spill threshold, the worker keeps it.
+    time.sleep(5 * pooling.CHECK_INTERVAL_MS / 1000)
+    assert _wait_for(worker_client, lambda s: True)[1] == free
+
+
+def _set_spill_fraction(fraction, dask_worker=None):
+    manager = dask_worker.memory_manager
+    old, manager.memory_spill_fraction = manager.memory_spill_fraction, fraction
+    return old
+
+
+def test_a_worker_above_its_spill_threshold_empties_its_pool(worker_client):
+    (old,) = worker_client.run(_set_spill_fraction, 0.01).values()  # any process is above 1% of 512 MiB
+    try:
+        worker_client.submit(_fill_pool, pure=False).result()
+        limit, free, released = _wait_for(worker_client, lambda s: s[1] == 0)
+        assert free == 0 and released >= 4 * MiB
+    finally:
+        worker_client.run(_set_spill_fraction, old)
+    # Back below it, the pool fills and stays again.
+    free = worker_client.submit(_fill_pool, pure=False).result()
+    time.sleep(5 * pooling.CHECK_INTERVAL_MS / 1000)
+    assert free > 0 and _wait_for(worker_client, lambda s: True)[1] == free
+
+
+def _set_fractions(spill, pause, dask_worker=None):
+    manager = dask_worker.memory_manager
+    old = manager.memory_spill_fraction, manager.memory_pause_fraction
+    manager.memory_spill_fraction, manager.memory_pause_fraction = spill, pause
+    return old
+
+
+def _status(dask_worker):
+    return dask_worker.status.name
+
+
+def test_a_worker_paused_by_its_memory_monitor_empties_its_pool(worker_client):
+    """Spilling off, pause at 1%: distributed's own monitor pauses the worker, and the pool goes."""
+    worker_client.submit(_fill_pool, pure=False).result()
+    (old,) = worker_client.run(_set_fractions, False, 0.01).values()
+    try:
+        _, free, _ = _wait_for(worker_client, lambda s: s[1] == 0)
+        assert free == 0
+        assert list(worker_client.run(_status).values()) == ["paused"]
+    finally:
+        worker_client.run(_set_fractions, *old)
+    deadline = time.monotonic() + 5
+    while list(worker_client.run(_status).values()) != ["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker_client.submit(_fill_pool, pure=False).result() > 0  # running again
+
+
+def _imported(dask_worker):
+    import sys
+
+    return sorted(name for name in ("sklearn", "pandas", "pyarrow", "matplotlib") if name in sys.modules)
+
+
+@pytest.mark.parametrize("model", ["nmf", "ratings"])
+def test_workers_of_a_fit_import_no_estimator_libraries(tmp_path, model):
+    """Task functions live in modules that import neither scikit-learn nor pandas nor pyarrow."""
+    rng = np.random.default_rng(0)
+    X = sp.random(600, 80, density=0.05, format="csr", random_state=rng)
+    X.data = np.ceil(X.data * 5)
+    path = str(tmp_path / "x.zarr")
+    dnmf.write_matrix(X, path, chunks=(150, 80))
+    with local_client(n_workers=1, threads_per_worker=1, processes=True) as client:
+        assert client.run(_imported) == {w: [] for w in client.run(os.getpid)}  # the control: a fresh worker
+        store = str(tmp_path / "factors")
+        if model == "nmf":
+            dnmf.NMF(3, init="random", max_iter=2, tol=0, client=client, factor_store=store).fit(path)
+        else:
+            dnmf.RatingsNMF(3, max_iter=2, tol=0, client=client, factor_store=store).fit(path)
+        assert list(client.run(_imported).values()) == [[]]
