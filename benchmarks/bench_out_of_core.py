@@ -426,6 +426,7 @@ def run_size(mult: float, args, base_dir: str) -> dict:
             ),
             path,
             scheduler="threads",
+            codec=args.codec,
         )
         res["generate_s"] = time.perf_counter() - t
         info = store.info
@@ -708,7 +709,8 @@ def render(results: dict) -> str:
         f"X: float64, {cfg['rows_per_block']:,} x {cfg['cols']:,} row blocks of {cfg['nnz_per_block']:,} "
         f"non-zeros, {cfg['columns']} column choice"
         + (f" (exponent {cfg['col_exponent']})" if cfg["columns"] == "zipf" else "")
-        + ", uniform values; store: Blosc-zstd(3)+shuffle, one Zarr chunk per CSR array. Worker memory "
+        + f", uniform values; store: codec {cfg.get('codec') or 'zstd:3'} (Blosc, shuffled), one Zarr chunk per "
+        "CSR array. Worker memory "
         f"thresholds (fractions of the limit): {results['worker_memory']}; worker environment: "
         f"{results['worker_environ']}.",
         "",
@@ -937,6 +939,7 @@ def parse_args(argv=None):
         default=None,
         help="column choice: power law or uniform (default zipf; quick uniform, faster to generate)",
     )
+    p.add_argument("--codec", default=None, help="the store's codec (write_matrix's codec=; default zstd:3)")
     p.add_argument("--col-exponent", type=float, default=0.9, help="power-law exponent of column popularity")
     p.add_argument("--read-repeat", type=int, default=None, help="read passes (a), (b) (default 3; quick 1)")
     p.add_argument("--sample-interval", type=float, default=0.1, help="seconds between worker samples")

@@ -36,6 +36,7 @@ from dask.highlevelgraph import HighLevelGraph
 from . import chunking, locations
 from . import ids as _ids
 from . import tasks as _tasks
+from .codecs import check_index_dtype, parse_codec
 from .dense import warn_chunk_fit
 from .errors import StoreError
 from .ingestion import ingest as _ingest_impl
@@ -361,6 +362,8 @@ def write_matrix(
     client: Any = None,
     scheduler: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
+    index_dtype: str = "auto",
 ) -> MatrixStore:
     """Write a matrix to a store, one task per block, metadata last.
 
@@ -397,6 +400,13 @@ def write_matrix(
         client is used.
     storage_options : dict, optional
         fsspec options for URLs.
+    codec : str, optional
+        Compression: ``"zstd[:LEVEL]"`` (default ``"zstd:3"``), ``"lz4[:LEVEL]"`` or
+        ``"none"``, as ``dnmf ingest --codec`` (the README's "Storage choices"
+        compares them). Readers need not know it.
+    index_dtype : {"auto", "int32", "int64"}
+        Width of a sparse store's ``indptr`` and ``indices``: "auto" is 32-bit
+        unless a block has 2**31 or more columns or entries.
 
     Returns
     -------
@@ -412,12 +422,19 @@ def write_matrix(
         wrong length or with duplicates.
     """
     _check_format(format)
+    codec = str(parse_codec(codec))
+    check_index_dtype(index_dtype)
     path = locations.normalize(path)
     is_dask = isinstance(X, da.Array)
     if not is_dask and not _is_sparse(X):
         X = np.asarray(X)
     sparse_in = _is_sparse(X._meta if is_dask else X)
     sparse_out = sparse_in if format == "auto" else format == "sparse"
+    if not sparse_out and index_dtype != "auto":
+        raise ValueError(
+            f"index_dtype={index_dtype!r} applies to sparse stores; this store is dense. "
+            "Leave index_dtype='auto', or pass format='sparse'."
+        )
     shape = tuple(int(s) for s in X.shape)
     dtype = np.dtype(X.dtype)
     if len(shape) != 2 or min(shape) < 1:
@@ -475,8 +492,8 @@ def write_matrix(
     )
     if not sparse_out:
         warn_chunk_fit(path, shape, (target[0][0], target[1][0]), dtype)
-    with writing_store(info, overwrite=overwrite, storage_options=storage_options) as info:
-        results = _write_blocks(Xd, info, client, scheduler)
+    with writing_store(info, overwrite=overwrite, storage_options=storage_options, codec=codec) as info:
+        results = _write_blocks(Xd, info, client, scheduler, codec, index_dtype)
         if row_ids is not None:
             info = replace(info, row_ids=_ids.write_ids(info.path, "rows", row_ids, storage_options))
         if col_ids is not None:
@@ -521,7 +538,7 @@ def _count_nnz(X: da.Array, client, scheduler) -> int:
     return int(total.compute(scheduler=scheduler))
 
 
-def _write_blocks(Xd: da.Array, info: MatrixInfo, client, scheduler) -> list[int]:
+def _write_blocks(Xd: da.Array, info: MatrixInfo, client, scheduler, codec: str, index_dtype: str) -> list[int]:
     """Run one write task per block; return the blocks' nnz (row-major)."""
     name = "dnmf-write-" + tokenize(Xd.name, info.path, info.write_id)
     so = dict(info.storage_options) if info.storage_options else None
@@ -542,6 +559,8 @@ def _write_blocks(Xd: da.Array, info: MatrixInfo, client, scheduler) -> list[int
                     (h, w),
                     info.dtype.str,
                     so,
+                    codec,
+                    index_dtype,
                 )
             else:
                 bounds = (

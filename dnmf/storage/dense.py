@@ -31,8 +31,12 @@ def create_dense_array(
     dtype: np.dtype,
     chunk_shape: tuple[int, int],
     storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
 ) -> None:
-    """Create the empty array ``name`` in the store at ``path``; blocks come later."""
+    """Create the empty array ``name`` in the store at ``path``; blocks come later.
+
+    ``codec``: see :func:`~dnmf.storage.codecs.parse_codec` (default ``"zstd:3"``).
+    """
     dtype = np.dtype(dtype)
     zarr.create_array(
         store=path,
@@ -40,7 +44,7 @@ def create_dense_array(
         shape=tuple(shape),
         chunks=tuple(chunk_shape),
         dtype=dtype,
-        compressors=numeric_compressors(dtype, int(np.prod(chunk_shape))),
+        compressors=numeric_compressors(dtype, int(np.prod(chunk_shape)), codec),
         fill_value=0,
         config=ARRAY_CONFIG,
         overwrite=True,

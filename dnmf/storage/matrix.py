@@ -131,9 +131,16 @@ def _check_dense_array(info: MatrixInfo, storage_options) -> None:
 
 
 def begin_matrix_store(
-    info: MatrixInfo, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
+    info: MatrixInfo,
+    *,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
 ) -> None:
     """Create the empty skeleton of a store described by ``info`` (not yet valid).
+
+    ``codec`` compresses a dense store's array (:func:`~dnmf.storage.codecs.parse_codec`;
+    sparse blocks are compressed as each is written).
 
     Raises
     ------
@@ -161,14 +168,19 @@ def begin_matrix_store(
             info.dtype,
             (info.row_chunks[0], info.col_chunks[0]),
             storage_options,
+            codec=codec,
         )
 
 
 @contextmanager
 def writing_store(
-    info: MatrixInfo, *, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
+    info: MatrixInfo,
+    *,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    codec: str | None = None,
 ) -> Iterator[MatrixInfo]:
-    """Begin the store of ``info``; if the body fails, remove what was written.
+    """Begin the store of ``info`` (``codec``: see :func:`begin_matrix_store`); if the body fails, remove what was written.
 
     Yields the :class:`MatrixInfo` to write with: ``info`` itself for a new
     store, or, when a local store is overwritten, the same with the path of a
@@ -189,7 +201,7 @@ def writing_store(
         else:
             replacing = True
             target = replace(info, path=locations.sibling(final, "dnmf-new"))
-    begin_matrix_store(target, overwrite=False, storage_options=storage_options)
+    begin_matrix_store(target, overwrite=False, storage_options=storage_options, codec=codec)
     try:
         yield target
         if replacing:

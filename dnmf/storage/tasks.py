@@ -19,8 +19,18 @@ def read_dense_task(path, array_path, bounds, chunk, storage_options):
     return read_dense_block(path, array_path, bounds, chunk=chunk, storage_options=storage_options)
 
 
-def write_sparse_task(path, i, j, block, shape, dtype, storage_options) -> int:
-    return write_sparse_block(path, i, j, block, shape=shape, dtype=dtype, storage_options=storage_options)
+def write_sparse_task(path, i, j, block, shape, dtype, storage_options, codec=None, index_dtype="auto") -> int:
+    return write_sparse_block(
+        path,
+        i,
+        j,
+        block,
+        shape=shape,
+        dtype=dtype,
+        storage_options=storage_options,
+        codec=codec,
+        index_dtype=index_dtype,
+    )
 
 
 def write_dense_task(path, bounds, block, storage_options) -> int:

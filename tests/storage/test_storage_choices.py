@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import dask
 import dask.array as da
@@ -86,6 +87,46 @@ def test_codecs_from_a_npz(tmp_path):
     store = io.ingest(tmp_path / "x.npz", tmp_path / "s.zarr", codec="lz4", index_dtype="int64")
     np.testing.assert_array_equal(store.data.compute().toarray(), X.toarray())
     assert _stored_arrays(store.path)[1].dtype == np.int64
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd:9", "none"])
+def test_write_matrix_takes_the_same_storage_choices(tmp_path, codec):
+    X = sp.random(60, 40, density=0.2, format="csr", random_state=2)
+    store = dnmf.write_matrix(X, tmp_path / "s.zarr", chunks=(20, 40), codec=codec, index_dtype="int64")
+    np.testing.assert_array_equal(store.data.compute().toarray(), X.toarray())
+    indptr, indices, data = _stored_arrays(store.path)
+    assert indptr.dtype == indices.dtype == np.int64
+    names = [type(c).__name__ for c in data.metadata.codecs]
+    if codec == "none":
+        assert names == ["BytesCodec", "Crc32cCodec"]
+    else:
+        assert str(data.metadata.codecs[1].cname.value) == parse_codec(codec).name
+    dense = dnmf.write_matrix(X.toarray(), tmp_path / "d.zarr", chunks=(20, 40), codec=codec)
+    np.testing.assert_array_equal(dense.data.compute(), X.toarray())
+    stored = zarr.open_array(f"{dense.path}/{dense.info.array_path}")
+    assert (type(stored.metadata.codecs[1]).__name__ == "Crc32cCodec") == (codec == "none")
+
+
+def test_write_matrix_default_codec_is_unchanged(tmp_path):
+    store = dnmf.write_matrix(sp.random(30, 20, density=0.3, format="csr", random_state=0), tmp_path / "s.zarr")
+    blosc = _stored_arrays(store.path)[2].metadata.codecs[1]
+    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("zstd", 3, "shuffle")
+    assert _stored_arrays(store.path)[1].dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"codec": "gzip"}, "codec must be one of 'zstd[:LEVEL]', 'lz4[:LEVEL]' or 'none'; got 'gzip'"),
+        ({"index_dtype": "int16"}, "index_dtype must be one of 'auto', 'int32', 'int64'; got 'int16'"),
+        ({"index_dtype": "int64", "format": "dense"}, "index_dtype='int64' applies to sparse stores"),
+    ],
+)
+def test_write_matrix_bad_storage_choices_fail_before_writing(tmp_path, kwargs, message):
+    X = sp.random(30, 20, density=0.3, format="csr", random_state=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dnmf.write_matrix(X, tmp_path / "s.zarr", **kwargs)
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_parse_codec():
