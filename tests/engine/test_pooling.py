@@ -102,19 +102,25 @@ def _status(dask_worker):
     return dask_worker.status.name
 
 
+def _wait_for_status(client, name: str, timeout: float = 5.0) -> None:
+    """Until the worker's status is ``name`` (distributed's monitor acts every 100 ms), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while list(client.run(_status).values()) != [name] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_worker_paused_by_its_memory_monitor_empties_its_pool(worker_client):
     """Spilling off, pause at 1%: distributed's own monitor pauses the worker, and the pool goes."""
     worker_client.submit(_fill_pool, pure=False).result()
     (old,) = worker_client.run(_set_fractions, False, 0.01).values()
     try:
+        _wait_for_status(worker_client, "paused")
+        assert list(worker_client.run(_status).values()) == ["paused"]
         _, free, _ = _wait_for(worker_client, lambda s: s[1] == 0)
         assert free == 0
-        assert list(worker_client.run(_status).values()) == ["paused"]
     finally:
         worker_client.run(_set_fractions, *old)
-    deadline = time.monotonic() + 5
-    while list(worker_client.run(_status).values()) != ["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_status(worker_client, "running")
     assert worker_client.submit(_fill_pool, pure=False).result() > 0  # running again
 
 
