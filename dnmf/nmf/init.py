@@ -84,14 +84,16 @@ def random_init(X: da.Array, k: int, mean: float, seed: int):
 # --------------------------------------------------------------------------
 
 
-def _gram_inverse_sqrt(G: np.ndarray, dtype=np.float64) -> np.ndarray:
+def _gram_inverse_sqrt(G: np.ndarray, dtype=np.float64, precision=None) -> np.ndarray:
     """M with ``M' G M`` the identity on G's numerical range (zero columns elsewhere), as ``dtype``.
 
-    Eigenvalues below the working precision's noise (relative 1e-12 in
-    float64, 1e-6 in float32) count as zero.
+    Eigenvalues below the noise of the precision the Gram was computed in
+    (``precision``, default ``dtype``: relative 1e-12 in float64, 1e-6 in
+    float32) count as zero.
     """
     evals, evecs = np.linalg.eigh(np.asarray(G, dtype=np.float64))
-    floor = 1e-12 if np.dtype(dtype) == np.float64 else 1e-6
+    precision = dtype if precision is None else precision
+    floor = 1e-12 if np.dtype(precision) == np.float64 else 1e-6
     keep = evals > evals.max() * floor if evals.max() > 0 else np.zeros_like(evals, bool)
     scale = np.zeros_like(evals)
     scale[keep] = 1.0 / np.sqrt(evals[keep])
@@ -167,7 +169,8 @@ def randomized_svd(
         del Z
     if lean:
         (basis,) = held
-        M = _gram_inverse_sqrt(runner.compute(blocked.gram(basis)), np.float64)
+        # M stays float64 (it is applied twice below), but the Gram is of Y's precision.
+        M = _gram_inverse_sqrt(runner.compute(blocked.gram(basis)), np.float64, precision=basis.dtype)
         (Bt,) = runner.persist(blocked.xtdot(Xf, basis).map_blocks(np.dot, M.astype(dtype, copy=False), dtype=dtype))
     else:
         basis = _orthonormalize(held, runner)

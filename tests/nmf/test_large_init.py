@@ -42,6 +42,23 @@ def test_randomized_svd_matches_numpy(n_iter, dtype, lean):
     np.testing.assert_allclose((U * S) @ V.T, dense, atol=0.05 * np.abs(dense).max())
 
 
+def test_a_lean_float32_sketch_drops_the_gram_s_rounding_noise():
+    """An exactly rank-5 matrix in float32: the sketch's 10 extra directions are float32 rounding
+    noise, which the lean basis must treat as zero (float32's floor, not float64's). Kept, they
+    were scaled up by 1/sqrt(noise) and cost U its orthonormality (up to 1.6e-5 off)."""
+    worst = 0.0
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        dense = rng.random((400, 5)) @ rng.random((5, 120))
+        X = inputs.from_memory(sp.csr_matrix(dense.astype(np.float32)), chunks=100)
+        with dask.config.set(scheduler="sync"):
+            U, S, _ = init.randomized_svd(X, 5, 0, Runner(None), n_iter=0, dtype=np.float32, lean=True)
+            U = np.asarray(U.compute()).astype(np.float64)
+        worst = max(worst, float(np.abs(U.T @ U - np.eye(5)).max()))
+        np.testing.assert_allclose(S, np.linalg.svd(dense, compute_uv=False)[:5], rtol=5e-6)
+    assert worst < 8e-6
+
+
 def test_a_large_input_fit_starts_lean_and_lands_where_the_full_basis_does(monkeypatch, dist_client):
     """With the large-input plan forced on a small X: the lean start is the same bits on threads and
     on worker processes, and 5 iterations from it reach the loss of the start with its basis formed."""
