@@ -29,11 +29,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..storage.buffers import pinned, start_environ
 from .config import switch
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
@@ -91,32 +91,6 @@ def trim() -> bool:
     """
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0) == 1)
-
-
-def start_environ() -> dict[str, str]:
-    """The environment this process started with (what glibc read), else the current one.
-
-    Not ``os.environ``: a Nanny sets its pre-spawn environment in its own
-    process too (a LocalCluster's nannies run in the client's process), long
-    after glibc read that process's settings.
-    """
-    try:
-        with open("/proc/self/environ", "rb") as fh:
-            entries = fh.read().split(b"\0")
-    except OSError:
-        return dict(os.environ)
-    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if b"=" in entry)
-    return {key: value for key, _, value in pairs}
-
-
-def pinned() -> bool:
-    """Whether this process started with glibc's mmap threshold pinned by a trim threshold only.
-
-    That is distributed's default for worker processes; a process whose
-    environment sets ``MALLOC_MMAP_THRESHOLD_`` too was tuned on purpose.
-    """
-    env = start_environ()
-    return "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" not in env
 
 
 class AllocatorPlugin(WorkerPlugin):

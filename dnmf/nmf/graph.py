@@ -151,7 +151,14 @@ def _row_xdot(x_blocks, b_blocks):
 
 
 def _pooled_xdot(x, b: np.ndarray) -> np.ndarray:
-    """``kernels.xdot(x, b)`` into memory from the buffer pool (the same bits as a new array)."""
+    """``kernels.xdot(x, b)``, into memory from the buffer pool in a worker process (the same bits).
+
+    Only where fresh memory costs page faults (:func:`~dnmf.storage.buffers.fresh_memory_is_costly`):
+    the product must start from zeros, which SciPy's own result (``np.zeros``) often gets for free
+    from glibc in an ordinary process, where the pooled array costs a pass to clear.
+    """
+    if not buffers.fresh_memory_is_costly():
+        return kernels.xdot(x, b)
     return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), np.result_type(x.dtype, b.dtype)))
 
 

@@ -30,7 +30,9 @@ or pause.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import threading
 from collections import OrderedDict
 
@@ -192,6 +194,40 @@ def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def empty_like(a: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
     """:func:`empty` of ``a``'s shape and (unless given) dtype."""
     return empty(a.shape, a.dtype if dtype is None else dtype)
+
+
+def start_environ() -> dict[str, str]:
+    """The environment this process started with (what glibc read), else the current one.
+
+    Not ``os.environ``: a Nanny sets its pre-spawn environment in its own
+    process too (a LocalCluster's nannies run in the client's process), long
+    after glibc read that process's settings.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            entries = fh.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if b"=" in entry)
+    return {key: value for key, _, value in pairs}
+
+
+def pinned() -> bool:
+    """Whether this process started with glibc's mmap threshold pinned by a trim threshold only.
+
+    That is distributed's default for worker processes; a process whose
+    environment sets ``MALLOC_MMAP_THRESHOLD_`` too was tuned on purpose.
+    """
+    env = start_environ()
+    return "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" not in env
+
+
+@functools.cache
+def fresh_memory_is_costly() -> bool:
+    """Whether this process started :func:`pinned` (a Dask worker as distributed starts it): every
+    array over 128 KiB is then new, page-faulted memory unless it is reused on purpose. Fixed for
+    the process's life, so computed once."""
+    return pinned()
 
 
 def pool_stats() -> dict[str, int]:

@@ -146,3 +146,39 @@ def test_workers_of_a_fit_import_no_estimator_libraries(tmp_path, model):
         else:
             dnmf.RatingsNMF(3, max_iter=2, tol=0, client=client, factor_store=store).fit(path)
         assert list(client.run(_imported).values()) == [[]]
+
+
+def _mu_step_faults(rounds: int = 20) -> int:
+    """Page faults of this worker while it runs ``rounds`` MU half-steps of a 12,500 x 32 block."""
+    import resource
+
+    from dnmf.nmf.graph import mu_step
+
+    rng = np.random.default_rng(0)
+    A, AX = rng.random((12_500, 32)), rng.random((12_500, 32))
+    G = A.T @ A
+    mu_step(A, G, AX, 0.0, 0.0)  # the pool's first buffers
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        new, _ = mu_step(A, G, AX, 0.0, 0.0)
+        del new
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _set_pool_bytes(value, dask_worker=None):
+    import dask
+
+    dask.config.set({"dnmf.read-pool-bytes": value})
+
+
+def test_a_row_task_s_arrays_reuse_memory_on_a_worker(worker_client):
+    """On a worker as distributed starts it (glibc's mmap threshold pinned), each 3.2 MB array of a
+    half-step is fresh, page-faulted memory unless the pool serves it: the control turns it off."""
+    pooled = worker_client.submit(_mu_step_faults, pure=False).result()
+    worker_client.run(_set_pool_bytes, 0)
+    try:
+        fresh = worker_client.submit(_mu_step_faults, pure=False).result()
+    finally:
+        worker_client.run(_set_pool_bytes, None)
+    assert fresh > 20 * 2 * 700  # two arrays of ~780 pages each (and a mask), every round
+    assert pooled < fresh / 20
