@@ -17,8 +17,9 @@ The same holds for the arrays a row task computes, which have the same
 sizes from one row block and one iteration to the next: the step's
 temporaries and new factor blocks (:func:`dnmf.nmf.graph.mu_step`), the
 sums of partial products (:func:`dnmf.engine.graph.sum_list`) and the
-blocks read from a factor store take their memory here too. Products that
-SciPy allocates itself (sparse times dense) do not.
+blocks read from a factor store take their memory here too, and so, where
+:func:`fresh_memory_is_costly`, do the sparse × dense products
+(``dnmf.nmf.kernels.xdot(..., out=)``).
 
 The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
 :data:`DEFAULT_POOL_BYTES`, 0 turns it off) of free memory per process;
