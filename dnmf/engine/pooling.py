@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from distributed.core import Status
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..storage import buffers
@@ -43,10 +44,6 @@ def default_limit(memory_limit: int | None) -> int:
     if not memory_limit:
         return buffers.DEFAULT_POOL_BYTES
     return min(buffers.DEFAULT_POOL_BYTES, int(memory_limit) // LIMIT_SHARE)
-
-
-def _status_name(worker: Any) -> str:
-    return getattr(getattr(worker, "status", None), "name", "")
 
 
 class PoolPlugin(WorkerPlugin):
@@ -73,7 +70,7 @@ class PoolPlugin(WorkerPlugin):
     def check(self, worker: Any) -> None:
         """Empty the pool if the worker is paused or above its spill threshold; trim glibc if paused."""
         manager = worker.memory_manager
-        paused = _status_name(worker) == "paused"
+        paused = worker.status == Status.paused
         fractions = [f for f in (manager.memory_spill_fraction, manager.memory_pause_fraction) if f]
         high = paused or bool(fractions and worker.monitor.get_process_memory() > min(fractions) * manager.memory_limit)
         if not high:

@@ -153,11 +153,11 @@ def _row_xdot(x_blocks, b_blocks):
 def _pooled_xdot(x, b: np.ndarray) -> np.ndarray:
     """``kernels.xdot(x, b)``, into memory from the buffer pool in a worker process (the same bits).
 
-    Only where fresh memory costs page faults (:func:`~dnmf.storage.buffers.fresh_memory_is_costly`):
+    Only where fresh memory costs page faults (:func:`~dnmf.storage.buffers.pinned`):
     the product must start from zeros, which SciPy's own result (``np.zeros``) often gets for free
     from glibc in an ordinary process, where the pooled array costs a pass to clear.
     """
-    if not buffers.fresh_memory_is_costly():
+    if not buffers.pinned():
         return kernels.xdot(x, b)
     return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), np.result_type(x.dtype, b.dtype)))
 
@@ -290,7 +290,7 @@ def mu_step(A: np.ndarray, G: np.ndarray, AX: np.ndarray, l1: float, l2: float) 
     violation : float
         ``Σ |projected gradient|`` at ``A``.
     """
-    # Every array here comes from the buffer pool: row tasks of one size follow each other, and on
+    # The step's arrays come from the buffer pool: row tasks of one size follow each other, and on
     # a worker with glibc's mmap threshold pinned each fresh array costs its pages' faults.
     den = kernels.mu_frobenius_denominator(A, G, out=buffers.empty(A.shape, np.result_type(A, G)))
     grad = np.subtract(den, AX, out=buffers.empty(A.shape, np.float64), dtype=np.float64)

@@ -18,7 +18,7 @@ sizes from one row block and one iteration to the next: the step's
 temporaries and new factor blocks (:func:`dnmf.nmf.graph.mu_step`), the
 sums of partial products (:func:`dnmf.engine.graph.sum_list`) and the
 blocks read from a factor store take their memory here too, and so, where
-:func:`fresh_memory_is_costly`, do the sparse × dense products
+:func:`pinned`, do the sparse × dense products
 (``dnmf.nmf.kernels.xdot(..., out=)``).
 
 The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
@@ -213,22 +213,17 @@ def start_environ() -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+@functools.cache
 def pinned() -> bool:
     """Whether this process started with glibc's mmap threshold pinned by a trim threshold only.
 
     That is distributed's default for worker processes; a process whose
     environment sets ``MALLOC_MMAP_THRESHOLD_`` too was tuned on purpose.
+    There, every array over 128 KiB is new, page-faulted memory unless it is
+    reused on purpose. Fixed for the process's life, so read once.
     """
     env = start_environ()
     return "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" not in env
-
-
-@functools.cache
-def fresh_memory_is_costly() -> bool:
-    """Whether this process started :func:`pinned` (a Dask worker as distributed starts it): every
-    array over 128 KiB is then new, page-faulted memory unless it is reused on purpose. Fixed for
-    the process's life, so computed once."""
-    return pinned()
 
 
 def pool_stats() -> dict[str, int]:
