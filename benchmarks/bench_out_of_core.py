@@ -12,7 +12,9 @@ worker memory limit, ``--workers`` x ``--memory-limit``), one run:
    memory_limit=L)``, reads the store once on the cluster (b): a sum of every
    block's nnz, each block read by one task as a fit's row task reads it
    (only the counts come back); the CPU seconds of (a) and of the worker
-   processes in (b) are recorded too (``--read-only``: stop here);
+   processes in (b) are recorded too, and with more than one worker the
+   same read in this process with as many threads at once (a')
+   (``--read-only``: stop here);
 4. fits ``dnmf.NMF(k, solver="mu", init="random", tol=0)`` on the store path
    for ``--iters`` iterations (c) while sampling every worker's RSS, status
    (paused?), process id (restarted?) and spilled keys every 0.1 s;
@@ -41,6 +43,8 @@ its files are usually in the page cache: the rates measure decoding and
 Zarr's overhead more than the disk.
 
     python benchmarks/bench_out_of_core.py --quick        # a few minutes (1 worker x 400MiB, 3x)
+    python benchmarks/bench_out_of_core.py --quick --read-only --read-repeat 3 --blocking auto
+                                                          # the read path at dnmf's own blocking
     python benchmarks/bench_out_of_core.py                # sizes 1,3,5 x 2 workers x 512 MiB
     python benchmarks/bench_out_of_core.py --sizes 8 --workers 2 --memory-limit 512MiB --dir /data/tmp
 
@@ -228,6 +232,29 @@ def sequential_pass(info) -> tuple[float, int]:
     return time.perf_counter() - t, nnz
 
 
+def threaded_pass(info, threads: int) -> float:
+    """Seconds to read every block once in this process with ``threads`` threads at once.
+
+    (a'): what the machine allows ``threads`` readers in one process, the
+    fair reference for (b) where the cluster's threads share cores (and
+    memory bandwidth) with each other, its scheduler and this process.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dnmf.storage import read_sparse_block
+
+    def one(ij):
+        i, j = ij
+        h, w = info.row_chunks[i], info.col_chunks[j]
+        return read_sparse_block(info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j]).nnz
+
+    blocks = [(i, j) for i in range(len(info.row_chunks)) for j in range(len(info.col_chunks))]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        sum(pool.map(one, blocks))
+    return time.perf_counter() - t
+
+
 def _nnz_of(block) -> int:
     return int(block.nnz)
 
@@ -405,25 +432,50 @@ def memory_log_lines(client) -> list[str]:
 # --------------------------------------------------------------------------
 
 
+def block_shape(csr_bytes: float, args) -> tuple[int, int]:
+    """Rows and non-zeros per row block of a store of about ``csr_bytes``.
+
+    ``--blocking fixed``: ``--rows-per-block`` and ``--nnz-per-block``.
+    ``auto``: as many row blocks as dnmf's own rule gives a store of that
+    many entries for a cluster of the benchmark's cores
+    (:func:`dnmf.storage.chunking.sparse_row_blocks`, what ``dnmf ingest``
+    and ``chunks="auto"`` choose), each row as dense as with ``fixed``.
+    """
+    if args.blocking == "fixed":
+        return args.rows_per_block, args.nnz_per_block
+    from dnmf.storage.chunking import sparse_row_blocks
+
+    nnz = int(csr_bytes // 12)
+    blocks = sparse_row_blocks(nnz, 1, 8, cores=args.workers)
+    nnz_per_block = math.ceil(nnz / blocks)
+    per_row = args.nnz_per_block / args.rows_per_block
+    return max(1, round(nnz_per_block / per_row)), nnz_per_block
+
+
 def run_size(mult: float, args, base_dir: str) -> dict:
     import dnmf
 
     total_limit = args.workers * args.memory_limit
-    per_block_csr = args.nnz_per_block * 12 + (args.rows_per_block + 1) * 4
+    rows_per_block, nnz_per_block = block_shape(mult * total_limit, args)
+    per_block_csr = nnz_per_block * 12 + (rows_per_block + 1) * 4
     n_blocks = max(1, math.ceil(mult * total_limit / per_block_csr))
-    n_rows = n_blocks * args.rows_per_block
-    res: dict = {"size": mult, "blocks": n_blocks, "shape": [n_rows, args.cols]}
+    n_rows = n_blocks * rows_per_block
+    res: dict = {
+        "size": mult,
+        "blocks": n_blocks,
+        "shape": [n_rows, args.cols],
+        "rows_per_block": rows_per_block,
+        "nnz_per_block": nnz_per_block,
+    }
     path = os.path.join(base_dir, f"x-{mult:g}.zarr")
     log(
-        f"\n== {mult:g}x: {n_blocks} blocks of {args.rows_per_block} x {args.cols}, "
+        f"\n== {mult:g}x: {n_blocks} blocks of {rows_per_block} x {args.cols} ({nnz_per_block:,} non-zeros), "
         f"~{n_blocks * per_block_csr / MiB:.0f} MiB CSR vs {total_limit / MiB:.0f} MiB of worker memory"
     )
     try:
         t = time.perf_counter()
         store = dnmf.write_matrix(
-            generated(
-                n_blocks, args.rows_per_block, args.cols, args.nnz_per_block, args.columns, args.col_exponent, args.seed
-            ),
+            generated(n_blocks, rows_per_block, args.cols, nnz_per_block, args.columns, args.col_exponent, args.seed),
             path,
             scheduler="threads",
             codec=args.codec,
@@ -467,12 +519,20 @@ def run_size(mult: float, args, base_dir: str) -> dict:
             f"raw files {res['raw_read_mbps_disk']:.0f} MB/s on disk"
         )
 
+        if args.workers > 1:
+            par = [threaded_pass(info, args.workers) for _ in range(args.read_repeat)]
+            res["threaded_read_s"] = par
+            res["threaded_read_mbps"] = csr / median(par) / MB
+            log(f"(a') {args.workers} threads at once {res['threaded_read_mbps']:.0f} MB/s CSR")
+
         res.update(run_cluster(path, store, args))
         per_iter = res.get("per_iter_s")
         res["fit_read_mbps"] = c = csr / per_iter / MB if per_iter else None
         b = res.get("cluster_read_mbps")
         # per thread: (b) reads with every worker thread at once, (a) with one
         res["cluster_vs_seq"] = b / a / args.workers if b else None
+        if b and res.get("threaded_read_mbps"):
+            res["cluster_vs_threaded"] = b / res["threaded_read_mbps"]
         if res.get("cluster_read_cpu_s"):
             res["cluster_vs_seq_cpu"] = median(seq_cpu) / median(res["cluster_read_cpu_s"])
         res["fit_vs_seq"] = c / a if c else None
@@ -706,8 +766,13 @@ def render(results: dict) -> str:
         f"LocalCluster({cfg['workers']} workers x 1 thread, processes, memory_limit "
         f"{cfg['memory_limit'] / MiB:.0f} MiB = {total / MiB:.0f} MiB in all); "
         f"NMF(k={cfg['k']}, solver='mu', init='random', tol=0), {cfg['iters']} iterations on the store path. "
-        f"X: float64, {cfg['rows_per_block']:,} x {cfg['cols']:,} row blocks of {cfg['nnz_per_block']:,} "
-        f"non-zeros, {cfg['columns']} column choice"
+        + (
+            f"X: float64, {cfg['rows_per_block']:,} x {cfg['cols']:,} row blocks of {cfg['nnz_per_block']:,} non-zeros"
+            if cfg.get("blocking", "fixed") == "fixed"
+            else f"X: float64, {cfg['cols']:,} columns, as many row blocks as dnmf's own rule gives it on "
+            f"{cfg['workers']} cores (blocks column; {cfg['nnz_per_block'] / cfg['rows_per_block']:g} non-zeros a row)"
+        )
+        + f", {cfg['columns']} column choice"
         + (f" (exponent {cfg['col_exponent']})" if cfg["columns"] == "zipf" else "")
         + f", uniform values; store: codec {cfg.get('codec') or 'zstd:3'} (Blosc, shuffled), one Zarr chunk per "
         "CSR array. Worker memory "
@@ -795,6 +860,8 @@ def render(results: dict) -> str:
                 _f(r.get("cluster_vs_seq"), ".2f", "x"),
                 _f(r.get("fit_vs_seq"), ".2f", "x"),
                 _f(r.get("cluster_vs_seq_cpu"), ".2f", "x"),
+                _f(r.get("threaded_read_mbps"), ",.0f"),
+                _f(r.get("cluster_vs_threaded"), ".2f", "x"),
                 _f((r.get("read_watch") or {}).get("peak_rss") and r["read_watch"]["peak_rss"] / MiB, ".0f", " MiB"),
             ]
         )
@@ -808,7 +875,10 @@ def render(results: dict) -> str:
             "reads every block once, one task per block (its nnz comes back); (c) inside the fit: CSR bytes / "
             "per-iteration time (a mu iteration reads X once); (b)/(a) per thread: divided by the workers' "
             "threads, since (b) reads with all of them at once; (b)/(a) by CPU: this process's CPU seconds per pass over the "
-            "worker processes' (event loops included), which a loaded machine distorts less than wall time."
+            "worker processes' (event loops included), which a loaded machine distorts less than wall time; "
+            "(a') with more than one worker: this process reads every block once with as many threads as the "
+            "cluster has, at once, and (b)/(a') compares the cluster with that: what the worker processes "
+            "cost beyond what the machine's cores and memory allow that many readers."
         ),
         "",
         markdown_table(
@@ -821,6 +891,8 @@ def render(results: dict) -> str:
                 "(b)/(a) per thread",
                 "(c)/(a)",
                 "(b)/(a) by CPU",
+                "(a') threads",
+                "(b)/(a')",
                 "peak RSS in (b)",
             ],
             rows,
@@ -933,6 +1005,13 @@ def parse_args(argv=None):
     p.add_argument("--cols", type=int, default=20_000)
     p.add_argument("--rows-per-block", type=int, default=4_000)
     p.add_argument("--nnz-per-block", type=int, default=1_000_000)
+    p.add_argument(
+        "--blocking",
+        choices=("fixed", "auto"),
+        default="fixed",
+        help="fixed: --rows-per-block and --nnz-per-block; auto: the row blocks dnmf's own rule gives X on "
+        "the benchmark's cores (as dnmf ingest does), rows as dense as with fixed",
+    )
     p.add_argument(
         "--columns",
         choices=("zipf", "uniform"),
