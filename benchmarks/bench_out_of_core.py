@@ -82,6 +82,7 @@ from benchmarks._common import (
     median,
     write_results,
 )
+from dnmf.storage.codecs import DEFAULT_CODEC
 
 MB = 1e6
 MiB = 2**20
@@ -600,48 +601,90 @@ def run_cluster(path: str, store, args) -> dict:
         from dnmf.engine.runner import Runner
 
         res["read_ahead_auto"] = Runner(client).read_ahead()
-        with dask.config.set({"dnmf.read-ahead": True} if args.compare_read_ahead else {}):
-            res.update(run_fit(client, path, args, args.memory_limit))
-        log(_fit_line("(c) fit on the store", res))
-        if args.compare_read_ahead:
-            # (c') the same fit, each row task reading its own blocks only (no reads ahead)
-            with dask.config.set({"dnmf.read-ahead": False}):
-                plain = {f"noahead_{k}": v for k, v in run_fit(client, path, args, args.memory_limit).items()}
-            res.update(plain)
-            log(_fit_line("(c') fit on the store, no reads ahead", res, "noahead_"))
-            for key in ("per_iter_s", "per_iter_cpu_s"):
-                if res.get(key) and res.get(f"noahead_{key}"):
-                    res[f"read_ahead_vs_not_{key}"] = res[key] / res[f"noahead_{key}"]
+        with contextlib.ExitStack() as stack:
+            mem_client = None
+            if args.in_memory:
+                # (d) the same fit with X in the memory of a second cluster of as many workers and threads,
+                # alive beside the first so that the two fits take turns (--rounds) under the same load
+                big = args.memory_big or int(3 * csr_bytes_of(store.info) / args.workers) + 1024 * MiB
+                mem_cluster = stack.enter_context(start_cluster(args, big))
+                mem_client = stack.enter_context(Client(mem_cluster, set_as_default=False))
+                t = time.perf_counter()
+                X = placed_in_memory(mem_client, store)
+                load_s = time.perf_counter() - t
+            store_rounds, mem_rounds = [], []
+            for r in range(args.rounds):
+                with dask.config.set({"dnmf.read-ahead": True} if args.compare_read_ahead else {}):
+                    fit = run_fit(client, path, args, args.memory_limit)
+                store_rounds.append(fit)
+                log(_fit_line(f"(c) fit on the store, round {r + 1}", fit))
+                if r == 0 and args.compare_read_ahead:
+                    # (c') the same fit, each row task reading its own blocks only (no reads ahead)
+                    with dask.config.set({"dnmf.read-ahead": False}):
+                        plain = {f"noahead_{k}": v for k, v in run_fit(client, path, args, args.memory_limit).items()}
+                    res.update(plain)
+                    log(_fit_line("(c') fit on the store, no reads ahead", res, "noahead_"))
+                if mem_client is not None:
+                    mem = {f"mem_{k}": v for k, v in run_fit(mem_client, X, args, big).items()}
+                    mem_rounds.append(mem)
+                    log(
+                        _fit_line(
+                            f"(d) fit with X in memory ({big / MiB:.0f} MiB workers, X loaded in {load_s:.1f} s), "
+                            f"round {r + 1}",
+                            mem,
+                            "mem_",
+                        )
+                    )
+            res.update(_over_rounds(store_rounds, ""))
+            if args.compare_read_ahead:
+                for key in ("per_iter_s", "per_iter_cpu_s"):
+                    if res.get(key) and res.get(f"noahead_{key}"):
+                        res[f"read_ahead_vs_not_{key}"] = store_rounds[0][key] / res[f"noahead_{key}"]
+                log(
+                    f"(c)/(c') per iteration: {res.get('read_ahead_vs_not_per_iter_s', float('nan')):.2f}x; "
+                    f"blocks read ahead and used / read by their task / dropped: {res.get('read_ahead')}"
+                )
+            if mem_client is not None:
+                del X
+                mem = _over_rounds(mem_rounds, "mem_")
+                mem["mem_load_s"], mem["mem_memory_limit"] = load_s, big
+                res.update(mem)
+        if res.get("per_iter_s") and res.get("mem_per_iter_s"):
+            res["store_vs_memory"] = res["per_iter_s"] / res["mem_per_iter_s"]
             log(
-                f"(c)/(c') per iteration: {res.get('read_ahead_vs_not_per_iter_s', float('nan')):.2f}x; "
-                f"blocks read ahead and used / read by their task / dropped: {res.get('read_ahead')}"
+                f"(c)/(d) per iteration, medians over {args.rounds} round(s): {res['per_iter_s']:.2f} / "
+                f"{res['mem_per_iter_s']:.2f} s = {res['store_vs_memory']:.2f}x"
             )
-    if args.in_memory:
-        # (d) the same fit with X in the workers' memory, on workers with enough of it
-        big = args.memory_big or int(3 * csr_bytes_of(store.info) / args.workers) + 1024 * MiB
-        with start_cluster(args, big) as cluster, Client(cluster, set_as_default=False) as client:
-            t = time.perf_counter()
-            X = placed_in_memory(client, store)
-            load_s = time.perf_counter() - t
-            mem = {f"mem_{k}": v for k, v in run_fit(client, X, args, big).items()}
-            mem["mem_load_s"], mem["mem_memory_limit"] = load_s, big
-            del X
-        res.update(mem)
-        log(
-            _fit_line(
-                f"(d) fit with X in memory ({big / MiB:.0f} MiB workers, X loaded in {load_s:.1f} s)", mem, "mem_"
-            )
-        )
-        if res.get("per_iter_s") and mem.get("mem_per_iter_s"):
-            res["store_vs_memory"] = res["per_iter_s"] / mem["mem_per_iter_s"]
-            log(f"(c)/(d) per iteration: {res['store_vs_memory']:.2f}x")
-        if res.get("per_iter_cpu_s") and mem.get("mem_per_iter_cpu_s"):
-            res["store_vs_memory_cpu"] = res["per_iter_cpu_s"] / mem["mem_per_iter_cpu_s"]
+        if res.get("per_iter_cpu_s") and res.get("mem_per_iter_cpu_s"):
+            res["store_vs_memory_cpu"] = res["per_iter_cpu_s"] / res["mem_per_iter_cpu_s"]
             log(
                 f"(c)/(d) by the workers' CPU seconds per iteration: {res['per_iter_cpu_s']:.1f} / "
-                f"{mem['mem_per_iter_cpu_s']:.1f} s = {res['store_vs_memory_cpu']:.2f}x"
+                f"{res['mem_per_iter_cpu_s']:.1f} s = {res['store_vs_memory_cpu']:.2f}x"
             )
     return res
+
+
+def _over_rounds(rounds: list[dict], p: str) -> dict:
+    """One fit's results from its rounds: the first round's, with the per-iteration times the medians over all.
+
+    Each round's per-iteration figures are the medians of its iterations;
+    ``{p}rounds_per_iter_s`` keeps every round's. Pauses, restarts and
+    spills count if any round had them; the peak RSS is the largest.
+    """
+    out = dict(rounds[0])
+    for key in ("per_iter_s", "per_iter_cpu_s"):
+        values = [r[p + key] for r in rounds if r.get(p + key)]
+        out[p + key] = median(values) if values else None
+        out[p + "rounds_" + key] = values
+    out[p + "completed"] = all(r.get(p + "completed") for r in rounds)
+    out[p + "paused"] = any(r.get(p + "paused") for r in rounds)
+    out[p + "restarted"] = any(r.get(p + "restarted") for r in rounds)
+    for key in ("spilled_x", "spilled_other"):
+        out[p + key] = sorted({k for r in rounds for k in r.get(p + key, [])})
+    peaks = [(r.get(p + "fit_watch") or {}).get("peak_rss") or 0 for r in rounds]
+    if out.get(p + "fit_watch") is not None:
+        out[p + "fit_watch"] = {**out[p + "fit_watch"], "peak_rss": max(peaks)}
+    return out
 
 
 def _fit_line(what: str, r: dict, p: str = "") -> str:
@@ -774,7 +817,7 @@ def render(results: dict) -> str:
         )
         + f", {cfg['columns']} column choice"
         + (f" (exponent {cfg['col_exponent']})" if cfg["columns"] == "zipf" else "")
-        + f", uniform values; store: codec {cfg.get('codec') or 'zstd:3'} (Blosc, shuffled), one Zarr chunk per "
+        + f", uniform values; store: codec {cfg.get('codec') or DEFAULT_CODEC} (Blosc, shuffled), one Zarr chunk per "
         "CSR array. Worker memory "
         f"thresholds (fractions of the limit): {results['worker_memory']}; worker environment: "
         f"{results['worker_environ']}.",
@@ -1018,7 +1061,7 @@ def parse_args(argv=None):
         default=None,
         help="column choice: power law or uniform (default zipf; quick uniform, faster to generate)",
     )
-    p.add_argument("--codec", default=None, help="the store's codec (write_matrix's codec=; default zstd:3)")
+    p.add_argument("--codec", default=None, help="the store's codec (write_matrix's codec=; default dnmf's, lz4:5)")
     p.add_argument("--col-exponent", type=float, default=0.9, help="power-law exponent of column popularity")
     p.add_argument("--read-repeat", type=int, default=None, help="read passes (a), (b) (default 3; quick 1)")
     p.add_argument("--sample-interval", type=float, default=0.1, help="seconds between worker samples")
@@ -1032,6 +1075,12 @@ def parse_args(argv=None):
         "e.g. MALLOC_TRIM_THRESHOLD_=1073741824; repeatable",
     )
     p.add_argument("--read-only", action="store_true", help="measure the reads (a) and (b) only, no fit")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="fits on the store and with X in memory, taking turns on two live clusters (medians over rounds)",
+    )
     p.add_argument(
         "--compare-read-ahead",
         action="store_true",

@@ -307,7 +307,7 @@ ingest_options = _stack(
         "--codec",
         callback=_codec,
         default=None,
-        help="Sparse stores: compression of the blocks, zstd[:LEVEL] (default zstd:3), lz4[:LEVEL] or none.",
+        help="Sparse stores: compression of the blocks, lz4[:LEVEL] (default lz4:5), zstd[:LEVEL] (smaller, slower to read) or none.",
     ),
     click.option(
         "--index-dtype",

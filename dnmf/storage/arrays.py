@@ -401,7 +401,7 @@ def write_matrix(
     storage_options : dict, optional
         fsspec options for URLs.
     codec : str, optional
-        Compression: ``"zstd[:LEVEL]"`` (default ``"zstd:3"``), ``"lz4[:LEVEL]"`` or
+        Compression: ``"lz4[:LEVEL]"`` (default ``"lz4:5"``), ``"zstd[:LEVEL]"`` or
         ``"none"``, as ``dnmf ingest --codec`` (the README's "Storage choices"
         compares them). Readers need not know it.
     index_dtype : {"auto", "int32", "int64"}
@@ -666,9 +666,9 @@ def ingest(
     storage_options : dict, optional
         fsspec options for an ``output`` URL.
     codec : str, optional
-        Sparse stores: compression of the blocks, ``"zstd[:LEVEL]"``
-        (default ``"zstd:3"``, Blosc-Zstandard with byte shuffling),
-        ``"lz4[:LEVEL]"`` or ``"none"``. Readers need no option. The
+        Sparse stores: compression of the blocks, ``"lz4[:LEVEL]"``
+        (default ``"lz4:5"``, Blosc-LZ4 with byte shuffling),
+        ``"zstd[:LEVEL]"`` (smaller, slower to read) or ``"none"``. Readers need no option. The
         README's storage table measures them.
     index_dtype : {"auto", "int32", "int64"}
         Sparse stores: width of the stored row pointers and column indices;

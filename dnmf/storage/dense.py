@@ -35,7 +35,7 @@ def create_dense_array(
 ) -> None:
     """Create the empty array ``name`` in the store at ``path``; blocks come later.
 
-    ``codec``: see :func:`~dnmf.storage.codecs.parse_codec` (default ``"zstd:3"``).
+    ``codec``: see :func:`~dnmf.storage.codecs.parse_codec` (default ``"lz4:5"``).
     """
     dtype = np.dtype(dtype)
     zarr.create_array(

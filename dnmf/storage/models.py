@@ -47,13 +47,15 @@ import zarr
 from .._version import __version__
 from . import locations, nodes
 from .chunking import TARGET_BLOCK_BYTES
-from .codecs import ARRAY_CONFIG, numeric_compressors
+from .codecs import ARRAY_CONFIG, ZSTD_LEVEL, numeric_compressors
 from .errors import StoreError
 from .layout import FORMAT_KEY, VERSION_KEY
 
 MODEL_FORMAT = "dnmf-model"
 MODEL_VERSIONS = (1,)
 MODEL_VERSION = 1
+#: Compression of a model's numeric arrays (see ``_create``).
+MODEL_CODEC = f"zstd:{ZSTD_LEVEL}"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TMP_TAG = ".dnmf-tmp-"
 _OLD_TAG = ".dnmf-old"
@@ -154,7 +156,9 @@ def _create(root: str, name: str, shape, dtype, chunks) -> zarr.Array:
         shape=tuple(shape),
         chunks=tuple(chunks),
         dtype=np.dtype(dtype),
-        compressors=numeric_compressors(np.dtype(dtype), int(np.prod(chunks))),
+        # Zstandard, not the stores' LZ4: a model is written once and read rarely, so bytes count
+        # more than decoding speed (and a model's files stay as they were).
+        compressors=numeric_compressors(np.dtype(dtype), int(np.prod(chunks)), MODEL_CODEC),
         fill_value=0,
         config=ARRAY_CONFIG,
         overwrite=True,

@@ -7,11 +7,13 @@ even by mistake.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import mmap
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import google_crc32c
@@ -33,6 +35,10 @@ _BUFFER_MAX_BYTES = 64 * 2**20
 METADATA_CACHE_SIZE = 8192
 _THREAD = threading.local()
 _ZSTD = numcodecs.Zstd()
+#: Chunk files from this size on are mapped, not copied (see ``_file_bytes``).
+_MAP_MIN_BYTES = 2**20
+# Linux only: where the mapping cannot be filled at once, the copy is cheaper than a fault per page.
+_POPULATE = getattr(mmap, "MAP_POPULATE", None)
 
 _NOT_ZARR_FIX = "Point at a store written by dnmf.write_matrix or dnmf.ingest, or at a 2-D Zarr array."
 _CORRUPT_FIX = (
@@ -236,24 +242,29 @@ def read_single_chunk(root: str, array_path: str, array: zarr.Array | LocalArray
     # Reused memory (see dnmf.storage.buffers): a worker otherwise faults in fresh pages for every block.
     out = buffers.empty(n, dtype)
     try:
-        payload = _read_file(os.path.join(root, array_path, "c", "0"))
-        if checked:
-            if payload.size < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != payload[-4:].tobytes():
-                raise ValueError("the CRC32C checksum does not match")
-            payload = payload[:-4]
-        if compressor is None:
-            if len(payload) != out.nbytes:
-                raise ValueError(f"{len(payload)} bytes, expected {out.nbytes}")
-            out.view(np.uint8)[:] = payload
-        else:
-            # The decoders accept a larger ``out`` and leave its tail as it was: in reused memory, another block's.
-            size = _decoded_size(payload, compressor)
-            if size is not None and size != out.nbytes:
-                raise ValueError(f"{size} bytes decoded, expected {out.nbytes}")
-            compressor.decode(payload, out=out)
+        with _file_bytes(os.path.join(root, array_path, "c", "0")) as payload:
+            _decode_into(out, payload, compressor, checked)
     except Exception as exc:
         raise _undecodable(where, exc) from None
     return out
+
+
+def _decode_into(out: np.ndarray, payload: np.ndarray, compressor: Any, checked: bool) -> None:
+    """Check ``payload``'s CRC32C (if ``checked``) and decode it into ``out``, which it must fill exactly."""
+    if checked:
+        if payload.size < 4 or np.uint32(google_crc32c.value(payload[:-4])).tobytes() != payload[-4:].tobytes():
+            raise ValueError("the CRC32C checksum does not match")
+        payload = payload[:-4]
+    if compressor is None:
+        if len(payload) != out.nbytes:
+            raise ValueError(f"{len(payload)} bytes, expected {out.nbytes}")
+        out.view(np.uint8)[:] = payload
+    else:
+        # The decoders accept a larger ``out`` and leave its tail as it was: in reused memory, another block's.
+        size = _decoded_size(payload, compressor)
+        if size is not None and size != out.nbytes:
+            raise ValueError(f"{size} bytes decoded, expected {out.nbytes}")
+        compressor.decode(payload, out=out)
 
 
 def _decoded_size(payload: np.ndarray, compressor: Any) -> int | None:
@@ -275,6 +286,38 @@ def _decoded_size(payload: np.ndarray, compressor: Any) -> int | None:
     if len(field) != fcs_len:
         return None
     return int.from_bytes(field, "little") + (256 if fcs_len == 2 else 0)
+
+
+@contextlib.contextmanager
+def _file_bytes(path: str) -> Iterator[np.ndarray]:
+    """The bytes of the file at ``path``, valid inside the ``with`` block.
+
+    A chunk file of a megabyte or more is mapped with ``MAP_POPULATE`` (one
+    call fills the mapping from the page cache) and decoded from there: a
+    read would first copy it, which cost a quarter of a block's read and
+    decode (12 MB blocks, files in the page cache). The mapping is safe
+    because dnmf never rewrites a store's files in place: a new write is
+    renamed over the old one, whose mapped pages stay readable until unmapped.
+    Smaller files, and systems without ``MAP_POPULATE``, go through
+    :func:`_read_file`.
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if _POPULATE is None or size < _MAP_MIN_BYTES:
+            mapped = None
+        else:
+            mapped = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+    if mapped is None:
+        yield _read_file(path)
+        return
+    view = np.frombuffer(mapped, dtype=np.uint8)
+    try:
+        yield view
+    finally:
+        del view
+        # A view that outlived the block (in an exception's traceback) keeps the mapping until it goes.
+        with contextlib.suppress(BufferError):
+            mapped.close()
 
 
 def _read_file(path: str) -> np.ndarray:

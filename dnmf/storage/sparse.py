@@ -91,7 +91,7 @@ def write_sparse_block(
         fsspec options for URLs.
     codec : str, optional
         Compression of the three arrays (:func:`~dnmf.storage.codecs.parse_codec`;
-        default ``"zstd:3"``). Readers need not know it.
+        default ``"lz4:5"``). Readers need not know it.
     index_dtype : {"auto", "int32", "int64"}
         Width of ``indptr`` and ``indices``: "auto" is 32-bit unless the
         block has 2**31 or more columns or entries.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -66,11 +68,16 @@ def test_several_chunks_go_through_zarr(tmp_path):
     np.testing.assert_array_equal(nodes.read_single_chunk(root, "a", arr), values)
 
 
+#: Values whose chunk file is larger than ``nodes._MAP_MIN_BYTES`` (random doubles hardly compress).
+MAPPED = 2 * nodes._MAP_MIN_BYTES // 8
+
+
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_damaged_chunk_is_a_store_error(tmp_path, codec, damage):
+@pytest.mark.parametrize("n", [2000, MAPPED], ids=["read", "mapped"])
+def test_damaged_chunk_is_a_store_error(tmp_path, codec, damage, n):
     root = str(tmp_path)
-    nodes.write_1d(root, "a", np.random.default_rng(1).random(2000), None, codec=codec)
+    nodes.write_1d(root, "a", np.random.default_rng(1).random(n), None, codec=codec)
     chunk = tmp_path / "a" / "c" / "0"
     raw = bytearray(chunk.read_bytes())
     if damage == "flip":
@@ -80,6 +87,38 @@ def test_damaged_chunk_is_a_store_error(tmp_path, codec, damage):
     chunk.write_bytes(bytes(raw))
     with pytest.raises(StoreError, match="cannot be decoded"):
         nodes.read_single_chunk(root, "a", nodes.open_array_meta_readonly(root, "a"))
+
+
+def _mappings_of(path) -> list[str]:
+    with open("/proc/self/maps") as fh:
+        return [line for line in fh if line.rstrip().endswith(str(path))]
+
+
+@pytest.mark.skipif(
+    nodes._POPULATE is None or not os.path.exists("/proc/self/maps"),
+    reason="chunk files are mapped only where mmap has MAP_POPULATE (Linux), and /proc shows the mappings",
+)
+@pytest.mark.parametrize("codec", CODECS)
+def test_large_chunks_are_mapped_read_as_zarr_reads_them_and_unmapped(tmp_path, codec, monkeypatch):
+    root = str(tmp_path)
+    values = np.random.default_rng(2).random(MAPPED)
+    nodes.write_1d(root, "a", values, None, codec=codec)
+    chunk = tmp_path / "a" / "c" / "0"
+    assert chunk.stat().st_size >= nodes._MAP_MIN_BYTES
+    seen = []
+    real = nodes._decode_into
+
+    def decode_into(out, payload, compressor, checked):
+        seen.append(_mappings_of(chunk))
+        real(out, payload, compressor, checked)
+
+    monkeypatch.setattr(nodes, "_decode_into", decode_into)
+    got = nodes.read_single_chunk(root, "a", nodes.open_array_meta_readonly(root, "a"))
+    np.testing.assert_array_equal(got, values)
+    np.testing.assert_array_equal(got, _zarr_read(root, "a"))
+    assert len(seen) == 1 and len(seen[0]) == 1, "the chunk was decoded from one mapping of its file"
+    assert _mappings_of(chunk) == [], "the mapping is gone once the array is decoded"
+    assert got.flags.writeable, "the values are a copy in memory, not the read-only mapping"
 
 
 @pytest.mark.parametrize("codec", CODECS)

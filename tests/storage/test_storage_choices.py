@@ -73,12 +73,23 @@ def test_storage_choices_round_trip(tmp_path, codec, index_dtype, dtype):
     assert store.info.provenance["index_dtype"] == index_dtype
 
 
-def test_default_codec_is_unchanged(tmp_path):
-    """No option: the bytes dnmf always wrote (Blosc-Zstandard level 3, shuffled, checksummed)."""
+def test_default_codec_is_blosc_lz4(tmp_path):
+    """No option: Blosc-LZ4 level 5, shuffled, checksummed (the fastest to read of the choices)."""
     _ratings(tmp_path / "r.csv")
     store = io.ingest(tmp_path / "r.csv", tmp_path / "s.zarr")
-    blosc = _stored_arrays(store.path)[2].metadata.codecs[1]
-    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("zstd", 3, "shuffle")
+    codecs = _stored_arrays(store.path)[2].metadata.codecs
+    blosc = codecs[1]
+    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("lz4", 5, "shuffle")
+    assert type(codecs[-1]).__name__ == "Crc32cCodec"
+    assert store.info.provenance["codec"] == "lz4:5"
+
+
+def test_stores_of_the_former_default_codec_read_as_before(tmp_path):
+    """Stores written with Blosc-Zstandard level 3 (the default before Blosc-LZ4) read back the same."""
+    X = sp.random(40, 30, density=0.3, format="csr", random_state=4)
+    store = dnmf.write_matrix(X, tmp_path / "s.zarr", chunks=(20, 30), codec="zstd:3")
+    assert str(_stored_arrays(store.path)[2].metadata.codecs[1].cname.value) == "zstd"
+    np.testing.assert_array_equal(dnmf.open_matrix(store.path).data.compute().toarray(), X.toarray())
 
 
 def test_codecs_from_a_npz(tmp_path):
@@ -107,10 +118,20 @@ def test_write_matrix_takes_the_same_storage_choices(tmp_path, codec):
     assert (type(stored.metadata.codecs[1]).__name__ == "Crc32cCodec") == (codec == "none")
 
 
-def test_write_matrix_default_codec_is_unchanged(tmp_path):
+def test_models_keep_blosc_zstandard(tmp_path):
+    """A model is written once and read rarely: its arrays stay Blosc-Zstandard level 3, not the stores' LZ4."""
+    X = np.random.default_rng(0).random((40, 12))
+    model = dnmf.NMF(3, init="random", max_iter=2, random_state=0).fit(X)
+    model.save(tmp_path / "m")
+    for name in ("W", "H"):
+        blosc = zarr.open_array(str(tmp_path / "m" / name), mode="r").metadata.codecs[1]
+        assert (str(blosc.cname.value), blosc.clevel) == ("zstd", 3)
+
+
+def test_write_matrix_default_codec_is_blosc_lz4(tmp_path):
     store = dnmf.write_matrix(sp.random(30, 20, density=0.3, format="csr", random_state=0), tmp_path / "s.zarr")
     blosc = _stored_arrays(store.path)[2].metadata.codecs[1]
-    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("zstd", 3, "shuffle")
+    assert (str(blosc.cname.value), blosc.clevel, str(blosc.shuffle.value)) == ("lz4", 5, "shuffle")
     assert _stored_arrays(store.path)[1].dtype == np.int32
 
 
@@ -130,7 +151,8 @@ def test_write_matrix_bad_storage_choices_fail_before_writing(tmp_path, kwargs, 
 
 
 def test_parse_codec():
-    assert parse_codec(None) == Codec("zstd", 3)
+    assert parse_codec(None) == Codec("lz4", 5)
+    assert parse_codec("zstd") == Codec("zstd", 3)
     assert parse_codec("ZSTD:9") == Codec("zstd", 9)
     assert parse_codec("lz4") == Codec("lz4", 5)
     assert str(parse_codec("none")) == "none"
