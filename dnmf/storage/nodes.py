@@ -298,18 +298,15 @@ def _file_bytes(path: str) -> Iterator[np.ndarray]:
     decode (12 MB blocks, files in the page cache). The mapping is safe
     because dnmf never rewrites a store's files in place: a new write is
     renamed over the old one, whose mapped pages stay readable until unmapped.
-    Smaller files, and systems without ``MAP_POPULATE``, go through
-    :func:`_read_file`.
+    (Another program truncating a chunk file in place while it is mapped
+    would end the process with SIGBUS, where a read would raise.) Smaller
+    files, and systems without ``MAP_POPULATE``, go through :func:`_read_file`.
     """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if _POPULATE is None or size < _MAP_MIN_BYTES:
-            mapped = None
-        else:
-            mapped = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
-    if mapped is None:
+    if _POPULATE is None or os.stat(path).st_size < _MAP_MIN_BYTES:
         yield _read_file(path)
         return
+    with open(path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
     view = np.frombuffer(mapped, dtype=np.uint8)
     try:
         yield view
