@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -219,17 +220,21 @@ def raw_pass(path: str) -> float:
     return time.perf_counter() - t
 
 
-def sequential_pass(info) -> tuple[float, int]:
-    """Seconds to read every block once, one at a time, in this process."""
-    from dnmf.storage import read_sparse_block
+def _block_nnz(info, ij: tuple[int, int]) -> int:
+    """Read block ``ij`` of the store as a fit's row task does (:func:`dnmf.storage.matrix.read_block`); its nnz."""
+    from dnmf.storage.matrix import read_block
 
-    nnz = 0
+    return int(read_block(info, *ij).nnz)
+
+
+def _all_blocks(info) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(info.row_chunks)) for j in range(len(info.col_chunks))]
+
+
+def sequential_pass(info) -> tuple[float, int]:
+    """Seconds to read every block once, one at a time, in this process; the blocks' nnz."""
     t = time.perf_counter()
-    for i, h in enumerate(info.row_chunks):
-        for j, w in enumerate(info.col_chunks):
-            block = read_sparse_block(info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j])
-            nnz += block.nnz
-            del block
+    nnz = sum(_block_nnz(info, ij) for ij in _all_blocks(info))
     return time.perf_counter() - t, nnz
 
 
@@ -242,17 +247,9 @@ def threaded_pass(info, threads: int) -> float:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from dnmf.storage import read_sparse_block
-
-    def one(ij):
-        i, j = ij
-        h, w = info.row_chunks[i], info.col_chunks[j]
-        return read_sparse_block(info.path, i, j, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[i][j]).nnz
-
-    blocks = [(i, j) for i in range(len(info.row_chunks)) for j in range(len(info.col_chunks))]
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        sum(pool.map(one, blocks))
+        sum(pool.map(functools.partial(_block_nnz, info), _all_blocks(info)))
     return time.perf_counter() - t
 
 
@@ -499,10 +496,7 @@ def run_size(mult: float, args, base_dir: str) -> dict:
         )
 
         # (a) this process, one block at a time (after reading one block to warm imports)
-        from dnmf.storage import read_sparse_block
-
-        h, w = info.row_chunks[0], info.col_chunks[0]
-        read_sparse_block(info.path, 0, 0, shape=(h, w), dtype=info.dtype, nnz=info.nnz_per_block[0][0])
+        _block_nnz(info, (0, 0))
         raw, seq, seq_cpu = [], [], []
         for _ in range(args.read_repeat):
             raw.append(raw_pass(path))
