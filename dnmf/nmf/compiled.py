@@ -38,7 +38,7 @@ GROUP_ROWS = 8
 
 
 @numba.njit(cache=True, nogil=True)
-def hals_rows(W, G, Gt, B, perm, n_inner, inner_tol2):  # pragma: no cover (compiled)
+def hals_rows(W, G, Gt, B, l1, perm, n_inner, inner_tol2):  # pragma: no cover (compiled)
     """Sweep every row of ``W`` in place; return the first sweep's violation.
 
     Parameters
@@ -50,7 +50,11 @@ def hals_rows(W, G, Gt, B, perm, n_inner, inner_tol2):  # pragma: no cover (comp
     Gt : ndarray of shape (k, k), C-contiguous
         ``G.T`` (its rows are ``G``'s columns, read contiguously).
     B : ndarray of shape (r, k)
-        ``X Hᵀ − l1`` for these rows.
+        ``X Hᵀ`` for these rows, float32 or float64: each entry is widened
+        where it is read, so a float32 block needs no float64 copy (twice
+        its size, per task).
+    l1 : float
+        The L1 weight, subtracted from ``B`` in float64.
     perm : ndarray of int, shape (k,)
         The order of the coordinates, the same in every sweep.
     n_inner : int
@@ -75,7 +79,7 @@ def hals_rows(W, G, Gt, B, perm, n_inner, inner_tol2):  # pragma: no cover (comp
         for a in range(nr):
             i = i0 + a
             for j in range(k):
-                g[a, j] = -B[i, j]
+                g[a, j] = -(B[i, j] - l1)  # B[i, j] - 0.0 is B[i, j], sign of zero included
             for q in range(k):
                 wq = W[i, q]
                 if wq != 0:

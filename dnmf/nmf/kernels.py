@@ -385,16 +385,18 @@ def cd_update(
     G = np.array(HHt, dtype=np.float64, copy=True)
     if l2_reg != 0.0:
         G.flat[:: k + 1] += l2_reg
-    B = np.ascontiguousarray(XHt, dtype=np.float64)
-    if l1_reg != 0.0:
-        B = B - l1_reg
+    XHt = np.asarray(XHt)
+    # The sweep widens each entry as it reads it: a float32 block is not copied to float64.
+    B = np.ascontiguousarray(XHt, dtype=XHt.dtype if XHt.dtype in (np.float32, np.float64) else np.float64)
     if out is None:
         W = np.array(W, copy=True, order="C")
     else:
         np.copyto(out, W)
         W = out
     perm = np.ascontiguousarray(permutation, dtype=np.intp)
-    violation = compiled.hals_rows(W, G, np.ascontiguousarray(G.T), B, perm, int(n_inner), float(inner_tol) ** 2)
+    violation = compiled.hals_rows(
+        W, G, np.ascontiguousarray(G.T), B, float(l1_reg), perm, int(n_inner), float(inner_tol) ** 2
+    )
     return W, float(violation)
 
 

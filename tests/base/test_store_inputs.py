@@ -65,3 +65,26 @@ def test_save_load_round_trip(tmp_path):
     # overwrite in place (W read lazily from the model being replaced)
     loaded.save(str(tmp_path / "model"))
     np.testing.assert_array_equal(dnmf.load(str(tmp_path / "model"))._W.compute(), W)
+
+
+def test_saved_ids_integer_as_arrays_text_as_attributes(tmp_path):
+    from dnmf.storage import read_model, read_model_info, write_model
+
+    X = sp.random(90, 40, density=0.2, random_state=1, format="csr")
+    rows, cols = np.arange(90, dtype=np.int64) * 7 + 10**12, np.array([f"item-{j}" for j in range(40)])
+    dnmf.write_matrix(X, str(tmp_path / "x.zarr"), chunks=(30, 40), row_ids=rows, col_ids=cols)
+    W, m = _fit(str(tmp_path / "x.zarr"))
+    m.save(str(tmp_path / "model"))
+    info = read_model_info(str(tmp_path / "model"))
+    assert info.arrays["sample_ids"]["dtype"] == np.int64 and "sample_ids" not in info.attrs
+    assert "feature_ids" not in info.arrays and info.attrs["feature_ids"] == list(cols)
+    loaded = dnmf.load(str(tmp_path / "model"))
+    assert loaded.sample_ids_.equals(pd.Index(rows)) and loaded.feature_ids_.equals(pd.Index(cols))
+
+    # A model saved with integer IDs in the attributes (as dnmf 0.1.0 did) loads the same IDs.
+    arrays, attrs = read_model(str(tmp_path / "model"))
+    attrs["sample_ids"] = arrays.pop("sample_ids").tolist()
+    write_model(str(tmp_path / "old"), arrays, attrs)
+    old = dnmf.load(str(tmp_path / "old"))
+    assert old.sample_ids_.equals(pd.Index(rows)) and old.feature_ids_.equals(pd.Index(cols))
+    np.testing.assert_array_equal(old._W.compute(), W)

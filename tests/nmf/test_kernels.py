@@ -141,6 +141,20 @@ def test_cd_update_float32_keeps_dtype(data):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("l1", [0.0, 0.3])
+def test_cd_update_float32_product_is_widened_exactly(data, l1):
+    """A float32 ``X Hᵀ`` is read as is: the same bits as its float64 copy, zeros' signs included."""
+    X, W, Ht = data
+    XHt = (X @ Ht).astype(np.float32)
+    XHt[0] = 0.0
+    XHt[1, 0] = -0.0
+    args = (Ht.T @ Ht, l1, 0.1, np.arange(3))
+    for w in (W, W.astype(np.float32)):
+        narrow, v32 = kernels.cd_update(w, args[0], XHt, *args[1:], n_inner=3)
+        wide, v64 = kernels.cd_update(w, args[0], XHt.astype(np.float64), *args[1:], n_inner=3)
+        assert narrow.tobytes() == wide.tobytes() and v32 == v64
+
+
 @pytest.mark.parametrize("l1,l2", [(0, 0), (0.3, 0.2)])
 def test_mu_frobenius_step(data, l1, l2):
     X, W, Ht = data
