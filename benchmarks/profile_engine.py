@@ -97,7 +97,7 @@ def instrument(rec: Recorder):
     kernels.xdot = w_xdot
     kernels.xtdot = rec.wrap(xtdot_plain, "k:xtdot (X_ij.T@W_i)")
     # Tasks: blocked.step reads these globals when it builds each graph.
-    for attr in ("_row_task", "_col_task", "_finish", "_sum_list"):
+    for attr in ("_row_task", "_col_task", "_finish", "sum_list"):
         patch(blocked, attr, "t:" + attr)
     # Driver side (main thread).
     patch(blocked, "step", "d:build step graph")
