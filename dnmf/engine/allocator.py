@@ -33,7 +33,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..storage.buffers import pinned, start_environ
+from ..storage.buffers import GLIBC_MMAP_THRESHOLD_MAX, pinned, start_environ
 from .config import switch
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
@@ -42,7 +42,7 @@ M_MMAP_THRESHOLD = -3
 #: glibc's defaults, which a worker started with ``MALLOC_TRIM_THRESHOLD_`` keeps for the mmap threshold.
 GLIBC_MMAP_THRESHOLD = 128 * 2**10
 #: The largest mmap threshold this module sets: glibc's own dynamic maximum on 64-bit systems.
-MMAP_THRESHOLD_MAX = 32 * 2**20
+MMAP_THRESHOLD_MAX = GLIBC_MMAP_THRESHOLD_MAX
 #: Workers with less memory than this are left alone: a worker sized tightly for an
 #: out-of-core fit can not spare the freed memory kept (a 400 MiB worker kept enough of it,
 #: with thresholds scaled down to its limit, to pause at 83% once in a CI run).

@@ -146,20 +146,24 @@ def _row_xdot(x_blocks, b_blocks):
     """``Σ_j x_j @ b_j`` in order; a ``b_j`` may be a RowSubset of the rows ``x_j`` touches."""
     out = _pooled_xdot(*restrict(x_blocks[0], b_blocks[0]))
     for x, b in zip(x_blocks[1:], b_blocks[1:], strict=True):
-        out += kernels.xdot(*restrict(x, b))
+        part = _pooled_xdot(*restrict(x, b))
+        out += part
+        del part  # back to the pool for the next column block
     return out
 
 
 def _pooled_xdot(x, b: np.ndarray) -> np.ndarray:
-    """``kernels.xdot(x, b)``, into memory from the buffer pool in a worker process (the same bits).
+    """``kernels.xdot(x, b)``, into memory from the buffer pool where a new array would be fresh (the same bits).
 
-    Only where fresh memory costs page faults (:func:`~dnmf.storage.buffers.pinned`):
-    the product must start from zeros, which SciPy's own result (``np.zeros``) often gets for free
-    from glibc in an ordinary process, where the pooled array costs a pass to clear.
+    Only where a new array would be fresh, page-faulted memory (a worker process, or a product of
+    16 MiB or more in any process: :func:`~dnmf.storage.buffers.fresh_memory`). The product must
+    start from zeros, which for a smaller array SciPy's own ``np.zeros`` gets from glibc's heap
+    for the price of clearing it, as the pooled array does.
     """
-    if not buffers.pinned():
+    dtype = np.result_type(x.dtype, b.dtype)
+    if not buffers.fresh_memory(x.shape[0] * b.shape[1] * dtype.itemsize):
         return kernels.xdot(x, b)
-    return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), np.result_type(x.dtype, b.dtype)))
+    return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), dtype))
 
 
 def xdot(X: da.Array, B: da.Array) -> da.Array:

@@ -18,7 +18,8 @@ sizes from one row block and one iteration to the next: the step's
 temporaries and new factor blocks (:func:`dnmf.nmf.graph.mu_step`), the
 sums of partial products (:func:`dnmf.engine.graph.sum_list`) and the
 blocks read from a factor store take their memory here too, and so, where
-:func:`pinned`, do the sparse × dense products
+that memory would be fresh (:func:`fresh_memory`: in a :func:`pinned`
+process, or 16 MiB or more anywhere), do the sparse × dense products
 (``dnmf.nmf.kernels.xdot(..., out=)``).
 
 The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
@@ -224,6 +225,27 @@ def pinned() -> bool:
     """
     env = start_environ()
     return "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" not in env
+
+
+#: glibc's largest dynamic mmap threshold (64-bit): an array over this size is fresh memory from
+#: the kernel in any process, its pages faulted in and zeroed when first written.
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
+#: From this size on, a new array is mostly fresh memory in an ordinary process too: over
+#: :data:`GLIBC_MMAP_THRESHOLD_MAX` always, and from about half of it in the threads' arenas,
+#: whose heaps (64 MiB at most) hold only a few such arrays and are unmapped as they empty.
+FRESH_BYTES = GLIBC_MMAP_THRESHOLD_MAX // 2
+
+
+def fresh_memory(nbytes: int) -> bool:
+    """Whether a new array of ``nbytes`` is likely fresh memory from the kernel in this process.
+
+    In a :func:`pinned` process, every array of 128 KiB or more (a tuned
+    worker's threshold is higher, but it reuses its pool anyway); in an
+    ordinary one, arrays of :data:`FRESH_BYTES` or more. Reusing pooled
+    memory for those saves every page's fault, where for smaller arrays
+    glibc's heap already saves it.
+    """
+    return pinned() or nbytes >= FRESH_BYTES
 
 
 def pool_stats() -> dict[str, int]:

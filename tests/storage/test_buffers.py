@@ -151,3 +151,29 @@ def test_a_process_default_limit_bounds_the_pool_and_the_config_key_wins():
     assert buffers.pool_limit() == buffers.DEFAULT_POOL_BYTES
     assert buffers.clear_pool() > 0
     assert buffers.pool_stats()["free_bytes"] == 0
+
+
+def test_large_products_reuse_pooled_memory_in_an_ordinary_process():
+    """Over FRESH_BYTES a new array is fresh pages even outside a worker: products reuse the pool."""
+    import scipy.sparse as sp
+
+    from dnmf.nmf import graph, kernels
+
+    assert not buffers.pinned()  # the test process starts as an ordinary one
+    assert not buffers.fresh_memory(buffers.FRESH_BYTES - 1) and buffers.fresh_memory(buffers.FRESH_BYTES)
+    k = 32
+    rows = buffers.FRESH_BYTES // (8 * k) + 1
+    x = sp.random(rows, 300, density=0.01, format="csr", random_state=0)
+    b = np.random.default_rng(0).random((300, k))
+    first = graph._pooled_xdot(x, b)
+    want = kernels.xdot(x, b)
+    assert first.tobytes() == want.tobytes()
+    start = first.ctypes.data
+    del first
+    reused = buffers.pool_stats()["reused"]
+    again = graph._pooled_xdot(x, b)
+    assert buffers.pool_stats()["reused"] == reused + 1
+    assert again.ctypes.data == start and again.tobytes() == want.tobytes()
+    before = buffers.pool_stats()
+    graph._pooled_xdot(x[:100], b)  # under FRESH_BYTES: SciPy's own array, the pool untouched
+    assert buffers.pool_stats() == before
