@@ -11,7 +11,7 @@ never goes away by itself: the fit would hang).
 
 :class:`PoolPlugin`, registered on a fit's cluster by :func:`manage_pools`,
 makes each worker's default pool a sixteenth of its memory limit (at most
-:data:`dnmf.storage.buffers.DEFAULT_POOL_BYTES`; 25 MiB on a 400 MiB worker)
+:data:`MAX_WORKER_POOL_BYTES`, 256 MiB; 25 MiB on a 400 MiB worker)
 and checks the worker's memory every :data:`CHECK_INTERVAL_MS`: above the
 spill threshold, or when the worker is paused, the pool is emptied (and on
 a paused worker glibc is asked to return its free memory too). The pool then
@@ -33,8 +33,14 @@ from .allocator import trim
 PLUGIN_NAME = "dnmf-pool"
 #: How often a worker's memory is checked (distributed's own memory monitor: 100 ms).
 CHECK_INTERVAL_MS = 100
-#: A worker's default pool is its memory limit over this (at most DEFAULT_POOL_BYTES).
+#: A worker's default pool is its memory limit over this (at most MAX_WORKER_POOL_BYTES).
 LIMIT_SHARE = 16
+#: The largest default pool of a worker: a row task holds about five arrays of its block of
+#: factor rows at once (X·Hᵀ, a product of another column block, the update's temporaries, the
+#: new block), up to about 40 MB each at dnmf's blocking; with a 64 MiB pool the 2,000,000 ×
+#: 500,000 case's workers kept one of them and faulted the others in (5.1–5.3 CPU seconds per
+#: iteration on 2 workers, 3.9–4.6 with 256 MiB).
+MAX_WORKER_POOL_BYTES = 4 * buffers.DEFAULT_POOL_BYTES
 
 logger = logging.getLogger("dnmf")
 
@@ -43,7 +49,7 @@ def default_limit(memory_limit: int | None) -> int:
     """The pool a worker with ``memory_limit`` keeps by default (None or 0: no limit, the global default)."""
     if not memory_limit:
         return buffers.DEFAULT_POOL_BYTES
-    return min(buffers.DEFAULT_POOL_BYTES, int(memory_limit) // LIMIT_SHARE)
+    return min(MAX_WORKER_POOL_BYTES, int(memory_limit) // LIMIT_SHARE)
 
 
 class PoolPlugin(WorkerPlugin):

@@ -55,7 +55,8 @@ def worker_client():
 
 def test_default_limit_follows_the_memory_limit():
     assert pooling.default_limit(None) == buffers.DEFAULT_POOL_BYTES
-    assert pooling.default_limit(8 * 2**30) == buffers.DEFAULT_POOL_BYTES
+    assert pooling.default_limit(8 * 2**30) == pooling.MAX_WORKER_POOL_BYTES == 256 * MiB
+    assert pooling.default_limit(2 * 2**30) == 128 * MiB
     assert pooling.default_limit(400 * MiB) == 25 * MiB
     assert pooling.default_limit(512 * MiB) == 32 * MiB
 
