@@ -81,3 +81,27 @@ def test_a_large_input_fit_starts_lean_and_lands_where_the_full_basis_does(monke
     W_full, _, err_full = fit()
     assert not np.array_equal(W, W_full)  # the lean path ran
     assert err == pytest.approx(err_full, rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_norms_and_fold_give_numpy_s_bits(dtype):
+    """The NNDSVD's column norms and factor blocks, compiled, equal the NumPy expressions bit for bit."""
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((4_000, 6)).astype(dtype)
+    values[:50] = 0.0
+    values[50:60] = -0.0
+    U = da.from_array(values, chunks=(500, 6))  # 8 blocks: a two-level tree of partial sums
+    want = da.stack([da.sqrt((da.maximum(U, 0) ** 2).sum(axis=0)), da.sqrt((da.maximum(-U, 0) ** 2).sum(axis=0))])
+    got = da.stack([init._part_norm(U, False), init._part_norm(U, True)])
+    assert got.compute(scheduler="sync").tobytes() == want.compute(scheduler="sync").tobytes()
+
+    coef_pos, coef_neg = rng.random(6), rng.random(6)
+    for fill in (None, 0.25):
+        out = np.maximum(values, 0) * coef_pos + np.maximum(-values, 0) * coef_neg
+        out[out < 1e-3] = 0
+        if fill is not None:
+            out[out == 0] = fill
+        block = init._nndsvd_block(values, coef_pos, coef_neg, 1e-3, fill, 0, None, dtype)
+        assert block.dtype == dtype and block.tobytes() == out.astype(dtype).tobytes()
