@@ -61,12 +61,15 @@ class MaskedStep:
         Row-band tasks then run where their bands and U's blocks are, and only
         the touched factor rows travel (see :func:`dnmf.masked.graph.step`).
         The Dask config key ``dnmf.placement`` (default True) turns this off.
-        With ``touched=False`` only the owners (the second item is None).
+        With ``touched=False``, or on a cluster of one worker, only the owners
+        (the second item is None).
         """
         if runner.client is None or not dask.config.get("dnmf.placement", True):
             return None, None
         owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
-        if not touched:
+        if not touched or len(sizes) < 2:
+            # One worker holds every band: no factor row crosses a process, and finding the
+            # touched ones would be one more pass over the bands.
             return owners, None
         (where,) = runner.persist(masked_graph.touched(self.bands, sizes))
         return owners, where
