@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import partial_tree
+from .graph import partial_tree, sum_list
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,22 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     at once within a worker's range; per single-worker subtree where the
     ranges meet, and per node above it, one task per column block and one
     for the Grams (:func:`dnmf.engine.graph.partial_tree`, counted here on
-    the same tree); per worker and column block (sparse X) the touched rows
-    of ``Hᵀ``; per column block: the task and three picks. With ``P``
-    workers that is ``O(R + P·C)``, not ``O(R·C)``.
+    the same tree), except each column block's last sum, which runs in its
+    column task; per worker and column block (sparse X) the touched rows of
+    ``Hᵀ``; per column block: the task and three picks. With one column
+    block the tree sums whole tuples up to the column task, which also does
+    stage C: ``2R + (R - 2) + 4``. With ``P`` workers that is ``O(R + P·C)``,
+    not ``O(R·C)``.
     """
     R, C = row_blocks, col_blocks
+    shipped = min(workers, R) * C if workers > 1 else 0
+    if C == 1:
+        return 2 * R + max(R - 2, 0) + 4 + shipped
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
     tree: dict = {}
-    partial_tree(tree, "p", list(range(R)), C + 1, owners)
-    tasks = 2 * R + len(tree) + 4 * C
-    shipped = min(workers, R) * C if workers > 1 else 0
-    return tasks + shipped + -(-C // 8) + 1
+    totals = partial_tree(tree, "p", list(range(R)), C + 1, owners)
+    inlined = sum(1 for key in totals[:C] if tree.get(key, (None,))[0] is sum_list)
+    return 2 * R + len(tree) - inlined + 4 * C + shipped + -(-C // 8) + 1
 
 
 def predict(

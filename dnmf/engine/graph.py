@@ -192,6 +192,76 @@ def partial_tree(
     return split(nodes[0])
 
 
+def task_parts(task) -> list:
+    """The keys a task refers to, through its lists, inlined tasks and inlined :func:`pick` calls."""
+    found: list = []
+
+    def walk(arg) -> None:
+        if isinstance(arg, list):
+            for a in arg:
+                walk(a)
+        elif isinstance(arg, tuple) and arg and callable(arg[0]):
+            if arg[0] is pick:
+                walk(arg[1])
+            else:
+                for a in arg[1:]:
+                    walk(a)
+        elif isinstance(arg, (tuple, str)):
+            found.append(arg)
+
+    walk(task)
+    return found
+
+
+def place_sums(layer: dict, nodes: Sequence, where: dict, roots: dict | None = None) -> None:
+    """Place the tasks ``nodes`` of a sum tree where the fewest of their parts move between workers.
+
+    ``nodes`` lists the tree's tasks, parts before the tasks that sum them; a node's parts are
+    the keys its task refers to (:func:`task_parts`) that are other nodes or keys already in
+    ``where`` (e.g. the row tasks, on their owners). Each part held by another worker than the
+    node that sums it moves once, and the placement moves the fewest (a dynamic programme over
+    the tree, bottom-up for each node's cost on each worker, then top-down for the choice).
+    Where workers tie, a part goes where its sum goes, and a root goes to the worker holding the
+    fewest roots so far (``roots``, a count kept across calls, so that the column blocks' last
+    sums spread). Adds the nodes to ``where``: a preference, which never changes a sum.
+
+    With contiguous ranges of row blocks that do not meet the pairwise tree's pairs (6 row
+    blocks on 2 workers), leaving the sums that mix workers to the scheduler moved one more
+    partial per iteration than this.
+    """
+    workers = list(dict.fromkeys(where.values()))
+    if not workers:
+        return
+    index = {w: t for t, w in enumerate(workers)}
+    members = set(nodes)
+    parts = {key: [p for p in task_parts(layer[key]) if p in members or p in where] for key in nodes}
+    cost: dict = {}
+    for key in nodes:
+        c = np.zeros(len(workers))
+        for p in parts[key]:
+            if p in cost:
+                c += np.minimum(cost[p], cost[p].min() + 1)
+            else:
+                c += 1.0
+                c[index[where[p]]] -= 1.0
+        cost[key] = c
+    parent: dict = {}
+    roots = {} if roots is None else roots
+    for key in reversed(nodes):
+        c = cost[key]
+        if key in parent:
+            w = parent[key]
+            t = index[w] if c[index[w]] <= c.min() + 1 else int(np.argmin(c))
+        else:
+            best = [t for t in range(len(workers)) if c[t] == c.min()]
+            t = min(best, key=lambda t: (roots.get(workers[t], 0), t))
+            roots[workers[t]] = roots.get(workers[t], 0) + 1
+        where[key] = workers[t]
+        for p in parts[key]:
+            if p in members:
+                parent.setdefault(p, workers[t])
+
+
 def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = sum_list, *args: Any) -> tuple:
     """A fixed-order reduction of ``keys`` to one task (``(prefix + "-top", 0)``), which it returns."""
     keys = tree_reduce(layer, prefix, keys, func, *args, until=SPLIT_EVERY)

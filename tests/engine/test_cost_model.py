@@ -27,7 +27,9 @@ def _graph_tasks(R: int, C: int, P: int) -> int:
     return len(every - known)
 
 
-@pytest.mark.parametrize(("R", "C", "P"), [(1, 1, 1), (8, 2, 1), (16, 4, 2), (16, 4, 4), (13, 3, 3), (32, 8, 4)])
+@pytest.mark.parametrize(
+    ("R", "C", "P"), [(1, 1, 1), (6, 1, 2), (64, 1, 4), (8, 2, 1), (16, 4, 2), (16, 4, 4), (13, 3, 3), (32, 8, 4)]
+)
 def test_task_count_follows_the_graph(R, C, P):
     """The formula counts the step graph's tasks to within a few (it rounds the small trees)."""
     assert abs(step_tasks(R, C, P) - _graph_tasks(R, C, P)) <= 0.1 * _graph_tasks(R, C, P) + 6

@@ -1,11 +1,13 @@
 """The graph helpers that both models' step graphs share, against naive references."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnmf.engine.graph import partial_tree, place_rows, row_groups, tree_reduce, union_all
+from dnmf.engine.graph import partial_tree, pick, place_rows, place_sums, row_groups, tree_reduce, union_all
 
 
 def _evaluate(layer: dict, key, values: dict):
@@ -112,3 +114,57 @@ def test_place_rows_puts_each_rows_keys_on_its_owner():
     }
     with pytest.raises(ValueError, match=r"owners names 2 workers; expected one per row block \(3\)"):
         place_rows(["a", "b"], 3, lambda i: [("A", i)])
+
+
+def _moves(layer: dict, nodes: list, where: dict) -> int:
+    """Parts held by another worker than the node that sums them."""
+    moved = 0
+    for key in nodes:
+        for part in layer[key][1]:
+            part = part[1] if isinstance(part, tuple) and part[0] is pick else part
+            moved += where[part] != where[key]
+    return moved
+
+
+@settings(max_examples=80, deadline=None)
+@given(n_rows=st.integers(1, 8), data=st.data())
+def test_place_sums_moves_the_fewest_partials(n_rows, data):
+    """Against every placement of the tree's sums: none moves fewer parts; ties go where the parent is."""
+    owners = data.draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=n_rows, max_size=n_rows))
+    where = {("row", i): w for i, w in enumerate(owners)}
+    layer: dict = {}
+    leaves = [(pick, ("row", i), "P") for i in range(n_rows)]
+    top = tree_reduce(layer, "p", leaves, split_every=2)
+    layer[("col", 0)] = (sum, list(top))
+    nodes = [*layer]  # parts before their sums
+    placed = dict(where)
+    place_sums(layer, nodes, placed)
+    assert set(placed) == set(where) | set(nodes)
+    workers = sorted(set(owners))
+    best = min(
+        _moves(layer, nodes, {**where, **dict(zip(nodes, choice, strict=True))})
+        for choice in itertools.product(workers, repeat=len(nodes))
+    )
+    assert _moves(layer, nodes, placed) == best
+
+
+def test_place_sums_on_six_row_blocks_of_two_workers():
+    """Three row blocks each: the sum that mixes them goes where its parent is; two partials move, not three."""
+    where = {("row", i): "ab"[i // 3] for i in range(6)}
+    layer: dict = {}
+    top = tree_reduce(layer, "p", [(pick, ("row", i), "P") for i in range(6)], split_every=2, until=2)
+    layer[("col", 0)] = (sum, list(top))
+    nodes = [*layer]
+    place_sums(layer, nodes, where)
+    assert [where[key] for key in nodes] == ["a", "a", "b", "a", "a"]
+    assert _moves(layer, nodes, where) == 2
+
+
+def test_place_sums_spreads_tied_roots():
+    """Column blocks whose last sums cost the same anywhere go to different workers."""
+    where = {("row", 0): "a", ("row", 1): "b"}
+    roots: dict = {}
+    layer = {("col", j): (sum, [("row", 0), ("row", 1)]) for j in range(4)}
+    for j in range(4):
+        place_sums(layer, [("col", j)], where, roots)
+    assert [where[("col", j)] for j in range(4)] == ["a", "b", "a", "b"]
