@@ -678,10 +678,13 @@ def _placement(layer: dict, outputs: dict, core: str, owners: tuple[str, ...], n
             if len(owner) == 1 and None not in owner:
                 where[key] = owner.pop()
                 continue
-        if nJ == 1 and (name.startswith(f"{prefix}-L") or name == f"{core}-B"):
+        if name == f"{prefix}j":
+            # A column block's part of a whole-tuple sum is taken where that sum is: only it moves.
+            source = where.get(_ref(task[1]))
+            if source is not None:
+                where[key] = source
+        elif nJ == 1 and (name.startswith(f"{prefix}-L") or name == f"{core}-B"):
             trees.setdefault(0, []).append(key)
-        elif name == f"{prefix}j":
-            trees.setdefault(key[2], []).append(key)
         elif name.startswith(prefix) and "-L" in name and not name.startswith(f"{prefix}all"):
             trees.setdefault(int(name[len(prefix) :].split("-L")[0]), []).append(key)
         elif name == f"{core}-B" and nJ > 1:

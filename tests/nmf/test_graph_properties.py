@@ -119,3 +119,52 @@ def test_partial_sums_give_the_same_bits_at_any_split_level(beta):
         out = graph.step(Xd, W, Ht, HHt, params, local_levels=levels)
         results.append([np.asarray(a.compute(scheduler="sync")).tobytes() for a in out])
     assert all(r == results[0] for r in results[1:])
+
+
+@pytest.mark.parametrize(("R", "C", "P"), [(6, 1, 2), (16, 4, 4), (13, 3, 3), (8, 2, 2)])
+def test_placed_step_moves_only_column_parts_between_workers(R, C, P):
+    """A row task's results and a worker's whole-tuple sums are read only where they are.
+
+    Between workers move only a column block's part of a sum (or, with one column block, the
+    tuple itself, which is that part); a node that mixes workers moves no more parts than the
+    fewest any placement could (:func:`dnmf.engine.graph.place_sums`).
+    """
+    from dnmf.engine.graph import pick, task_parts
+
+    X = sp.random(R * 4, C * 30, density=0.05, random_state=0, format="csr")
+    Xd = da.from_array(X, chunks=(4, 30), asarray=False)
+    W = da.ones((R * 4, 2), chunks=(4, 2))
+    Ht = da.ones((C * 30, 2), chunks=(30, 2))
+    HHt = da.ones((2, 2), chunks=(2, 2))
+    owners = tuple(f"w{i * P // R}" for i in range(R))
+    out = blocked.step(Xd, W, Ht, HHt, blocked.StepParams(solver="cd"), owners=owners)
+    hlg = out[3].__dask_graph__()
+    core = next(name for name in hlg.layers if name.startswith("dnmf-step-"))
+    layer = dict(hlg.layers[core])
+    where = hlg.layers[core].annotations["workers"]
+    moved = 0
+    for key, task in layer.items():
+        if not isinstance(task, tuple) or task[0] is pick:
+            continue
+        here = where(key)
+        for part in task_parts(task):
+            if part not in layer:
+                continue
+            whole = part[0].endswith("-A") or "-Pall-" in part[0]
+            if whole and C > 1:
+                assert where(part) == here, f"{key} reads {part} from another worker"
+            moved += where(part) is not None and where(part) != here
+    # Each column block's tree (and the Grams') sums S single-worker subtrees: the fewest
+    # moves are at most S - 1 per tree (each sum where one of its parts is), and each column
+    # task reads the Grams' (k × k) sum.
+    nodes = [(owner, 1) for owner in owners]
+    while len(nodes) > 1:
+        pairs = [nodes[t : t + 2] for t in range(0, len(nodes), 2)]
+        nodes = [
+            pair[0]
+            if len(pair) == 1
+            else ((pair[0][0], 1) if pair[0][0] == pair[1][0] is not None else (None, pair[0][1] + pair[1][1]))
+            for pair in pairs
+        ]
+    trees = 1 if C == 1 else C + 1
+    assert moved <= trees * (nodes[0][1] - 1) + (C if C > 1 else 0)
