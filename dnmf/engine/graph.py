@@ -262,11 +262,20 @@ def place_sums(layer: dict, nodes: Sequence, where: dict, roots: dict | None = N
                 parent.setdefault(p, workers[t])
 
 
+def tree_sum(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = sum_list, *args: Any) -> tuple:
+    """A fixed-order reduction of ``keys`` whose last step is returned as a task, to be inlined where it is used.
+
+    The same sums as :func:`tree_top`, one task and one hop fewer: the task that takes the
+    result as an argument computes the last step itself.
+    """
+    keys = tree_reduce(layer, prefix, keys, func, *args, until=SPLIT_EVERY)
+    return (func, list(keys), *args)
+
+
 def tree_top(layer: dict, prefix: str, keys: list, func: Callable[..., Any] = sum_list, *args: Any) -> tuple:
     """A fixed-order reduction of ``keys`` to one task (``(prefix + "-top", 0)``), which it returns."""
-    keys = tree_reduce(layer, prefix, keys, func, *args, until=SPLIT_EVERY)
     top = (f"{prefix}-top", 0)
-    layer[top] = (func, list(keys), *args)
+    layer[top] = tree_sum(layer, prefix, keys, func, *args)
     return top
 
 

@@ -57,6 +57,7 @@ from ..engine.graph import (
     place_rows,
     row_groups,
     sum_list,
+    tree_sum,
     tree_top,
     union_all,
     x_block_refs,
@@ -588,11 +589,13 @@ def step(
             layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_all, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
             bucket.append((_pick, (f"{core}-B", j), part))
-    data_key = tree_top(layer, f"{core}-data", col_parts, _exact_list)
-    pen_key = tree_top(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
-    gv_new_key = tree_top(layer, f"{core}-GV", col_grams, sum_list) if implicit else None
+    # The last sums of the losses, penalties and Grams run inside stage C (one task and one hop
+    # fewer each; the same sums).
+    data_sum = tree_sum(layer, f"{core}-data", col_parts, _exact_list)
+    pen_sum = tree_sum(layer, f"{core}-pen", row_pen + col_pen, _exact_list)
+    gv_new_sum = tree_sum(layer, f"{core}-GV", col_grams, sum_list) if implicit else None
     fin = (f"{core}-C", 0)
-    layer[fin] = (_finish, data_key, pen_key, gu_key, gv_new_key, p)
+    layer[fin] = (_finish, data_sum, pen_sum, gu_key, gv_new_sum, p)
 
     outputs = {
         u_name: {(u_name, i, 0): (_pick, (f"{core}-A", i), "U") for i in range(nI)},
