@@ -186,17 +186,12 @@ class Runner:
             return None
         return row_ranges(self.client, n_blocks)[0]
 
-    def compute(self, array, optimize: bool = False):
-        """Compute one (small) array and return it as NumPy.
-
-        ``optimize``: let Dask fuse the graph's elementwise steps into the tasks that
-        consume them (for array expressions such as a reduction of ``maximum(U, 0) ** 2``,
-        whose steps are otherwise a task and a full-size array each). Same numbers.
-        """
+    def compute(self, array):
+        """Compute one (small) array and return it as NumPy."""
         if self.client is not None:
-            return self.client.compute(array, sync=True, optimize_graph=optimize)
+            return self.client.compute(array, sync=True, optimize_graph=False)
         with self._limits():
-            return array.compute(optimize_graph=optimize, scheduler=self.scheduler)
+            return array.compute(optimize_graph=False, scheduler=self.scheduler)
 
     def rebase(self, *arrays: da.Array) -> tuple[da.Array, ...]:
         """The same persisted arrays as root data, without their history.

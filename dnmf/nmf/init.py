@@ -300,10 +300,7 @@ def nndsvd_init(
         U, S, V = svd[0][:, :k], np.asarray(svd[1])[:k], svd[2][:, :k]
     U, V = runner.persist(U, V)
     norms = np.asarray(
-        runner.compute(
-            da.stack([_part_norm(U, False), _part_norm(U, True), _part_norm(V, False), _part_norm(V, True)]),
-            optimize=True,
-        )
+        runner.compute(da.stack([_part_norm(U, False), _part_norm(U, True), _part_norm(V, False), _part_norm(V, True)]))
     )
     xp, xn, yp, yn = norms
     mp, mn = xp * yp, xn * yn
