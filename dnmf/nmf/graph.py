@@ -16,13 +16,19 @@ A. one task per row block ``i``: ``XHt_i = sum_j X_ij @ Ht_j``, update
    Each block of X is read once per iteration, which is what makes
    out-of-core fitting affordable;
 B. one task per column block ``j``: sum the partial products over ``i``
-   (fixed-order tree) and update ``Ht_j``;
+   (a fixed pairwise tree, whose last sum runs in this task) and update
+   ``Ht_j``;
 C. one task: ``HHt = sum_j Ht_j.T @ Ht_j`` and the scalars of the step.
+   With one column block, B and C are one task.
 
 Only (k, k) Grams, (n_j, k) partials and scalars move between tasks; all
 sums run in a fixed order, so a step's result does not depend on where its
-tasks ran. Cost per step: O(nnz * k + (m + n) * k²) flops; communication
-O(n * k * row_blocks) for the partials plus O(k²) per task.
+tasks ran. On a cluster, a worker's row blocks are summed on it, and the
+sums that mix workers run where the fewest partials move
+(:func:`dnmf.engine.graph.place_sums`). Cost per step: O(nnz * k + (m + n) * k²)
+flops; communication O(k * the sum over workers of the columns their row
+blocks touch), for the rows of ``Ht`` in and of the summed partials out, plus
+O(k²) per task.
 """
 
 from __future__ import annotations
