@@ -249,12 +249,15 @@ def run(
         cut_due = runner.client is not None and not lineage_free and n_iter % cut_every == 0
         try:
             if ahead is None:
-                lazy, scalars = step.build(current, n_iter)
+                lazy, lazy_scalars = step.build(current, n_iter)
                 # From here only the submitted graph holds the state it reads: each of its
                 # blocks is released as soon as its tasks ran, not when the step ends.
                 current = ()
-                new, (scalars,) = keep(runner, lazy, scalars)
-                del lazy
+                # The last iteration's scalars are released only now, after the graph has gone:
+                # a Client sends the release first and then holds the graph back for its
+                # batching interval (10 ms, measured at the scheduler), every iteration.
+                new, (scalars,) = keep(runner, lazy, lazy_scalars)
+                del lazy, lazy_scalars
             else:
                 current = ()
                 (new, (scalars,)), ahead = ahead, None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from distributed import Client
+from distributed.diagnostics.plugin import SchedulerPlugin
 from sklearn.exceptions import ConvergenceWarning
 
 import dnmf
@@ -103,3 +104,50 @@ def test_auto_pipelines_for_a_driver_away_from_its_cluster(dist_client):
 def test_pipeline_setting_is_checked(dist_client, setting):
     with dask.config.set({"dnmf.pipeline": setting}), pytest.raises(ValueError, match="dnmf.pipeline"):
         Runner(dist_client).pipelines()
+
+
+def _is_scalars(key) -> bool:
+    """A step's scalar vector: NMF's ``dnmf-scalars-…``, RatingsNMF's ``dnmf-masked-scalars-…``."""
+    return str(key).startswith("('dnmf-") and "scalars-" in str(key)
+
+
+class _GraphsAndReleases(SchedulerPlugin):
+    """Scheduler plugin: the order in which step graphs arrive and step scalars are forgotten."""
+
+    name = "dnmf-test-graphs-and-releases"
+
+    def __init__(self):
+        self.events = []
+
+    def update_graph(self, scheduler, *, keys=(), **kwargs):
+        self.events.append(("graph", sorted(str(k) for k in keys if _is_scalars(k))))
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "forgotten" and _is_scalars(key):
+            self.events.append(("forgotten", str(key)))
+
+
+def _events(dask_scheduler=None):
+    return dask_scheduler.plugins[_GraphsAndReleases.name].events
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_graph_reaches_the_scheduler_before_the_last_scalars_are_released(name, dist_client):
+    """A Client batches messages: a release sent just before a graph holds the graph back (10 ms).
+
+    So the loop releases an iteration's scalars only once the next iteration's graph has gone.
+    (With the release first, the scheduler saw it first in 2 of 3 runs: the two messages do not
+    always share a batch.)
+    """
+    dist_client.register_plugin(_GraphsAndReleases(), name=_GraphsAndReleases.name)
+    try:
+        _fit(name, _matrix(), False, dist_client, max_iter=4)
+        events = dist_client.run_on_scheduler(_events)
+    finally:
+        dist_client.unregister_scheduler_plugin(_GraphsAndReleases.name)
+    graphs = [keys[0] for kind, keys in events if kind == "graph" and len(keys) == 1]
+    assert len(graphs) >= 4
+    position = {key: t for t, (kind, key) in enumerate(events) if kind == "forgotten"}
+    sent = {keys[0]: t for t, (kind, keys) in enumerate(events) if kind == "graph" and len(keys) == 1}
+    for before, after in zip(graphs, graphs[1:], strict=False):
+        assert position[before] > sent[after], f"{before} was released before the next graph arrived: {events}"

@@ -126,7 +126,7 @@ def test_placed_step_moves_only_column_parts_between_workers(R, C, P):
     """A row task's results and a worker's whole-tuple sums are read only where they are.
 
     Between workers move only a column block's part of a sum (or, with one column block, the
-    tuple itself, which is that part); a node that mixes workers moves no more parts than the
+    tuple itself, which is that part, and a row task's partials, never its rows of ``W``); a node that mixes workers moves no more parts than the
     fewest any placement could (:func:`dnmf.engine.graph.place_sums`).
     """
     from dnmf.engine.graph import pick, task_parts
@@ -151,7 +151,7 @@ def test_placed_step_moves_only_column_parts_between_workers(R, C, P):
             if part not in layer:
                 continue
             whole = part[0].endswith("-A") or "-Pall-" in part[0]
-            if whole and C > 1:
+            if whole:
                 assert where(part) == here, f"{key} reads {part} from another worker"
             moved += where(part) is not None and where(part) != here
     # Each column block's tree (and the Grams') sums S single-worker subtrees: the fewest
