@@ -76,6 +76,8 @@ M, N, K = 300, 200, 5
 BLOCK = (100, 100)  # 3 x 2 blocks
 #: 8 x 1 blocks: sums over row blocks (pairwise, three levels) differ from sequential ones.
 MANY_ROW_BLOCKS = (38, N)
+#: 6 x 1 blocks: the pairwise tree's last level has three sums, which the column task adds.
+SIX_ROW_BLOCKS = (50, N)
 SEED = 0
 
 
@@ -264,13 +266,11 @@ def nmf_case(solver, source):
     return run
 
 
-def many_row_blocks_case(solver):
+def many_row_blocks_case(solver, chunks=MANY_ROW_BLOCKS):
     params, max_iter = NMF_SOLVERS[solver]
 
     def run(ctx):
-        model = dnmf.NMF(
-            K, init="nndsvda", tol=0.0, max_iter=max_iter, random_state=SEED, chunks=MANY_ROW_BLOCKS, **params
-        )
+        model = dnmf.NMF(K, init="nndsvda", tol=0.0, max_iter=max_iter, random_state=SEED, chunks=chunks, **params)
         W = model.fit_transform(ctx.get("csr"))
         return nmf_parts(model, W)
 
@@ -404,6 +404,7 @@ def all_cases():
             cases[f"nmf-{solver}-{source}"] = nmf_case(solver, source)
     for solver in ("mu", "cd"):
         cases[f"nmf-{solver}-csr-8-row-blocks"] = many_row_blocks_case(solver)
+        cases[f"nmf-{solver}-csr-6-row-blocks"] = many_row_blocks_case(solver, SIX_ROW_BLOCKS)
     cases["nmf-cd-dense-float32"] = case_nmf_dense32
     cases["nmf-cd-random-shuffle-l1"] = case_nmf_random_init
     cases["nnf-function-mu-kl-csr"] = case_nnf_function

@@ -102,15 +102,20 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     column task; per worker and column block (sparse X) the touched rows of
     ``Hᵀ``; per column block: the task and three picks. With one column
     block the tree sums whole tuples up to the column task, which also does
-    stage C: ``2R + (R - 2) + 4``, plus a pick of the partials for each pair
-    of row blocks that two workers hold. With ``P`` workers that is
+    stage C: ``2R + 4`` and the tree's sums (``R - 2``, one fewer for each
+    level of three), plus a pick of the partials for each pair of row blocks
+    that two workers hold. With ``P`` workers that is
     ``O(R + P·C)``, not ``O(R·C)``.
     """
     R, C = row_blocks, col_blocks
     shipped = min(workers, R) * C if workers > 1 else 0
     if C == 1:
         straddled = sum(1 for i in range(1, R, 2) if i * workers // R != (i - 1) * workers // R) if workers > 1 else 0
-        return 2 * R + max(R - 2, 0) + 4 + shipped + straddled
+        sums, level = 0, R
+        while level > 3:  # the pairwise tree down to three sums (nmf.graph.step)
+            sums += level // 2
+            level = (level + 1) // 2
+        return 2 * R + sums + 4 + shipped + straddled
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
     tree: dict = {}
     totals = partial_tree(tree, "p", list(range(R)), C + 1, owners)

@@ -608,9 +608,11 @@ def step(
         # One column block: the whole tuple of partials (and the row tasks' Gram and scalars)
         # is what moves, so every node of the pairwise tree sums it whole, and the root's sum,
         # stage B and stage C are one task: three tasks and three hops fewer per iteration
-        # than a tree split per column. The same sums in the same order: the same bits.
+        # than a tree split per column. The same sums in the same order: the same bits. A
+        # level of three nodes is the last: (a + b) + c in the column task is the sum of the
+        # pair (a, b) then c, one task and one hop fewer (6 row blocks: 4 sums -> 3).
         rows = [(pick, (f"{core}-A", i), "P") for i in range(nI)]
-        top = tree_reduce(layer, f"{core}-P", rows, split_every=PARTIAL_FAN_IN, until=2)
+        top = tree_reduce(layer, f"{core}-P", rows, split_every=PARTIAL_FAN_IN, until=3)
         fin = (f"{core}-B", 0)
         layer[fin] = (_col_finish, ht_keys[0], (sum_list, top), hht_key, p)
         outputs[ht_name] = {(ht_name, 0, 0): (pick, fin, "Ht")}
