@@ -253,9 +253,9 @@ def run(
                 # From here only the submitted graph holds the state it reads: each of its
                 # blocks is released as soon as its tasks ran, not when the step ends.
                 current = ()
-                # The last iteration's scalars are released only now, after the graph has gone:
-                # a Client sends the release first and then holds the graph back for its
-                # batching interval (10 ms, measured at the scheduler), every iteration.
+                # The last iteration's scalars are released only now, after the graph has gone.
+                # Released before it, they went first, and the Client held the graph back for
+                # its batching interval (10 ms at the scheduler, every iteration).
                 new, (scalars,) = keep(runner, lazy, lazy_scalars)
                 del lazy, lazy_scalars
             else:
