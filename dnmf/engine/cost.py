@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import partial_tree, sum_list
+from .graph import partial_tree, sum_list, tree_reduce
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,12 @@ def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     """
     R, C = row_blocks, col_blocks
     shipped = min(workers, R) * C if workers > 1 else 0
-    if C == 1:
-        straddled = sum(1 for i in range(1, R, 2) if i * workers // R != (i - 1) * workers // R) if workers > 1 else 0
-        sums, level = 0, R
-        while level > 3:  # the pairwise tree down to three sums (nmf.graph.step)
-            sums += level // 2
-            level = (level + 1) // 2
-        return 2 * R + sums + 4 + shipped + straddled
     owners = [i * workers // R for i in range(R)] if workers > 1 else [0] * R
     tree: dict = {}
+    if C == 1:
+        straddled = sum(1 for i in range(1, R, 2) if owners[i] != owners[i - 1])
+        tree_reduce(tree, "p", list(range(R)), split_every=2, until=3)  # as nmf.graph.step builds it
+        return 2 * R + len(tree) + 4 + shipped + straddled
     totals = partial_tree(tree, "p", list(range(R)), C + 1, owners)
     inlined = sum(1 for key in totals[:C] if tree.get(key, (None,))[0] is sum_list)
     return 2 * R + len(tree) - inlined + 4 * C + shipped + -(-C // 8) + 1

@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnmf.engine.graph import partial_tree, pick, place_rows, place_sums, row_groups, tree_reduce, union_all
+from dnmf.engine.graph import (
+    partial_tree,
+    pick,
+    pick_at_source,
+    place_rows,
+    place_sums,
+    row_groups,
+    sum_list,
+    tree_reduce,
+    union_all,
+)
 
 
 def _evaluate(layer: dict, key, values: dict):
@@ -168,3 +178,31 @@ def test_place_sums_spreads_tied_roots():
     for j in range(4):
         place_sums(layer, [("col", j)], where, roots)
     assert [where[("col", j)] for j in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_pick_at_source_moves_only_the_picked_part_and_sums_the_same_arrays():
+    """A sum reading picks of results on its own and on another worker: only the remote pick becomes a task, there."""
+    results = {("A", i): {"W": np.full((2, 2), 10.0 * i), "P": np.arange(4.0).reshape(2, 2) + i} for i in range(3)}
+    where = {("A", 0): "w0", ("A", 1): "w0", ("A", 2): "w1", ("S", 0): "w0", ("T", 0): "w0"}
+    layer: dict = dict(results)
+    layer[("S", 0)] = (sum_list, [(pick, ("A", 0), "P"), (pick, ("A", 2), "P")])
+    # a pick inside an inlined task of a node, as a column task inlines its last sum
+    layer[("T", 0)] = (np.negative, (sum_list, [(pick, ("A", 1), "P"), (pick, ("A", 2), "P")]))
+    before = {key: layer[key] for key in [("S", 0), ("T", 0)]}
+    pick_at_source(layer, [("S", 0), ("T", 0)], where, "Pr")
+    assert layer[("S", 0)] == (sum_list, [before[("S", 0)][1][0], ("Pr", 0)])
+    assert layer[("T", 0)] == (np.negative, (sum_list, [(pick, ("A", 1), "P"), ("Pr", 1)]))
+    assert layer[("Pr", 0)] == layer[("Pr", 1)] == (pick, ("A", 2), "P")
+    assert where[("Pr", 0)] == where[("Pr", 1)] == "w1"
+
+    def run(task):
+        if isinstance(task, list):
+            return [run(t) for t in task]
+        if isinstance(task, tuple) and task and callable(task[0]):
+            return task[0](*(run(a) for a in task[1:]))
+        if isinstance(task, tuple) and task in layer:
+            return run(layer[task])
+        return task
+
+    np.testing.assert_array_equal(run(layer[("S", 0)]), results[("A", 0)]["P"] + results[("A", 2)]["P"])
+    np.testing.assert_array_equal(run(layer[("T", 0)]), -(results[("A", 1)]["P"] + results[("A", 2)]["P"]))
