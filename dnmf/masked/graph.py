@@ -53,8 +53,11 @@ from dask.highlevelgraph import HighLevelGraph
 from ..engine.blocks import RowSubset, aligned_inputs, take_rows
 from ..engine.graph import (
     assemble,
+    pick,
+    pick_at_source,
     place_blocks,
     place_rows,
+    place_sums,
     row_groups,
     sum_list,
     tree_sum,
@@ -174,8 +177,13 @@ def band_arrays(X: da.Array) -> tuple[da.Array, da.Array]:
 
 
 def persist_bands(X: da.Array, runner) -> tuple[Bands, da.Array, da.Array]:
-    """Build both orientations of a Dask X once and keep them on the workers."""
-    R, Cb = runner.persist(*band_arrays(X))
+    """Build both orientations of a Dask X once and keep them on the workers.
+
+    Each worker holds a contiguous range of row bands and one of column bands
+    (:meth:`dnmf.engine.runner.Runner.persist_rows`), as :func:`bands_from_memory`
+    scatters them: the step's band tasks are placed there.
+    """
+    R, Cb = runner.persist_rows(*band_arrays(X))
     return _bands_of(R, Cb, tokenize("dnmf-masked-bands", X.name)), R, Cb
 
 
@@ -372,10 +380,6 @@ def _write_users(users: Generation, i: int, U_i):
     return users.write("W", i, U_i)
 
 
-def _pick(result, name):
-    return result[name]
-
-
 def _touched_by_band(band: sp.csr_matrix, col_offsets: np.ndarray) -> tuple:
     """Per column block j: ``(its columns the band touches, the band's rows with an entry there)``."""
     rows_of_entries = np.repeat(np.arange(band.shape[0]), np.diff(band.indptr))
@@ -419,6 +423,27 @@ def touched(bands: Bands, sizes: tuple[int, ...]) -> da.Array:
     return da.Array(graph, name, chunks=(tuple(sizes), (1,)), dtype=np.intp)
 
 
+def touched_items(touched_by: da.Array, n_cols: int) -> da.Array:
+    """The item columns of :func:`touched`, one block per column block ``j`` and group ``g``.
+
+    Block ``(j, g)`` (chunks ``((1,) * n_cols, (1,) * groups)``; a carrier to persist) holds
+    the columns of block ``j`` that group ``g`` touches. Persisted with column block ``j``'s
+    worker holding its row of blocks (:meth:`dnmf.engine.runner.Runner.persist_rows`), it is
+    where the tasks that take those rows of ``V_j`` run: the whole carrier of :func:`touched`,
+    which the group's own tasks read, would otherwise travel to them every iteration.
+    """
+    token = tokenize("dnmf-masked-items", touched_by.name, n_cols)
+    name = f"dnmf-masked-items-{token}"
+    n_groups = touched_by.numblocks[0]
+    layer = {(name, j, g): (_items_of, (touched_by.name, g, 0), j) for j in range(n_cols) for g in range(n_groups)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[touched_by])
+    return da.Array(graph, name, chunks=((1,) * n_cols, (1,) * n_groups), dtype=np.intp)
+
+
+def _items_of(group_touched, j):
+    return group_touched[j][0]
+
+
 def _take_items(V_j, group_touched, j):
     return take_rows(V_j, group_touched[j][0])
 
@@ -450,6 +475,8 @@ def step(
     touched_by: da.Array | None = None,
     owners: tuple[str, ...] | None = None,
     users: Generation | None = None,
+    items_by: da.Array | None = None,
+    col_owners: tuple[str, ...] | None = None,
 ):
     """Build the graph of one alternating step (U then V).
 
@@ -470,6 +497,18 @@ def step(
     owners : tuple of str, optional
         The worker of each row band: its task and picks are placed there (a
         preference, see :func:`dnmf.engine.graph.assemble`).
+    items_by : dask array, optional
+        With ``touched_by``: :func:`touched_items` of it, persisted where
+        ``col_owners`` says. The tasks that take the touched rows of ``V_j``
+        then read their columns there, instead of the group's carrier.
+    col_owners : tuple of str, optional
+        With ``owners``: the worker of each column band (where it was
+        scattered, see :mod:`dnmf.storage.placement`). Its column task, its
+        block of ``V`` and the rows taken from it are placed there; the sums
+        of the step's losses, penalties and Grams go where the fewest parts
+        move, and what they read of another worker's band results is picked
+        there (:func:`dnmf.engine.graph.pick_at_source`), so that a band
+        result (which holds its new factor rows) never travels whole.
     users : dnmf.storage.factors.Generation, optional
         Factors out of core (solver "als" only): each row band's new ``U``
         block is written into this generation as block ``"W"/i`` (by the
@@ -499,6 +538,8 @@ def step(
         None if touched_by is None else touched_by.name,
         owners,
         users,
+        None if items_by is None else items_by.name,
+        col_owners,
     )
     if users is not None and p.solver != "als":
         raise ValueError(f"Factors in a factor store need solver='als'; got solver={p.solver!r}.")
@@ -516,7 +557,11 @@ def step(
         groups = row_groups(touched_by.chunks[0], nI)
         for g in range(len(groups)):
             for j in range(nJ):
-                layer[(f"{core}-Vs", g, j)] = (_take_items, v_keys[j], (touched_by.name, g, 0), j)
+                layer[(f"{core}-Vs", g, j)] = (
+                    (take_rows, v_keys[j], (items_by.name, j, g))
+                    if items_by is not None
+                    else (_take_items, v_keys[j], (touched_by.name, g, 0), j)
+                )
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     col_offsets = _offsets(bands.col_chunks)
     if touched_by is None:
@@ -535,8 +580,9 @@ def step(
             layer[(f"{core}-A", i)] = (_row_task, bands.row_ref(i), (U.name, i, 0), v_all, gv_key, p)
     # A band task's parts are read by picks inlined into the tasks that use them, not by
     # pick tasks of their own: its result holds nothing those tasks would not (the new
-    # factor rows are an output of the step anyway).
-    u_keys = [(_pick, (f"{core}-A", i), "U") for i in range(nI)]
+    # factor rows are an output of the step anyway). Where such a task runs on another
+    # worker, its pick becomes a task on the band's worker (_place_columns).
+    u_keys = [(pick, (f"{core}-A", i), "U") for i in range(nI)]
     if touched_by is None and users is None:
         layer[(f"{core}-Uall", 0)] = (_concat, u_keys)
     if users is not None:
@@ -553,10 +599,10 @@ def step(
                     j,
                     int(group_starts[g + 1] - group_starts[g]),
                 )
-    row_pen = [(_pick, (f"{core}-A", i), "pen") for i in range(nI)]
+    row_pen = [(pick, (f"{core}-A", i), "pen") for i in range(nI)]
     gu_key = None
     if implicit:
-        grams = [(_pick, (f"{core}-A", i), "gram") for i in range(nI)]
+        grams = [(pick, (f"{core}-A", i), "gram") for i in range(nI)]
         gu_key = tree_top(layer, f"{core}-GU", grams, sum_list)
 
     col_parts, col_pen, col_grams = [], [], []
@@ -588,7 +634,7 @@ def step(
             u_all = [(f"{core}-Uall", 0)]
             layer[(f"{core}-B", j)] = (_col_task, bands.col_ref(j), (V.name, j, 0), u_all, gu_key, p_items)
         for part, bucket in (("loss", col_parts), ("pen", col_pen)) + ((("gram", col_grams),) if implicit else ()):
-            bucket.append((_pick, (f"{core}-B", j), part))
+            bucket.append((pick, (f"{core}-B", j), part))
     # The last sums of the losses, penalties and Grams run inside stage C (one task and one hop
     # fewer each; the same sums).
     data_sum = tree_sum(layer, f"{core}-data", col_parts, _exact_list)
@@ -598,13 +644,14 @@ def step(
     layer[fin] = (_finish, data_sum, pen_sum, gu_key, gv_new_sum, p)
 
     outputs = {
-        u_name: {(u_name, i, 0): (_pick, (f"{core}-A", i), "U") for i in range(nI)},
-        v_name: {(v_name, j, 0): (_pick, (f"{core}-B", j), "V") for j in range(nJ)},
-        s_name: {(s_name, 0): (_pick, fin, "scalars")},
+        u_name: {(u_name, i, 0): (pick, (f"{core}-A", i), "U") for i in range(nI)},
+        v_name: {(v_name, j, 0): (pick, (f"{core}-B", j), "V") for j in range(nJ)},
+        s_name: {(s_name, 0): (pick, fin, "scalars")},
     }
     if implicit:
-        outputs[g_name] = {(g_name, 0, 0): (_pick, fin, "GV")}
+        outputs[g_name] = {(g_name, 0, 0): (pick, fin, "GV")}
     deps = [*bands.deps, U, V] + ([GV] if implicit else []) + ([touched_by] if touched_by is not None else [])
+    deps += [items_by] if items_by is not None else []
     where = None
     if owners is not None:
         where = place_rows(owners, nI, lambda i: [(f"{core}-A", i), (u_name, i, 0), (f"{core}-Uw", i)])
@@ -612,6 +659,8 @@ def step(
             for g, members in enumerate(groups):
                 for j in range(nJ):
                     where[(f"{core}-Us", g, j)] = owners[members[0]]
+        if col_owners is not None:
+            _place_columns(layer, where, core, v_name, col_owners, len(groups))
     urgent = {(f"{core}-Uw", i) for i in range(nI)} if users is not None else None
     graph = assemble(core, layer, deps, outputs, where, urgent=urgent)
     U_new = da.Array(graph, u_name, chunks=U.chunks, meta=_meta())
@@ -619,6 +668,25 @@ def step(
     GV_new = da.Array(graph, g_name, chunks=((p.k,), (p.k,)), meta=_meta()) if implicit else None
     scalars = da.Array(graph, s_name, chunks=((N_SCALARS,),), dtype=np.float64)
     return U_new, V_new, GV_new, scalars
+
+
+def _place_columns(
+    layer: dict, where: dict, core: str, v_name: str, col_owners: tuple[str, ...], n_groups: int
+) -> None:
+    """Add to ``where`` the column tasks, their outputs and the rows taken from them (on each
+    column band's worker), then the sums of the step's small parts and its last task."""
+    if len(col_owners) != sum(1 for key in layer if key[0] == f"{core}-B"):
+        raise ValueError(f"col_owners names {len(col_owners)} workers; expected one per column band.")
+    for j, owner in enumerate(col_owners):
+        where[(f"{core}-B", j)] = where[(v_name, j, 0)] = owner
+        for g in range(n_groups):
+            if (f"{core}-Vs", g, j) in layer:
+                where[(f"{core}-Vs", g, j)] = owner
+    sums = (f"{core}-GU", f"{core}-data", f"{core}-pen", f"{core}-GV")
+    # The layer lists each tree's parts before the tasks that sum them, and the last task last.
+    nodes = [key for key in layer if str(key[0]).startswith(sums)] + [(f"{core}-C", 0)]
+    place_sums(layer, nodes, where)
+    pick_at_source(layer, nodes, where, f"{core}-Pr")
 
 
 @aligned_inputs

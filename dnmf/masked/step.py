@@ -36,7 +36,9 @@ class MaskedStep:
         self.implicit = params.feedback == "implicit"
         self.not_converged_hint = f" The objective had not stopped decreasing by tol={tol}. Increase max_iter or tol."
         self.owners: tuple[str, ...] | None = None
+        self.col_owners: tuple[str, ...] | None = None
         self.touched: da.Array | None = None
+        self.items: da.Array | None = None
 
     @property
     def rolls_back(self) -> bool:
@@ -52,32 +54,45 @@ class MaskedStep:
         (U,) = runner.persist_rows(factors[0])
         (V,) = runner.persist(factors[1])
         GV = runner.persist(masked_graph.factor_gram(V, self.params))[0] if self.implicit else None
-        self.owners, self.touched = self._placement(runner)
+        self._place(runner)
         return (U, V, GV)
 
-    def _placement(self, runner, touched: bool = True):
-        """On a cluster: the worker of each row band, and what each worker's bands touch.
+    def _place(self, runner, touched: bool = True) -> None:
+        """On a cluster: the worker of each row band and of each column band, and what each worker's bands touch.
 
-        Row-band tasks then run where their bands and U's blocks are, and only
-        the touched factor rows travel (see :func:`dnmf.masked.graph.step`).
-        The Dask config key ``dnmf.placement`` (default True) turns this off.
-        With ``touched=False``, or on a cluster of one worker, only the owners
-        (the second item is None).
+        Sets ``owners`` and ``col_owners`` (contiguous ranges, where the bands
+        were scattered or persisted), and ``touched`` and ``items``
+        (:func:`dnmf.masked.graph.touched` and :func:`~dnmf.masked.graph.touched_items`,
+        persisted where their tasks run). Band tasks then run where their bands
+        and factor blocks are, and only the touched factor rows travel (see
+        :func:`dnmf.masked.graph.step`). The Dask config key ``dnmf.placement``
+        (default True) turns this off. With ``touched=False``, or on a cluster
+        of one worker, ``touched`` and ``items`` are None.
         """
+        self.owners = self.col_owners = self.touched = self.items = None
         if runner.client is None or not dask.config.get("dnmf.placement", True):
-            return None, None
-        owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
+            return
+        self.owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
+        self.col_owners = row_ranges(runner.client, len(self.bands.col_chunks))[0]
         if not touched or len(sizes) < 2:
             # One worker holds every band: no factor row crosses a process, and finding the
             # touched ones would be one more pass over the bands.
-            return owners, None
-        (where,) = runner.persist(masked_graph.touched(self.bands, sizes))
-        return owners, where
+            return
+        (self.touched,) = runner.persist_rows(masked_graph.touched(self.bands, sizes))
+        (self.items,) = runner.persist_rows(masked_graph.touched_items(self.touched, len(self.bands.col_chunks)))
 
     def build(self, state, iteration):
         U, V, GV = state
         U2, V2, G2, s = masked_graph.step(
-            self.bands, U, V, GV, self.params, touched_by=self.touched, owners=self.owners
+            self.bands,
+            U,
+            V,
+            GV,
+            self.params,
+            touched_by=self.touched,
+            owners=self.owners,
+            items_by=self.items,
+            col_owners=self.col_owners,
         )
         return (U2, V2, G2 if self.implicit else None), s
 

@@ -69,14 +69,22 @@ class StoredMaskedStep(generations.InFactorStore, MaskedStep):
         # Owners only: what the row bands touch serves to ship U's rows to the item tasks
         # (here they read U's blocks), and it holds an index per user and column block
         # (150 MB on a worker for 4.8M users × 4 blocks: a 400 MiB worker died of it).
-        self.owners, self.touched = self._placement(runner, touched=False)
+        self._place(runner, touched=False)
         return self._open(generation)
 
     def build(self, state, iteration):
         U, V, GV = state
         target = self._generation(iteration)
         U2, V2, G2, s = masked_graph.step(
-            self.bands, U, V, GV, self.params, touched_by=self.touched, owners=self.owners, users=target
+            self.bands,
+            U,
+            V,
+            GV,
+            self.params,
+            touched_by=self.touched,
+            owners=self.owners,
+            users=target,
+            col_owners=self.col_owners,
         )
         # U's blocks are written inside the step (its column tasks read them back); the
         # scalars depend on those column tasks, so also on every block of U.

@@ -141,6 +141,41 @@ def test_ratings_ship_only_touched_factor_rows_and_keep_the_bits(dist_client, fe
     assert {"Vs", "Us"} <= names, names
 
 
+@pytest.mark.parametrize("feedback", ["explicit", "implicit"])
+def test_ratings_iterations_move_factor_rows_and_small_sums_only(dist_client, feedback):
+    """RatingsNMF on 2 workers, from the second iteration on: no band of X, no index of the
+    touched rows and no band task's whole result (which holds its new factor rows) crosses
+    between the workers; the factor rows a band needs and the small sums do. Before, each
+    iteration moved column bands (the column tasks ran where the rows of U they read were), the
+    touched rows' carrier, and whole column results to the task that summed the losses."""
+    import re
+
+    rng = np.random.default_rng(3)
+    X = sp.random(800, 1200, density=0.02, random_state=rng, format="csr")
+    X.data = np.ceil(X.data * 5)
+    kw = dict(feedback=feedback, random_state=0, max_iter=5, tol=0, chunks=(100, 300))
+
+    def logs(dask_worker):
+        return [str(entry["keys"]) for entry in dask_worker.transfer_outgoing_log]
+
+    seen: list = []
+
+    def at(iteration, elapsed, loss):
+        if iteration == 1:
+            seen.append({w: len(v) for w, v in dist_client.run(logs).items()})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = dnmf.RatingsNMF(3, **kw).fit(X)
+        remote = dnmf.RatingsNMF(3, client=dist_client, **kw).fit(X, callback=at)
+    assert np.array_equal(np.asarray(local.components_), np.asarray(remote.components_))
+    moved = [keys for w, v in dist_client.run(logs).items() for keys in v[seen[0][w] :]]
+    names = {a + b for keys in moved for a, b in re.findall(r"'(dnmf[A-Za-z-]*?)-[0-9a-f]{32}(-[A-Za-z]+)?'", keys)}
+    assert "dnmf-masked-step-Us" in names, names  # the touched rows of U do travel
+    unexpected = {n for n in names if n.endswith(("bands", "-touched", "-items", "-step-A", "-step-B"))}
+    assert not unexpected, f"moved between workers during the iterations: {sorted(unexpected)}"
+
+
 def test_passes_over_a_store_run_where_their_row_ranges_live(dist_client, tmp_path):
     """The statistics pass over a store places each block's task on its row range's worker
     (Runner.row_owners): dependency-free tasks that the scheduler would otherwise queue."""

@@ -125,3 +125,14 @@ def test_group_columns_are_the_union_of_each_groups_columns():
             assert np.array_equal(got, expected), (g, j)
     with pytest.raises(ValueError, match="add up to"):
         group_columns(Xd, (3, 3))
+
+
+def test_sizeof_counts_a_subsets_buffers():
+    """Dask's ``sizeof``, by which distributed counts a result's memory and the bytes of its
+    transfers, sees a RowSubset's index and values (it saw 56 bytes, whatever they held)."""
+    from dask.sizeof import sizeof
+
+    part = RowSubset(np.arange(1000), np.ones((1000, 32)), 5000)
+    assert part.nbytes <= sizeof(part) <= part.nbytes + 256
+    columns = RowSubset(np.arange(300), None, 500)
+    assert columns.rows.nbytes <= sizeof(columns) <= columns.rows.nbytes + 256
