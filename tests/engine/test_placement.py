@@ -141,19 +141,25 @@ def test_ratings_ship_only_touched_factor_rows_and_keep_the_bits(dist_client, fe
     assert {"Vs", "Us"} <= names, names
 
 
-@pytest.mark.parametrize("feedback", ["explicit", "implicit"])
-def test_ratings_iterations_move_factor_rows_and_small_sums_only(dist_client, feedback):
+@pytest.mark.parametrize(("feedback", "given"), [("explicit", "memory"), ("implicit", "memory"), ("explicit", "dask")])
+def test_ratings_iterations_move_factor_rows_and_small_sums_only(dist_client, feedback, given):
     """RatingsNMF on 2 workers, from the second iteration on: no band of X, no index of the
     touched rows and no band task's whole result (which holds its new factor rows) crosses
     between the workers; the factor rows a band needs and the small sums do. Before, each
     iteration moved column bands (the column tasks ran where the rows of U they read were), the
-    touched rows' carrier, and whole column results to the task that summed the losses."""
+    touched rows' carrier, and whole column results to the task that summed the losses. X in
+    memory (its bands scattered) or a Dask array (its bands persisted)."""
     import re
+
+    import dask.array as da
 
     rng = np.random.default_rng(3)
     X = sp.random(800, 1200, density=0.02, random_state=rng, format="csr")
     X.data = np.ceil(X.data * 5)
     kw = dict(feedback=feedback, random_state=0, max_iter=5, tol=0, chunks=(100, 300))
+    if given == "dask":
+        X = da.from_array(X, chunks=(100, 300), asarray=False)
+        del kw["chunks"]
 
     def logs(dask_worker):
         return [str(entry["keys"]) for entry in dask_worker.transfer_outgoing_log]
