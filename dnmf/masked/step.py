@@ -17,7 +17,7 @@ import numpy as np
 
 from ..engine.checkpoint import LoopState
 from ..engine.loop import Report, Verdict
-from ..storage.placement import row_ranges
+from ..storage.placement import row_ranges, worker_addresses
 from . import graph as masked_graph
 from .kernels import MaskedParams
 
@@ -72,8 +72,10 @@ class MaskedStep:
         self.owners = self.col_owners = self.touched = self.items = None
         if runner.client is None or not dask.config.get("dnmf.placement", True):
             return
-        self.owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks))
-        self.col_owners = row_ranges(runner.client, len(self.bands.col_chunks))[0]
+        # One snapshot of the workers for both sides: the row and column ranges then agree.
+        workers = worker_addresses(runner.client)
+        self.owners, sizes = row_ranges(runner.client, len(self.bands.row_chunks), workers)
+        self.col_owners = row_ranges(runner.client, len(self.bands.col_chunks), workers)[0]
         if not touched or len(sizes) < 2:
             # One worker holds every band: no factor row crosses a process, and finding the
             # touched ones would be one more pass over the bands.

@@ -40,7 +40,6 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from ..engine import blocks as engine_blocks
 from ..engine.blocks import RowSubset, aligned_inputs, densify, restrict, take_rows, touched_rows
@@ -174,10 +173,15 @@ def _pooled_xdot(x, b: np.ndarray) -> np.ndarray:
     return kernels.xdot(x, b, out=buffers.empty((x.shape[0], b.shape[1]), dtype))
 
 
-def xdot(X: da.Array, B: da.Array) -> da.Array:
+def xdot(X: da.Array, B: da.Array, owners: tuple[str, ...] | None = None) -> da.Array:
     """``X @ B`` for B (n, l) chunked like X's columns, one column chunk.
 
     One task per row block; the sum over column blocks runs in order.
+    ``owners`` (optional): the worker of each row block
+    (:meth:`dnmf.engine.runner.Runner.row_owners`), where its task is placed.
+    Unplaced, the scheduler may run it where ``B``'s blocks are and copy X's
+    blocks there, and the cluster may then drop the originals: the fit's
+    iterations, placed on the owners, would fetch them every time.
     """
     xref, xdeps = x_block_refs(X)
     _check_tall(B, X.chunks[1], "B")
@@ -191,16 +195,18 @@ def xdot(X: da.Array, B: da.Array) -> da.Array:
         )
         for i in range(X.numblocks[0])
     }
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[*xdeps, B])
+    where = None if owners is None else place_rows(owners, X.numblocks[0], lambda i: [(name, i, 0)])
+    graph = assemble(name, layer, [*xdeps, B], {}, where)
     dtype = np.result_type(X.dtype, B.dtype)
     return da.Array(graph, name, chunks=(X.chunks[0], B.chunks[1]), meta=_meta(dtype))
 
 
-def xtdot(X: da.Array, A: da.Array) -> da.Array:
+def xtdot(X: da.Array, A: da.Array, owners: tuple[str, ...] | None = None) -> da.Array:
     """``X.T @ A`` for A (m, l) chunked like X's rows: (n, l), X's column chunks.
 
     Uses the free CSC view of each CSR block (fast, small output), and a
-    fixed-order tree over the row blocks.
+    fixed-order tree over the row blocks. ``owners``: as for :func:`xdot`
+    (each block's product runs on its row block's worker).
     """
     xref, xdeps = x_block_refs(X)
     _check_tall(A, X.chunks[0], "A")
@@ -217,7 +223,7 @@ def xtdot(X: da.Array, A: da.Array) -> da.Array:
             keys.append(key)
         top = tree_reduce(layer, f"{core}-t{j}", keys, until=SPLIT_EVERY)
         out[(name, j, 0)] = (sum_list, top)
-    graph = assemble(core, layer, [*xdeps, A], {name: out})
+    graph = assemble(core, layer, [*xdeps, A], {name: out}, place_blocks(owners, X.numblocks, core))
     dtype = np.result_type(X.dtype, A.dtype)
     return da.Array(graph, name, chunks=(X.chunks[1], A.chunks[1]), meta=_meta(dtype))
 

@@ -160,23 +160,27 @@ def randomized_svd(
     l = min(k + n_oversamples, m, n)  # noqa: E741 -- the sketch width, named as in Halko et al. and the comments
     Xf = X if X.dtype == dtype else X.map_blocks(_as_dtype, dtype, dtype=dtype)
     omega = random_tall(X.chunks[1], l, seed, "omega", 1.0, dtype, absolute=False)
+    # The passes run where X's row blocks are: the fit's iterations expect them there.
+    owners = runner.row_owners(X.numblocks[0])
     # Each sketch is handed to _orthonormalize, which lets its blocks go as the next ones are made.
-    held = list(runner.persist(blocked.xdot(Xf, omega)))
+    held = list(runner.persist(blocked.xdot(Xf, omega, owners)))
     for _ in range(n_iter):
         Q = _orthonormalize(held, runner)
-        Z = _orthonormalize(list(runner.persist(blocked.xtdot(Xf, Q))), runner)
+        Z = _orthonormalize(list(runner.persist(blocked.xtdot(Xf, Q, owners))), runner)
         del Q
-        held = list(runner.persist(blocked.xdot(Xf, Z)))
+        held = list(runner.persist(blocked.xdot(Xf, Z, owners)))
         del Z
     if lean:
         (basis,) = held
         # M stays float64 (it is applied twice below), but the Gram is of Y's precision.
         M = _gram_inverse_sqrt(runner.compute(blocked.gram(basis)), np.float64, precision=basis.dtype)
-        (Bt,) = runner.persist(blocked.xtdot(Xf, basis).map_blocks(np.dot, M.astype(dtype, copy=False), dtype=dtype))
+        (Bt,) = runner.persist(
+            blocked.xtdot(Xf, basis, owners).map_blocks(np.dot, M.astype(dtype, copy=False), dtype=dtype)
+        )
     else:
         basis = _orthonormalize(held, runner)
         M = None
-        (Bt,) = runner.persist(blocked.xtdot(Xf, basis))  # (n, l) = (Q' X)'
+        (Bt,) = runner.persist(blocked.xtdot(Xf, basis, owners))  # (n, l) = (Q' X)'
     G = np.asarray(runner.compute(blocked.gram(Bt)), dtype=np.float64)  # B B'
     evals, evecs = np.linalg.eigh(G)
     order = np.argsort(evals)[::-1][:k]

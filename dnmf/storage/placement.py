@@ -56,7 +56,7 @@ def row_owner(i: int, n_blocks: int, workers: list[str]) -> str:
     return workers[i * len(workers) // max(n_blocks, 1)]
 
 
-def row_ranges(client: Any, n_blocks: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def row_ranges(client: Any, n_blocks: int, workers: list[str] | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Where the client's workers hold ``n_blocks`` row blocks: ``(owners, sizes)``.
 
     Parameters
@@ -64,6 +64,9 @@ def row_ranges(client: Any, n_blocks: int) -> tuple[tuple[str, ...], tuple[int, 
     client : distributed.Client
     n_blocks : int
         Number of row blocks.
+    workers : list of str, optional
+        The workers (:func:`worker_addresses`), when the caller places several arrays by one
+        snapshot of them; asked of the scheduler if None.
 
     Returns
     -------
@@ -74,7 +77,7 @@ def row_ranges(client: Any, n_blocks: int) -> tuple[tuple[str, ...], tuple[int, 
         Row blocks per worker's range, in order (``sum(sizes) == n_blocks``;
         a worker with no block has no entry).
     """
-    workers = worker_addresses(client)
+    workers = worker_addresses(client) if workers is None else workers
     owners = tuple(row_owner(i, n_blocks, workers) for i in range(n_blocks))
     sizes = tuple(len(list(run)) for _, run in itertools.groupby(owners))
     return owners, sizes

@@ -4,6 +4,7 @@ The fits on a cluster also show where they ran: the scattered blocks of X (keys 
 are held by every worker, and every worker ran tasks of the fit (its task stream).
 """
 
+import time
 import warnings
 
 import numpy as np
@@ -94,6 +95,35 @@ def test_same_seed_bit_identical_one_vs_two_workers(dist_client, one_worker_clie
     assert np.array_equal(H1, H2)
 
 
+@pytest.mark.parametrize("init", ["nndsvdar", "nndsvda"])
+def test_an_svd_init_leaves_x_where_it_was_scattered(dist_client, init):
+    """The passes of an SVD init run on the row blocks' workers: at the first iteration each of
+    X's blocks is held once, by its range's worker. Unplaced, the scheduler ran some where the
+    sketch's blocks were and copied X's blocks there, and the cluster could then drop the
+    originals (a flaky failure of the test above, all 15 blocks on one worker)."""
+    from dnmf.storage.placement import row_owner, worker_addresses
+
+    X = sp.random(200, 90, density=0.1, random_state=0, format="csr")
+    params = dict(n_components=6, init=init, solver="cd", random_state=7, max_iter=3, tol=0, chunks=(45, 40))
+    held: list = []
+
+    def at_first_iteration(it, elapsed, loss):
+        if it == 1:
+            held.append(
+                {
+                    worker: sorted(k[1:] for k in keys if isinstance(k, tuple) and str(k[0]).startswith("dnmf-X-"))
+                    for worker, keys in dist_client.has_what().items()
+                }
+            )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dnmf.NMF(client=dist_client, **params).fit(X, callback=at_first_iteration)
+    workers = worker_addresses(dist_client)
+    expected = {w: sorted((i, j) for i in range(5) for j in range(3) if row_owner(i, 5, workers) == w) for w in workers}
+    assert held[0] == expected
+
+
 def test_row_ranges_stay_on_their_worker_and_receive_touched_rows_only(dist_client):
     """A wide sparse X on 2 workers: each worker's row tasks run on it (a contiguous range of
     row blocks each), they receive only the touched rows of Hᵀ (the ``-Hs`` tasks), and the
@@ -162,20 +192,22 @@ def test_ratings_iterations_move_factor_rows_and_small_sums_only(dist_client, fe
         del kw["chunks"]
 
     def logs(dask_worker):
-        return [str(entry["keys"]) for entry in dask_worker.transfer_outgoing_log]
+        # The log keeps the last 1,000 transfers (distributed.admin.low-level-log-length), which
+        # the session's cluster may have reached: what this fit moved is told by the time.
+        return [(entry["start"], str(entry["keys"])) for entry in dask_worker.transfer_outgoing_log]
 
-    seen: list = []
+    since: list = []
 
     def at(iteration, elapsed, loss):
         if iteration == 1:
-            seen.append({w: len(v) for w, v in dist_client.run(logs).items()})
+            since.append(time.time())
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         local = dnmf.RatingsNMF(3, **kw).fit(X)
         remote = dnmf.RatingsNMF(3, client=dist_client, **kw).fit(X, callback=at)
     assert np.array_equal(np.asarray(local.components_), np.asarray(remote.components_))
-    moved = [keys for w, v in dist_client.run(logs).items() for keys in v[seen[0][w] :]]
+    moved = [keys for v in dist_client.run(logs).values() for start, keys in v if start >= since[0]]
     names = {a + b for keys in moved for a, b in re.findall(r"'(dnmf[A-Za-z-]*?)-[0-9a-f]{32}(-[A-Za-z]+)?'", keys)}
     assert "dnmf-masked-step-Us" in names, names  # the touched rows of U do travel
     unexpected = {n for n in names if n.endswith(("bands", "-touched", "-items", "-step-A", "-step-B"))}
