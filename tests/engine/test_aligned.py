@@ -40,3 +40,28 @@ def test_kernels_give_the_same_bits_for_unaligned_input():
     # The same reduction in NumPy's own loop (no alignment fix) is allowed to differ: that is
     # why the kernels align; this only checks the wrapper is what makes the difference.
     assert np.array_equal(aligned_inputs(lambda x, w: x.T @ w)(_unaligned(X), _unaligned(W)), X.T @ W)
+
+
+def _transposes_share(x) -> tuple[bool, bool, bool]:
+    """On the worker: whether x's arrays view larger buffers, and whether x.T copies them before and after aligned."""
+    big = x.indices.base is not None and x.indices.size < getattr(x.indices.base, "size", 0) // 2
+    before = np.shares_memory(x.T.indices, x.indices)
+    x = aligned(x)
+    return big, before, np.shares_memory(x.T.indices, x.indices) and np.shares_memory(x.T.data, x.data)
+
+
+def test_a_block_a_worker_received_is_transposed_without_copying_its_arrays(dist_client):
+    # A worker's copy of a scattered block has arrays that view the message's byte buffers,
+    # and SciPy copied them in every x.T (every row task, every iteration) until the block
+    # owned them.
+    csr = sp.random(3000, 200, density=0.2, random_state=2, format="csr")
+    worker = sorted(dist_client.scheduler_info()["workers"])[0]
+    [block] = dist_client.scatter([csr], workers=[worker])
+    big, before, after = dist_client.submit(_transposes_share, block, workers=[worker], pure=False).result()
+    assert big and not before  # what the worker received, and the copy this avoids
+    assert after
+    # Once per block: the stored block itself now owns its arrays, with the same values.
+    assert dist_client.submit(_transposes_share, block, workers=[worker], pure=False).result() == (False, True, True)
+    back = block.result()
+    assert (back != csr).nnz == 0 and back.has_canonical_format
+    np.testing.assert_array_equal(kernels.xtdot(back, np.ones((3000, 3))), kernels.xtdot(csr, np.ones((3000, 3))))
