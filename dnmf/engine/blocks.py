@@ -33,6 +33,8 @@ def aligned(x):
     differently: without this, a fit on a cluster would not be bit-identical
     to the same fit on threads, and would depend on how messages were packed.
     Lists and tuples are aligned element by element; other objects pass through.
+    A sparse block whose arrays view larger buffers is first pruned in place
+    (:func:`own_buffers`).
     """
     if isinstance(x, np.ndarray):
         return x if x.flags.aligned else x.copy()
@@ -56,9 +58,10 @@ def own_buffers(x) -> None:
     ``prune``, which runs whenever a matrix is built from such arrays (``x.T``
     among others), copies an array whose base is more than twice its size:
     every iteration, in every task that transposes the block (3.8 ms for a
-    1.2M-non-zero block, about 4% of a narrow fit's CPU on worker processes,
-    and none on the threads). Pruning the block itself once makes the arrays
-    its own, and each later build a view. The values are unchanged: the same bits.
+    1.2M-non-zero block: 23 ms of the workers' CPU per iteration of a
+    200,000 x 20,000 fit with 7.3M non-zeros, and none on the threads).
+    Pruning the block itself once makes the arrays its own, and each later
+    build a view. The values are unchanged: the same bits.
     """
     if any(a.base is not None and a.size < getattr(a.base, "size", a.size) // 2 for a in (x.indices, x.data)):
         x.prune()
