@@ -195,8 +195,7 @@ def xdot(X: da.Array, B: da.Array, owners: tuple[str, ...] | None = None) -> da.
         )
         for i in range(X.numblocks[0])
     }
-    where = None if owners is None else place_rows(owners, X.numblocks[0], lambda i: [(name, i, 0)])
-    graph = assemble(name, layer, [*xdeps, B], {}, where)
+    graph = assemble(name, layer, [*xdeps, B], {}, place_blocks(owners, (X.numblocks[0], 1), name))
     dtype = np.result_type(X.dtype, B.dtype)
     return da.Array(graph, name, chunks=(X.chunks[0], B.chunks[1]), meta=_meta(dtype))
 
