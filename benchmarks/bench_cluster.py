@@ -24,6 +24,7 @@ step itself, so only the processes' figure is reported). Ratios are medians of t
     python benchmarks/bench_cluster.py --quick               # small, about a minute
     python benchmarks/bench_cluster.py --cases narrow --compare-pipeline   # dnmf.pipeline off too
     python benchmarks/bench_cluster.py --cases narrow --compare-allocator  # workers' allocator as Dask sets it too
+    python benchmarks/bench_cluster.py --cases narrow --compare-monitors   # distributed's monitors as it sets them too
 
 Cases: ``narrow`` 200,000 × 20,000, 7.3M nnz; ``wide`` 2,000,000 × 500,000, 18.2M nnz;
 ``small`` 200,000 × 20,000, 1.1M nnz (``--quick``: 20,000 × 4,000, 0.2M nnz). ``--rows-per-block``
@@ -34,6 +35,9 @@ the same fit with it false; without it the key keeps its default ("auto").
 ``--compare-allocator`` adds, per repeat, a fit on the processes with the Dask config key
 ``dnmf.worker-allocator`` false (the workers' glibc thresholds as distributed starts them, see
 ``dnmf.engine.allocator``); the other fits keep its default ("auto").
+``--compare-monitors`` adds, per repeat, a fit on the processes with the Dask config key
+``dnmf.quiet-monitors`` false (distributed's event-loop ticks and profile at its own intervals,
+see ``dnmf.engine.monitors``); the other fits keep its default (true).
 ``--client-latency-ms D`` connects the processes' Client through a proxy that delays every
 message by D ms each way (``benchmarks/_latency.py``): a driver far from its cluster, as a
 notebook with a cluster in a data centre; the workers still talk to the scheduler directly.
@@ -196,6 +200,7 @@ def run_case(
     compare_pipeline: bool = False,
     client_latency_ms: float = 0.0,
     compare_allocator: bool = False,
+    compare_monitors: bool = False,
 ) -> dict:
     from distributed import Client, LocalCluster
 
@@ -221,7 +226,9 @@ def run_case(
         client_latency_ms=client_latency_ms,
         load=[os.getloadavg()[0]],
     )
-    runs: dict = {s: {"threads": [], "processes": [], "unpipelined": [], "untuned": [], "bare": []} for s in solvers}
+    runs: dict = {
+        s: {"threads": [], "processes": [], "unpipelined": [], "untuned": [], "loud": [], "bare": []} for s in solvers
+    }
     with contextlib.ExitStack() as stack:
         client = None
         if processes:
@@ -264,6 +271,11 @@ def run_case(
                     runs[s]["untuned"].append(
                         fit(X, k, s, iters, client=client, chunks=fit_chunks, config={"dnmf.worker-allocator": False})
                     )
+                if processes and compare_monitors:
+                    # Undone at the start of this fit, slowed again at the start of the next.
+                    runs[s]["loud"].append(
+                        fit(X, k, s, iters, client=client, chunks=fit_chunks, config={"dnmf.quiet-monitors": False})
+                    )
                 runs[s]["bare"].append(bare())
                 th, pr = runs[s]["threads"][-1], runs[s]["processes"][-1]
                 unpiped = (
@@ -273,6 +285,12 @@ def run_case(
                 )
                 if runs[s]["untuned"]:
                     unpiped += f", allocator not tuned {seconds(runs[s]['untuned'][-1]['per_iter_s'])}/it"
+                if runs[s]["loud"]:
+                    lo = runs[s]["loud"][-1]
+                    unpiped += (
+                        f", monitors as distributed sets them {seconds(lo['per_iter_s'])}/it "
+                        f"({lo['workers_cpu_per_iter_s']:.2f} + {lo['driver_cpu_per_iter_s']:.2f} CPU s)"
+                    )
                 log(
                     f"[{name}] {s} #{r + 1}: threads {seconds(th['per_iter_s'])}/it ({th['driver_cpu_per_iter_s']:.2f} "
                     f"CPU s), processes {seconds(pr['per_iter_s'])}/it ({pr['workers_cpu_per_iter_s']:.2f} + "
@@ -323,6 +341,17 @@ def run_case(
             "untuned_workers_cpu_s": median([x["workers_cpu_per_iter_s"] for x in runs[s]["untuned"]])
             if runs[s]["untuned"]
             else None,
+            "quiet_vs_not": median(
+                [p["per_iter_s"] / u["per_iter_s"] for p, u in zip(runs[s]["processes"], runs[s]["loud"], strict=False)]
+            )
+            if runs[s]["loud"]
+            else None,
+            "loud_vs_threads": median(per_repeat_ratios(runs[s]["loud"], runs[s]["threads"]))
+            if runs[s]["loud"]
+            else None,
+            "loud_cpu_s": median([x["workers_cpu_per_iter_s"] + x["driver_cpu_per_iter_s"] for x in runs[s]["loud"]])
+            if runs[s]["loud"]
+            else None,
             "threads_build_per_iter_s": median([x["build_per_iter_s"] for x in runs[s]["threads"]]),
             "runs": runs[s],
         }
@@ -353,6 +382,10 @@ def render(results: dict) -> str:
                     "–"
                     if r.get("tuned_vs_not") is None
                     else f"{r['tuned_vs_not']:.2f}× (CPU {r['workers_cpu_s']:.2f} / {r['untuned_workers_cpu_s']:.2f})",
+                    "–"
+                    if r.get("quiet_vs_not") is None
+                    else f"{r['quiet_vs_not']:.2f}× (CPU {r['workers_cpu_s'] + r['driver_cpu_s']:.2f} / "
+                    f"{r['loud_cpu_s']:.2f}; not quiet: {r['loud_vs_threads']:.2f}× the threads)",
                     f"{r['calls_per_iter']:.1f}",
                     r["tasks_per_iter"],
                     seconds(r["build_per_iter_s"]),
@@ -370,6 +403,7 @@ def render(results: dict) -> str:
             "CPU s / it: threads / workers + driver",
             "pipelined / not",
             "allocator tuned / not",
+            "monitors quiet / not",
             "round trips / it",
             "tasks / it",
             "driver build+submit / it",
@@ -395,6 +429,11 @@ def parse_args(argv=None):
         "--compare-allocator",
         action="store_true",
         help="also fit on the processes with dnmf.worker-allocator false",
+    )
+    p.add_argument(
+        "--compare-monitors",
+        action="store_true",
+        help="also fit on the processes with dnmf.quiet-monitors false",
     )
     p.add_argument(
         "--client-latency-ms", type=float, default=0.0, help="one-way delay between the Client and the scheduler"
@@ -425,6 +464,7 @@ def main(argv=None) -> dict:
                 args.compare_pipeline,
                 args.client_latency_ms,
                 args.compare_allocator,
+                args.compare_monitors,
             )
         )
         gc.collect()

@@ -58,9 +58,11 @@ class Runner:
 
     On a Client, the workers' memory allocator is tuned first
     (:func:`dnmf.engine.allocator.tune_workers`, Dask config
-    ``dnmf.worker-allocator``), their buffer pools are sized to them
-    (:func:`dnmf.engine.pooling.manage_pools`), and the tasks it places stay where they are
-    placed (:func:`dnmf.engine.stealing.keep_placed`, with ``dnmf.placement``).
+    ``dnmf.worker-allocator``), distributed's monitors run less often
+    (:func:`dnmf.engine.monitors.quiet_monitors`, ``dnmf.quiet-monitors``), the workers'
+    buffer pools are sized to them (:func:`dnmf.engine.pooling.manage_pools`), and the tasks
+    it places stay where they are placed (:func:`dnmf.engine.stealing.keep_placed`, with
+    ``dnmf.placement``).
     """
 
     def __init__(self, client=None, single_block: bool = False):
@@ -85,9 +87,11 @@ class Runner:
             self._blas = ThreadpoolController()
         if client is not None:
             from .allocator import tune_workers
+            from .monitors import quiet_monitors
             from .pooling import manage_pools
 
             tune_workers(client)
+            quiet_monitors(client)
             manage_pools(client)
             if dask.config.get("dnmf.placement", True):
                 from .stealing import keep_placed
