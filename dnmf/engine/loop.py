@@ -201,6 +201,46 @@ def run(
     LoopResult
     """
     runner = runner or Runner()
+    # Handed over in a list that _iterate empties: this frame must not keep the starting factors alive.
+    held = [factors]
+    del factors
+    with runner.fit_memory():
+        return _iterate(
+            step,
+            held,
+            runner,
+            max_iter=max_iter,
+            tol=tol,
+            max_time=max_time,
+            verbose=verbose,
+            callback=callback,
+            rng=rng,
+            state=state,
+            checkpointer=checkpointer,
+            recover=recover,
+            max_retries=max_retries,
+        )
+
+
+def _iterate(
+    step: Step,
+    held: list,
+    runner: Runner,
+    *,
+    max_iter: int,
+    tol: float,
+    max_time: float | None,
+    verbose: int,
+    callback: Callback | None,
+    rng: np.random.RandomState | None,
+    state: LoopState | None,
+    checkpointer: Checkpointer | None,
+    recover: bool,
+    max_retries: int,
+) -> LoopResult:
+    """:func:`run`'s loop, with its runner; ``held`` is ``[factors]``, emptied here."""
+    (factors,) = held
+    held.clear()
     st = state if state is not None else LoopState()
     if rng is not None and st.rng_state is not None:
         _restore(rng, st.rng_state)

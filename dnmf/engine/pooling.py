@@ -11,7 +11,7 @@ never goes away by itself: the fit would hang).
 
 :class:`PoolPlugin`, registered on a fit's cluster by :func:`manage_pools`,
 makes each worker's default pool a sixteenth of its memory limit (at most
-:data:`MAX_WORKER_POOL_BYTES`, 256 MiB; 25 MiB on a 400 MiB worker)
+:data:`MAX_WORKER_POOL_BYTES`, 256 MiB, per thread; 25 MiB on a 400 MiB worker)
 and checks the worker's memory every :data:`CHECK_INTERVAL_MS`: above the
 spill threshold, or when the worker is paused, the pool is emptied (and on
 a paused worker glibc is asked to return its free memory too). The pool then
@@ -33,23 +33,29 @@ from .allocator import trim
 PLUGIN_NAME = "dnmf-pool"
 #: How often a worker's memory is checked (distributed's own memory monitor: 100 ms).
 CHECK_INTERVAL_MS = 100
-#: A worker's default pool is its memory limit over this (at most MAX_WORKER_POOL_BYTES).
+#: A worker's default pool is its memory limit over this (at most MAX_WORKER_POOL_BYTES per thread).
 LIMIT_SHARE = 16
-#: The largest default pool of a worker: a row task holds about five arrays of its block of
-#: factor rows at once (X·Hᵀ, a product of another column block, the update's temporaries, the
-#: new block), up to about 40 MB each at dnmf's blocking; with a 64 MiB pool the 2,000,000 ×
-#: 500,000 case's workers kept one of them and faulted the others in (5.1–5.3 CPU seconds per
-#: iteration on 2 workers, 3.9–4.6 with 256 MiB).
+#: The largest default pool of a worker, per thread: a row task holds about five arrays of its
+#: block of factor rows at once (X·Hᵀ, a product of another column block, the update's
+#: temporaries, the new block), up to about 40 MB each at dnmf's blocking; with a 64 MiB pool
+#: the 2,000,000 × 500,000 case's workers kept one of them and faulted the others in (5.1–5.3
+#: CPU seconds per iteration on 2 workers, 3.9–4.6 with 256 MiB). Each thread runs a row task
+#: of its own: on the local threads (2) the same case took 0.8–2.0 kernel CPU seconds per
+#: iteration with 64 MiB, 0.4–1.4 with 256 MiB, 0.1–0.5 with 512.
 MAX_WORKER_POOL_BYTES = 4 * buffers.DEFAULT_POOL_BYTES
 
 logger = logging.getLogger("dnmf")
 
 
-def default_limit(memory_limit: int | None) -> int:
-    """The pool a worker with ``memory_limit`` keeps by default (None or 0: no limit, the global default)."""
+def default_limit(memory_limit: int | None, threads: int = 1) -> int:
+    """The pool a process with ``memory_limit`` and ``threads`` running tasks keeps by default.
+
+    :data:`MAX_WORKER_POOL_BYTES` per thread, at most a :data:`LIMIT_SHARE`-th of
+    the memory limit (None or 0: no limit, the global default).
+    """
     if not memory_limit:
         return buffers.DEFAULT_POOL_BYTES
-    return min(MAX_WORKER_POOL_BYTES, int(memory_limit) // LIMIT_SHARE)
+    return min(MAX_WORKER_POOL_BYTES * max(1, int(threads)), int(memory_limit) // LIMIT_SHARE)
 
 
 class PoolPlugin(WorkerPlugin):
@@ -66,7 +72,8 @@ class PoolPlugin(WorkerPlugin):
 
         manager = getattr(worker, "memory_manager", None)
         limit = getattr(manager, "memory_limit", None)
-        buffers.set_default_limit(default_limit(limit))
+        threads = getattr(getattr(worker, "state", None), "nthreads", 1)
+        buffers.set_default_limit(default_limit(limit, threads))
         if not limit:
             return
         self._callback = PeriodicCallback(lambda: self.check(worker), CHECK_INTERVAL_MS)

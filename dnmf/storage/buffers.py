@@ -26,8 +26,9 @@ The pool keeps at most ``dnmf.read-pool-bytes`` (Dask config; default
 :data:`DEFAULT_POOL_BYTES`, 0 turns it off) of free memory per process;
 memory in use is never limited here. On a Dask worker,
 :mod:`dnmf.engine.pooling` sizes the default to the worker's memory limit
-and empties the pool before the memory it keeps could make the worker spill
-or pause.
+and threads, and empties the pool before the memory it keeps could make the
+worker spill or pause; a fit on the local threads sizes this process's by the
+same rule while it runs (``Runner.fit_memory`` in :mod:`dnmf.engine.runner`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def pool_limit() -> int:
     if value is None:
         return DEFAULT_POOL_BYTES if _default_limit is None else _default_limit
     return int(value)
+
+
+def process_default() -> int | None:
+    """This process's default set by :func:`set_default_limit` (None: :data:`DEFAULT_POOL_BYTES`)."""
+    return _default_limit
 
 
 def set_default_limit(nbytes: int | None) -> None:

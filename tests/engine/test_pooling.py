@@ -61,6 +61,40 @@ def test_default_limit_follows_the_memory_limit():
     assert pooling.default_limit(512 * MiB) == 32 * MiB
 
 
+def test_default_limit_grows_with_the_threads_up_to_a_sixteenth_of_memory():
+    # Each thread runs a row task of its own, which holds about five arrays of its block.
+    assert pooling.default_limit(16 * 2**30, threads=2) == 2 * pooling.MAX_WORKER_POOL_BYTES
+    assert pooling.default_limit(16 * 2**30, threads=8) == 2**30
+    assert pooling.default_limit(400 * MiB, threads=8) == 25 * MiB
+    assert pooling.default_limit(None, threads=8) == buffers.DEFAULT_POOL_BYTES
+
+
+def _default(dask_worker):
+    return buffers.process_default(), dask_worker.memory_manager.memory_limit
+
+
+def test_a_worker_of_two_threads_keeps_a_pool_for_each():
+    with local_client(n_workers=1, threads_per_worker=2, processes=True, memory_limit="16GiB") as client:
+        Runner(client)
+        ((default, limit),) = client.run(_default).values()
+    assert default == pooling.default_limit(limit, threads=2) == 512 * MiB
+
+
+def test_a_fit_on_the_local_threads_sizes_this_process_pool_while_it_runs():
+    from distributed.system import MEMORY_LIMIT
+
+    X = sp.random(4_000, 600, density=0.02, format="csr", random_state=0)
+    before = buffers.process_default()
+    seen = []
+    dnmf.NMF(4, max_iter=3, tol=0.0, chunks=1_000, random_state=0).fit(
+        X, callback=lambda i, e, loss: seen.append(buffers.pool_limit())
+    )
+    threads = Runner().local_threads()
+    assert threads >= 1
+    assert seen == [pooling.default_limit(MEMORY_LIMIT, threads)] * 3
+    assert buffers.process_default() == before  # back after the fit
+
+
 def test_a_worker_keeps_a_pool_sized_to_its_memory(worker_client):
     limit, _, released = _wait_for(worker_client, lambda s: True)
     assert limit == 32 * MiB
