@@ -11,7 +11,7 @@ never goes away by itself: the fit would hang).
 
 :class:`PoolPlugin`, registered on a fit's cluster by :func:`manage_pools`,
 makes each worker's default pool a sixteenth of its memory limit (at most
-:data:`MAX_WORKER_POOL_BYTES`, 256 MiB, per thread; 25 MiB on a 400 MiB worker)
+:data:`MAX_WORKER_POOL_BYTES`, 1 GiB, per thread; 25 MiB on a 400 MiB worker)
 and checks the worker's memory every :data:`CHECK_INTERVAL_MS`: above the
 spill threshold, or when the worker is paused, the pool is emptied (and on
 a paused worker glibc is asked to return its free memory too). The pool then
@@ -39,10 +39,13 @@ LIMIT_SHARE = 16
 #: block of factor rows at once (X·Hᵀ, a product of another column block, the update's
 #: temporaries, the new block), up to about 40 MB each at dnmf's blocking; with a 64 MiB pool
 #: the 2,000,000 × 500,000 case's workers kept one of them and faulted the others in (5.1–5.3
-#: CPU seconds per iteration on 2 workers, 3.9–4.6 with 256 MiB). Each thread runs a row task
-#: of its own: on the local threads (2) the same case took 0.8–2.0 kernel CPU seconds per
-#: iteration with 64 MiB, 0.4–1.4 with 256 MiB, 0.1–0.5 with 512.
-MAX_WORKER_POOL_BYTES = 4 * buffers.DEFAULT_POOL_BYTES
+#: CPU seconds per iteration on 2 workers, 3.9–4.6 with 256 MiB). A worker also sums partials
+#: and runs column tasks between its row tasks: with 256 MiB each of those workers still faulted
+#: in 0.7-0.8 GiB of fresh huge pages per iteration (`mu`), with 512 MiB 0.4, with 768 MiB (a
+#: sixteenth of their memory) 0.2: 2.7–2.9 s per iteration against 2.8–3.2 with 256 MiB. And each thread runs a row task of its own: on the local threads
+#: (2) the same case took 0.8–2.0 kernel CPU seconds per iteration with 64 MiB, 0.4–1.4 with
+#: 256 MiB, 0.1–0.5 with 512.
+MAX_WORKER_POOL_BYTES = 16 * buffers.DEFAULT_POOL_BYTES
 
 logger = logging.getLogger("dnmf")
 

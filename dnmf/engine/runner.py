@@ -104,7 +104,7 @@ class Runner:
         """For a fit on this process's own threads: its buffer pool sized as a worker's, while the fit runs.
 
         A worker's pool is sized by :func:`dnmf.engine.pooling.default_limit`
-        (256 MiB per thread, at most a sixteenth of its memory); this process
+        (a sixteenth of its memory, at most 1 GiB per thread); this process
         otherwise keeps :data:`dnmf.storage.buffers.DEFAULT_POOL_BYTES`, one row
         task's arrays of a large block: with two threads the 2,000,000 ×
         500,000 case faulted the others in, 0.8-2.0 kernel CPU seconds per

@@ -55,7 +55,9 @@ def worker_client():
 
 def test_default_limit_follows_the_memory_limit():
     assert pooling.default_limit(None) == buffers.DEFAULT_POOL_BYTES
-    assert pooling.default_limit(8 * 2**30) == pooling.MAX_WORKER_POOL_BYTES == 256 * MiB
+    assert pooling.default_limit(32 * 2**30) == pooling.MAX_WORKER_POOL_BYTES == 1024 * MiB
+    assert pooling.default_limit(12 * 2**30) == 768 * MiB
+    assert pooling.default_limit(4 * 2**30) == 256 * MiB
     assert pooling.default_limit(2 * 2**30) == 128 * MiB
     assert pooling.default_limit(400 * MiB) == 25 * MiB
     assert pooling.default_limit(512 * MiB) == 32 * MiB
@@ -63,8 +65,9 @@ def test_default_limit_follows_the_memory_limit():
 
 def test_default_limit_grows_with_the_threads_up_to_a_sixteenth_of_memory():
     # Each thread runs a row task of its own, which holds about five arrays of its block.
-    assert pooling.default_limit(16 * 2**30, threads=2) == 2 * pooling.MAX_WORKER_POOL_BYTES
+    assert pooling.default_limit(64 * 2**30, threads=2) == 2 * pooling.MAX_WORKER_POOL_BYTES
     assert pooling.default_limit(16 * 2**30, threads=8) == 2**30
+    assert pooling.default_limit(256 * 2**30, threads=8) == 8 * pooling.MAX_WORKER_POOL_BYTES
     assert pooling.default_limit(400 * MiB, threads=8) == 25 * MiB
     assert pooling.default_limit(None, threads=8) == buffers.DEFAULT_POOL_BYTES
 
@@ -74,10 +77,10 @@ def _default(dask_worker):
 
 
 def test_a_worker_of_two_threads_keeps_a_pool_for_each():
-    with local_client(n_workers=1, threads_per_worker=2, processes=True, memory_limit="16GiB") as client:
+    with local_client(n_workers=1, threads_per_worker=2, processes=True, memory_limit="4GiB") as client:
         Runner(client)
         ((default, limit),) = client.run(_default).values()
-    assert default == pooling.default_limit(limit, threads=2) == 512 * MiB
+    assert default == pooling.default_limit(limit, threads=2) == 256 * MiB
 
 
 def test_a_fit_on_the_local_threads_sizes_this_process_pool_while_it_runs():
