@@ -7,7 +7,7 @@ every 10 ms (``distributed.worker.profile.interval``). Each callback is
 cheap; together they are not. Measured on 2 cores with ``LocalCluster(n_workers=2,
 threads_per_worker=1)``, idle: about 110 ms of CPU per second (the driver's
 process, which runs the scheduler and the nannies, 45; each worker 33),
-45 with the intervals below. During a fit those callbacks take turns with
+about 60 with the intervals below. During a fit those callbacks take turns with
 the row tasks on the same cores, and a profile sample holds the GIL while
 it walks the stack of the thread computing: on the 200,000 × 20,000 case
 with 7.3M entries (``solver="mu"``) the processes' CPU per iteration spent
