@@ -10,6 +10,7 @@ persisted state is passed through the client) lives here too.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,18 @@ REBASE_BATCH_BYTES = 64 * 2**20
 #: dnmf.pipeline "auto" submits each iteration ahead where the client's round trip to the
 #: scheduler takes at least this long (seconds): a driver away from its cluster.
 PIPELINE_MIN_ROUND_TRIP = 5e-3
+
+
+class _LocalFits:
+    """The fits running on this process's own threads (:meth:`Runner.fit_memory`), and the pool default before them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.before: int | None = None
+
+
+_LOCAL_FITS = _LocalFits()
 
 
 def lineage_policy() -> tuple[int, int]:
@@ -109,8 +122,9 @@ class Runner:
         task's arrays of a large block: with two threads the 2,000,000 ×
         500,000 case faulted the others in, 0.8-2.0 kernel CPU seconds per
         iteration (0.1-0.5 with 512 MiB). The pool's limit goes back when the fit ends, releasing what
-        it kept beyond it. On a Client (the workers size their own) it does
-        nothing.
+        it kept beyond it (when the last of the fits running at once in this
+        process ends: ``n_init``, ``select_rank(n_jobs=)``). On a Client (the
+        workers size their own) it does nothing.
         """
         if self.client is not None:
             yield
@@ -120,12 +134,18 @@ class Runner:
         from ..storage import buffers
         from .pooling import default_limit
 
-        before = buffers.process_default()
-        buffers.set_default_limit(default_limit(MEMORY_LIMIT, self.local_threads()))
+        with _LOCAL_FITS.lock:
+            if not _LOCAL_FITS.running:
+                _LOCAL_FITS.before = buffers.process_default()
+                buffers.set_default_limit(default_limit(MEMORY_LIMIT, self.local_threads()))
+            _LOCAL_FITS.running += 1
         try:
             yield
         finally:
-            buffers.set_default_limit(before)
+            with _LOCAL_FITS.lock:
+                _LOCAL_FITS.running -= 1
+                if not _LOCAL_FITS.running:
+                    buffers.set_default_limit(_LOCAL_FITS.before)
 
     def local_threads(self) -> int:
         """How many tasks the local scheduler runs at once (1 on the synchronous one)."""

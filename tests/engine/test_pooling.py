@@ -220,3 +220,17 @@ def test_a_row_task_s_arrays_reuse_memory_on_a_worker(worker_client):
         worker_client.run(_set_pool_bytes, None)
     assert fresh > 20 * 2 * 700  # two arrays of ~780 pages each (and a mask), every round
     assert pooled < fresh / 20
+
+
+def test_fits_that_overlap_keep_the_sized_pool_until_the_last_one_ends():
+    # n_init and select_rank(n_jobs=) run fits at once in one process, ending in any order.
+    before = buffers.process_default()
+    first, second = Runner().fit_memory(), Runner().fit_memory()
+    first.__enter__()
+    sized = buffers.process_default()
+    assert sized is not None and sized != before
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert buffers.process_default() == sized  # the second fit still runs
+    second.__exit__(None, None, None)
+    assert buffers.process_default() == before
