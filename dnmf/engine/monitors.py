@@ -85,7 +85,6 @@ class QuietNanny(NannyPlugin):
     """Slows a nanny's event-loop tick; its teardown puts it back."""
 
     idempotent = True
-    restart = False
 
     def __init__(self) -> None:
         self.before: dict[str, float] = {}

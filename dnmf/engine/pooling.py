@@ -42,9 +42,9 @@ LIMIT_SHARE = 16
 #: CPU seconds per iteration on 2 workers, 3.9–4.6 with 256 MiB). A worker also sums partials
 #: and runs column tasks between its row tasks: with 256 MiB each of those workers still faulted
 #: in 0.7-0.8 GiB of fresh huge pages per iteration (`mu`), with 512 MiB 0.4, with 768 MiB (a
-#: sixteenth of their memory) 0.2: 2.7–2.9 s per iteration against 2.8–3.2 with 256 MiB. And each thread runs a row task of its own: on the local threads
-#: (2) the same case took 0.8–2.0 kernel CPU seconds per iteration with 64 MiB, 0.4–1.4 with
-#: 256 MiB, 0.1–0.5 with 512.
+#: sixteenth of their memory) 0.2: 2.7–2.9 s per iteration against 2.8–3.2 with 256 MiB.
+#: And each thread runs a row task of its own: on the local threads (2) the same case took
+#: 0.8–2.0 kernel CPU seconds per iteration with 64 MiB, 0.4–1.4 with 256 MiB, 0.1–0.5 with 512.
 MAX_WORKER_POOL_BYTES = 16 * buffers.DEFAULT_POOL_BYTES
 
 logger = logging.getLogger("dnmf")

@@ -121,9 +121,10 @@ class Runner:
         otherwise keeps :data:`dnmf.storage.buffers.DEFAULT_POOL_BYTES`, one row
         task's arrays of a large block: with two threads the 2,000,000 ×
         500,000 case faulted the others in, 0.8-2.0 kernel CPU seconds per
-        iteration (0.1-0.5 with 512 MiB). The pool's limit goes back when the fit ends, releasing what
-        it kept beyond it (when the last of the fits running at once in this
-        process ends: ``n_init``, ``select_rank(n_jobs=)``). On a Client (the
+        iteration (0.1-0.5 with 512 MiB). The pool's limit goes back when the
+        fit ends, releasing what it kept beyond it (when the last of the fits
+        running at once in this process ends: ``n_init``,
+        ``select_rank(n_jobs=)``). On a Client (the
         workers size their own) it does nothing.
         """
         if self.client is not None:
