@@ -15,7 +15,6 @@ command line's words; the traceback (and Dask's own log messages) only with
 
 from __future__ import annotations
 
-import logging
 import sys
 import traceback
 
@@ -30,6 +29,7 @@ from .console import (
     one_line,
     quiet_libraries,
     restored_environment,
+    silence_loop_errors,
     unwrap_worker_error,
 )
 
@@ -53,7 +53,7 @@ class _Group(click.Group):
         except click.ClickException:
             raise
         except KeyboardInterrupt:
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+            silence_loop_errors()
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:

@@ -202,6 +202,7 @@ def interrupt_guard():
 
     def handler(signum, frame):
         _interrupted.set()
+        silence_loop_errors()
         raise KeyboardInterrupt
 
     def unraisable(args):
@@ -217,6 +218,21 @@ def interrupt_guard():
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = previous_hook
         _interrupted.clear()
+
+
+def silence_loop_errors() -> None:
+    """Keep what Dask's event loop logs while a command is being abandoned off the terminal.
+
+    This runs in the signal handler, before the KeyboardInterrupt reaches distributed's
+    ``sync``: that function then schedules a callback that cancels the call in flight, and when
+    Ctrl-C lands before the call has started (distributed 2026.7 leaves its future unbound until
+    then) the callback fails with a NameError that tornado logs as a traceback from the loop's
+    thread, possibly before the main thread has printed anything. Unfinished asyncio tasks are
+    reported as "Task exception was never retrieved" when the process exits. Neither is news
+    to someone who pressed Ctrl-C; the command says "interrupted" and exits 130.
+    """
+    for name in ("tornado.application", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def check_interrupt() -> None:

@@ -48,3 +48,32 @@ def test_an_in_process_command_leaves_the_environment_as_it_found_it(tmp_path, m
     res = CliRunner().invoke(cli, ["ingest", str(tmp_path / "r.csv"), "-o", str(tmp_path / "r.zarr")])
     assert res.exit_code == 0, res.output
     assert not any(name in os.environ for name in QUIET_VARIABLES)
+
+
+def test_ctrl_c_before_a_dask_call_starts_logs_no_traceback(caplog):
+    """distributed's ``sync`` cancels the call in flight on Ctrl-C; when the call has not started
+    yet, its cancel callback fails with a NameError that tornado logs from the loop's thread. The
+    loop is kept busy here so that the interrupt lands exactly in that window."""
+    import logging
+    import threading
+
+    from distributed.utils import LoopRunner, sync
+
+    async def call():
+        return 1
+
+    levels = {name: logging.getLogger(name).level for name in ("tornado.application", "asyncio")}
+    runner = LoopRunner(asynchronous=False)
+    runner.start()
+    try:
+        with caplog.at_level(logging.ERROR), interrupt_guard():
+            runner.loop.add_callback(time.sleep, 1.0)  # the loop is busy: `call` cannot start
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            with pytest.raises(KeyboardInterrupt):
+                sync(runner.loop, call)
+            time.sleep(1.5)  # the loop runs the queued call and the cancel callback
+        assert not [r for r in caplog.records if r.name.startswith("tornado")], caplog.text
+    finally:
+        runner.stop()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
