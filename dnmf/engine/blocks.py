@@ -6,6 +6,8 @@ Pure NumPy/SciPy (no Dask), so every layer's kernels can import it.
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,29 +27,70 @@ def as_block(x):
 
 
 def aligned(x):
-    """``x`` with every buffer aligned for its dtype: ``x`` itself, or a copy.
+    """``x`` with every buffer aligned for its dtype: ``x`` itself, or an aligned copy.
 
     Arrays deserialized from a worker-to-worker message can start at any byte
     offset of the message. NumPy computes reductions (``@``, ``vdot``, ``sum``)
     of unaligned arrays in its own loops instead of BLAS, which round
     differently: without this, a fit on a cluster would not be bit-identical
     to the same fit on threads, and would depend on how messages were packed.
-    Lists and tuples are aligned element by element; other objects pass through.
-    A sparse block whose arrays view larger buffers is first pruned in place
-    (:func:`own_buffers`).
+
+    Each unaligned object is copied once, not once per task: a worker hands the
+    same object to every task that reads it (a scattered block of X at every
+    iteration, an Hᵀ block to each of the worker's row tasks), and copying it
+    each time cost the wide fits hundreds of MB of fresh memory per worker and
+    iteration. A sparse block gets aligned arrays in place (its values do not
+    change); an unaligned ndarray's copy is kept while the array lives
+    (:func:`_aligned_copy`). Lists and tuples are aligned element by element;
+    other objects pass through. A sparse block whose arrays view larger
+    buffers is first pruned in place (:func:`own_buffers`).
     """
     if isinstance(x, np.ndarray):
-        return x if x.flags.aligned else x.copy()
+        return x if x.flags.aligned else _aligned_copy(x)
     if sp.issparse(x) and x.format in ("csr", "csc"):
-        if all(a.flags.aligned for a in (x.data, x.indices, x.indptr)):
-            own_buffers(x)
-            return x
-        return type(x)((x.data.copy(), x.indices.copy(), x.indptr.copy()), shape=x.shape)
+        if not all(a.flags.aligned for a in (x.data, x.indices, x.indptr)):
+            # All three replaced before any is assigned: a task reading the block meanwhile
+            # sees aligned arrays or does this itself, and the values are the same either way.
+            data, indices, indptr = (a if a.flags.aligned else a.copy() for a in (x.data, x.indices, x.indptr))
+            x.data, x.indices, x.indptr = data, indices, indptr
+        own_buffers(x)
+        return x
     if isinstance(x, list):
         return [aligned(v) for v in x]
     if isinstance(x, tuple) and type(x) is tuple:
         return tuple(aligned(v) for v in x)
     return x
+
+
+# id(array) -> (weak reference to the unaligned array, its aligned copy). An entry goes when
+# its array is collected; the check that the reference still points to the array guards
+# against an id reused before the callback ran. Reentrant: the callback may run, through a
+# collection, while this thread holds the lock.
+_ALIGNED_COPIES: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+_ALIGNED_LOCK = threading.RLock()
+
+
+def _aligned_copy(x: np.ndarray) -> np.ndarray:
+    """An aligned copy of ``x``, the same one for as long as ``x`` lives."""
+    key = id(x)
+    with _ALIGNED_LOCK:
+        entry = _ALIGNED_COPIES.get(key)
+        if entry is not None and entry[0]() is x:
+            return entry[1]
+    copy = x.copy()
+
+    def forget(ref: weakref.ref, key: int = key) -> None:
+        with _ALIGNED_LOCK:
+            entry = _ALIGNED_COPIES.get(key)
+            if entry is not None and entry[0] is ref:
+                del _ALIGNED_COPIES[key]
+
+    with _ALIGNED_LOCK:
+        entry = _ALIGNED_COPIES.get(key)
+        if entry is not None and entry[0]() is x:
+            return entry[1]  # another thread copied it meanwhile
+        _ALIGNED_COPIES[key] = (weakref.ref(x, forget), copy)
+    return copy
 
 
 def own_buffers(x) -> None:

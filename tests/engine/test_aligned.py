@@ -31,6 +31,28 @@ def test_aligned_copies_only_unaligned_buffers():
     assert nested[0].flags.aligned and nested[1][0].flags.aligned and nested[1][1] == 3
 
 
+def test_each_unaligned_object_is_copied_once():
+    # A worker hands the same received object to every task that reads it: one copy, not one per task.
+    import gc
+
+    from dnmf.engine import blocks
+
+    a = np.random.default_rng(1).random((30, 8))
+    u = _unaligned(a)
+    first = aligned(u)
+    assert aligned(u) is first and aligned([u])[0] is first
+    assert aligned(_unaligned(a)) is not first  # another object, another copy
+    entries = len(blocks._ALIGNED_COPIES)
+    del u
+    gc.collect()
+    assert len(blocks._ALIGNED_COPIES) == entries - 1  # the copy goes with its array
+    # A sparse block is fixed in place: the next task finds it aligned, with the same values.
+    csr = sp.random(20, 40, density=0.3, random_state=1, format="csr")
+    bad = sp.csr_matrix((_unaligned(csr.data), _unaligned(csr.indices), csr.indptr), shape=csr.shape)
+    assert aligned(bad) is bad
+    assert bad.data.flags.aligned and bad.indices.flags.aligned and (bad != csr).nnz == 0
+
+
 def test_kernels_give_the_same_bits_for_unaligned_input():
     rng = np.random.default_rng(1)
     X, W = rng.random((20, 40)), rng.random((20, 3))
