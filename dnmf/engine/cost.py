@@ -15,7 +15,7 @@ The model follows the step graph of :mod:`dnmf.nmf.graph`:
 - **communication** (on a cluster): each worker receives the rows of ``Hᵀ``
   its row blocks touch and sends as many rows of summed partials, ``2 ·
   touched · (k + 1) · 8`` bytes, over links of ``bandwidth``, plus a latency
-  per stage and per level of the pairwise partial tree;
+  per stage and per level of the partial tree;
 - **scheduling**: the scheduler handles every task of the graph one after
   the other, ``task_seconds`` each.
 
@@ -93,7 +93,7 @@ def zipf_touched(draws: float, n: int, exponent: float = 1.1) -> float:
 def step_tasks(row_blocks: int, col_blocks: int, workers: int) -> int:
     """Tasks in one iteration's graph (:func:`dnmf.nmf.graph.step`, outputs included; exact to a few).
 
-    Per row block: the task, W's pick and a share of the pairwise tree that
+    Per row block: the task, W's pick and a share of the tree that
     sums all its partials (and its Gram and scalars, one more "column block")
     at once within a worker's range; per single-worker subtree where the
     ranges meet, and per node above it, one task per column block and one

@@ -107,6 +107,18 @@ def tree_reduce(
     return keys
 
 
+def tree_span(t: int, depth: int, n: int) -> tuple[int, int]:
+    """The row blocks ``[lo, hi)`` of node ``t`` at ``depth`` of :func:`partial_tree`'s tree over ``n``.
+
+    Node ``t`` at ``depth`` covers the fraction ``[t / 2**depth, (t + 1) / 2**depth)`` of the
+    row blocks, rounded up at both ends: the same rounding as the contiguous ranges that
+    :func:`dnmf.storage.placement.row_owner` gives ``P`` workers (``i * P // n``), so for every
+    power of two ``P`` each worker's range is one node, at depth ``log2(P)``. For a power of two
+    of row blocks the tree is the pairwise tree of consecutive neighbours.
+    """
+    return -(-t * n // 2**depth), -(-(t + 1) * n // 2**depth)
+
+
 def partial_tree(
     layer: dict,
     prefix: str,
@@ -115,26 +127,25 @@ def partial_tree(
     owners: Sequence[Hashable] | None = None,
     whole_levels: int | None = None,
 ) -> list:
-    """Add the fixed pairwise tree that sums per-row-block tuples of ``n_cols`` partials; return each column's total.
+    """Add the fixed binary tree that sums per-row-block tuples of ``n_cols`` partials; return each column's total.
 
-    The tree is the one :func:`tree_reduce` builds with ``split_every=2``
-    (consecutive pairs, level by level; a lone key passes through), so the
-    sums do not depend on ``owners``. What ``owners`` changes is how the
-    nodes are cut into tasks: a node whose row blocks all have one owner sums
-    whole tuples (one task for all column blocks); the first node that mixes
-    owners splits its children into one key per column block (a
-    ``getitem`` each) and sums each column block on its own from there up, so
-    that only one column block's partial moves to where it is summed. With
-    contiguous ranges per worker that is one task per single-owner subtree
-    and column block, wherever the ranges meet the tree.
+    The tree halves the row blocks (:func:`tree_span`) down to single blocks, and each node sums
+    its left part then its right, so the sums do not depend on ``owners``. What ``owners``
+    changes is how the nodes are cut into tasks: a node whose row blocks all have one owner sums
+    whole tuples (one task for all column blocks); the first node that mixes owners splits its
+    children into one key per column block (a ``getitem`` each) and sums each column block on
+    its own from there up, so that only one column block's partial moves to where it is summed.
+    With the contiguous ranges of a power of two of workers, that is one split per worker: its
+    range's sum.
 
     Parameters
     ----------
     layer : dict
         The graph layer the tasks are added to.
     prefix : str
-        Key prefix: whole sums are ``(prefix + "all-L<level>", g)``, splits
-        ``(prefix + "j", s, j)``, column sums ``(prefix + "<j>-L<level>", g)``.
+        Key prefix: whole sums are ``(prefix + "all-L<lo>", hi)``, splits
+        ``(prefix + "j", s, j)``, column sums ``(prefix + "<j>-L<lo>", hi)`` (the node of row
+        blocks ``[lo, hi)``).
     leaves : list
         One key per row block, in order; each a tuple of ``n_cols`` partials.
     n_cols : int
@@ -142,8 +153,8 @@ def partial_tree(
     owners : sequence of (len(leaves),) hashables, optional
         Who holds each row block; None: one owner for all.
     whole_levels : int, optional
-        Sum whole tuples only below this level (any value gives the same
-        sums); None: wherever the owners allow.
+        Sum whole tuples only in nodes of lower height than this (a sum of two row blocks has
+        height 0; any value gives the same sums); None: wherever the owners allow.
 
     Returns
     -------
@@ -151,12 +162,11 @@ def partial_tree(
         ``n_cols`` keys, the total of each column block's partials.
     """
     mixed = object()
-    nodes = [(key, None if owners is None else owners[i]) for i, key in enumerate(leaves)]
     splits = 0
 
     def split(node) -> list:
         nonlocal splits
-        key, _ = node
+        key = node[0]
         if isinstance(key, list):
             return key
         keys = []
@@ -166,30 +176,28 @@ def partial_tree(
         splits += 1
         return keys
 
-    level = 0
-    while len(nodes) > 1:
-        new = []
-        for g, start in enumerate(range(0, len(nodes), 2)):
-            group = nodes[start : start + 2]
-            if len(group) == 1:
-                new.append(group[0])
-                continue
-            (a, owner_a), (b, owner_b) = group
-            whole = not isinstance(a, list) and not isinstance(b, list) and owner_a == owner_b
-            if whole and (whole_levels is None or level < whole_levels):
-                key = (f"{prefix}all-L{level}", g)
-                layer[key] = (sum_list, [a, b])
-                new.append((key, owner_a))
-                continue
-            parts_a, parts_b = split(group[0]), split(group[1])
-            keys = []
-            for j in range(n_cols):
-                keys.append((f"{prefix}{j}-L{level}", g))
-                layer[keys[-1]] = (sum_list, [parts_a[j], parts_b[j]])
-            new.append((keys, mixed))
-        nodes = new
-        level += 1
-    return split(nodes[0])
+    def build(t: int, depth: int) -> tuple | None:
+        # (key or list of column keys, owner or mixed, height); children before their sums in the layer.
+        lo, hi = tree_span(t, depth, len(leaves))
+        if hi - lo <= 1:
+            return (leaves[lo], None if owners is None else owners[lo], -1) if hi > lo else None
+        a, b = build(2 * t, depth + 1), build(2 * t + 1, depth + 1)
+        if a is None or b is None:  # a fraction too small to hold a block: the other child is this node
+            return a if b is None else b
+        height = max(a[2], b[2]) + 1
+        whole = not isinstance(a[0], list) and not isinstance(b[0], list) and a[1] == b[1] and a[1] is not mixed
+        if whole and (whole_levels is None or height < whole_levels):
+            key = (f"{prefix}all-L{lo}", hi)
+            layer[key] = (sum_list, [a[0], b[0]])
+            return key, a[1], height
+        parts_a, parts_b = split(a), split(b)
+        keys = []
+        for j in range(n_cols):
+            keys.append((f"{prefix}{j}-L{lo}", hi))
+            layer[keys[-1]] = (sum_list, [parts_a[j], parts_b[j]])
+        return keys, mixed, height
+
+    return split(build(0, 0))
 
 
 def task_parts(task) -> list:

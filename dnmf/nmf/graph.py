@@ -76,10 +76,10 @@ S_IMPUTED_IN = 7  # with a holdout: sum of squares of the imputed W_old Ht_old a
 S_IMPUTED = 8  # with a holdout: sum of squares of the imputed W_new Ht_old at it
 N_SCALARS = 9
 
-#: Fan-in of the sums of the ``Xᵀ·W`` partials over row blocks: neighbours in pairs, so that
-#: the partials of any aligned range of row blocks (what one worker holds, see
-#: :mod:`dnmf.storage.placement`) are summed on that worker before anything leaves it
-#: (:func:`dnmf.engine.graph.partial_tree`).
+#: Fan-in of the sums of the ``Xᵀ·W`` partials over row blocks with one column block:
+#: neighbours in pairs. With several column blocks the tree halves the row blocks where the
+#: ranges of 2, 4, 8, ... workers end (:func:`dnmf.engine.graph.partial_tree`), so that each
+#: worker's range (see :mod:`dnmf.storage.placement`) is summed on it before anything leaves it.
 PARTIAL_FAN_IN = 2
 
 
@@ -527,7 +527,7 @@ def step(
         bit. Ignored with a holdout or a beta-loss other than 2 (which need
         all of ``Ht``).
     local_levels : int, optional
-        Below which level of the pairwise tree over row blocks a node may
+        Below which height of the tree over row blocks a node may
         sum a row task's partials for all column blocks at once (one task
         per node); above it, and at every node whose row blocks have more
         than one owner, each column block is summed on its own (one task per
@@ -624,7 +624,7 @@ def step(
         outputs[ht_name] = {(ht_name, 0, 0): (pick, fin, "Ht")}
     elif p.update_H:
         col_small = []
-        # The pairwise tree over row blocks sums whole tuples of partials (all column blocks,
+        # The halving tree over row blocks sums whole tuples of partials (all column blocks,
         # and the row tasks' (Gram, scalars) as one more) within each worker's range, then each
         # column block's parts on their own. Its leaves are picks inlined into its first nodes:
         # no task of their own, and a row task's result is held only as long as its partials

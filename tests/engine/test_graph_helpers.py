@@ -1,6 +1,7 @@
 """The graph helpers that both models' step graphs share, against naive references."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -35,15 +36,26 @@ def _evaluate(layer: dict, key, values: dict):
     return values[key]
 
 
+def _halving_sum(parts: list, t: int = 0, depth: int = 0):
+    """The naive reference: node t at depth covers [t / 2**depth, (t + 1) / 2**depth) of the row
+    blocks, rounded up; it sums its left half, then its right (an empty half leaves the other)."""
+    n = len(parts)
+    lo, hi = math.ceil(t * n / 2**depth), math.ceil((t + 1) * n / 2**depth)
+    if hi - lo <= 1:
+        return parts[lo] if hi > lo else None
+    a, b = _halving_sum(parts, 2 * t, depth + 1), _halving_sum(parts, 2 * t + 1, depth + 1)
+    return a if b is None else b if a is None else sum_list([a, b])
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n_rows=st.integers(1, 20),
     n_cols=st.integers(1, 3),
     data=st.data(),
 )
-def test_partial_tree_sums_like_the_pairwise_tree_whoever_holds_the_rows(n_rows, n_cols, data):
-    """Same bits as tree_reduce over each column block alone, for any owners (or none) and any whole_levels;
-    a whole-tuple sum never mixes owners, and without owners only the root is split."""
+def test_partial_tree_sums_like_the_halving_tree_whoever_holds_the_rows(n_rows, n_cols, data):
+    """Same bits as the naive halving sum over each column block alone, for any owners (or none) and
+    any whole_levels; a whole-tuple sum never mixes owners, and without owners only the root is split."""
     contiguous = data.draw(st.booleans())
     if contiguous:
         n_owners = data.draw(st.integers(1, 4))
@@ -61,9 +73,7 @@ def test_partial_tree_sums_like_the_pairwise_tree_whoever_holds_the_rows(n_rows,
         layer: dict = {}
         totals = partial_tree(layer, "p", leaves, n_cols, who, whole_levels)
         for j in range(n_cols):
-            ref: dict = {}
-            top = tree_reduce(ref, "r", [("leaf", i) for i in range(n_rows)], split_every=2)
-            expected = _evaluate(ref, top[0], {("leaf", i): parts[i][j] for i in range(n_rows)})
+            expected = _halving_sum([parts[i][j] for i in range(n_rows)])
             np.testing.assert_array_equal(_evaluate(layer, totals[j], dict(values)), expected)
         for key, task in layer.items():
             if "all-L" in key[0] and who is not None:
@@ -80,15 +90,21 @@ def test_partial_tree_sums_like_the_pairwise_tree_whoever_holds_the_rows(n_rows,
             assert sum(1 for key in layer if key[0] == "pj") == n_cols
 
 
-def test_partial_tree_splits_once_per_single_worker_subtree():
-    """14 row blocks on 2 workers (7 each): ranges that do not meet the tree's pairs still sum locally."""
+@pytest.mark.parametrize("n_workers", [2, 4, 8])
+@pytest.mark.parametrize("n_rows", [6, 13, 14, 100, 255])
+def test_partial_tree_sums_each_workers_range_whole(n_rows, n_workers):
+    """The contiguous ranges of a power of two of workers meet the tree's nodes: one split per
+    worker and column block (its range's sum), so nothing crosses before the range is summed.
+    The pairwise tree of neighbours split 14 row blocks on 2 workers five times (6 | 7 a pair)."""
+    owners = [i * n_workers // n_rows for i in range(n_rows)]
     layer: dict = {}
-    totals = partial_tree(layer, "p", [("leaf", i) for i in range(14)], 4, [0] * 7 + [1] * 7)
-    # Worker 0: subtrees 0-3, 4-5 and 6; worker 1: 7 and 8-13. One split per subtree and column block.
-    assert sum(1 for key in layer if key[0] == "pj") == 5 * 4
-    assert sum(1 for key in layer if key[0].startswith("pall")) == 9
-    leaves = {("leaf", i): tuple(np.full(1, 2.0**i) * (j + 1) for j in range(4)) for i in range(14)}
-    assert [_evaluate(layer, key, dict(leaves))[0] for key in totals] == [(2**14 - 1) * (j + 1) for j in range(4)]
+    totals = partial_tree(layer, "p", [("leaf", i) for i in range(n_rows)], 3, owners)
+    used = len(set(owners))  # all of them, but where there are fewer row blocks than workers
+    assert sum(1 for key in layer if key[0] == "pj") == used * 3
+    assert sum(1 for key in layer if key[0].startswith("pall")) == n_rows - used
+    leaves = {("leaf", i): tuple(np.full(1, float(i + 1)) * (j + 1) for j in range(3)) for i in range(n_rows)}
+    total = n_rows * (n_rows + 1) // 2
+    assert [_evaluate(layer, key, dict(leaves))[0] for key in totals] == [total * (j + 1) for j in range(3)]
 
 
 @settings(max_examples=100, deadline=None)
